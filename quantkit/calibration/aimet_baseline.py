@@ -1,0 +1,103 @@
+"""The naive W8A8 baseline with AIMET: QuantizationSimModel, encodings, 1.0.0 export.
+
+AIMET's default config (``"default"`` = ``default_config_per_channel.json``) is exactly
+the naive scheme the paper starts from: weights INT8 symmetric per channel, every op's
+output (and the model input) INT8 per tensor, min/max calibration. It is what a user
+gets from AIMET without outlier handling; quantkit's own scheme must beat it.
+
+Export: ``QuantizationSimModel.export`` goes through a TorchScript ONNX export of the
+whole model, which fails on transformers 5 decoders (``aten::diff`` in the attention
+mask code has no ONNX symbolic). quantkit therefore writes the encodings file itself,
+from each AIMET quantizer's own ``get_encodings().to_qnn_encoding_dict("1.0.0")`` —
+AIMET's own serialisation of each entry — naming tensors after the torch modules:
+``<module>.<param>`` for weights, ``<module>.input.<i>`` / ``<module>.output.<i>`` for
+activations. The NPU graphs quantkit exports use the same names.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+__all__ = ["LogitsModel", "build_w8a8_quantsim", "compute_w8a8_encodings", "quantsim_encodings_1_0_0", "write_encodings", "ENCODINGS_FILE"]
+
+ENCODINGS_FILE = "encodings.json"
+
+
+class LogitsModel(nn.Module):
+    """``input_ids -> logits`` view of a Hugging Face causal LM (what QuantSim traces)."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+        return self.model(input_ids=input_ids, use_cache=False).logits
+
+
+def build_w8a8_quantsim(model: nn.Module, dummy_input_ids: torch.Tensor, config_file: str = "default"):
+    """A QuantizationSimModel of ``model`` (deep-copied; the FP model is untouched)."""
+    import aimet_torch.nn.transformers.models  # noqa: F401  registers AIMET's Llama/Qwen2/Gemma3/Mistral modules
+    from aimet_torch.common.defs import QuantScheme
+    from aimet_torch.quantsim import QuantizationSimModel
+
+    return QuantizationSimModel(
+        LogitsModel(model),
+        dummy_input=dummy_input_ids,
+        quant_scheme=QuantScheme.min_max,
+        default_output_bw=8,
+        default_param_bw=8,
+        config_file=config_file,
+    )
+
+
+def compute_w8a8_encodings(sim, sequences: torch.Tensor, batch_size: int = 1, progress: bool = True) -> None:
+    """Min/max encodings of every quantizer from forward passes over ``sequences``."""
+    device = next(sim.model.parameters()).device
+
+    def forward_pass(model: nn.Module) -> None:
+        for batch in tqdm(sequences.split(batch_size), desc="AIMET compute_encodings", unit="batch", disable=not progress):
+            model(batch.to(device))
+
+    sim.compute_encodings(forward_pass)
+
+
+def quantsim_encodings_1_0_0(sim) -> dict:
+    """AIMET encodings (format 1.0.0) of every enabled, initialised quantizer of ``sim``."""
+    import aimet_torch
+
+    prefix = "model."  # LogitsModel wraps the HF model under .model
+    activation_encodings, param_encodings = [], []
+    for module_name, qmodule in sim.named_qmodules():
+        name = module_name.removeprefix(prefix)
+        for role in ("input", "output"):
+            for index, quantizer in enumerate(getattr(qmodule, f"{role}_quantizers")):
+                encoding = quantizer.get_encodings() if quantizer is not None else None
+                if encoding is not None:
+                    activation_encodings.append({"name": f"{name}.{role}.{index}", **encoding.to_qnn_encoding_dict("1.0.0")})
+        for param_name, quantizer in qmodule.param_quantizers.items():
+            encoding = quantizer.get_encodings() if quantizer is not None else None
+            if encoding is not None:
+                param_encodings.append({"name": f"{name}.{param_name}", **encoding.to_qnn_encoding_dict("1.0.0")})
+    return {
+        "version": "1.0.0",
+        "producer": {"package": "aimet-torch", "version": aimet_torch.__version__},
+        "activation_encodings": activation_encodings,
+        "param_encodings": param_encodings,
+        "excluded_layers": [],
+        "quantizer_args": {
+            "activation_bitwidth": 8,
+            "param_bitwidth": 8,
+            "dtype": "int",
+            "per_channel_quantization": True,
+            "quant_scheme": "min_max",
+        },
+    }
+
+
+def write_encodings(encodings: dict, path: Path) -> None:
+    Path(path).write_text(json.dumps(encodings, indent=1))

@@ -1,0 +1,82 @@
+"""Settings of a calibration run: a validated dataclass that round-trips to JSON."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+__all__ = ["CalibrationConfig", "CONFIG_VERSION"]
+
+CONFIG_VERSION = 1
+
+
+@dataclass(frozen=True)
+class CalibrationConfig:
+    """What ``quantkit calibrate`` does; every field is a CLI flag of the same name.
+
+    Defaults, and why:
+
+    * ``num_sequences=32``, ``seq_len=512`` (16,384 tokens): the p99.99 of a 576-wide
+      activation then rests on ~940 values beyond it, and the extreme channels of
+      SmolLM2 fire on most tokens, so max and quantiles are stable (the run prints them);
+      512 tokens cover two 256-token prefill chunks, so positions past the first chunk
+      are seen. Time grows linearly with the token count.
+    * ``outlier_quantile=0.999``: the paper's clip point (arXiv 2407.05858 §3.3) —
+      values above the p99.9 of |x| are the outliers the shadow path takes.
+    * ``aimet_num_sequences=8``: AIMET's min/max encodings of the naive baseline
+      converge within a few sequences, and its simulated forward is ~7 s per sequence.
+    * ``eval_num_sequences=8`` × 512 tokens of the validation split: the perplexity
+      measurement used throughout DESIGN.md.
+    """
+
+    model: str = "smollm2-135m"
+    data: str = "enwiki"
+    num_sequences: int = 32
+    seq_len: int = 512
+    batch_size: int = 4
+    outlier_quantile: float = 0.999
+    aimet_num_sequences: int = 8
+    aimet_config: str = "default"
+    eval_num_sequences: int = 8
+    eval_seq_len: int = 512
+    device: str = "cpu"
+    version: int = CONFIG_VERSION
+
+    def __post_init__(self) -> None:
+        for name in ("num_sequences", "batch_size", "aimet_num_sequences", "eval_num_sequences"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: got {value!r}, expected a positive integer")
+        for name in ("seq_len", "eval_seq_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 2:
+                raise ValueError(f"{name}: got {value!r}, expected an integer ≥ 2 (tokens per sequence)")
+        if not 0.5 < self.outlier_quantile < 1.0:
+            raise ValueError(f"outlier_quantile: got {self.outlier_quantile!r}, expected a value in (0.5, 1), e.g. 0.999")
+        if self.aimet_num_sequences > self.num_sequences:
+            raise ValueError(
+                f"aimet_num_sequences: got {self.aimet_num_sequences}, expected at most num_sequences ({self.num_sequences}); "
+                "AIMET calibrates on a subset of the calibration sequences"
+            )
+        if self.version != CONFIG_VERSION:
+            raise ValueError(f"version: got {self.version!r}, expected {CONFIG_VERSION} (this quantkit writes and reads version {CONFIG_VERSION})")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "CalibrationConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown calibration settings {unknown}; valid ones are {sorted(known)}")
+        return cls(**values)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2))
+
+    @classmethod
+    def load(cls, path: Path) -> "CalibrationConfig":
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,156 @@
+"""``calibrate``: the main verb. Statistics, AIMET W8A8 baseline, report — into one folder.
+
+The folder is built under ``.<out>.partial`` beside ``out`` and renamed into place only
+when complete; the statistics pass checkpoints there after every batch, so running the
+same command again after a kill resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import resource
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from quantkit.calibration.aimet_baseline import ENCODINGS_FILE, LogitsModel, build_w8a8_quantsim, compute_w8a8_encodings, quantsim_encodings_1_0_0, write_encodings
+from quantkit.calibration.collect import collect_activation_statistics
+from quantkit.calibration.config import CalibrationConfig
+from quantkit.calibration.report import OutlierLayer, format_summary, plot_outlier_heatmap, rank_outlier_layers
+from quantkit.data.corpus import load_documents, token_sequences
+from quantkit.errors import QuantkitError
+from quantkit.eval.perplexity import perplexity
+from quantkit.models.loading import load_model
+
+__all__ = ["calibrate", "CalibrationResult", "SUMMARY_JSON", "SUMMARY_TEXT", "HEATMAP_FILE"]
+
+log = logging.getLogger(__name__)
+SUMMARY_JSON = "summary.json"
+SUMMARY_TEXT = "summary.txt"
+HEATMAP_FILE = "report/outlier_heatmap.png"
+_TOP_LAYERS = 10
+
+
+@dataclass
+class CalibrationResult:
+    out: Path
+    perplexities: dict[str, float]
+    top_layers: list[OutlierLayer]
+    summary: str
+
+
+def _peak_memory_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def _fingerprint(config: CalibrationConfig, source_sha256: str, calibration_ids: torch.Tensor) -> str:
+    """Identity of the statistics a run computes: a checkpoint only resumes the same run."""
+    relevant = {k: v for k, v in config.to_dict().items() if k in {"model", "data", "num_sequences", "seq_len", "batch_size", "outlier_quantile", "version"}}
+    digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
+    digest.update(source_sha256.encode())
+    digest.update(calibration_ids.numpy().tobytes())
+    return digest.hexdigest()
+
+
+def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None, *, overwrite: bool = False, restart: bool = False, progress: bool = True) -> CalibrationResult:
+    """Calibrate ``config.model`` on ``config.data`` and write the results to ``out``.
+
+    Writes ``statistics.safetensors`` + ``statistics.json`` (activation statistics of
+    every decoder Linear), ``encodings.json`` (AIMET 1.0.0 encodings of the naive W8A8
+    baseline), ``summary.json`` / ``summary.txt`` (FP vs W8A8 perplexity, top outlier
+    layers, time, memory), ``report/outlier_heatmap.png`` and ``config.json``.
+
+    >>> from quantkit.calibration import calibrate, CalibrationConfig
+    >>> result = calibrate("calib", CalibrationConfig(num_sequences=8))   # doctest: +SKIP
+    >>> print(result.summary)                                              # doctest: +SKIP
+    """
+    config = config or CalibrationConfig()
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise QuantkitError(f"{out} already exists; choose another --out or pass --overwrite to replace it")
+    staging = out.parent / f".{out.name}.partial"
+    if restart and staging.exists():
+        shutil.rmtree(staging)
+    staging.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    log.info("loading model %s", config.model)
+    loaded = load_model(config.model, config.device)
+    device = next(loaded.model.parameters()).device
+    calibration_ids = token_sequences(
+        loaded.tokenizer, load_documents(config.data, "calibration"), config.num_sequences, config.seq_len, source=f"--data {config.data} (calibration split)"
+    )
+    validation_ids = token_sequences(
+        loaded.tokenizer, load_documents(config.data, "validation"), config.eval_num_sequences, config.eval_seq_len, source=f"--data {config.data} (validation split)"
+    )
+    timings["load"] = time.perf_counter() - started
+
+    mark = time.perf_counter()
+    statistics = collect_activation_statistics(
+        loaded.layout,
+        calibration_ids,
+        batch_size=config.batch_size,
+        outlier_quantile=config.outlier_quantile,
+        checkpoint_dir=staging / "checkpoint",
+        fingerprint=_fingerprint(config, loaded.source_sha256, calibration_ids),
+        progress=progress,
+    )
+    statistics.save(staging, metadata={"model": config.model, "source_sha256": loaded.source_sha256, "outlier_quantile": config.outlier_quantile})
+    timings["statistics"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    fp_model = LogitsModel(loaded.model)
+    perplexities = {"fp": perplexity(lambda ids: fp_model(ids.to(device)), validation_ids, desc="FP perplexity", progress=progress)}
+    timings["fp_eval"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
+    sim = build_w8a8_quantsim(loaded.model, calibration_ids[:1].to(device), config.aimet_config)
+    compute_w8a8_encodings(sim, calibration_ids[: config.aimet_num_sequences], progress=progress)
+    encodings = quantsim_encodings_1_0_0(sim)
+    write_encodings(encodings, staging / ENCODINGS_FILE)
+    timings["aimet_encodings"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    perplexities["aimet_w8a8_per_tensor"] = perplexity(lambda ids: sim.model(ids.to(device)), validation_ids, desc="AIMET W8A8 perplexity", progress=progress)
+    timings["aimet_eval"] = time.perf_counter() - mark
+    del sim
+
+    top_layers = rank_outlier_layers(statistics, loaded.layout)[:_TOP_LAYERS]
+    (staging / "report").mkdir(exist_ok=True)
+    plot_outlier_heatmap(statistics, loaded.layout, staging / HEATMAP_FILE)
+    timings["total"] = time.perf_counter() - started
+    peak = _peak_memory_mb()
+    summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak)
+    (staging / SUMMARY_TEXT).write_text(summary + "\n")
+    (staging / SUMMARY_JSON).write_text(
+        json.dumps(
+            {
+                "model": config.model,
+                "source_sha256": loaded.source_sha256,
+                "validation_tokens": list(validation_ids.shape),
+                "calibration_tokens": list(calibration_ids.shape),
+                "perplexity": perplexities,
+                "num_activation_encodings": len(encodings["activation_encodings"]),
+                "num_param_encodings": len(encodings["param_encodings"]),
+                "top_outlier_layers": [
+                    {"layer": r.site, "shared_with": list(r.shared_with), "absmax": r.absmax, "clip": r.clip, "scale": r.scale, "absmax_over_scale": r.importance, "outlier_channels": r.num_outlier_channels}
+                    for r in top_layers
+                ],
+                "seconds": timings,
+                "peak_memory_mb": peak,
+            },
+            indent=2,
+        )
+    )
+    config.save(staging / "config.json")
+    shutil.rmtree(staging / "checkpoint")
+    if out.exists():
+        shutil.rmtree(out)
+    os.replace(staging, out)
+    return CalibrationResult(out=out, perplexities=perplexities, top_layers=top_layers, summary=summary)

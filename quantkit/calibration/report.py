@@ -1,0 +1,97 @@
+"""What calibration shows a person: the outlier heat-map and a one-page text summary."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from quantkit.calibration.statistics import ActivationStatistics
+from quantkit.models.architecture import DecoderLayout
+from quantkit.quant_primitives import INT8_QMAX
+
+__all__ = ["OutlierLayer", "rank_outlier_layers", "plot_outlier_heatmap", "format_summary"]
+
+_SITE_KINDS = ("q_proj", "o_proj", "gate_proj", "down_proj")
+_SITE_TITLES = {"q_proj": "q/k/v_proj input", "o_proj": "o_proj input", "gate_proj": "gate/up_proj input", "down_proj": "down_proj input"}
+
+
+@dataclass(frozen=True)
+class OutlierLayer:
+    site: str  # the first Linear reading the tensor; the others share it
+    shared_with: tuple[str, ...]
+    absmax: float
+    clip: float  # the INT8 per-tensor clip point (outlier_quantile of |x|)
+    num_outlier_channels: int
+
+    @property
+    def scale(self) -> float:
+        return self.clip / INT8_QMAX
+
+    @property
+    def importance(self) -> float:
+        """The paper's layer importance max|x| / s (arXiv 2407.05858 §3.3), s = clip / 127."""
+        return self.absmax / self.scale
+
+
+def rank_outlier_layers(statistics: ActivationStatistics, layout: DecoderLayout) -> list[OutlierLayer]:
+    """Linear input tensors ordered by max|x| / scale, largest first (one row per shared input)."""
+    rows = []
+    for site in layout.input_sites():
+        stats = statistics[f"{site.name}:input"]
+        rows.append(
+            OutlierLayer(
+                site=site.name,
+                shared_with=site.linear_names[1:],
+                absmax=float(stats.absmax),
+                clip=float(stats.outlier_threshold),
+                num_outlier_channels=int((stats.channel_outlier_count > 0).sum()),
+            )
+        )
+    return sorted(rows, key=lambda row: row.importance, reverse=True)
+
+
+def plot_outlier_heatmap(statistics: ActivationStatistics, layout: DecoderLayout, path: Path) -> None:
+    """Layers × channels heat-map of log10(channel max|x| / per-tensor clip), one panel per
+    kind of Linear input: red channels exceed the INT8 range, those are the outliers."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sites_by_kind: dict[str, list] = {kind: [] for kind in _SITE_KINDS}
+    for site in layout.input_sites():
+        sites_by_kind[site.name.rsplit(".", 1)[-1]].append(site)
+    figure, axes = plt.subplots(len(_SITE_KINDS), 1, figsize=(12, 3.2 * len(_SITE_KINDS)), constrained_layout=True)
+    image = None
+    for axis, kind in zip(axes, _SITE_KINDS):
+        rows = []
+        for site in sites_by_kind[kind]:
+            stats = statistics[f"{site.name}:input"]
+            rows.append(torch.log10(stats.channel_absmax.clamp_min(1e-12) / float(stats.outlier_threshold)))
+        grid = torch.stack(rows).numpy()
+        image = axis.imshow(grid, aspect="auto", interpolation="nearest", cmap="RdBu_r", vmin=-1.5, vmax=1.5)
+        axis.set_title(f"{_SITE_TITLES[kind]}  ({grid.shape[1]} channels)")
+        axis.set_ylabel("block")
+    axes[-1].set_xlabel("input channel")
+    colorbar = figure.colorbar(image, ax=list(axes), shrink=0.6)
+    colorbar.set_label("log10(channel max|x| / per-tensor INT8 clip)")
+    figure.suptitle("Activation outliers of the Linear inputs (red: beyond the INT8 per-tensor range)")
+    figure.savefig(path, dpi=110)
+    plt.close(figure)
+
+
+def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float) -> str:
+    lines = [f"quantkit calibrate — {model_id}", "", "Validation perplexity"]
+    fp = perplexities.get("fp")
+    for method, value in perplexities.items():
+        delta = f"  ({100 * (value / fp - 1):+.1f}% vs FP)" if fp and method != "fp" else ""
+        lines.append(f"  {method:<28} {value:10.2f}{delta}")
+    lines += ["", f"Top {len(top_layers)} outlier layers (clip = p{100 * quantile:g} of |x|, scale s = clip/127)"]
+    lines.append(f"  {'layer':<42} {'max|x|':>9} {'clip':>8} {'max/clip':>9} {'max|x|/s':>9} {'outlier ch':>10}")
+    for row in top_layers:
+        name = row.site.removeprefix("model.") + (" (+" + ",".join(n.rsplit(".", 1)[-1] for n in row.shared_with) + ")" if row.shared_with else "")
+        lines.append(f"  {name:<42} {row.absmax:9.2f} {row.clip:8.3f} {row.absmax / row.clip:9.1f} {row.importance:9.0f} {row.num_outlier_channels:10d}")
+    lines += ["", "Time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; peak memory {peak_memory_mb:.0f} MB"]
+    return "\n".join(lines)

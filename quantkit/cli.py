@@ -1,0 +1,97 @@
+"""``quantkit`` command line: each subcommand calls one public function with the same
+arguments (settings live in JSON next to the artefacts, never in file names)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+
+from quantkit import __version__
+from quantkit.errors import QuantkitError
+
+__all__ = ["main", "build_parser"]
+
+
+def _add_calibrate(subparsers) -> None:
+    from quantkit.calibration.config import CalibrationConfig
+
+    parser = subparsers.add_parser(
+        "calibrate",
+        help="collect activation statistics, AIMET W8A8 baseline encodings and the outlier report",
+        description="Calibrate a model: per-Linear activation statistics, AIMET W8A8 per-tensor encodings "
+        "(encodings JSON 1.0.0), FP vs W8A8 validation perplexity and an outlier heat-map, written to --out.",
+    )
+    defaults = CalibrationConfig()
+    parser.add_argument("--model", default=defaults.model, help="Hugging Face folder, .gguf file, or built-in name (default: %(default)s)")
+    parser.add_argument("--data", default=defaults.data, help="built-in corpus 'enwiki', a .txt/.jsonl file, or a datasets name[:config] (default: %(default)s)")
+    parser.add_argument("--out", default="calib", help="output folder (default: %(default)s)")
+    parser.add_argument("--device", default=defaults.device, help="torch device: cpu or cuda (default: %(default)s)")
+    for field in dataclasses.fields(CalibrationConfig):
+        if field.name in {"model", "data", "device", "version"}:
+            continue
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default, help=f"(default: %(default)s)")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.add_argument("--restart", action="store_true", help="discard a partial run of --out instead of resuming it")
+    parser.set_defaults(handler=_run_calibrate)
+
+
+def _run_calibrate(args) -> int:
+    from quantkit.calibration import CalibrationConfig, calibrate
+
+    fields = {f.name for f in dataclasses.fields(CalibrationConfig)} - {"version"}
+    config = CalibrationConfig(**{name: getattr(args, name) for name in fields})
+    result = calibrate(args.out, config, overwrite=args.overwrite, restart=args.restart)
+    print(result.summary)
+    print(f"\nwrote {result.out}/")
+    return 0
+
+
+def _add_prepare(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "prepare",
+        help="convert a model to the cache and build the enwiki corpus (done once, offline)",
+        description="Prepare offline assets: convert --model (GGUF or built-in) into the quantkit cache and build the enwiki splits.",
+    )
+    parser.add_argument("--model", default="smollm2-135m", help="model to convert (default: %(default)s)")
+    parser.set_defaults(handler=_run_prepare)
+
+
+def _run_prepare(args) -> int:
+    from quantkit.data.enwiki import enwiki_split_files
+    from quantkit.models.loading import prepare_model_folder
+
+    folder, sha = prepare_model_folder(args.model)
+    print(f"model {args.model}: {folder} (source sha256 {sha[:16]})")
+    for split, path in enwiki_split_files().items():
+        print(f"enwiki {split}: {path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="quantkit", description="Calibrate small LLMs for INT8 execution on mobile NPUs (llm.npu, arXiv 2407.05858).")
+    parser.add_argument("--version", action="version", version=f"quantkit {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    subparsers = parser.add_subparsers(title="subcommands", metavar="COMMAND", required=True)
+    _add_calibrate(subparsers)
+    _add_prepare(subparsers)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except (QuantkitError, ValueError) as error:
+        print(f"quantkit: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("quantkit: interrupted; run the same command again to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

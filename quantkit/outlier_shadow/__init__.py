@@ -1,0 +1,1 @@
+"""quantkit.outlier_shadow (arXiv 2407.05858 §3.3/§3.4): built on the calibration statistics."""

@@ -1,0 +1,76 @@
+"""Quantization math: choose scales, quantize, dequantize.
+
+Pure, typed, side-effect-free tensor functions (no modules, no I/O, no logging), after
+torchao's ``quant_primitives.py``. Every other part of quantkit calls these; nothing
+re-derives a scale inline.
+
+Conventions follow AIMET / QNN for symmetric INT8: ``q = clamp(round(x / s), -127, 127)``
+with a symmetric range so that zero is exact and the offset is 0 (AIMET encodings store
+``offset = -128`` for a signed 8-bit symmetric encoding with ``min = -128·s``).
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = [
+    "INT8_QMAX",
+    "symmetric_scale",
+    "quantize_symmetric",
+    "dequantize_symmetric",
+    "fake_quantize_symmetric",
+    "sqnr_db",
+]
+
+INT8_QMAX = 127
+# Smallest scale handed out: a tensor that is all zeros still gets a usable encoding.
+_MIN_SCALE = 1e-8
+
+
+def symmetric_scale(absmax: torch.Tensor | float, num_bits: int = 8) -> torch.Tensor:
+    """Scale of a symmetric signed quantizer whose largest code maps to ``absmax``.
+
+    s = absmax / (2^(b-1) - 1); works per tensor (scalar) or per channel (vector).
+    """
+    qmax = 2 ** (num_bits - 1) - 1
+    absmax = torch.as_tensor(absmax, dtype=torch.float32)
+    return torch.clamp(absmax / qmax, min=_MIN_SCALE)
+
+
+def quantize_symmetric(x: torch.Tensor, scale: torch.Tensor, num_bits: int = 8, axis: int | None = None) -> torch.Tensor:
+    """Integer codes ``clamp(round(x / s), -qmax, qmax)`` (as int32).
+
+    ``axis`` names the channel dimension of a per-channel ``scale`` (None: per tensor).
+    """
+    qmax = 2 ** (num_bits - 1) - 1
+    scale = _broadcast_scale(scale, x, axis)
+    return torch.clamp(torch.round(x / scale), -qmax, qmax).to(torch.int32)
+
+
+def dequantize_symmetric(q: torch.Tensor, scale: torch.Tensor, axis: int | None = None) -> torch.Tensor:
+    """Real values ``q · s`` of integer codes (float32)."""
+    return q.to(torch.float32) * _broadcast_scale(scale, q, axis)
+
+
+def fake_quantize_symmetric(x: torch.Tensor, scale: torch.Tensor, num_bits: int = 8, axis: int | None = None) -> torch.Tensor:
+    """Quantize then dequantize, keeping ``x``'s dtype: what the NPU's INT8 does to ``x``."""
+    return dequantize_symmetric(quantize_symmetric(x, scale, num_bits, axis), scale, axis).to(x.dtype)
+
+
+def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:
+    """Signal-to-quantization-noise ratio, 10·log10(Σ ref² / Σ (ref - approx)²), in dB."""
+    reference = reference.double()
+    noise = (reference - approximation.double()).pow(2).sum()
+    signal = reference.pow(2).sum()
+    if noise == 0:
+        return float("inf")
+    return float(10 * torch.log10(signal / noise))
+
+
+def _broadcast_scale(scale: torch.Tensor, x: torch.Tensor, axis: int | None) -> torch.Tensor:
+    scale = torch.as_tensor(scale, dtype=torch.float32, device=x.device)
+    if axis is None or scale.ndim == 0:
+        return scale
+    shape = [1] * x.ndim
+    shape[axis] = -1
+    return scale.reshape(shape)

@@ -1,0 +1,7 @@
+"""quantkit.runtime: executes a deployment bundle (NPU graphs in INT8, CPU work in FP).
+
+The runtime depends only on the bundle format: it must never import calibration code,
+AIMET or transformers' model classes (a test checks this).
+"""
+
+__all__: list[str] = []

@@ -1,0 +1,49 @@
+import math
+
+import pytest
+import torch
+
+from quantkit.quant_primitives import dequantize_symmetric, fake_quantize_symmetric, quantize_symmetric, sqnr_db, symmetric_scale
+
+
+def test_symmetric_scale_maps_absmax_to_largest_code():
+    scale = symmetric_scale(torch.tensor(2.54))
+    assert torch.isclose(scale, torch.tensor(0.02))
+    assert quantize_symmetric(torch.tensor([2.54, -2.54]), scale).tolist() == [127, -127]
+
+
+def test_quantize_clamps_and_rounds_like_a_plain_reference():
+    torch.manual_seed(0)
+    x = torch.randn(1000) * 3
+    scale = torch.tensor(0.01)
+    reference = [max(-127, min(127, round(v / 0.01))) for v in x.tolist()]
+    # Python's round() is banker's rounding, as is torch.round: the two agree exactly.
+    assert quantize_symmetric(x, scale).tolist() == reference
+
+
+def test_per_channel_axis_uses_each_channels_scale():
+    weight = torch.tensor([[1.0, -0.5], [10.0, 5.0]])
+    scale = symmetric_scale(weight.abs().amax(dim=1))
+    q = quantize_symmetric(weight, scale, axis=0)
+    assert q.tolist() == [[127, -64], [127, 64]]
+    assert torch.allclose(dequantize_symmetric(q, scale, axis=0), weight, atol=scale.max().item() / 2)
+
+
+def test_fake_quant_error_is_at_most_half_a_step_inside_the_range():
+    torch.manual_seed(1)
+    x = torch.randn(4096)
+    scale = symmetric_scale(x.abs().max())
+    assert (fake_quantize_symmetric(x, scale) - x).abs().max() <= scale / 2 + 1e-7
+
+
+def test_zero_tensor_gets_a_usable_scale():
+    scale = symmetric_scale(torch.tensor(0.0))
+    assert scale > 0
+    assert fake_quantize_symmetric(torch.zeros(3), scale).tolist() == [0.0, 0.0, 0.0]
+
+
+def test_sqnr_matches_definition():
+    reference = torch.tensor([3.0, 4.0])
+    approximation = torch.tensor([3.0, 3.0])
+    assert sqnr_db(reference, approximation) == pytest.approx(10 * math.log10(25 / 1))
+    assert sqnr_db(reference, reference) == float("inf")
