@@ -71,7 +71,7 @@ def plot_outlier_heatmap(statistics: ActivationStatistics, layout: DecoderLayout
             stats = statistics[f"{site.name}:input"]
             rows.append(torch.log10(stats.channel_absmax.clamp_min(1e-12) / float(stats.outlier_threshold)))
         grid = torch.stack(rows).numpy()
-        image = axis.imshow(grid, aspect="auto", interpolation="nearest", cmap="RdBu_r", vmin=-1.5, vmax=1.5)
+        image = axis.imshow(grid, aspect="auto", interpolation="nearest", cmap="RdBu_r", vmin=-2.0, vmax=2.0)
         axis.set_title(f"{_SITE_TITLES[kind]}  ({grid.shape[1]} channels)")
         axis.set_ylabel("block")
     axes[-1].set_xlabel("input channel")

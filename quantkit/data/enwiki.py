@@ -29,7 +29,10 @@ SPLITS = ("calibration", "validation", "test")
 SPLIT_FRACTIONS = {"calibration": 0.6, "validation": 0.2, "test": 0.2}
 _DUMP = "test/test_data/enwiki-latest-pages-articles1.xml-p000000010p000030302-shortened.bz2"
 _MIN_ARTICLE_CHARS = 1000  # stubs and lists below this carry little running text
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2
+_DROPPED_TAGS = {"ref", "table", "gallery", "math", "references", "timeline", "imagemap"}
+_DROPPED_LINKS = {"file", "image", "category"}
+_STYLE_QUOTES = ("'''''", "'''", "''")  # bold-italic, bold, italic
 
 
 @dataclass(frozen=True)
@@ -51,26 +54,22 @@ def enwiki_dump_path() -> Path:
 def _strip_markup(wikitext: str) -> str:
     import mwparserfromhell
 
-    code = mwparserfromhell.parse(wikitext)
-    # Templates (infoboxes, citations), tables, references and files carry no running text.
-    for template in code.filter_templates(recursive=False):
+    # Style markup (italic / bold quotes) is left unparsed: unbalanced italics are common
+    # in real articles and make the parser give up on everything after them, refs included.
+    code = mwparserfromhell.parse(wikitext, skip_style_tags=True)
+    removable = [
+        *code.filter_templates(recursive=True),  # infoboxes, citations
+        *(t for t in code.filter_tags(recursive=True) if str(t.tag).lower() in _DROPPED_TAGS),
+        *(w for w in code.filter_wikilinks(recursive=True) if str(w.title).split(":", 1)[0].strip().lower() in _DROPPED_LINKS),
+    ]
+    for node in removable:
         try:
-            code.remove(template)
-        except ValueError:
+            code.remove(node)
+        except ValueError:  # already gone with an enclosing node
             pass
-    for tag in code.filter_tags(recursive=False):
-        if str(tag.tag).lower() in {"ref", "table", "gallery", "math", "references"}:
-            try:
-                code.remove(tag)
-            except ValueError:
-                pass
-    for link in code.filter_wikilinks(recursive=False):
-        if str(link.title).split(":", 1)[0].strip().lower() in {"file", "image", "category"}:
-            try:
-                code.remove(link)
-            except ValueError:
-                pass
     text = code.strip_code(normalize=True, collapse=True)
+    for quotes in _STYLE_QUOTES:
+        text = text.replace(quotes, "")
     paragraphs = [" ".join(line.split()) for line in text.splitlines()]
     return "\n\n".join(p for p in paragraphs if len(p) > 1)
 

@@ -1,0 +1,90 @@
+"""End-to-end ``calibrate`` on a tiny saved model: files, atomic output, resume, errors."""
+
+import json
+
+import pytest
+import torch
+
+import quantkit.calibration.pipeline as pipeline
+from quantkit.calibration import ActivationStatistics, CalibrationConfig, calibrate
+from quantkit.errors import DataError, QuantkitError
+from tests.conftest import PLANTED_CHANNELS
+
+
+def _config(folder, **overrides):
+    values = dict(model=str(folder), num_sequences=4, seq_len=32, batch_size=2, aimet_num_sequences=2, eval_num_sequences=2, eval_seq_len=32)
+    values.update(overrides)
+    return CalibrationConfig(**values)
+
+
+def test_calibrate_writes_every_artefact(tmp_path, tiny_model_folder):
+    out = tmp_path / "calib"
+    result = calibrate(out, _config(tiny_model_folder), progress=False)
+    for name in ("statistics.safetensors", "statistics.json", "encodings.json", "summary.json", "summary.txt", "config.json", "report/outlier_heatmap.png"):
+        assert (out / name).is_file(), name
+    assert not (tmp_path / ".calib.partial").exists()
+    assert not (out / "checkpoint").exists()
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["perplexity"]) == {"fp", "aimet_w8a8_per_tensor"}
+    mlp_input = json.loads((out / "statistics.json").read_text())["tensors"]["model.layers.0.mlp.gate_proj:input"]
+    # 3 of 64 channels planted on every token: the p99.9 clip lies among them, and only
+    # planted channels exceed it.
+    assert mlp_input["top_outlier_channels"] and set(mlp_input["top_outlier_channels"]) <= set(PLANTED_CHANNELS)
+    assert "Top 10 outlier layers" not in result.summary  # the tiny model has only 8 input sites
+    assert "model.layers.0.mlp.gate_proj".removeprefix("model.") in result.summary
+    assert CalibrationConfig.load(out / "config.json") == _config(tiny_model_folder)
+    assert (out / "report/outlier_heatmap.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_existing_output_is_not_overwritten_by_accident(tmp_path, tiny_model_folder):
+    out = tmp_path / "calib"
+    out.mkdir()
+    (out / "keep.txt").write_text("user data")
+    with pytest.raises(QuantkitError, match="already exists; choose another --out or pass --overwrite"):
+        calibrate(out, _config(tiny_model_folder), progress=False)
+    assert (out / "keep.txt").read_text() == "user data"
+
+
+def test_killed_calibration_resumes_to_the_same_statistics(tmp_path, tiny_model_folder, monkeypatch):
+    config = _config(tiny_model_folder)
+    reference = calibrate(tmp_path / "reference", config, progress=False)
+    original = pipeline.collect_activation_statistics
+
+    def killed_after_first_batch(*args, **kwargs):
+        def kill(current, index):
+            raise KeyboardInterrupt
+
+        return original(*args, **kwargs, on_batch_end=kill)
+
+    monkeypatch.setattr(pipeline, "collect_activation_statistics", killed_after_first_batch)
+    with pytest.raises(KeyboardInterrupt):
+        calibrate(tmp_path / "calib", config, progress=False)
+    assert (tmp_path / ".calib.partial" / "checkpoint" / "progress.json").is_file()
+    assert not (tmp_path / "calib").exists()  # nothing half-written under the final name
+    monkeypatch.setattr(pipeline, "collect_activation_statistics", original)
+    calibrate(tmp_path / "calib", config, progress=False)
+    resumed, expected = ActivationStatistics.load(tmp_path / "calib"), ActivationStatistics.load(reference.out)
+    for key in expected:
+        assert torch.equal(resumed[key].histogram, expected[key].histogram)
+        assert torch.equal(resumed[key].channel_outlier_excess, expected[key].channel_outlier_excess)
+
+
+def test_too_little_data_is_a_clear_error(tmp_path, tiny_model_folder):
+    data = tmp_path / "tiny.txt"
+    data.write_text("\n\n".join(f"Short paragraph {i}." for i in range(10)))
+    with pytest.raises(DataError, match=r"calibration split\) has \d+ tokens, but 4 sequences × 32 tokens = 128 are needed"):
+        calibrate(tmp_path / "calib", _config(tiny_model_folder, data=str(data)), progress=False)
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("num_sequences", 0, "num_sequences: got 0, expected a positive integer"), ("outlier_quantile", 1.5, "outlier_quantile: got 1.5"), ("aimet_num_sequences", 64, "at most num_sequences")],
+)
+def test_config_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        CalibrationConfig(**{field: value})
+
+
+def test_config_rejects_unknown_keys():
+    with pytest.raises(ValueError, match=r"unknown calibration settings \['num_seqs'\]"):
+        CalibrationConfig.from_dict({"num_seqs": 3})

@@ -1,0 +1,45 @@
+import subprocess
+import sys
+
+import pytest
+
+from quantkit.cli import build_parser, main
+
+
+def test_help_lists_every_subcommand(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    subcommands = build_parser()._subparsers._group_actions[0].choices
+    assert set(subcommands) == {"calibrate", "prepare"}
+    for name in subcommands:
+        assert name in text
+
+
+def test_bad_model_is_a_one_line_error_not_a_traceback(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "quantkit", "calibrate", "--model", str(tmp_path / "missing"), "--out", str(tmp_path / "calib")],
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 2
+    assert "quantkit: error: model" in result.stderr and "is neither a built-in name" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert not (tmp_path / "calib").exists()
+
+
+def test_bad_setting_is_reported_by_name(tmp_path, capsys):
+    assert main(["calibrate", "--num-sequences", "0", "--out", str(tmp_path / "c")]) == 2
+    assert "num_sequences: got 0, expected a positive integer" in capsys.readouterr().err
+
+
+def test_calibrate_cli_runs_and_prints_the_summary(tmp_path, tiny_model_folder, capsys):
+    out = tmp_path / "calib"
+    code = main(
+        ["calibrate", "--model", str(tiny_model_folder), "--out", str(out), "--num-sequences", "2", "--seq-len", "32", "--aimet-num-sequences", "1", "--eval-num-sequences", "1", "--eval-seq-len", "32"]
+    )
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "Validation perplexity" in printed and "aimet_w8a8_per_tensor" in printed
+    assert (out / "encodings.json").is_file()

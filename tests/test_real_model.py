@@ -1,0 +1,40 @@
+"""Real-model smoke tier: SmolLM2-135M from the offline package, real enwiki text.
+
+Part of the default test run (a few short sequences, about a minute on 2 cores).
+"""
+
+import json
+
+import pytest
+
+from quantkit.calibration import CalibrationConfig, calibrate
+from quantkit.models.loading import load_model
+
+pytestmark = pytest.mark.real_model
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    return load_model("smollm2-135m")
+
+
+def test_default_model_loads_with_its_architecture(smollm2):
+    assert type(smollm2.model).__name__ == "LlamaForCausalLM"
+    assert smollm2.layout.num_blocks == 30
+    assert len(smollm2.layout.linear_names()) == 210
+    assert sum(p.numel() for p in smollm2.model.parameters()) == pytest.approx(134.5e6, rel=0.01)
+    assert smollm2.tokenizer.decode(smollm2.tokenizer("Paris is the capital")["input_ids"]).strip() == "Paris is the capital"
+
+
+def test_calibrate_smoke_on_smollm2(tmp_path):
+    config = CalibrationConfig(num_sequences=2, seq_len=128, batch_size=2, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=128)
+    result = calibrate(tmp_path / "calib", config, progress=False)
+    ppl = result.perplexities
+    assert 5 < ppl["fp"] < 60  # real text, a real (small) model
+    assert ppl["aimet_w8a8_per_tensor"] > ppl["fp"] * 1.2  # naive per-tensor W8A8 hurts
+    encodings = json.loads((result.out / "encodings.json").read_text())
+    assert encodings["version"] == "1.0.0"
+    params = {e["name"] for e in encodings["param_encodings"]}
+    assert all(f"{name}.weight" in params for name in (f"model.layers.{i}.mlp.down_proj" for i in range(30)))
+    assert any(row.site.endswith("down_proj") for row in result.top_layers[:3])  # SmolLM2's outliers live there
+    assert (result.out / "report/outlier_heatmap.png").stat().st_size > 10_000
