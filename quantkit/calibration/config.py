@@ -28,7 +28,13 @@ class CalibrationConfig:
     * ``aimet_num_sequences=8``: AIMET's min/max encodings of the naive baseline
       converge within a few sequences, and its simulated forward is ~7 s per sequence.
     * ``eval_num_sequences=8`` × 512 tokens of the validation split: the perplexity
-      measurement used throughout DESIGN.md.
+      measurement used throughout DESIGN.md; the block placement is checked against it.
+    * ``scale_rule`` … ``pruned_scale_rule``: the shadow outlier settings (see
+      ``quantkit.outlier_shadow.ShadowConfig``), percentile = ``outlier_quantile``.
+    * ``accuracy_budget=0.01``: blocks move to the CPU in FP until the validation
+      perplexity is within 1% of FP (paper §3.4).
+    * ``sensitivity_num_sequences=4`` × 256 tokens: per-block sensitivity runs the model
+      once per block (30× for SmolLM2); a ranking needs less text than a perplexity.
     """
 
     model: str = "smollm2-135m"
@@ -41,15 +47,23 @@ class CalibrationConfig:
     aimet_config: str = "default"
     eval_num_sequences: int = 8
     eval_seq_len: int = 512
+    scale_rule: str = "paper"
+    k: float = 2.0
+    hot_coverage: float = 0.8
+    prune_fraction: float = 0.85
+    pruned_scale_rule: str = "mse"
+    accuracy_budget: float = 0.01
+    sensitivity_num_sequences: int = 4
+    sensitivity_seq_len: int = 256
     device: str = "cpu"
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        for name in ("num_sequences", "batch_size", "aimet_num_sequences", "eval_num_sequences"):
+        for name in ("num_sequences", "batch_size", "aimet_num_sequences", "eval_num_sequences", "sensitivity_num_sequences"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: got {value!r}, expected a positive integer")
-        for name in ("seq_len", "eval_seq_len"):
+        for name in ("seq_len", "eval_seq_len", "sensitivity_seq_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 2:
                 raise ValueError(f"{name}: got {value!r}, expected an integer ≥ 2 (tokens per sequence)")
@@ -60,8 +74,28 @@ class CalibrationConfig:
                 f"aimet_num_sequences: got {self.aimet_num_sequences}, expected at most num_sequences ({self.num_sequences}); "
                 "AIMET calibrates on a subset of the calibration sequences"
             )
+        if self.sensitivity_num_sequences > self.eval_num_sequences or self.sensitivity_seq_len > self.eval_seq_len:
+            raise ValueError(
+                f"sensitivity sequences ({self.sensitivity_num_sequences} × {self.sensitivity_seq_len}) must fit in the "
+                f"evaluation sequences ({self.eval_num_sequences} × {self.eval_seq_len}) they are cut from"
+            )
+        if not 0.0 <= self.accuracy_budget < 1.0:
+            raise ValueError(f"accuracy_budget: got {self.accuracy_budget!r}, expected a relative perplexity increase in [0, 1), e.g. 0.01")
+        self.shadow_config()  # validates the shadow settings
         if self.version != CONFIG_VERSION:
             raise ValueError(f"version: got {self.version!r}, expected {CONFIG_VERSION} (this quantkit writes and reads version {CONFIG_VERSION})")
+
+    def shadow_config(self):
+        from quantkit.outlier_shadow.config import ShadowConfig
+
+        return ShadowConfig(
+            scale_rule=self.scale_rule,
+            k=self.k,
+            percentile=self.outlier_quantile,
+            hot_coverage=self.hot_coverage,
+            prune_fraction=self.prune_fraction,
+            pruned_scale_rule=self.pruned_scale_rule,
+        )
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

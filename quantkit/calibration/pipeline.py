@@ -22,11 +22,15 @@ import torch
 from quantkit.calibration.aimet_baseline import ENCODINGS_FILE, LogitsModel, build_w8a8_quantsim, compute_w8a8_encodings, quantsim_encodings_1_0_0, write_encodings
 from quantkit.calibration.collect import collect_activation_statistics
 from quantkit.calibration.config import CalibrationConfig
-from quantkit.calibration.report import OutlierLayer, format_summary, plot_outlier_heatmap, rank_outlier_layers
+from quantkit.calibration.report import OutlierLayer, format_summary, plot_outlier_heatmap, plot_sensitivity, rank_outlier_layers
 from quantkit.data.corpus import load_documents, token_sequences
 from quantkit.errors import QuantkitError
 from quantkit.eval.perplexity import perplexity
 from quantkit.models.loading import load_model
+from quantkit.outlier_shadow import build_shadow_plan, simulated_quantization
+from quantkit.outlier_shadow.plan import PLAN_FILE
+from quantkit.sensitivity import block_sensitivity, plan_placement
+from quantkit.sensitivity.placement import PLACEMENT_FILE
 
 __all__ = ["calibrate", "CalibrationResult", "SUMMARY_JSON", "SUMMARY_TEXT", "HEATMAP_FILE"]
 
@@ -34,6 +38,8 @@ log = logging.getLogger(__name__)
 SUMMARY_JSON = "summary.json"
 SUMMARY_TEXT = "summary.txt"
 HEATMAP_FILE = "report/outlier_heatmap.png"
+SENSITIVITY_FILE = "sensitivity.json"
+SENSITIVITY_PLOT = "report/sensitivity.png"
 _TOP_LAYERS = 10
 
 
@@ -111,6 +117,26 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     timings["fp_eval"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
+    plan = build_shadow_plan(statistics, loaded.layout, config.shadow_config())
+    plan.save(staging / PLAN_FILE)
+    sensitivities = block_sensitivity(
+        loaded.layout, plan, validation_ids[: config.sensitivity_num_sequences, : config.sensitivity_seq_len], progress=progress
+    )
+    timings["sensitivity"] = time.perf_counter() - mark
+    mark = time.perf_counter()
+    all_blocks = frozenset(range(loaded.layout.num_blocks))
+
+    def quantized_perplexity(cpu_blocks: frozenset[int]) -> float:
+        with simulated_quantization(loaded.layout, plan, blocks=all_blocks - cpu_blocks):
+            return perplexity(lambda ids: fp_model(ids.to(device)), validation_ids, desc=f"quantkit PPL ({len(cpu_blocks)} CPU blocks)", progress=progress)
+
+    placement = plan_placement(sensitivities, quantized_perplexity, perplexities["fp"], config.accuracy_budget)
+    placement.save(staging / PLACEMENT_FILE)
+    (staging / SENSITIVITY_FILE).write_text(json.dumps([s.to_dict() for s in sensitivities], indent=1))
+    perplexities["quantkit"] = placement.ppl_
+    timings["placement"] = time.perf_counter() - mark
+
+    mark = time.perf_counter()
     sim = build_w8a8_quantsim(loaded.model, calibration_ids[:1].to(device), config.aimet_config)
     compute_w8a8_encodings(sim, calibration_ids[: config.aimet_num_sequences], progress=progress)
     encodings = quantsim_encodings_1_0_0(sim)
@@ -124,9 +150,13 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     top_layers = rank_outlier_layers(statistics, loaded.layout)[:_TOP_LAYERS]
     (staging / "report").mkdir(exist_ok=True)
     plot_outlier_heatmap(statistics, loaded.layout, staging / HEATMAP_FILE)
+    plot_sensitivity(sensitivities, placement, staging / SENSITIVITY_PLOT)
     timings["total"] = time.perf_counter() - started
     peak = _peak_memory_mb()
-    summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak)
+    out_features = {name: loaded.layout.linear(name).out_features for name in loaded.layout.linear_names()}
+    resident = plan.resident_shadow_parameters(out_features)
+    model_parameters = sum(p.numel() for p in loaded.model.parameters())
+    summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak, placement, resident / model_parameters)
     (staging / SUMMARY_TEXT).write_text(summary + "\n")
     (staging / SUMMARY_JSON).write_text(
         json.dumps(
@@ -136,6 +166,10 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
                 "validation_tokens": list(validation_ids.shape),
                 "calibration_tokens": list(calibration_ids.shape),
                 "perplexity": perplexities,
+                "npu_blocks": placement.npu_blocks,
+                "num_blocks": loaded.layout.num_blocks,
+                "resident_shadow_parameters": resident,
+                "model_parameters": model_parameters,
                 "num_activation_encodings": len(encodings["activation_encodings"]),
                 "num_param_encodings": len(encodings["param_encodings"]),
                 "top_outlier_layers": [

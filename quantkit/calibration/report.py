@@ -82,12 +82,21 @@ def plot_outlier_heatmap(statistics: ActivationStatistics, layout: DecoderLayout
     plt.close(figure)
 
 
-def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float) -> str:
+def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None) -> str:
     lines = [f"quantkit calibrate — {model_id}", "", "Validation perplexity"]
     fp = perplexities.get("fp")
     for method, value in perplexities.items():
         delta = f"  ({100 * (value / fp - 1):+.1f}% vs FP)" if fp and method != "fp" else ""
         lines.append(f"  {method:<28} {value:10.2f}{delta}")
+    if placement is not None:
+        lines += [
+            "",
+            f"Placement: {placement.npu_blocks}/{len(placement.placement)} blocks on the NPU, CPU-FP blocks "
+            f"{[b for b, p in enumerate(placement.placement) if p != 'npu']} "
+            f"({'within' if placement.within_budget else 'OVER'} the +{100 * placement.budget_relative_ppl:g}% budget)",
+        ]
+    if resident_shadow_share is not None:
+        lines.append(f"Resident shadow weights: {100 * resident_shadow_share:.2f}% of the model's parameters")
     lines += ["", f"Top {len(top_layers)} outlier layers (clip = p{100 * quantile:g} of |x|, scale s = clip/127)"]
     lines.append(f"  {'layer':<42} {'max|x|':>9} {'clip':>8} {'max/clip':>9} {'max|x|/s':>9} {'outlier ch':>10}")
     for row in top_layers:
@@ -95,3 +104,29 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
         lines.append(f"  {name:<42} {row.absmax:9.2f} {row.clip:8.3f} {row.absmax / row.clip:9.1f} {row.importance:9.0f} {row.num_outlier_channels:10d}")
     lines += ["", "Time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; peak memory {peak_memory_mb:.0f} MB"]
     return "\n".join(lines)
+
+
+def plot_sensitivity(sensitivities, placement, path: Path) -> None:
+    """Bar chart of per-block ΔNLL (quantizing that block alone), CPU-FP blocks marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from quantkit.sensitivity.placement import CPU_FP
+
+    blocks = [s.block for s in sensitivities]
+    values = [s.delta_nll * 1000 for s in sensitivities]
+    colors = ["#d62728" if placement.placement[b] == CPU_FP else "#1f77b4" for b in blocks]
+    figure, axis = plt.subplots(figsize=(12, 4), constrained_layout=True)
+    axis.bar(blocks, values, color=colors)
+    axis.set_xlabel("block")
+    axis.set_ylabel("ΔNLL when only this block is quantized (milli-nats/token)")
+    axis.set_xticks(blocks)
+    axis.set_title(
+        f"Per-block sensitivity — {placement.npu_blocks}/{len(blocks)} blocks on the NPU (blue), "
+        f"{len(blocks) - placement.npu_blocks} on the CPU in FP (red); "
+        f"PPL {placement.ppl_:.2f} vs FP {placement.fp_ppl_:.2f} (budget +{100 * placement.budget_relative_ppl:g}%)"
+    )
+    figure.savefig(path, dpi=110)
+    plt.close(figure)

@@ -12,7 +12,7 @@ from tests.conftest import PLANTED_CHANNELS
 
 
 def _config(folder, **overrides):
-    values = dict(model=str(folder), num_sequences=4, seq_len=32, batch_size=2, aimet_num_sequences=2, eval_num_sequences=2, eval_seq_len=32)
+    values = dict(model=str(folder), num_sequences=4, seq_len=32, batch_size=2, aimet_num_sequences=2, eval_num_sequences=2, eval_seq_len=32, sensitivity_num_sequences=1, sensitivity_seq_len=32)
     values.update(overrides)
     return CalibrationConfig(**values)
 
@@ -20,12 +20,27 @@ def _config(folder, **overrides):
 def test_calibrate_writes_every_artefact(tmp_path, tiny_model_folder):
     out = tmp_path / "calib"
     result = calibrate(out, _config(tiny_model_folder), progress=False)
-    for name in ("statistics.safetensors", "statistics.json", "encodings.json", "summary.json", "summary.txt", "config.json", "report/outlier_heatmap.png"):
+    for name in (
+        "statistics.safetensors",
+        "statistics.json",
+        "encodings.json",
+        "shadow_plan.json",
+        "sensitivity.json",
+        "placement.json",
+        "summary.json",
+        "summary.txt",
+        "config.json",
+        "report/outlier_heatmap.png",
+        "report/sensitivity.png",
+    ):
         assert (out / name).is_file(), name
     assert not (tmp_path / ".calib.partial").exists()
     assert not (out / "checkpoint").exists()
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["perplexity"]) == {"fp", "aimet_w8a8_per_tensor"}
+    assert set(summary["perplexity"]) == {"fp", "aimet_w8a8_per_tensor", "quantkit"}
+    placement = json.loads((out / "placement.json").read_text())
+    assert placement["within_budget"] and summary["perplexity"]["quantkit"] <= summary["perplexity"]["fp"] * 1.01
+    assert summary["npu_blocks"] == placement["placement"].count("npu")
     mlp_input = json.loads((out / "statistics.json").read_text())["tensors"]["model.layers.0.mlp.gate_proj:input"]
     # 3 of 64 channels planted on every token: the p99.9 clip lies among them, and only
     # planted channels exceed it.

@@ -1,0 +1,59 @@
+"""Settings of shadow outlier execution (arXiv 2407.05858 §3.3)."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+__all__ = ["ShadowConfig", "SCALE_RULES", "PRUNED_SCALE_RULES"]
+
+SCALE_RULES = ("paper", "mse")
+PRUNED_SCALE_RULES = ("mse", "clip")
+
+
+@dataclass(frozen=True)
+class ShadowConfig:
+    """How each Linear input gets its INT8 scale and its outlier handling.
+
+    * ``scale_rule="paper"``: range from max|x| when max|x| ≤ ``k`` × p(``percentile``),
+      otherwise clip at that percentile and shadow the excess. ``"mse"``: the clip point
+      minimising rounding error with at most (1 - ``percentile``) of values as outliers.
+    * ``hot_coverage``: hot channels = the fewest channels holding this share of the
+      calibration outliers (paper: <3% of channels hold >80%).
+    * ``prune_fraction``: share of layers, least important first (max|x| / s), whose
+      outlier handling is dropped (paper default 85%). ``pruned_scale_rule``: what such a
+      layer's clip becomes: ``"mse"`` (the error-minimising clip without shadow) or
+      ``"clip"`` (keep the threshold, drop the outliers, as the paper describes).
+    """
+
+    scale_rule: str = "paper"
+    k: float = 2.0
+    percentile: float = 0.999
+    hot_coverage: float = 0.8
+    prune_fraction: float = 0.85
+    pruned_scale_rule: str = "mse"
+
+    def __post_init__(self) -> None:
+        if self.scale_rule not in SCALE_RULES:
+            raise ValueError(f"scale_rule: got {self.scale_rule!r}, expected one of {SCALE_RULES}")
+        if self.pruned_scale_rule not in PRUNED_SCALE_RULES:
+            raise ValueError(f"pruned_scale_rule: got {self.pruned_scale_rule!r}, expected one of {PRUNED_SCALE_RULES}")
+        if self.k < 1.0:
+            raise ValueError(f"k: got {self.k}, expected ≥ 1 (max|x| is compared with k × the percentile)")
+        if not 0.5 < self.percentile < 1.0:
+            raise ValueError(f"percentile: got {self.percentile}, expected a value in (0.5, 1), e.g. 0.999")
+        if not 0.0 < self.hot_coverage <= 1.0:
+            raise ValueError(f"hot_coverage: got {self.hot_coverage}, expected a share in (0, 1]")
+        if not 0.0 <= self.prune_fraction <= 1.0:
+            raise ValueError(f"prune_fraction: got {self.prune_fraction}, expected a share in [0, 1]")
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ShadowConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown shadow settings {unknown}; valid ones are {sorted(known)}")
+        return cls(**values)

@@ -1,0 +1,122 @@
+"""Shadow outlier execution: the math (arXiv 2407.05858 §3.3).
+
+Pure tensor functions, no modules or I/O; ``planner.py`` and ``simulated_linear.py``
+call them. Notation: x is a Linear's input activation, t its per-tensor INT8 clip
+threshold, s = t / 127 its scale, W the FP weight [out, in], Wq its INT8 per-channel
+fake-quantized copy, C the outlier input channels.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from quantkit.calibration.quantiles import LOG10_MIN, NUM_BINS, quantile_from_log_histogram
+from quantkit.quant_primitives import INT8_QMAX, fake_quantize_symmetric, symmetric_scale
+
+__all__ = [
+    "paper_clip_threshold",
+    "mse_clip_threshold",
+    "split_outliers",
+    "shadow_linear",
+    "hot_channel_set",
+    "layer_importance",
+    "pruned_layers",
+    "quantize_weight_per_channel",
+]
+
+_BIN_WIDTH = (6.0 - LOG10_MIN) / NUM_BINS
+
+
+def paper_clip_threshold(absmax: float, percentile_value: float, k: float) -> float:
+    """§3.3 scale rule: take the range from max|x| when it is within k × the percentile
+    (no outliers, no shadow work); otherwise clip at the percentile and send the excess
+    to the shadow path."""
+    return absmax if absmax <= k * percentile_value else percentile_value
+
+
+def mse_clip_threshold(histogram: torch.Tensor, absmax: float, shadowed: bool, max_outlier_fraction: float = 1e-3, num_candidates: int = 200) -> float:
+    """Clip point t minimising the expected squared error of per-tensor INT8 over the
+    calibration histogram of |x|:
+
+        E(t) = Σ_{|x| ≤ t} s²/12  +  [not shadowed] Σ_{|x| > t} (|x| - t)²,   s = t / 127
+
+    (uniform rounding noise inside the range, clipping error outside). With the shadow
+    path the clipped excess comes back exactly, so only rounding noise counts and E(t)
+    falls with t; there t is bounded below by the outlier budget: at most
+    ``max_outlier_fraction`` of the values may exceed it.
+    """
+    counts = histogram.double()
+    total = float(counts.sum())
+    centers = 10.0 ** (LOG10_MIN + (torch.arange(NUM_BINS, dtype=torch.float64) + 0.5) * _BIN_WIDTH)
+    centers = centers.clamp(max=absmax)
+    low = quantile_from_log_histogram(histogram, 1.0 - max_outlier_fraction, absmax) if shadowed else absmax / 1000.0
+    candidates = torch.logspace(torch.log10(torch.tensor(max(low, 1e-8))), torch.log10(torch.tensor(absmax)), num_candidates, dtype=torch.float64)
+    best_t, best_error = absmax, float("inf")
+    for t in candidates.tolist():
+        inside = centers <= t
+        error = float(counts[inside].sum()) * (t / INT8_QMAX) ** 2 / 12.0
+        if not shadowed:
+            error += float((counts[~inside] * (centers[~inside] - t) ** 2).sum())
+        if error < best_error:
+            best_t, best_error = t, error
+    return best_t if total > 0 else absmax
+
+
+def split_outliers(x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1 of §3.3: x = clip(x, t) + x_out; returns (clip(x), x_out)."""
+    clipped = x.clamp(-threshold, threshold)
+    return clipped, x - clipped
+
+
+def shadow_linear(
+    x: torch.Tensor,
+    weight_int8: torch.Tensor,
+    weight_fp_columns: torch.Tensor,
+    outlier_channels: torch.Tensor,
+    threshold: float,
+    bias: torch.Tensor | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The NPU part and the shadow part of one Linear (§3.3, Eq. 1):
+
+        y_npu    = Q(clip(x)) @ Wqᵀ                        (INT8 on the NPU)
+        y_shadow = x_out[..., C] @ W_fp[:, C]ᵀ              (FP on the CPU)
+        y        = y_npu + y_shadow (+ bias)
+
+    ``weight_int8`` is the dequantized INT8 weight, ``weight_fp_columns`` = W_fp[:, C].
+    Outliers outside C are dropped (clipped) — the caller passes every channel that may
+    hold one. Returns (y_npu + bias, y_shadow).
+    """
+    clipped, outliers = split_outliers(x, threshold)
+    y_npu = torch.nn.functional.linear(fake_quantize_symmetric(clipped, symmetric_scale(threshold)), weight_int8, bias)
+    y_shadow = outliers[..., outlier_channels] @ weight_fp_columns.T
+    return y_npu, y_shadow
+
+
+def hot_channel_set(channel_outlier_count: torch.Tensor, coverage: float) -> torch.Tensor:
+    """Smallest set of channels holding ≥ ``coverage`` of all calibration outliers
+    (§3.3: a few "hot" channels carry most outliers; their FP weights stay resident)."""
+    counts = channel_outlier_count.double()
+    total = float(counts.sum())
+    if total == 0:
+        return torch.zeros(0, dtype=torch.long)
+    order = torch.argsort(counts, descending=True, stable=True)
+    covered = torch.cumsum(counts[order], dim=0) / total
+    size = int(torch.searchsorted(covered, torch.tensor([coverage - 1e-12], dtype=torch.float64)).item()) + 1
+    return torch.sort(order[: min(size, len(order))]).values
+
+
+def layer_importance(absmax: float, scale: float) -> float:
+    """§3.3 layer importance: max|x| / s — how far the outliers reach beyond the INT8 range."""
+    return absmax / scale
+
+
+def pruned_layers(importance: dict[str, float], fraction: float) -> set[str]:
+    """The ``fraction`` least important layers: their outlier handling is dropped (§3.3)."""
+    order = sorted(importance, key=lambda name: (importance[name], name))
+    return set(order[: int(round(fraction * len(order)))])
+
+
+def quantize_weight_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """INT8 symmetric per-output-channel fake quantization: (dequantized weight, scales)."""
+    scales = symmetric_scale(weight.detach().abs().amax(dim=1))
+    return fake_quantize_symmetric(weight.detach(), scales, axis=0), scales

@@ -1,0 +1,96 @@
+"""The shadow plan: per Linear input, its clip, scale, outlier and hot channels, pruning.
+
+Calibration-derived fields end in ``_``. The plan is JSON (``shadow_plan.json``); the
+shadow weights themselves are columns of the FP weights and are cut from the model by
+``shadow_weights`` when a bundle is written.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from quantkit.outlier_shadow.config import ShadowConfig
+
+__all__ = ["SiteShadowPlan", "ShadowPlan", "PLAN_FILE", "PLAN_VERSION"]
+
+PLAN_FILE = "shadow_plan.json"
+PLAN_VERSION = 1
+
+
+@dataclass
+class SiteShadowPlan:
+    """One activation tensor feeding ``linear_names`` (they share clip and shadow)."""
+
+    linear_names: list[str]
+    block_index: int
+    absmax_: float
+    threshold_: float  # INT8 clip point t; scale s = t / 127
+    importance_: float  # max|x| / s of the shadowed scale (§3.3), used for pruning
+    pruned: bool  # outlier handling dropped: values beyond t are clipped
+    outlier_channels_: list[int] = field(default_factory=list)  # channels that exceeded t in calibration
+    hot_channels_: list[int] = field(default_factory=list)  # resident FP columns (⊆ outlier_channels_)
+
+    @property
+    def scale_(self) -> float:
+        return self.threshold_ / 127
+
+    @property
+    def shadowed(self) -> bool:
+        return not self.pruned and len(self.outlier_channels_) > 0
+
+    @property
+    def cold_channels_(self) -> list[int]:
+        hot = set(self.hot_channels_)
+        return [c for c in self.outlier_channels_ if c not in hot]
+
+
+@dataclass
+class ShadowPlan:
+    config: ShadowConfig
+    sites: dict[str, SiteShadowPlan]  # keyed by the first Linear of the site
+    version: int = PLAN_VERSION
+
+    def site_of(self, linear_name: str) -> SiteShadowPlan:
+        for site in self.sites.values():
+            if linear_name in site.linear_names:
+                return site
+        raise KeyError(f"{linear_name} has no entry in the shadow plan")
+
+    def resident_shadow_parameters(self, out_features: dict[str, int]) -> int:
+        """Number of FP weights kept in memory: hot columns of every shadowed Linear."""
+        return sum(len(site.hot_channels_) * out_features[name] for site in self.sites.values() if site.shadowed for name in site.linear_names)
+
+    def cold_shadow_parameters(self, out_features: dict[str, int]) -> int:
+        return sum(len(site.cold_channels_) * out_features[name] for site in self.sites.values() if site.shadowed for name in site.linear_names)
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "config": self.config.to_dict(), "sites": {name: asdict(site) for name, site in self.sites.items()}}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "ShadowPlan":
+        if values.get("version") != PLAN_VERSION:
+            raise ValueError(f"shadow plan version: got {values.get('version')!r}, expected {PLAN_VERSION}; recalibrate with this quantkit")
+        return cls(config=ShadowConfig.from_dict(values["config"]), sites={name: SiteShadowPlan(**site) for name, site in values["sites"].items()})
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> "ShadowPlan":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+    def shadow_weights(self, layout) -> dict[str, torch.Tensor]:
+        """FP weight columns ``{"<linear>.hot": W[:, hot], "<linear>.cold": W[:, cold]}``."""
+        weights = {}
+        for site in self.sites.values():
+            if not site.shadowed:
+                continue
+            for name in site.linear_names:
+                weight = layout.linear(name).weight.detach().float().cpu()
+                weights[f"{name}.hot"] = weight[:, site.hot_channels_].contiguous()
+                weights[f"{name}.cold"] = weight[:, site.cold_channels_].contiguous()
+        return weights

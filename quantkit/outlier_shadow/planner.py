@@ -1,0 +1,54 @@
+"""Build the shadow plan from calibration statistics (orchestration over ``math.py``)."""
+
+from __future__ import annotations
+
+from quantkit.calibration.statistics import ActivationStatistics
+from quantkit.models.architecture import DecoderLayout
+from quantkit.outlier_shadow.config import ShadowConfig
+from quantkit.outlier_shadow.math import hot_channel_set, layer_importance, mse_clip_threshold, paper_clip_threshold, pruned_layers
+from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
+
+__all__ = ["build_shadow_plan"]
+
+
+def build_shadow_plan(statistics: ActivationStatistics, layout: DecoderLayout, config: ShadowConfig | None = None) -> ShadowPlan:
+    """Per Linear input: clip threshold, importance, pruning, outlier and hot channels.
+
+    Outlier channels are counted beyond the statistics' own clip (``outlier_threshold``,
+    the calibration ``outlier_quantile``); ``config.percentile`` must match it.
+    """
+    config = config or ShadowConfig()
+    sites: dict[str, SiteShadowPlan] = {}
+    for site in layout.input_sites():
+        stats = statistics[f"{site.name}:input"]
+        absmax = float(stats.absmax)
+        calibration_clip = float(stats.outlier_threshold)
+        percentile_value = stats.quantile(config.percentile)
+        if abs(percentile_value - calibration_clip) > 1e-6 * max(1.0, calibration_clip):
+            raise ValueError(
+                f"shadow percentile {config.percentile} does not match the calibration's outlier_quantile "
+                f"(clip {calibration_clip:g} vs {percentile_value:g} for {site.name}); recalibrate with --outlier-quantile {config.percentile}"
+            )
+        if config.scale_rule == "paper":
+            threshold = paper_clip_threshold(absmax, percentile_value, config.k)
+        else:
+            threshold = mse_clip_threshold(stats.histogram, absmax, shadowed=True, max_outlier_fraction=1.0 - config.percentile)
+        outliers = [int(c) for c in (stats.channel_outlier_count > 0).nonzero().flatten()] if threshold < absmax else []
+        sites[site.name] = SiteShadowPlan(
+            linear_names=list(site.linear_names),
+            block_index=site.block_index,
+            absmax_=absmax,
+            threshold_=threshold,
+            importance_=layer_importance(absmax, threshold / 127),
+            pruned=False,
+            outlier_channels_=outliers,
+            hot_channels_=[int(c) for c in hot_channel_set(stats.channel_outlier_count, config.hot_coverage)] if outliers else [],
+        )
+    for name in pruned_layers({name: site.importance_ for name, site in sites.items()}, config.prune_fraction):
+        site = sites[name]
+        site.pruned = True
+        if config.pruned_scale_rule == "mse":
+            stats = statistics[f"{name}:input"]
+            site.threshold_ = mse_clip_threshold(stats.histogram, site.absmax_, shadowed=False)
+        site.outlier_channels_, site.hot_channels_ = [], []
+    return ShadowPlan(config=config, sites=sites)

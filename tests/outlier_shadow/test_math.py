@@ -1,0 +1,111 @@
+import pytest
+import torch
+
+from quantkit.calibration.quantiles import log_histogram
+from quantkit.outlier_shadow.math import (
+    hot_channel_set,
+    layer_importance,
+    mse_clip_threshold,
+    paper_clip_threshold,
+    pruned_layers,
+    quantize_weight_per_channel,
+    shadow_linear,
+    split_outliers,
+)
+from quantkit.quant_primitives import fake_quantize_symmetric, symmetric_scale
+
+
+def _activation_with_outliers(seed=0):
+    torch.manual_seed(seed)
+    x = torch.randn(2, 64, 32)
+    x[..., 7] *= 30.0
+    x[0, 3, 11] = 55.0
+    return x
+
+
+def test_eq1_split_is_exact():
+    x = _activation_with_outliers()
+    clipped, outliers = split_outliers(x, 2.5)
+    assert torch.equal(clipped + outliers, x)
+    assert clipped.abs().max() <= 2.5
+    assert torch.equal(outliers != 0, x.abs() > 2.5)
+
+
+def test_shadow_linear_equals_plain_reference():
+    """y = Q(clip(x)) Wqᵀ + x_out[:, C] W[:, C]ᵀ + b, written out by hand."""
+    x = _activation_with_outliers()
+    torch.manual_seed(1)
+    weight, bias = torch.randn(16, 32), torch.randn(16)
+    weight_int8, _ = quantize_weight_per_channel(weight)
+    threshold = 2.5
+    channels = torch.nonzero((x.abs() > threshold).reshape(-1, 32).any(dim=0)).flatten()
+    y_npu, y_shadow = shadow_linear(x, weight_int8, weight[:, channels], channels, threshold, bias)
+
+    scale = threshold / 127
+    reference_npu = torch.zeros(2, 64, 16)
+    reference_shadow = torch.zeros(2, 64, 16)
+    for b in range(2):
+        for t in range(64):
+            row = x[b, t]
+            clipped = torch.clamp(row, -threshold, threshold)
+            codes = torch.clamp(torch.round(clipped / scale), -127, 127)
+            reference_npu[b, t] = (codes * scale) @ weight_int8.T + bias
+            excess = row - clipped
+            reference_shadow[b, t] = excess[channels] @ weight[:, channels].T
+    assert torch.allclose(y_npu, reference_npu, atol=1e-5)
+    assert torch.allclose(y_shadow, reference_shadow, atol=1e-5)
+    # With every outlier channel shadowed, only INT8 rounding inside the range is lost:
+    exact_input = fake_quantize_symmetric(x.clamp(-threshold, threshold), symmetric_scale(threshold)) + (x - x.clamp(-threshold, threshold))
+    assert torch.allclose(y_npu + y_shadow, exact_input @ weight_int8.T + bias + (x - x.clamp(-threshold, threshold)) @ (weight - weight_int8).T, atol=1e-4)
+
+
+def test_paper_rule_uses_max_when_close_and_percentile_otherwise():
+    assert paper_clip_threshold(absmax=3.0, percentile_value=2.0, k=2.0) == 3.0
+    assert paper_clip_threshold(absmax=30.0, percentile_value=2.0, k=2.0) == 2.0
+
+
+def test_hot_set_is_the_smallest_set_reaching_coverage():
+    counts = torch.tensor([0, 50, 5, 30, 10, 5])
+    assert hot_channel_set(counts, 0.8).tolist() == [1, 3]  # 80 of 100
+    assert hot_channel_set(counts, 0.81).tolist() == [1, 3, 4]
+    assert hot_channel_set(counts, 1.0).tolist() == [1, 2, 3, 4, 5]
+    assert hot_channel_set(torch.zeros(4, dtype=torch.long), 0.8).tolist() == []
+
+
+def test_hot_set_coverage_property_on_random_counts():
+    generator = torch.Generator().manual_seed(3)
+    for _ in range(50):
+        counts = torch.randint(0, 100, (40,), generator=generator) * (torch.rand(40, generator=generator) < 0.3)
+        if counts.sum() == 0:
+            continue
+        hot = hot_channel_set(counts, 0.8)
+        assert counts[hot].sum() >= 0.8 * counts.sum()
+        # no smaller set does it: dropping the smallest member falls short
+        smaller = hot[torch.argsort(counts[hot], descending=True)][:-1]
+        assert counts[smaller].sum() < 0.8 * counts.sum()
+
+
+def test_importance_and_pruning_order():
+    assert layer_importance(absmax=10.0, scale=0.1) == 100.0
+    importance = {"a": 127.0, "b": 5000.0, "c": 300.0, "d": 127.0, "e": 20000.0}
+    assert pruned_layers(importance, 0.6) == {"a", "d", "c"}
+    assert pruned_layers(importance, 0.0) == set()
+    assert pruned_layers(importance, 1.0) == set(importance)
+
+
+def test_mse_clip_balances_rounding_and_clipping():
+    torch.manual_seed(0)
+    x = torch.randn(100_000)
+    x[:5] = 80.0  # five huge values
+    histogram, absmax = log_histogram(x), float(x.abs().max())
+    unshadowed = mse_clip_threshold(histogram, absmax, shadowed=False)
+    assert 4.0 < unshadowed < absmax  # clips the five, keeps resolution for the rest
+    shadowed = mse_clip_threshold(histogram, absmax, shadowed=True, max_outlier_fraction=1e-3)
+    assert shadowed == pytest.approx(torch.quantile(x.abs(), 0.999).item(), rel=0.05)  # as low as the outlier budget allows
+
+
+def test_per_channel_weight_quantization_error_bound():
+    torch.manual_seed(0)
+    weight = torch.randn(8, 64) * torch.logspace(-2, 1, 8).unsqueeze(1)
+    dequantized, scales = quantize_weight_per_channel(weight)
+    assert ((dequantized - weight).abs() <= scales.unsqueeze(1) / 2 + 1e-7).all()

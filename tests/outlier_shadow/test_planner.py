@@ -1,0 +1,77 @@
+import pytest
+import torch
+
+from quantkit.calibration.collect import collect_activation_statistics
+from quantkit.eval.perplexity import perplexity
+from quantkit.models.architecture import find_decoder_layout
+from quantkit.outlier_shadow import ShadowConfig, ShadowPlan, build_shadow_plan, simulated_quantization
+from quantkit.outlier_shadow.simulated_linear import ShadowQuantLinear
+from tests.conftest import PLANTED_CHANNELS, TINY_VOCAB, tiny_model
+
+
+@pytest.fixture(scope="module")
+def planted():
+    model = tiny_model("llama", planted_outliers=True)
+    layout = find_decoder_layout(model)
+    sequences = torch.randint(0, TINY_VOCAB, (8, 64), generator=torch.Generator().manual_seed(0))
+    statistics = collect_activation_statistics(layout, sequences, outlier_quantile=0.99, progress=False)
+    return layout, statistics, sequences
+
+
+def test_plan_finds_the_planted_outliers(planted):
+    layout, statistics, _ = planted
+    plan = build_shadow_plan(statistics, layout, ShadowConfig(percentile=0.99, prune_fraction=0.0))
+    site = plan.sites["model.layers.0.mlp.gate_proj"]
+    assert site.linear_names == ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"]
+    assert set(PLANTED_CHANNELS) <= set(site.outlier_channels_) or set(site.hot_channels_) <= set(PLANTED_CHANNELS)
+    assert set(site.hot_channels_) <= set(site.outlier_channels_)
+    counts = statistics["model.layers.0.mlp.gate_proj:input"].channel_outlier_count
+    assert counts[site.hot_channels_].sum() >= 0.8 * counts.sum()
+
+
+def test_pruning_drops_the_least_important_layers(planted):
+    layout, statistics, _ = planted
+    plan = build_shadow_plan(statistics, layout, ShadowConfig(percentile=0.99, prune_fraction=0.5))
+    sites = list(plan.sites.values())
+    pruned = [s for s in sites if s.pruned]
+    kept = [s for s in sites if not s.pruned]
+    assert len(pruned) == len(sites) // 2
+    assert max(s.importance_ for s in pruned) <= min(s.importance_ for s in kept)
+    assert all(not s.outlier_channels_ and not s.hot_channels_ for s in pruned)
+
+
+def test_shadow_recovers_accuracy_on_planted_outliers(planted):
+    layout, statistics, sequences = planted
+    fp = perplexity(lambda ids: layout.model(input_ids=ids, use_cache=False).logits, sequences, progress=False)
+    error = {}
+    for name, config in {"shadow": ShadowConfig(percentile=0.99, prune_fraction=0.0), "clipped": ShadowConfig(percentile=0.99, prune_fraction=1.0, pruned_scale_rule="clip")}.items():
+        with simulated_quantization(layout, build_shadow_plan(statistics, layout, config)):
+            error[name] = abs(perplexity(lambda ids: layout.model(input_ids=ids, use_cache=False).logits, sequences, progress=False) - fp)
+    assert error["shadow"] < error["clipped"] / 3
+
+
+def test_simulation_restores_fp_linears(planted):
+    layout, statistics, _ = planted
+    plan = build_shadow_plan(statistics, layout, ShadowConfig(percentile=0.99))
+    before = [layout.linear(n) for n in layout.linear_names()]
+    with simulated_quantization(layout, plan, blocks={1}):
+        assert isinstance(layout.linear("model.layers.1.mlp.down_proj"), ShadowQuantLinear)
+        assert isinstance(layout.linear("model.layers.0.mlp.down_proj"), torch.nn.Linear)
+    assert [layout.linear(n) for n in layout.linear_names()] == before
+
+
+def test_plan_round_trips_and_measures_resident_weights(planted, tmp_path):
+    layout, statistics, _ = planted
+    plan = build_shadow_plan(statistics, layout, ShadowConfig(percentile=0.99, prune_fraction=0.0))
+    plan.save(tmp_path / "plan.json")
+    assert ShadowPlan.load(tmp_path / "plan.json").to_dict() == plan.to_dict()
+    out_features = {n: layout.linear(n).out_features for n in layout.linear_names()}
+    weights = plan.shadow_weights(layout)
+    assert plan.resident_shadow_parameters(out_features) == sum(w.numel() for k, w in weights.items() if k.endswith(".hot"))
+    assert plan.cold_shadow_parameters(out_features) == sum(w.numel() for k, w in weights.items() if k.endswith(".cold"))
+
+
+def test_mismatched_percentile_is_refused(planted):
+    layout, statistics, _ = planted
+    with pytest.raises(ValueError, match="recalibrate with --outlier-quantile 0.999"):
+        build_shadow_plan(statistics, layout, ShadowConfig(percentile=0.999))
