@@ -23,9 +23,22 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-__all__ = ["LogitsModel", "build_w8a8_quantsim", "compute_w8a8_encodings", "quantsim_encodings_1_0_0", "write_encodings", "ENCODINGS_FILE"]
+__all__ = [
+    "LogitsModel",
+    "build_w8a8_quantsim",
+    "compute_w8a8_encodings",
+    "quantsim_encodings_1_0_0",
+    "write_encodings",
+    "save_quantizer_state",
+    "load_quantizer_state",
+    "ENCODINGS_FILE",
+    "QUANTIZER_STATE_FILE",
+]
 
 ENCODINGS_FILE = "encodings.json"
+# AIMET's own lossless checkpoint of a calibrated sim (quantizer_state_dict), so the
+# baseline can be rebuilt without running compute_encodings again.
+QUANTIZER_STATE_FILE = "aimet_quantizers.safetensors"
 
 
 class LogitsModel(nn.Module):
@@ -101,3 +114,37 @@ def quantsim_encodings_1_0_0(sim) -> dict:
 
 def write_encodings(encodings: dict, path: Path) -> None:
     Path(path).write_text(json.dumps(encodings, indent=1))
+
+
+_EXTRA_SEPARATOR = "::"  # AIMET's quantizer states hold dicts of tensors (_extra_state): flattened
+
+
+def save_quantizer_state(sim, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    flat = {}
+    for name, value in sim.quantizer_state_dict().items():
+        if isinstance(value, dict):
+            flat.update({f"{name}{_EXTRA_SEPARATOR}{key}": torch.as_tensor(item).detach().cpu().contiguous() for key, item in value.items()})
+        else:
+            flat[name] = value.detach().cpu().contiguous()
+    save_file(flat, str(path))
+
+
+def load_quantizer_state(sim, path: Path) -> None:
+    """Load a state saved by :func:`save_quantizer_state` into a freshly built sim."""
+    from safetensors.torch import load_file
+
+    state: dict = {}
+    for name, tensor in load_file(str(path)).items():
+        if _EXTRA_SEPARATOR in name:
+            owner, key = name.split(_EXTRA_SEPARATOR, 1)
+            state.setdefault(owner, {})[key] = tensor
+        else:
+            state[name] = tensor
+    missing = set(sim.quantizer_state_dict()) - set(state)
+    if missing:
+        raise ValueError(f"{path}: quantizer state lacks {len(missing)} entries (e.g. {sorted(missing)[0]}); it belongs to another model or AIMET config")
+    device = next(sim.model.parameters()).device
+    with torch.no_grad():
+        sim.model.load_state_dict({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in state.items()}, strict=False)

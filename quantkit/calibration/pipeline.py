@@ -19,7 +19,16 @@ from pathlib import Path
 
 import torch
 
-from quantkit.calibration.aimet_baseline import ENCODINGS_FILE, LogitsModel, build_w8a8_quantsim, compute_w8a8_encodings, quantsim_encodings_1_0_0, write_encodings
+from quantkit.calibration.aimet_baseline import (
+    ENCODINGS_FILE,
+    QUANTIZER_STATE_FILE,
+    LogitsModel,
+    build_w8a8_quantsim,
+    compute_w8a8_encodings,
+    quantsim_encodings_1_0_0,
+    save_quantizer_state,
+    write_encodings,
+)
 from quantkit.calibration.collect import collect_activation_statistics
 from quantkit.calibration.config import CalibrationConfig
 from quantkit.calibration.report import OutlierLayer, format_summary, plot_outlier_heatmap, plot_sensitivity, rank_outlier_layers
@@ -141,6 +150,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     compute_w8a8_encodings(sim, calibration_ids[: config.aimet_num_sequences], progress=progress)
     encodings = quantsim_encodings_1_0_0(sim)
     write_encodings(encodings, staging / ENCODINGS_FILE)
+    save_quantizer_state(sim, staging / QUANTIZER_STATE_FILE)
     timings["aimet_encodings"] = time.perf_counter() - mark
     mark = time.perf_counter()
     perplexities["aimet_w8a8_per_tensor"] = perplexity(lambda ids: sim.model(ids.to(device)), validation_ids, desc="AIMET W8A8 perplexity", progress=progress)

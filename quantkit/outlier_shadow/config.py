@@ -8,7 +8,7 @@ from dataclasses import dataclass
 __all__ = ["ShadowConfig", "SCALE_RULES", "PRUNED_SCALE_RULES"]
 
 SCALE_RULES = ("paper", "mse")
-PRUNED_SCALE_RULES = ("mse", "clip")
+PRUNED_SCALE_RULES = ("max", "mse", "clip")
 
 
 @dataclass(frozen=True)
@@ -22,16 +22,18 @@ class ShadowConfig:
       calibration outliers (paper: <3% of channels hold >80%).
     * ``prune_fraction``: share of layers, least important first (max|x| / s), whose
       outlier handling is dropped (paper default 85%). ``pruned_scale_rule``: what such a
-      layer's clip becomes: ``"mse"`` (the error-minimising clip without shadow) or
-      ``"clip"`` (keep the threshold, drop the outliers, as the paper describes).
+      layer's range becomes: ``"max"`` (max|x|: nothing is clipped; the least important
+      layers are those where this costs least resolution), ``"mse"`` (the
+      error-minimising clip without shadow) or ``"clip"`` (keep the shadow threshold and
+      drop the outliers).
     """
 
     scale_rule: str = "paper"
     k: float = 2.0
-    percentile: float = 0.999
-    hot_coverage: float = 0.8
-    prune_fraction: float = 0.85
-    pruned_scale_rule: str = "mse"
+    percentile: float = 0.99
+    hot_coverage: float = 0.5
+    prune_fraction: float = 0.5
+    pruned_scale_rule: str = "max"
 
     def __post_init__(self) -> None:
         if self.scale_rule not in SCALE_RULES:

@@ -27,12 +27,15 @@ class SiteShadowPlan:
 
     linear_names: list[str]
     block_index: int
+    num_channels: int
     absmax_: float
     threshold_: float  # INT8 clip point t; scale s = t / 127
     importance_: float  # max|x| / s of the shadowed scale (§3.3), used for pruning
     pruned: bool  # outlier handling dropped: values beyond t are clipped
     outlier_channels_: list[int] = field(default_factory=list)  # channels that exceeded t in calibration
     hot_channels_: list[int] = field(default_factory=list)  # resident FP columns (⊆ outlier_channels_)
+    # At run time an outlier may appear in any channel; the columns of the channels that
+    # are not hot ("cold") are read from the bundle when one does (§3.3).
 
     @property
     def scale_(self) -> float:
@@ -40,12 +43,12 @@ class SiteShadowPlan:
 
     @property
     def shadowed(self) -> bool:
-        return not self.pruned and len(self.outlier_channels_) > 0
+        return not self.pruned and self.threshold_ < self.absmax_
 
     @property
     def cold_channels_(self) -> list[int]:
         hot = set(self.hot_channels_)
-        return [c for c in self.outlier_channels_ if c not in hot]
+        return [c for c in range(self.num_channels) if c not in hot]
 
 
 @dataclass

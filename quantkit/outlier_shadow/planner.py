@@ -37,6 +37,7 @@ def build_shadow_plan(statistics: ActivationStatistics, layout: DecoderLayout, c
         sites[site.name] = SiteShadowPlan(
             linear_names=list(site.linear_names),
             block_index=site.block_index,
+            num_channels=site.num_channels,
             absmax_=absmax,
             threshold_=threshold,
             importance_=layer_importance(absmax, threshold / 127),
@@ -47,7 +48,9 @@ def build_shadow_plan(statistics: ActivationStatistics, layout: DecoderLayout, c
     for name in pruned_layers({name: site.importance_ for name, site in sites.items()}, config.prune_fraction):
         site = sites[name]
         site.pruned = True
-        if config.pruned_scale_rule == "mse":
+        if config.pruned_scale_rule == "max":
+            site.threshold_ = site.absmax_
+        elif config.pruned_scale_rule == "mse":
             stats = statistics[f"{name}:input"]
             site.threshold_ = mse_clip_threshold(stats.histogram, site.absmax_, shadowed=False)
         site.outlier_channels_, site.hot_channels_ = [], []

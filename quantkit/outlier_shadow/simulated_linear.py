@@ -19,8 +19,8 @@ __all__ = ["ShadowQuantLinear", "simulated_quantization"]
 
 class ShadowQuantLinear(nn.Module):
     """INT8 per-channel weights, INT8 per-tensor input clipped at the plan's threshold,
-    and — unless the layer is pruned — the clipped excess of the calibration outlier
-    channels added back in FP with the shadow weights."""
+    and — unless the layer is pruned — the clipped excess added back in FP with the
+    shadow weights (hot columns resident, cold ones read on demand: every channel)."""
 
     def __init__(self, linear: nn.Linear, site: SiteShadowPlan):
         super().__init__()
@@ -29,12 +29,12 @@ class ShadowQuantLinear(nn.Module):
         self.bias = linear.bias
         self.threshold = site.threshold_
         self.shadowed = site.shadowed
-        self.register_buffer("outlier_channels", torch.tensor(site.outlier_channels_, dtype=torch.long, device=linear.weight.device))
-        self.register_buffer("shadow_columns", linear.weight.detach()[:, self.outlier_channels].clone())
+        self.register_buffer("shadow_channels", torch.arange(linear.in_features, device=linear.weight.device))
+        self.register_buffer("shadow_columns", linear.weight.detach().clone())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shadowed:
-            y_npu, y_shadow = shadow_linear(x, self.weight_int8, self.shadow_columns, self.outlier_channels, self.threshold, self.bias)
+            y_npu, y_shadow = shadow_linear(x, self.weight_int8, self.shadow_columns, self.shadow_channels, self.threshold, self.bias)
             return y_npu + y_shadow
         clipped, _ = split_outliers(x, self.threshold)
         return nn.functional.linear(fake_quantize_symmetric(clipped, symmetric_scale(self.threshold)), self.weight_int8, self.bias)

@@ -66,3 +66,14 @@ def test_w8a8_simulation_is_worse_than_fp_but_finite(calibrated_sim):
     quantized = perplexity(sim.model, sequences, progress=False)
     assert torch.isfinite(torch.tensor(quantized))
     assert quantized != fp
+
+
+def test_quantizer_state_round_trip_rebuilds_the_same_baseline(calibrated_sim, tmp_path):
+    from quantkit.calibration.aimet_baseline import load_quantizer_state, save_quantizer_state
+
+    model, sim, sequences = calibrated_sim
+    save_quantizer_state(sim, tmp_path / "state.safetensors")
+    rebuilt = build_w8a8_quantsim(model, sequences[:1])
+    load_quantizer_state(rebuilt, tmp_path / "state.safetensors")
+    with torch.no_grad():
+        assert torch.equal(rebuilt.model(sequences), sim.model(sequences))

@@ -23,7 +23,7 @@ def test_plan_finds_the_planted_outliers(planted):
     plan = build_shadow_plan(statistics, layout, ShadowConfig(percentile=0.99, prune_fraction=0.0))
     site = plan.sites["model.layers.0.mlp.gate_proj"]
     assert site.linear_names == ["model.layers.0.mlp.gate_proj", "model.layers.0.mlp.up_proj"]
-    assert set(PLANTED_CHANNELS) <= set(site.outlier_channels_) or set(site.hot_channels_) <= set(PLANTED_CHANNELS)
+    assert site.shadowed and set(site.hot_channels_) <= set(PLANTED_CHANNELS)
     assert set(site.hot_channels_) <= set(site.outlier_channels_)
     counts = statistics["model.layers.0.mlp.gate_proj:input"].channel_outlier_count
     assert counts[site.hot_channels_].sum() >= 0.8 * counts.sum()

@@ -1,0 +1,140 @@
+"""Accuracy benchmark: FP, naive W8A8 (AIMET), SmoothQuant with static activations,
+LLM.int8() and quantkit, measured side by side in one run on the held-out enwiki test
+split (articles in neither the calibration nor the validation split).
+
+    python benchmarks/accuracy.py [--model smollm2-135m] [--out benchmarks/results]
+
+Writes OUT/accuracy.json ({"model", "rows": [{"method", "ppl", "npu_blocks",
+"shadow_bytes"}, ...]}) and OUT/accuracy.md. The calibration it needs is made by
+``quantkit.calibration.calibrate`` (default settings) into OUT/calib-<model>, or reused
+with --calib.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from quantkit.baselines import llm_int8_simulation, smoothquant_simulation
+from quantkit.calibration import ActivationStatistics, CalibrationConfig, calibrate
+from quantkit.calibration.aimet_baseline import QUANTIZER_STATE_FILE, LogitsModel, build_w8a8_quantsim, load_quantizer_state
+from quantkit.data.corpus import load_documents, token_sequences
+from quantkit.eval.perplexity import perplexity
+from quantkit.models.loading import load_model
+from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
+from quantkit.outlier_shadow.plan import PLAN_FILE
+from quantkit.sensitivity.placement import CPU_FP, PLACEMENT_FILE, PlacementPlan
+
+DEFAULT_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
+
+
+def _parse(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", default="smollm2-135m")
+    parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--calib", default=None, help="reuse this calibration folder instead of calibrating")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--test-sequences", type=int, default=8)
+    parser.add_argument("--test-seq-len", type=int, default=512)
+    parser.add_argument("--alphas", default=",".join(map(str, DEFAULT_ALPHAS)), help="SmoothQuant α values swept on the validation split")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = _parse(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    calib = Path(args.calib) if args.calib else out / f"calib-{Path(args.model).name}"
+    if not args.calib:
+        calibrate(calib, CalibrationConfig(model=args.model, device=args.device), overwrite=True)
+    config = CalibrationConfig.load(calib / "config.json")
+    if config.model != args.model:
+        raise SystemExit(f"{calib} was calibrated for {config.model}, not {args.model}")
+
+    loaded = load_model(args.model, args.device)
+    layout, device = loaded.layout, next(loaded.model.parameters()).device
+    logits = LogitsModel(loaded.model)
+    forward = lambda ids: logits(ids.to(device))  # noqa: E731
+    test_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "test"), args.test_sequences, args.test_seq_len, source="test split")
+    validation_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "validation"), config.eval_num_sequences, config.eval_seq_len, source="validation split")
+    statistics = ActivationStatistics.load(calib)
+    plan = ShadowPlan.load(calib / PLAN_FILE)
+    placement = PlacementPlan.load(calib / PLACEMENT_FILE)
+    num_blocks = layout.num_blocks
+    model_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
+    out_features = {name: layout.linear(name).out_features for name in layout.linear_names()}
+    rows = []
+
+    def test_ppl(name: str, fn=forward) -> float:
+        return perplexity(fn, test_ids, desc=f"{name} test PPL")
+
+    rows.append({"method": "fp", "ppl": test_ppl("fp"), "npu_blocks": 0, "shadow_bytes": 0})
+
+    sim = build_w8a8_quantsim(loaded.model, test_ids[:1].to(device), config.aimet_config)
+    load_quantizer_state(sim, calib / QUANTIZER_STATE_FILE)
+    rows.append({"method": "naive_w8a8", "ppl": test_ppl("naive_w8a8", lambda ids: sim.model(ids.to(device))), "npu_blocks": num_blocks, "shadow_bytes": 0})
+    del sim
+
+    alphas = [float(a) for a in args.alphas.split(",")]
+    sweep = {}
+    for alpha in alphas:
+        with smoothquant_simulation(layout, statistics, alpha):
+            sweep[alpha] = perplexity(forward, validation_ids, desc=f"SmoothQuant α={alpha} validation PPL")
+    best_alpha = min(sweep, key=sweep.get)
+    with smoothquant_simulation(layout, statistics, best_alpha):
+        rows.append({"method": "smoothquant_static", "ppl": test_ppl("smoothquant_static"), "npu_blocks": num_blocks, "shadow_bytes": 0, "alpha": best_alpha, "validation_sweep": sweep})
+
+    with llm_int8_simulation(layout):
+        # Dynamic per-token scales and run-time FP columns: not a static NPU graph.
+        rows.append({"method": "llm_int8", "ppl": test_ppl("llm_int8"), "npu_blocks": None, "shadow_bytes": None, "threshold": 6.0})
+
+    npu = {b for b, where in enumerate(placement.placement) if where != CPU_FP}
+    npu_plan = ShadowPlan(config=plan.config, sites={k: s for k, s in plan.sites.items() if s.block_index in npu})
+    shadow_bytes = npu_plan.resident_shadow_parameters(out_features) * 4  # float32 columns
+    with simulated_quantization(layout, plan, blocks=npu):
+        rows.append({"method": "quantkit", "ppl": test_ppl("quantkit"), "npu_blocks": len(npu), "shadow_bytes": shadow_bytes, "cpu_fp_blocks": sorted(set(range(num_blocks)) - npu)})
+
+    fp = rows[0]["ppl"]
+    for row in rows:
+        row["delta_ppl_percent"] = 100 * (row["ppl"] / fp - 1)
+    result = {
+        "model": args.model,
+        "test_tokens": list(test_ids.shape),
+        "model_bytes": model_bytes,
+        "num_blocks": num_blocks,
+        "calibration": str(calib),
+        "shadow_config": plan.config.to_dict(),
+        "seconds": time.perf_counter() - started,
+        "rows": rows,
+    }
+    (out / "accuracy.json").write_text(json.dumps(result, indent=2))
+    table = _markdown(result)
+    (out / "accuracy.md").write_text(table)
+    print(table)
+    return 0
+
+
+def _markdown(result: dict) -> str:
+    lines = [
+        f"# Accuracy — {result['model']}, enwiki test split ({result['test_tokens'][0]}×{result['test_tokens'][1]} tokens)",
+        "",
+        "| method | test PPL | ΔPPL vs FP | blocks on NPU | resident shadow weights |",
+        "|---|---:|---:|---:|---:|",
+    ]
+    for row in result["rows"]:
+        blocks = "n/a (dynamic)" if row["npu_blocks"] is None else f"{row['npu_blocks']}/{result['num_blocks']}"
+        shadow = "n/a" if row["shadow_bytes"] is None else f"{row['shadow_bytes'] / 1e6:.2f} MB ({100 * row['shadow_bytes'] / result['model_bytes']:.2f}%)"
+        extra = f" (α={row['alpha']})" if "alpha" in row else ""
+        lines.append(f"| {row['method']}{extra} | {row['ppl']:.3f} | {row['delta_ppl_percent']:+.2f}% | {blocks} | {shadow} |")
+    lines += ["", f"Model weights: {result['model_bytes'] / 1e6:.1f} MB (float32). Measured in one run of benchmarks/accuracy.py in {result['seconds']:.0f} s."]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
