@@ -19,6 +19,7 @@ __all__ = [
     "quantize_symmetric",
     "dequantize_symmetric",
     "fake_quantize_symmetric",
+    "quantize_weight_per_channel",
     "sqnr_db",
 ]
 
@@ -55,6 +56,13 @@ def dequantize_symmetric(q: torch.Tensor, scale: torch.Tensor, axis: int | None 
 def fake_quantize_symmetric(x: torch.Tensor, scale: torch.Tensor, num_bits: int = 8, axis: int | None = None) -> torch.Tensor:
     """Quantize then dequantize, keeping ``x``'s dtype: what the NPU's INT8 does to ``x``."""
     return dequantize_symmetric(quantize_symmetric(x, scale, num_bits, axis), scale, axis).to(x.dtype)
+
+
+def quantize_weight_per_channel(weight: torch.Tensor, num_bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Symmetric per-output-channel fake quantization of a [out, in] weight:
+    (dequantized weight, per-channel scales)."""
+    scales = symmetric_scale(weight.detach().abs().amax(dim=1), num_bits)
+    return fake_quantize_symmetric(weight.detach(), scales, num_bits, axis=0), scales
 
 
 def sqnr_db(reference: torch.Tensor, approximation: torch.Tensor) -> float:

@@ -25,7 +25,7 @@ from torch import nn
 from quantkit.calibration.statistics import ActivationStatistics
 from quantkit.models.architecture import DecoderLayout
 from quantkit.models.swap import replaced_linears
-from quantkit.outlier_shadow.math import quantize_weight_per_channel
+from quantkit.quant_primitives import quantize_weight_per_channel
 from quantkit.quant_primitives import fake_quantize_symmetric, symmetric_scale
 
 __all__ = ["smoothing_factors", "SmoothQuantLinear", "smoothquant_simulation", "SMOOTHED_LINEARS"]

@@ -9,6 +9,7 @@ a ``layers`` ModuleList of blocks, each with ``self_attn.{q,k,v,o}_proj`` and
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 from torch import nn
 
@@ -74,6 +75,11 @@ class DecoderLayout:
         return self.model.get_submodule(name)
 
     def input_sites(self) -> list[InputSite]:
+        return list(self._input_sites)
+
+    @cached_property
+    def _input_sites(self) -> tuple[InputSite, ...]:
+        # Read once, from the FP model: later the Linears may be swapped for simulated ones.
         sites = []
         for index, block in enumerate(self.blocks):
             for parent_name, linear_names in _SHARED_INPUT_GROUPS:
@@ -86,7 +92,7 @@ class DecoderLayout:
                         num_channels=first.in_features,
                     )
                 )
-        return sites
+        return tuple(sites)
 
 
 def _is_decoder_block(module: nn.Module) -> bool:

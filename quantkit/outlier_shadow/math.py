@@ -21,7 +21,6 @@ __all__ = [
     "hot_channel_set",
     "layer_importance",
     "pruned_layers",
-    "quantize_weight_per_channel",
 ]
 
 _BIN_WIDTH = (6.0 - LOG10_MIN) / NUM_BINS
@@ -114,9 +113,3 @@ def pruned_layers(importance: dict[str, float], fraction: float) -> set[str]:
     """The ``fraction`` least important layers: their outlier handling is dropped (§3.3)."""
     order = sorted(importance, key=lambda name: (importance[name], name))
     return set(order[: int(round(fraction * len(order)))])
-
-
-def quantize_weight_per_channel(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """INT8 symmetric per-output-channel fake quantization: (dequantized weight, scales)."""
-    scales = symmetric_scale(weight.detach().abs().amax(dim=1))
-    return fake_quantize_symmetric(weight.detach(), scales, axis=0), scales

@@ -10,9 +10,9 @@ from torch import nn
 
 from quantkit.models.architecture import DecoderLayout
 from quantkit.models.swap import replaced_linears
-from quantkit.outlier_shadow.math import quantize_weight_per_channel, shadow_linear, split_outliers
+from quantkit.outlier_shadow.math import shadow_linear, split_outliers
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
-from quantkit.quant_primitives import fake_quantize_symmetric, symmetric_scale
+from quantkit.quant_primitives import fake_quantize_symmetric, quantize_weight_per_channel, symmetric_scale
 
 __all__ = ["ShadowQuantLinear", "simulated_quantization"]
 

@@ -8,11 +8,10 @@ from quantkit.outlier_shadow.math import (
     mse_clip_threshold,
     paper_clip_threshold,
     pruned_layers,
-    quantize_weight_per_channel,
     shadow_linear,
     split_outliers,
 )
-from quantkit.quant_primitives import fake_quantize_symmetric, symmetric_scale
+from quantkit.quant_primitives import fake_quantize_symmetric, quantize_weight_per_channel, symmetric_scale
 
 
 def _activation_with_outliers(seed=0):

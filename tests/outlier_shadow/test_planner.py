@@ -26,7 +26,7 @@ def test_plan_finds_the_planted_outliers(planted):
     assert site.shadowed and set(site.hot_channels_) <= set(PLANTED_CHANNELS)
     assert set(site.hot_channels_) <= set(site.outlier_channels_)
     counts = statistics["model.layers.0.mlp.gate_proj:input"].channel_outlier_count
-    assert counts[site.hot_channels_].sum() >= 0.8 * counts.sum()
+    assert counts[site.hot_channels_].sum() >= plan.config.hot_coverage * counts.sum()
 
 
 def test_pruning_drops_the_least_important_layers(planted):
