@@ -95,10 +95,18 @@ def main(argv=None) -> int:
         rows.append({"method": "llm_int8", "ppl": test_ppl("llm_int8"), "npu_blocks": None, "shadow_bytes": None, "threshold": 6.0})
 
     npu = {b for b, where in enumerate(placement.placement) if where != CPU_FP}
-    npu_plan = ShadowPlan(config=plan.config, sites={k: s for k, s in plan.sites.items() if s.block_index in npu})
-    shadow_bytes = npu_plan.resident_shadow_parameters(out_features) * 4  # float32 columns
+    shadow_bytes = plan.resident_shadow_parameters(out_features, blocks=npu) * 4  # float32 columns
     with simulated_quantization(layout, plan, blocks=npu):
-        rows.append({"method": "quantkit", "ppl": test_ppl("quantkit"), "npu_blocks": len(npu), "shadow_bytes": shadow_bytes, "cpu_fp_blocks": sorted(set(range(num_blocks)) - npu)})
+        rows.append(
+            {
+                "method": "quantkit",
+                "ppl": test_ppl("quantkit"),
+                "npu_blocks": len(npu),
+                "shadow_bytes": shadow_bytes,
+                "cpu_fp_blocks": sorted(set(range(num_blocks)) - npu),
+                "hot_coverage": plan.hot_coverage_,
+            }
+        )
 
     fp = rows[0]["ppl"]
     for row in rows:

@@ -49,7 +49,8 @@ class CalibrationConfig:
     eval_seq_len: int = 512
     scale_rule: str = "paper"
     k: float = 2.0
-    hot_coverage: float = 0.5
+    hot_coverage: float = 0.8
+    max_resident_fraction: float = 0.02
     prune_fraction: float = 0.5
     pruned_scale_rule: str = "max"
     accuracy_budget: float = 0.01
@@ -93,6 +94,7 @@ class CalibrationConfig:
             k=self.k,
             percentile=self.outlier_quantile,
             hot_coverage=self.hot_coverage,
+            max_resident_fraction=self.max_resident_fraction,
             prune_fraction=self.prune_fraction,
             pruned_scale_rule=self.pruned_scale_rule,
         )

@@ -164,7 +164,8 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     timings["total"] = time.perf_counter() - started
     peak = _peak_memory_mb()
     out_features = {name: loaded.layout.linear(name).out_features for name in loaded.layout.linear_names()}
-    resident = plan.resident_shadow_parameters(out_features)
+    npu_blocks = {block for block, where in enumerate(placement.placement) if where == "npu"}
+    resident = plan.resident_shadow_parameters(out_features, blocks=npu_blocks)
     model_parameters = sum(p.numel() for p in loaded.model.parameters())
     summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak, placement, resident / model_parameters)
     (staging / SUMMARY_TEXT).write_text(summary + "\n")

@@ -20,6 +20,10 @@ class ShadowConfig:
       minimising rounding error with at most (1 - ``percentile``) of values as outliers.
     * ``hot_coverage``: hot channels = the fewest channels holding this share of the
       calibration outliers (paper: <3% of channels hold >80%).
+      ``max_resident_fraction``: cap on the resident shadow weights, as a share of the
+      model's parameters; when the hot sets at ``hot_coverage`` exceed it, the coverage
+      is lowered (the same for every layer) until they fit, and the rest of the outlier
+      columns are read on demand. 1.0 disables the cap.
     * ``prune_fraction``: share of layers, least important first (max|x| / s), whose
       outlier handling is dropped (paper default 85%). ``pruned_scale_rule``: what such a
       layer's range becomes: ``"max"`` (max|x|: nothing is clipped; the least important
@@ -31,7 +35,8 @@ class ShadowConfig:
     scale_rule: str = "paper"
     k: float = 2.0
     percentile: float = 0.99
-    hot_coverage: float = 0.5
+    hot_coverage: float = 0.8
+    max_resident_fraction: float = 0.02
     prune_fraction: float = 0.5
     pruned_scale_rule: str = "max"
 
@@ -46,6 +51,8 @@ class ShadowConfig:
             raise ValueError(f"percentile: got {self.percentile}, expected a value in (0.5, 1), e.g. 0.999")
         if not 0.0 < self.hot_coverage <= 1.0:
             raise ValueError(f"hot_coverage: got {self.hot_coverage}, expected a share in (0, 1]")
+        if not 0.0 <= self.max_resident_fraction <= 1.0:
+            raise ValueError(f"max_resident_fraction: got {self.max_resident_fraction}, expected a share in [0, 1], e.g. 0.02")
         if not 0.0 <= self.prune_fraction <= 1.0:
             raise ValueError(f"prune_fraction: got {self.prune_fraction}, expected a share in [0, 1]")
 

@@ -55,6 +55,7 @@ class SiteShadowPlan:
 class ShadowPlan:
     config: ShadowConfig
     sites: dict[str, SiteShadowPlan]  # keyed by the first Linear of the site
+    hot_coverage_: float = 0.0  # the coverage used: config.hot_coverage, or less to fit max_resident_fraction
     version: int = PLAN_VERSION
 
     def site_of(self, linear_name: str) -> SiteShadowPlan:
@@ -63,21 +64,34 @@ class ShadowPlan:
                 return site
         raise KeyError(f"{linear_name} has no entry in the shadow plan")
 
-    def resident_shadow_parameters(self, out_features: dict[str, int]) -> int:
-        """Number of FP weights kept in memory: hot columns of every shadowed Linear."""
-        return sum(len(site.hot_channels_) * out_features[name] for site in self.sites.values() if site.shadowed for name in site.linear_names)
+    def _shadowed_sites(self, blocks: set[int] | None):
+        return [site for site in self.sites.values() if site.shadowed and (blocks is None or site.block_index in blocks)]
 
-    def cold_shadow_parameters(self, out_features: dict[str, int]) -> int:
-        return sum(len(site.cold_channels_) * out_features[name] for site in self.sites.values() if site.shadowed for name in site.linear_names)
+    def resident_shadow_parameters(self, out_features: dict[str, int], blocks: set[int] | None = None) -> int:
+        """Number of FP weights kept in memory: hot columns of every shadowed Linear
+        (of ``blocks`` only, e.g. those placed on the NPU; default all)."""
+        return sum(len(site.hot_channels_) * out_features[name] for site in self._shadowed_sites(blocks) for name in site.linear_names)
+
+    def cold_shadow_parameters(self, out_features: dict[str, int], blocks: set[int] | None = None) -> int:
+        return sum(len(site.cold_channels_) * out_features[name] for site in self._shadowed_sites(blocks) for name in site.linear_names)
 
     def to_dict(self) -> dict:
-        return {"version": self.version, "config": self.config.to_dict(), "sites": {name: asdict(site) for name, site in self.sites.items()}}
+        return {
+            "version": self.version,
+            "config": self.config.to_dict(),
+            "hot_coverage_": self.hot_coverage_,
+            "sites": {name: asdict(site) for name, site in self.sites.items()},
+        }
 
     @classmethod
     def from_dict(cls, values: dict) -> "ShadowPlan":
         if values.get("version") != PLAN_VERSION:
             raise ValueError(f"shadow plan version: got {values.get('version')!r}, expected {PLAN_VERSION}; recalibrate with this quantkit")
-        return cls(config=ShadowConfig.from_dict(values["config"]), sites={name: SiteShadowPlan(**site) for name, site in values["sites"].items()})
+        return cls(
+            config=ShadowConfig.from_dict(values["config"]),
+            sites={name: SiteShadowPlan(**site) for name, site in values["sites"].items()},
+            hot_coverage_=values["hot_coverage_"],
+        )
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))

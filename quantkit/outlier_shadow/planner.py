@@ -43,7 +43,7 @@ def build_shadow_plan(statistics: ActivationStatistics, layout: DecoderLayout, c
             importance_=layer_importance(absmax, threshold / 127),
             pruned=False,
             outlier_channels_=outliers,
-            hot_channels_=[int(c) for c in hot_channel_set(stats.channel_outlier_count, config.hot_coverage)] if outliers else [],
+            hot_channels_=[],
         )
     for name in pruned_layers({name: site.importance_ for name, site in sites.items()}, config.prune_fraction):
         site = sites[name]
@@ -54,4 +54,30 @@ def build_shadow_plan(statistics: ActivationStatistics, layout: DecoderLayout, c
             stats = statistics[f"{name}:input"]
             site.threshold_ = mse_clip_threshold(stats.histogram, site.absmax_, shadowed=False)
         site.outlier_channels_, site.hot_channels_ = [], []
-    return ShadowPlan(config=config, sites=sites)
+    plan = ShadowPlan(config=config, sites=sites)
+    _choose_hot_channels(plan, statistics, layout)
+    return plan
+
+
+def _choose_hot_channels(plan: ShadowPlan, statistics: ActivationStatistics, layout: DecoderLayout) -> None:
+    """Hot sets at ``hot_coverage``, or at the highest coverage whose resident columns fit
+    ``max_resident_fraction`` of the model's parameters (bisection on the coverage)."""
+    config = plan.config
+    counts = {name: statistics[f"{name}:input"].channel_outlier_count for name, site in plan.sites.items() if site.shadowed}
+    out_features = {name: layout.linear(name).out_features for name in layout.linear_names()}
+    budget = config.max_resident_fraction * sum(p.numel() for p in layout.model.parameters())
+
+    def assign(coverage: float) -> int:
+        for name, site in plan.sites.items():
+            site.hot_channels_ = [int(c) for c in hot_channel_set(counts[name], coverage)] if name in counts else []
+        return plan.resident_shadow_parameters(out_features)
+
+    coverage = config.hot_coverage
+    if assign(coverage) > budget:
+        low, high = 0.0, coverage
+        for _ in range(30):  # coverage to ~1e-9; resident size is monotone in it
+            middle = (low + high) / 2
+            low, high = (middle, high) if assign(middle) <= budget else (low, middle)
+        coverage = low
+        assign(coverage)
+    plan.hot_coverage_ = coverage

@@ -26,7 +26,7 @@ def test_plan_finds_the_planted_outliers(planted):
     assert site.shadowed and set(site.hot_channels_) <= set(PLANTED_CHANNELS)
     assert set(site.hot_channels_) <= set(site.outlier_channels_)
     counts = statistics["model.layers.0.mlp.gate_proj:input"].channel_outlier_count
-    assert counts[site.hot_channels_].sum() >= plan.config.hot_coverage * counts.sum()
+    assert counts[site.hot_channels_].sum() >= plan.hot_coverage_ * counts.sum()
 
 
 def test_pruning_drops_the_least_important_layers(planted):
@@ -75,3 +75,21 @@ def test_mismatched_percentile_is_refused(planted):
     layout, statistics, _ = planted
     with pytest.raises(ValueError, match="recalibrate with --outlier-quantile 0.999"):
         build_shadow_plan(statistics, layout, ShadowConfig(percentile=0.999))
+
+
+def test_resident_cap_lowers_coverage_until_the_hot_columns_fit(planted):
+    layout, statistics, _ = planted
+    out_features = {n: layout.linear(n).out_features for n in layout.linear_names()}
+    parameters = sum(p.numel() for p in layout.model.parameters())
+    uncapped = build_shadow_plan(statistics, layout, ShadowConfig(percentile=0.99, prune_fraction=0.0, hot_coverage=0.9, max_resident_fraction=1.0))
+    assert uncapped.hot_coverage_ == 0.9
+    full = uncapped.resident_shadow_parameters(out_features)
+    cap = 0.5 * full / parameters
+    capped = build_shadow_plan(statistics, layout, ShadowConfig(percentile=0.99, prune_fraction=0.0, hot_coverage=0.9, max_resident_fraction=cap))
+    assert capped.resident_shadow_parameters(out_features) <= cap * parameters
+    assert 0 < capped.hot_coverage_ < 0.9
+    for name, site in capped.sites.items():  # each hot set still covers the (lowered) share
+        if not site.shadowed:
+            continue
+        counts = statistics[f"{name}:input"].channel_outlier_count
+        assert counts[site.hot_channels_].sum() >= capped.hot_coverage_ * counts.sum() - 1e-9
