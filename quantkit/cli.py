@@ -69,12 +69,70 @@ def _run_prepare(args) -> int:
     return 0
 
 
+def _add_export(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "export",
+        help="write the deployment bundle: INT8 QDQ ONNX graphs for QNN, encodings, shadow weights",
+        description="Export the calibration in CALIB as a deployment bundle (see DESIGN.md): one INT8 QDQ ONNX graph "
+        "per NPU subgraph, AIMET encodings 1.0.0 matching them, shadow and CPU weights, manifest with sha256.",
+    )
+    parser.add_argument("calib", help="folder written by `quantkit calibrate`")
+    parser.add_argument("--out", default="bundle", help="bundle folder (default: %(default)s)")
+    parser.add_argument("--chunk-size", type=int, default=256, help="tokens per prefill chunk: the graphs' static shape (default: %(default)s)")
+    parser.add_argument("--qnn-context", action="store_true", help="also compile each graph for a Snapdragon target and write its EPContext model")
+    parser.add_argument("--soc-model", type=int, default=None, help="QNN SoC model id for --qnn-context (e.g. 60: Snapdragon 8 Gen 3)")
+    parser.add_argument("--htp-arch", type=int, default=None, help="HTP architecture for --qnn-context (e.g. 75)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
+    parser.set_defaults(handler=_run_export)
+
+
+def _run_export(args) -> int:
+    from quantkit.export import export_bundle
+
+    out = export_bundle(args.calib, args.out, chunk_size=args.chunk_size, qnn_context=args.qnn_context, soc_model=args.soc_model, htp_arch=args.htp_arch, device=args.device, overwrite=args.overwrite)
+    print(f"wrote {out}/ — check it with: quantkit lint {out} --qnn")
+    return 0
+
+
+def _add_lint(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "lint",
+        help="check a bundle: encodings vs QDQ tensors, bit-widths, INT32 bias, static shapes, ops, hashes",
+        description="Check a deployment bundle; exit status 1 and a list of problems when anything is off. "
+        "--qnn also compiles and runs every NPU graph on the QNN HTP backend (CPU fallback disabled) and compares with ONNX Runtime CPU.",
+    )
+    parser.add_argument("bundle")
+    parser.add_argument("--qnn", action="store_true", help="run every graph on QNN HTP and report SQNR against ONNX Runtime CPU")
+    parser.set_defaults(handler=_run_lint)
+
+
+def _run_lint(args) -> int:
+    from quantkit.export.lint import MIN_SQNR_DB, lint_bundle
+
+    report = lint_bundle(args.bundle, qnn=args.qnn)
+    for name, value in report.sqnr_db.items():
+        print(f"{name:<20} QNN HTP vs CPU SQNR {value:6.1f} dB")
+    if report.sqnr_db:
+        values = list(report.sqnr_db.values())
+        print(f"{len(values)} graphs on QNN HTP, no CPU fallback; SQNR min {min(values):.1f} dB, median {sorted(values)[len(values) // 2]:.1f} dB (threshold {MIN_SQNR_DB:.0f} dB)")
+    if report.ok:
+        print(f"{args.bundle}: OK")
+        return 0
+    print(f"{args.bundle}: {len(report.problems)} problem(s)")
+    for problem in report.problems:
+        print(f"  - {problem}")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantkit", description="Calibrate small LLMs for INT8 execution on mobile NPUs (llm.npu, arXiv 2407.05858).")
     parser.add_argument("--version", action="version", version=f"quantkit {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     subparsers = parser.add_subparsers(title="subcommands", metavar="COMMAND", required=True)
     _add_calibrate(subparsers)
+    _add_export(subparsers)
+    _add_lint(subparsers)
     _add_prepare(subparsers)
     return parser
 

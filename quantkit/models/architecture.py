@@ -116,7 +116,9 @@ def find_decoder_layout(model: nn.Module) -> DecoderLayout:
             and all(_is_decoder_block(block) for block in layers)
         ):
             prefix = f"{name}.layers" if name else "layers"
-            return DecoderLayout(model=model, backbone=module, blocks_prefix=prefix)
+            layout = DecoderLayout(model=model, backbone=module, blocks_prefix=prefix)
+            layout.input_sites()  # read the structure now, while every Linear is an FP nn.Linear
+            return layout
     raise UnsupportedArchitectureError(
         f"{type(model).__name__} is not a supported decoder architecture. quantkit supports the Llama "
         f"family as transformers implements it: {', '.join(SUPPORTED_FAMILIES)} — a backbone with "

@@ -1,0 +1,129 @@
+"""INT8 QDQ ONNX graphs of the NPU subgraphs of a decoder block (arXiv 2407.05858 §3.2–3.4).
+
+Each graph holds the Linears that read one activation tensor — q/k/v, o, gate/up, down —
+with static shape [1, chunk, in_features]:
+
+    input (float, already clipped at t on the CPU)
+      → QuantizeLinear/DequantizeLinear  int8, scale t/127, zero point 0   (per tensor)
+      → MatMul with DequantizeLinear(int8 weight [in, out], per-channel scales, axis 1)
+      → [+ DequantizeLinear(int32 bias, scale s_x·s_w)]
+      → QuantizeLinear/DequantizeLinear  int8, scale = NPU-output range / 127
+      → output (float; the CPU adds the shadow result, Eq. 1)
+
+The graph boundaries fall where the CPU must act: attention (RoPE, softmax, KV cache),
+the RMSNorms and residual adds (the residual stream carries massive activations that
+INT8 cannot hold, and the shadow split needs the exact FP norm output), the SiLU·up
+product, and the shadow add-back of every Linear input — hence 4 graphs a block.
+Norms run on the CPU for that reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from quantkit.models.architecture import DecoderLayout
+from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
+from quantkit.quant_primitives import INT8_QMAX, quantize_symmetric, symmetric_scale
+
+__all__ = ["NpuGraph", "OPSET", "IR_VERSION", "build_site_graph", "graph_name", "SITE_KINDS"]
+
+OPSET = 21  # QDQ with int16/int4 and per-axis DQ; accepted by ONNX Runtime and onnxruntime-qnn
+IR_VERSION = 10
+SITE_KINDS = {"q_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up", "down_proj": "down"}
+
+
+@dataclass
+class NpuGraph:
+    name: str  # e.g. "block03.qkv"
+    block_index: int
+    site: str  # first Linear of the shadow site
+    model: onnx.ModelProto
+    input_name: str
+    output_names: list[str]
+    activation_encodings: list[dict]  # AIMET 1.0.0 entries, names = tensors of this graph
+    param_encodings: list[dict]
+
+
+def graph_name(block_index: int, site: str) -> str:
+    return f"block{block_index:02d}.{SITE_KINDS[site.rsplit('.', 1)[-1]]}"
+
+
+def _activation_encoding(name: str, scale: float) -> dict:
+    return {"name": name, "dtype": "INT", "bw": 8, "is_sym": True, "enc_type": "PER_TENSOR", "scale": [scale], "offset": [-(INT8_QMAX + 1)]}
+
+
+def _per_channel_encoding(name: str, scales: np.ndarray, bits: int) -> dict:
+    return {"name": name, "dtype": "INT", "bw": bits, "is_sym": True, "enc_type": "PER_CHANNEL", "scale": [float(s) for s in scales], "offset": [-(2 ** (bits - 1))] * len(scales)}
+
+
+def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, site: SiteShadowPlan, chunk_size: int) -> NpuGraph:
+    """The QDQ graph of one shadow site (Linears sharing an input) for ``chunk_size`` tokens."""
+    name = graph_name(site.block_index, site.linear_names[0])
+    input_name = f"{site.linear_names[0]}.input"  # shared by every Linear of the site
+    input_scale = float(symmetric_scale(site.threshold_))
+    nodes, initializers = [], []
+    activation_encodings = [_activation_encoding(input_name, input_scale)]
+    param_encodings = []
+
+    def scalar(value, dtype, tensor_name):
+        initializers.append(numpy_helper.from_array(np.array(value, dtype=dtype), tensor_name))
+        return tensor_name
+
+    nodes.append(helper.make_node("QuantizeLinear", [input_name, scalar(input_scale, np.float32, f"{input_name}.scale"), scalar(0, np.int8, f"{input_name}.zero_point")], [f"{input_name}.q"]))
+    nodes.append(helper.make_node("DequantizeLinear", [f"{input_name}.q", f"{input_name}.scale", f"{input_name}.zero_point"], [f"{input_name}.dq"]))
+    outputs = []
+    for linear_name in site.linear_names:
+        linear = layout.linear(linear_name)
+        weight = linear.weight.detach().float().cpu()
+        weight_scales = symmetric_scale(weight.abs().amax(dim=1))
+        weight_codes = quantize_symmetric(weight, weight_scales, axis=0).to(torch.int8).T.contiguous().numpy()  # [in, out]
+        weight_name = f"{linear_name}.weight"
+        initializers += [
+            numpy_helper.from_array(weight_codes, weight_name),
+            numpy_helper.from_array(weight_scales.numpy().astype(np.float32), f"{weight_name}.scale"),
+            numpy_helper.from_array(np.zeros(weight_codes.shape[1], dtype=np.int8), f"{weight_name}.zero_point"),
+        ]
+        param_encodings.append(_per_channel_encoding(weight_name, weight_scales.numpy(), 8))
+        nodes.append(helper.make_node("DequantizeLinear", [weight_name, f"{weight_name}.scale", f"{weight_name}.zero_point"], [f"{weight_name}.dq"], axis=1))
+        product = f"{linear_name}.matmul"
+        nodes.append(helper.make_node("MatMul", [f"{input_name}.dq", f"{weight_name}.dq"], [product]))
+        if linear.bias is not None:
+            bias_name = f"{linear_name}.bias"
+            bias_scales = (input_scale * weight_scales).numpy().astype(np.float32)
+            bias_codes = np.round(linear.bias.detach().float().cpu().numpy() / bias_scales).astype(np.int32)
+            initializers += [
+                numpy_helper.from_array(bias_codes, bias_name),
+                numpy_helper.from_array(bias_scales, f"{bias_name}.scale"),
+                numpy_helper.from_array(np.zeros(len(bias_codes), dtype=np.int32), f"{bias_name}.zero_point"),
+            ]
+            param_encodings.append(_per_channel_encoding(bias_name, bias_scales, 32))
+            nodes.append(helper.make_node("DequantizeLinear", [bias_name, f"{bias_name}.scale", f"{bias_name}.zero_point"], [f"{bias_name}.dq"], axis=0))
+            nodes.append(helper.make_node("Add", [product, f"{bias_name}.dq"], [f"{linear_name}.biased"]))
+            product = f"{linear_name}.biased"
+        output_scale = float(symmetric_scale(site.output_absmax_[linear_name]))
+        output_name = f"{linear_name}.output"
+        activation_encodings.append(_activation_encoding(product, output_scale))
+        nodes.append(helper.make_node("QuantizeLinear", [product, scalar(output_scale, np.float32, f"{output_name}.scale"), scalar(0, np.int8, f"{output_name}.zero_point")], [f"{output_name}.q"]))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{output_name}.q", f"{output_name}.scale", f"{output_name}.zero_point"], [output_name]))
+        outputs.append(helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [1, chunk_size, linear.out_features]))
+    graph = helper.make_graph(
+        nodes, name.replace(".", "_"), [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, chunk_size, site.num_channels])], outputs, initializers
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)], producer_name="quantkit")
+    model.ir_version = IR_VERSION
+    onnx.checker.check_model(model, full_check=True)
+    return NpuGraph(
+        name=name,
+        block_index=site.block_index,
+        site=site.linear_names[0],
+        model=model,
+        input_name=input_name,
+        output_names=[o.name for o in outputs],
+        activation_encodings=activation_encodings,
+        param_encodings=param_encodings,
+    )

@@ -1,0 +1,178 @@
+"""``quantkit lint BUNDLE``: find what would break the QNN conversion before a device does.
+
+Mismatched encodings are the most common export failure users of AIMET and AI Hub
+report, so every QDQ tensor is checked against its encoding and back. With ``qnn=True``
+each NPU graph is also compiled and run on the QNN HTP backend with CPU fallback
+disabled and compared with ONNX Runtime's CPU result on real calibration inputs.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from quantkit.runtime.bundle import bundle_problems
+
+__all__ = ["LintReport", "lint_bundle", "QNN_HTP_OPS", "MIN_SQNR_DB"]
+
+# ONNX ops of our graphs that the QNN HTP backend executes (quantized node units).
+QNN_HTP_OPS = {"QuantizeLinear", "DequantizeLinear", "MatMul", "Add"}
+MIN_SQNR_DB = 30.0
+_SUPPORTED_OPSETS = range(13, 24)
+_DTYPE_BITS = {3: 8, 2: 8, 6: 32, 5: 16, 4: 16}  # onnx TensorProto: INT8, UINT8, INT32, INT16, UINT16
+_REL_TOLERANCE = 1e-6
+
+
+@dataclass
+class LintReport:
+    problems: list[str] = field(default_factory=list)
+    sqnr_db: dict[str, float] = field(default_factory=dict)  # per graph, with --qnn
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def _close(a: float, b: float) -> bool:
+    return abs(a - b) <= _REL_TOLERANCE * max(abs(a), abs(b), 1e-30)
+
+
+def _check_encoding(problems: list[str], where: str, encoding: dict | None, scales: np.ndarray, zero_points: np.ndarray, bits: int) -> None:
+    if encoding is None:
+        problems.append(f"{where}: no encoding in encodings.json")
+        return
+    if encoding.get("bw") != bits:
+        problems.append(f"{where}: encoding bit-width {encoding.get('bw')} but the graph stores {bits}-bit values")
+    if encoding.get("dtype") != "INT":
+        problems.append(f"{where}: encoding dtype {encoding.get('dtype')!r}, expected 'INT'")
+    expected_type = "PER_TENSOR" if scales.size == 1 else "PER_CHANNEL"
+    if encoding.get("enc_type") != expected_type:
+        problems.append(f"{where}: encoding type {encoding.get('enc_type')!r}, the graph is {expected_type}")
+    encoded_scales = np.asarray(encoding.get("scale", []), dtype=np.float64).reshape(-1)
+    if encoded_scales.size != scales.size or not all(_close(a, b) for a, b in zip(encoded_scales, scales.reshape(-1))):
+        problems.append(f"{where}: encoding scales differ from the graph's ({encoded_scales.size} vs {scales.size} values)")
+    offsets = encoding.get("offset", [])
+    if encoding.get("is_sym"):
+        if np.any(zero_points != 0):
+            problems.append(f"{where}: encoding is symmetric but the graph's zero point is not 0")
+        if any(o != -(2 ** (bits - 1)) for o in offsets):
+            problems.append(f"{where}: symmetric {bits}-bit encoding must have offset {-(2 ** (bits - 1))}, got {sorted(set(offsets))[:3]}")
+    elif len(offsets) != scales.size:
+        problems.append(f"{where}: {len(offsets)} offsets for {scales.size} scales")
+
+
+def _lint_graph(path: Path, entry: dict, activations: dict, params: dict, used: set, problems: list[str]) -> None:
+    import onnx
+    from onnx import numpy_helper
+
+    name = entry["name"]
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model, full_check=True)
+    except Exception as error:  # onnx raises several types for a bad file
+        problems.append(f"{name}: not a valid ONNX model ({error})")
+        return
+    opsets = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
+    if not opsets or opsets[0] not in _SUPPORTED_OPSETS:
+        problems.append(f"{name}: opset {opsets} not in the range ONNX Runtime and onnxruntime-qnn accept ({_SUPPORTED_OPSETS.start}–{_SUPPORTED_OPSETS.stop - 1})")
+    if not 7 <= model.ir_version <= 11:
+        problems.append(f"{name}: IR version {model.ir_version} not accepted by current ONNX Runtime (7–11)")
+    graph = model.graph
+    for value in list(graph.input) + list(graph.output):
+        dims = value.type.tensor_type.shape.dim
+        if not dims or any(not d.HasField("dim_value") or d.dim_value <= 0 for d in dims):
+            problems.append(f"{name}: {value.name} has a dynamic or unknown shape; NPU graphs need static shapes")
+    for node in graph.node:
+        if node.op_type not in QNN_HTP_OPS:
+            problems.append(f"{name}: op {node.op_type} ({node.name or node.output[0]}) is not in the QNN HTP op set quantkit exports ({sorted(QNN_HTP_OPS)})")
+    initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
+    element_types = {init.name: init.data_type for init in graph.initializer}
+    scale_of = {}
+    for node in graph.node:
+        if node.op_type == "QuantizeLinear":
+            tensor = node.input[0]
+            scales, zero_points = initializers.get(node.input[1]), initializers.get(node.input[2])
+            bits = _DTYPE_BITS.get(element_types.get(node.input[2]), 0)
+            used.add(tensor)
+            scale_of[node.output[0]] = scales
+            _check_encoding(problems, f"{name}: activation {tensor}", activations.get(tensor), np.asarray(scales), np.asarray(zero_points), bits)
+        elif node.op_type == "DequantizeLinear" and node.input[0] in initializers:
+            tensor = node.input[0]
+            scales, zero_points = initializers.get(node.input[1]), initializers.get(node.input[2])
+            bits = _DTYPE_BITS.get(element_types.get(tensor), 0)
+            used.add(tensor)
+            _check_encoding(problems, f"{name}: parameter {tensor}", params.get(tensor), np.asarray(scales), np.asarray(zero_points), bits)
+            if tensor.endswith(".bias") and bits != 32:
+                problems.append(f"{name}: bias {tensor} is {bits}-bit; QNN expects INT32 biases")
+    # INT32 bias scale must equal input scale × weight scale, channel by channel.
+    for node in graph.node:
+        if node.op_type == "DequantizeLinear" and node.input[0].endswith(".bias") and node.input[0] in initializers:
+            weight = node.input[0][: -len(".bias")] + ".weight.scale"
+            input_scale = next((initializers[n.input[1]] for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == entry["input"]), None)
+            if weight in initializers and input_scale is not None:
+                expected = np.asarray(input_scale) * initializers[weight]
+                if not np.allclose(initializers[node.input[1]], expected, rtol=1e-5):
+                    problems.append(f"{name}: bias {node.input[0]} scale ≠ input scale × weight scale")
+
+
+def _run_qnn(folder: Path, manifest: dict, report: LintReport) -> None:
+    from safetensors.torch import load_file
+
+    from quantkit.export.bundle import CALIBRATION_INPUTS_FILE
+    from quantkit.export.qnn import cpu_session, qnn_htp_session
+    from quantkit.quant_primitives import sqnr_db
+
+    inputs = load_file(str(folder / CALIBRATION_INPUTS_FILE))
+    plan = json.loads((folder / manifest["shadow"]["plan"]).read_text())["sites"]
+    for entry in manifest["graphs"]:
+        site = entry["linears"][0]
+        codes = inputs.get(site)
+        if codes is None:
+            report.problems.append(f"{entry['name']}: no calibration input in {CALIBRATION_INPUTS_FILE}")
+            continue
+        x = (codes.float() * (plan[site]["threshold_"] / 127)).numpy()
+        feed = {entry["input"]: x}
+        reference = cpu_session(folder / entry["file"]).run(None, feed)
+        try:
+            htp = qnn_htp_session(folder / entry["file"]).run(None, feed)
+        except Exception as error:  # ONNX Runtime reports unsupported nodes as a generic failure
+            report.problems.append(f"{entry['name']}: does not run on QNN HTP with CPU fallback disabled ({str(error).splitlines()[0]})")
+            continue
+        import torch
+
+        sqnr = sqnr_db(torch.from_numpy(np.concatenate([r.ravel() for r in reference])), torch.from_numpy(np.concatenate([h.ravel() for h in htp])))
+        report.sqnr_db[entry["name"]] = sqnr
+        if sqnr < MIN_SQNR_DB:
+            report.problems.append(f"{entry['name']}: QNN HTP vs ONNX Runtime CPU SQNR {sqnr:.1f} dB < {MIN_SQNR_DB:.0f} dB")
+
+
+def lint_bundle(folder: str | Path, qnn: bool = False, progress: bool = False) -> LintReport:
+    """Every problem of the bundle at ``folder`` (empty when it is fine)."""
+    folder = Path(folder)
+    report = LintReport()
+    manifest, problems = bundle_problems(folder)
+    report.problems += problems
+    if manifest is None:
+        return report
+    try:
+        encodings = json.loads((folder / "encodings.json").read_text())
+    except (OSError, json.JSONDecodeError) as error:
+        report.problems.append(f"encodings.json: unreadable ({error})")
+        return report
+    if encodings.get("version") != "1.0.0":
+        report.problems.append(f"encodings.json: version {encodings.get('version')!r}, expected '1.0.0'")
+    activations = {e["name"]: e for e in encodings.get("activation_encodings", [])}
+    params = {e["name"]: e for e in encodings.get("param_encodings", [])}
+    used: set[str] = set()
+    for entry in manifest.get("graphs", []):
+        path = folder / entry["file"]
+        if path.is_file():
+            _lint_graph(path, entry, activations, params, used, report.problems)
+    for name in sorted((set(activations) | set(params)) - used):
+        report.problems.append(f"encodings.json: {name} names no quantized tensor of any NPU graph")
+    if qnn and not report.problems:
+        _run_qnn(folder, manifest, report)
+    return report

@@ -1,0 +1,72 @@
+"""ONNX Runtime sessions on the CPU and on the QNN HTP backend (onnxruntime-qnn).
+
+The HTP session runs with ``session.disable_cpu_ep_fallback=1``: creating it fails if any
+node of the graph would run on the CPU, which is the proof that the whole graph runs on
+the Hexagon NPU (in x86 emulation on a workstation, on the HTP on a Snapdragon device).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+__all__ = ["QnnUnavailableError", "cpu_session", "qnn_htp_session", "write_qnn_context"]
+
+from quantkit.errors import QuantkitError
+
+
+class QnnUnavailableError(QuantkitError):
+    """onnxruntime-qnn is missing or exposes no QNN device."""
+
+
+def cpu_session(model_path: Path):
+    """ONNX Runtime CPU session. Basic graph optimizations only: ONNX Runtime 1.31's
+    extended QDQ fusions turn a QDQ MatMul + INT32 bias Add into a Gemm whose inserted
+    QuantizeLinear has mismatched types and fails to load."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+def _qnn_devices():
+    import onnxruntime as ort
+
+    try:
+        import onnxruntime_qnn
+    except ImportError:
+        raise QnnUnavailableError("onnxruntime-qnn is not installed; `pip install onnxruntime-qnn` (the README's install does)") from None
+    if not any(d.ep_name == "QNNExecutionProvider" for d in ort.get_ep_devices()):
+        ort.register_execution_provider_library("QNNExecutionProvider", onnxruntime_qnn.get_library_path())
+    devices = [d for d in ort.get_ep_devices() if d.ep_name == "QNNExecutionProvider"]
+    if not devices:
+        raise QnnUnavailableError("onnxruntime-qnn is installed but offers no QNN device")
+    return devices
+
+
+def qnn_htp_session(model_path: Path, provider_options: dict | None = None, session_entries: dict | None = None):
+    """An HTP session with CPU fallback disabled (raises if any node is not HTP-capable)."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    options.add_provider_for_devices(_qnn_devices(), {"backend_type": "htp", **(provider_options or {})})
+    options.add_session_config_entry("session.disable_cpu_ep_fallback", "1")
+    for key, value in (session_entries or {}).items():
+        options.add_session_config_entry(key, value)
+    return ort.InferenceSession(str(model_path), sess_options=options)
+
+
+def write_qnn_context(model_path: Path, context_path: Path, soc_model: int | None, htp_arch: int | None) -> None:
+    """Compile ``model_path`` for a Snapdragon target and write its EPContext model
+    (``context_path``) plus the QNN context binary beside it — what the device loads."""
+    provider_options = {}
+    if soc_model is not None:
+        provider_options["soc_model"] = str(soc_model)
+    if htp_arch is not None:
+        provider_options["htp_arch"] = str(htp_arch)
+    qnn_htp_session(
+        model_path,
+        provider_options,
+        {"ep.context_enable": "1", "ep.context_file_path": str(context_path), "ep.context_embed_mode": "0"},
+    )

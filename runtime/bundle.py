@@ -1,0 +1,72 @@
+"""The deployment bundle on disk: manifest, integrity checks, loading.
+
+This is the contract between calibration and runtime (see DESIGN.md): the runtime reads
+only what is described here. Every file of the bundle is listed in ``manifest.json``
+with its sha256; a bundle whose format, version or hashes do not check out is refused.
+No pickle anywhere: JSON, ONNX and safetensors only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from quantkit.errors import QuantkitError
+
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MANIFEST_FILE", "BundleError", "file_sha256", "bundle_problems", "load_manifest"]
+
+BUNDLE_FORMAT = "quantkit-bundle"
+BUNDLE_VERSION = 1
+MANIFEST_FILE = "manifest.json"
+
+
+class BundleError(QuantkitError):
+    """A bundle is missing, damaged, foreign or of an unsupported version."""
+
+
+def file_sha256(path: Path, chunk_size: int = 1 << 22) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(chunk_size):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def bundle_problems(folder: Path) -> tuple[dict | None, list[str]]:
+    """(manifest or None, every integrity problem found): format, version, hashes, files."""
+    folder = Path(folder)
+    manifest_path = folder / MANIFEST_FILE
+    if not folder.is_dir():
+        return None, [f"{folder}: no such bundle folder"]
+    if not manifest_path.is_file():
+        return None, [f"{folder}: no {MANIFEST_FILE}; not a quantkit bundle (make one with `quantkit export`)"]
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        return None, [f"{manifest_path}: not valid JSON ({error}); the bundle is damaged — export it again"]
+    if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+        return None, [f"{manifest_path}: not a quantkit bundle manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r}, expected {BUNDLE_FORMAT!r})"]
+    if manifest.get("version") != BUNDLE_VERSION:
+        return None, [f"{manifest_path}: bundle format version {manifest.get('version')!r}; this quantkit reads version {BUNDLE_VERSION} — export the bundle again with this quantkit"]
+    problems = []
+    files = manifest.get("files", {})
+    for relative, expected in sorted(files.items()):
+        path = folder / relative
+        if not path.is_file():
+            problems.append(f"{relative}: listed in the manifest but missing")
+        elif file_sha256(path) != expected:
+            problems.append(f"{relative}: sha256 differs from the manifest; the file was changed or damaged")
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        relative = path.relative_to(folder).as_posix()
+        if relative != MANIFEST_FILE and relative not in files:
+            problems.append(f"{relative}: present but not listed in the manifest")
+    return manifest, problems
+
+
+def load_manifest(folder: Path) -> dict:
+    """The manifest of a verified bundle; raises BundleError naming every problem."""
+    manifest, problems = bundle_problems(folder)
+    if problems:
+        raise BundleError(f"refusing bundle {folder}:\n  " + "\n  ".join(problems))
+    return manifest
