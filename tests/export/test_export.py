@@ -1,0 +1,185 @@
+"""Export and lint on a tiny Qwen2 (it has q/k/v biases, so INT32 bias is exercised)."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import quantkit.export.bundle as bundle_module
+from quantkit.calibration import CalibrationConfig, calibrate
+from quantkit.cli import main
+from quantkit.errors import QuantkitError
+from quantkit.export import export_bundle, lint_bundle
+from quantkit.export.qnn import cpu_session
+from quantkit.models.loading import load_model
+from quantkit.outlier_shadow import ShadowPlan
+from quantkit.quant_primitives import fake_quantize_symmetric, quantize_weight_per_channel, symmetric_scale
+from quantkit.runtime.bundle import BundleError, file_sha256, load_manifest
+
+CHUNK = 16
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory, tiny_tokenizer):
+    from tests.conftest import tiny_model
+
+    root = tmp_path_factory.mktemp("export")
+    model_folder = root / "tiny-qwen2"
+    tiny_model("qwen2", planted_outliers=True).save_pretrained(model_folder)
+    tiny_tokenizer.save_pretrained(model_folder)
+    config = CalibrationConfig(model=str(model_folder), num_sequences=4, seq_len=32, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=32, sensitivity_num_sequences=1, sensitivity_seq_len=32)
+    calibrate(root / "calib", config, progress=False)
+    export_bundle(root / "calib", root / "bundle", chunk_size=CHUNK, progress=False)
+    return root
+
+
+def _copy(tiny_bundle, tmp_path):
+    target = tmp_path / "bundle"
+    shutil.copytree(tiny_bundle / "bundle", target)
+    return target
+
+
+def _rehash(bundle, relative):
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"][relative] = file_sha256(bundle / relative)
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+
+
+def _edit_encodings(bundle, edit):
+    encodings = json.loads((bundle / "encodings.json").read_text())
+    edit(encodings)
+    (bundle / "encodings.json").write_text(json.dumps(encodings))
+    _rehash(bundle, "encodings.json")
+
+
+def test_bundle_has_the_designed_layout(tiny_bundle):
+    bundle = tiny_bundle / "bundle"
+    manifest = load_manifest(bundle)
+    assert manifest["chunk_size"] == CHUNK
+    assert {g["name"] for g in manifest["graphs"]} >= {"block00.qkv", "block00.o", "block00.gate_up", "block00.down"}
+    for graph in manifest["graphs"]:
+        assert graph["input_shape"][:2] == [1, CHUNK]
+        assert graph["converter_command"].startswith(f"qnn-onnx-converter --input_network {graph['file']} --quantization_overrides encodings.json")
+    for name in ("encodings.json", "shadow.safetensors", "shadow_cold.safetensors", "cpu.safetensors", "tokenizer/tokenizer.json", "shadow_plan.json"):
+        assert name in manifest["files"], name
+    assert not any(p.suffix in {".pkl", ".pt", ".bin"} and "qnn" not in p.name for p in bundle.rglob("*"))  # no pickle
+    assert lint_bundle(bundle).ok
+
+
+def test_onnx_cpu_equals_torch_simulation_within_int8_tolerance(tiny_bundle):
+    bundle = tiny_bundle / "bundle"
+    manifest = load_manifest(bundle)
+    plan = ShadowPlan.load(bundle / "shadow_plan.json")
+    loaded = load_model(json.loads((tiny_bundle / "calib" / "config.json").read_text())["model"])
+    inputs = load_file(str(bundle / "calibration_inputs.safetensors"))
+    for graph in manifest["graphs"]:
+        site = plan.sites[graph["linears"][0]]
+        x = inputs[site.linear_names[0]].float() * float(symmetric_scale(site.threshold_))
+        outputs = cpu_session(bundle / graph["file"]).run(None, {graph["input"]: x.numpy()})
+        for name, got in zip(site.linear_names, outputs):
+            linear = loaded.layout.linear(name)
+            weight_int8, _ = quantize_weight_per_channel(linear.weight)
+            y = torch.nn.functional.linear(fake_quantize_symmetric(x, symmetric_scale(site.threshold_)), weight_int8, linear.bias)
+            output_scale = float(symmetric_scale(site.output_absmax_[name]))
+            expected = fake_quantize_symmetric(y, symmetric_scale(site.output_absmax_[name]))
+            # identical up to one output step where float summation order tips a rounding
+            assert np.abs(got - expected.detach().numpy()).max() <= output_scale * 1.001, name
+
+
+def test_qnn_htp_runs_every_graph_without_cpu_fallback(tiny_bundle):
+    report = lint_bundle(tiny_bundle / "bundle", qnn=True)
+    assert report.ok, report.problems
+    assert set(report.sqnr_db) == {g["name"] for g in load_manifest(tiny_bundle / "bundle")["graphs"]}
+    assert min(report.sqnr_db.values()) >= 30
+
+
+def test_lint_catches_a_missing_encoding(tiny_bundle, tmp_path):
+    bundle = _copy(tiny_bundle, tmp_path)
+    _edit_encodings(bundle, lambda e: e["activation_encodings"].pop(0))
+    problems = lint_bundle(bundle).problems
+    assert any("model.layers.0.self_attn.q_proj.input: no encoding" in p for p in problems), problems
+
+
+def test_lint_catches_a_renamed_tensor(tiny_bundle, tmp_path):
+    bundle = _copy(tiny_bundle, tmp_path)
+
+    def rename(encodings):
+        encodings["param_encodings"][0]["name"] += "_renamed"
+
+    _edit_encodings(bundle, rename)
+    problems = lint_bundle(bundle).problems
+    assert any("no encoding in encodings.json" in p for p in problems)
+    assert any("_renamed names no quantized tensor" in p for p in problems)
+
+
+def test_lint_catches_a_wrong_bit_width_and_offset(tiny_bundle, tmp_path):
+    bundle = _copy(tiny_bundle, tmp_path)
+
+    def widen(encodings):
+        bias = next(e for e in encodings["param_encodings"] if e["name"].endswith(".bias"))
+        bias["bw"] = 8
+        encodings["activation_encodings"][1]["offset"] = [0]
+
+    _edit_encodings(bundle, widen)
+    problems = lint_bundle(bundle).problems
+    assert any("encoding bit-width 8 but the graph stores 32-bit values" in p for p in problems), problems
+    assert any("symmetric 8-bit encoding must have offset -128" in p for p in problems), problems
+
+
+def test_lint_and_loader_catch_a_tampered_file(tiny_bundle, tmp_path):
+    bundle = _copy(tiny_bundle, tmp_path)
+    graph = next((bundle / "npu").glob("*.onnx"))
+    data = bytearray(graph.read_bytes())
+    data[-10] ^= 0xFF
+    graph.write_bytes(bytes(data))
+    (bundle / "stray.txt").write_text("not part of the bundle")
+    problems = lint_bundle(bundle).problems
+    assert any(f"npu/{graph.name}: sha256 differs" in p for p in problems)
+    assert any("stray.txt: present but not listed" in p for p in problems)
+    with pytest.raises(BundleError, match="sha256 differs"):
+        load_manifest(bundle)
+
+
+def test_loader_refuses_foreign_and_future_bundles(tmp_path):
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "something-else"}))
+    with pytest.raises(BundleError, match="not a quantkit bundle manifest"):
+        load_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"format": "quantkit-bundle", "version": 99}))
+    with pytest.raises(BundleError, match="format version 99"):
+        load_manifest(tmp_path)
+    with pytest.raises(BundleError, match="no such bundle folder"):
+        load_manifest(tmp_path / "missing")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(BundleError, match="no manifest.json"):
+        load_manifest(tmp_path / "empty")
+
+
+def test_failed_export_leaves_nothing_under_the_final_name(tiny_bundle, tmp_path, monkeypatch):
+    def broken(*args, **kwargs):
+        raise RuntimeError("disk full")
+
+    monkeypatch.setattr(bundle_module, "build_site_graph", broken)
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_bundle(tiny_bundle / "calib", tmp_path / "bundle", chunk_size=CHUNK, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_export_refuses_bad_requests(tiny_bundle, tmp_path):
+    with pytest.raises(QuantkitError, match="no config.json; pass the folder written by `quantkit calibrate`"):
+        export_bundle(tmp_path, tmp_path / "bundle")
+    with pytest.raises(QuantkitError, match="already exists"):
+        export_bundle(tiny_bundle / "calib", tiny_bundle / "bundle")
+    with pytest.raises(QuantkitError, match="--qnn-context needs a target"):
+        export_bundle(tiny_bundle / "calib", tmp_path / "b2", qnn_context=True)
+
+
+def test_lint_cli_exit_codes(tiny_bundle, tmp_path, capsys):
+    assert main(["lint", str(tiny_bundle / "bundle")]) == 0
+    bundle = _copy(tiny_bundle, tmp_path)
+    _edit_encodings(bundle, lambda e: e["param_encodings"].pop())
+    assert main(["lint", str(bundle)]) == 1
+    printed = capsys.readouterr().out
+    assert "problem(s)" in printed and "no encoding in encodings.json" in printed
