@@ -27,7 +27,7 @@ def test_default_model_loads_with_its_architecture(smollm2):
 
 
 def test_calibrate_smoke_on_smollm2(tmp_path):
-    config = CalibrationConfig(num_sequences=2, seq_len=128, batch_size=2, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=128, sensitivity_num_sequences=1, sensitivity_seq_len=64)
+    config = CalibrationConfig(num_sequences=2, seq_len=128, batch_size=2, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=128, sensitivity_num_sequences=1, sensitivity_seq_len=64, accuracy_budget=0.05)
     result = calibrate(tmp_path / "calib", config, progress=False)
     ppl = result.perplexities
     assert 5 < ppl["fp"] < 60  # real text, a real (small) model

@@ -7,7 +7,7 @@ with static shape [1, chunk, in_features]:
       → QuantizeLinear/DequantizeLinear  int8, scale t/127, zero point 0   (per tensor)
       → MatMul with DequantizeLinear(int8 weight [in, out], per-channel scales, axis 1)
       → [+ DequantizeLinear(int32 bias, scale s_x·s_w)]
-      → QuantizeLinear/DequantizeLinear  int8, scale = NPU-output range / 127
+      → QuantizeLinear/DequantizeLinear  int8, scale = NPU-output clip / 127 (calibrated)
       → output (float; the CPU adds the shadow result, Eq. 1)
 
 The graph boundaries fall where the CPU must act: attention (RoPE, softmax, KV cache),
@@ -105,7 +105,7 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, site: SiteShadowPl
             nodes.append(helper.make_node("DequantizeLinear", [bias_name, f"{bias_name}.scale", f"{bias_name}.zero_point"], [f"{bias_name}.dq"], axis=0))
             nodes.append(helper.make_node("Add", [product, f"{bias_name}.dq"], [f"{linear_name}.biased"]))
             product = f"{linear_name}.biased"
-        output_scale = float(symmetric_scale(site.output_absmax_[linear_name]))
+        output_scale = float(symmetric_scale(site.output_clip_[linear_name]))
         output_name = f"{linear_name}.output"
         activation_encodings.append(_activation_encoding(product, output_scale))
         nodes.append(helper.make_node("QuantizeLinear", [product, scalar(output_scale, np.float32, f"{output_name}.scale"), scalar(0, np.int8, f"{output_name}.zero_point")], [f"{output_name}.q"]))

@@ -34,7 +34,7 @@ class SiteShadowPlan:
     pruned: bool  # outlier handling dropped: values beyond t are clipped
     outlier_channels_: list[int] = field(default_factory=list)  # channels that exceeded t in calibration
     hot_channels_: list[int] = field(default_factory=list)  # resident FP columns (⊆ outlier_channels_)
-    output_absmax_: dict[str, float] = field(default_factory=dict)  # per Linear: range of its NPU output
+    output_clip_: dict[str, float] = field(default_factory=dict)  # per Linear: INT8 range of its NPU output
     # At run time an outlier may appear in any channel; the columns of the channels that
     # are not hot ("cold") are read from the bundle when one does (§3.3).
 
