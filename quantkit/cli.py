@@ -79,6 +79,7 @@ def _add_export(subparsers) -> None:
     parser.add_argument("calib", help="folder written by `quantkit calibrate`")
     parser.add_argument("--out", default="bundle", help="bundle folder (default: %(default)s)")
     parser.add_argument("--chunk-size", type=int, default=256, help="tokens per prefill chunk: the graphs' static shape (default: %(default)s)")
+    parser.add_argument("--activation-bits", type=int, choices=(8, 16), default=8, help="NPU graph activations: 8 (INT8, the paper's scheme) or 16 (W8A16) (default: %(default)s)")
     parser.add_argument("--qnn-context", action="store_true", help="also compile each graph for a Snapdragon target and write its EPContext model")
     parser.add_argument("--soc-model", type=int, default=None, help="QNN SoC model id for --qnn-context (e.g. 60: Snapdragon 8 Gen 3)")
     parser.add_argument("--htp-arch", type=int, default=None, help="HTP architecture for --qnn-context (e.g. 75)")
@@ -90,7 +91,7 @@ def _add_export(subparsers) -> None:
 def _run_export(args) -> int:
     from quantkit.export import export_bundle
 
-    out = export_bundle(args.calib, args.out, chunk_size=args.chunk_size, qnn_context=args.qnn_context, soc_model=args.soc_model, htp_arch=args.htp_arch, device=args.device, overwrite=args.overwrite)
+    out = export_bundle(args.calib, args.out, chunk_size=args.chunk_size, activation_bits=args.activation_bits, qnn_context=args.qnn_context, soc_model=args.soc_model, htp_arch=args.htp_arch, device=args.device, overwrite=args.overwrite)
     print(f"wrote {out}/ — check it with: quantkit lint {out} --qnn")
     return 0
 

@@ -60,7 +60,7 @@ def _converter_command(graph_file: str, input_name: str, shape: list[int]) -> st
 @torch.no_grad()
 def _capture_site_inputs(layout, plan: ShadowPlan, sites, sequence: torch.Tensor, chunk_size: int) -> dict[str, torch.Tensor]:
     """The first chunk of each NPU site's clipped FP input over one calibration sequence,
-    as INT8 codes (lossless for the graph: its first node quantizes to exactly these)."""
+    as integer codes (lossless for the graph: its first node quantizes to exactly these)."""
     captured = {}
 
     def hook_for(site):
@@ -69,7 +69,9 @@ def _capture_site_inputs(layout, plan: ShadowPlan, sites, sequence: torch.Tensor
             if x.shape[1] < chunk_size:
                 x = torch.nn.functional.pad(x, (0, 0, 0, chunk_size - x.shape[1]))
             clipped = x.clamp(-site.threshold_, site.threshold_)
-            captured[site.linear_names[0]] = quantize_symmetric(clipped, symmetric_scale(site.threshold_)).to(torch.int8).cpu()
+            bits = plan.activation_bits
+            codes = quantize_symmetric(clipped, symmetric_scale(site.threshold_, bits), bits)
+            captured[site.linear_names[0]] = codes.to(torch.int8 if bits == 8 else torch.int16).cpu()
 
         return hook
 
@@ -82,7 +84,19 @@ def _capture_site_inputs(layout, plan: ShadowPlan, sites, sequence: torch.Tensor
     return captured
 
 
-def export_bundle(calib: str | Path, out: str | Path, *, chunk_size: int = 256, qnn_context: bool = False, soc_model: int | None = None, htp_arch: int | None = None, device: str = "cpu", overwrite: bool = False, progress: bool = True) -> Path:
+def export_bundle(
+    calib: str | Path,
+    out: str | Path,
+    *,
+    chunk_size: int = 256,
+    activation_bits: int = 8,
+    qnn_context: bool = False,
+    soc_model: int | None = None,
+    htp_arch: int | None = None,
+    device: str = "cpu",
+    overwrite: bool = False,
+    progress: bool = True,
+) -> Path:
     """Write the deployment bundle of the calibration in ``calib`` to ``out``.
 
     >>> export_bundle("calib", "bundle", qnn_context=True, soc_model=60)   # doctest: +SKIP
@@ -97,10 +111,13 @@ def export_bundle(calib: str | Path, out: str | Path, *, chunk_size: int = 256, 
         raise QuantkitError(f"{out} already exists; choose another --out or pass --overwrite")
     if chunk_size < 1:
         raise QuantkitError(f"--chunk-size: got {chunk_size}, expected a positive number of tokens, e.g. 256")
+    if activation_bits not in (8, 16):
+        raise QuantkitError(f"--activation-bits: got {activation_bits}, expected 8 (INT8, the paper's scheme) or 16 (W8A16)")
     if qnn_context and soc_model is None and htp_arch is None:
         raise QuantkitError("--qnn-context needs a target: --soc-model N (e.g. 60 for Snapdragon 8 Gen 3) or --htp-arch N (e.g. 75)")
     config = CalibrationConfig.load(calib / "config.json")
     plan = ShadowPlan.load(calib / PLAN_FILE)
+    plan.activation_bits = activation_bits
     placement = PlacementPlan.load(calib / PLACEMENT_FILE)
     loaded = load_model(config.model, device)
     layout = loaded.layout
@@ -175,7 +192,8 @@ def export_bundle(calib: str | Path, out: str | Path, *, chunk_size: int = 256, 
             "context_length": _architecture(loaded.model.config)["max_position_embeddings"],
             "quantization": {
                 "weights": "int8 symmetric per output channel",
-                "activations": "int8 symmetric per tensor, clipped inputs (shadow outliers in FP on the CPU), int8 outputs",
+                "activation_bits": activation_bits,
+                "activations": f"int{activation_bits} symmetric per tensor, clipped inputs (shadow outliers in FP on the CPU), int{activation_bits} outputs",
                 "bias": "int32, scale = input scale × weight scale",
                 "norms": "cpu (fp32)",
             },

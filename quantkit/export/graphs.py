@@ -1,7 +1,9 @@
 """INT8 QDQ ONNX graphs of the NPU subgraphs of a decoder block (arXiv 2407.05858 §3.2–3.4).
 
 Each graph holds the Linears that read one activation tensor — q/k/v, o, gate/up, down —
-with static shape [1, chunk, in_features]:
+with static shape [1, chunk, in_features] (activations int8, the paper's scheme; or int16
+with ``activation_bits=16``, W8A16 — HTP runs int16-in/int16-out with int8 weights but not
+int8-in/int16-out):
 
     input (float, already clipped at t on the CPU)
       → QuantizeLinear/DequantizeLinear  int8, scale t/127, zero point 0   (per tensor)
@@ -28,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
-from quantkit.quant_primitives import INT8_QMAX, quantize_symmetric, symmetric_scale
+from quantkit.quant_primitives import quantize_symmetric, symmetric_scale
 
 __all__ = ["NpuGraph", "OPSET", "IR_VERSION", "build_site_graph", "graph_name", "SITE_KINDS"]
 
@@ -53,8 +55,11 @@ def graph_name(block_index: int, site: str) -> str:
     return f"block{block_index:02d}.{SITE_KINDS[site.rsplit('.', 1)[-1]]}"
 
 
-def _activation_encoding(name: str, scale: float) -> dict:
-    return {"name": name, "dtype": "INT", "bw": 8, "is_sym": True, "enc_type": "PER_TENSOR", "scale": [scale], "offset": [-(INT8_QMAX + 1)]}
+_ACTIVATION_DTYPES = {8: np.int8, 16: np.int16}
+
+
+def _activation_encoding(name: str, scale: float, bits: int) -> dict:
+    return {"name": name, "dtype": "INT", "bw": bits, "is_sym": True, "enc_type": "PER_TENSOR", "scale": [scale], "offset": [-(2 ** (bits - 1))]}
 
 
 def _per_channel_encoding(name: str, scales: np.ndarray, bits: int) -> dict:
@@ -65,16 +70,20 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, site: SiteShadowPl
     """The QDQ graph of one shadow site (Linears sharing an input) for ``chunk_size`` tokens."""
     name = graph_name(site.block_index, site.linear_names[0])
     input_name = f"{site.linear_names[0]}.input"  # shared by every Linear of the site
-    input_scale = float(symmetric_scale(site.threshold_))
+    bits = plan.activation_bits
+    if bits not in _ACTIVATION_DTYPES:
+        raise ValueError(f"activation_bits: got {bits}, expected 8 (INT8, the paper) or 16 (W8A16)")
+    activation_dtype = _ACTIVATION_DTYPES[bits]
+    input_scale = float(symmetric_scale(site.threshold_, bits))
     nodes, initializers = [], []
-    activation_encodings = [_activation_encoding(input_name, input_scale)]
+    activation_encodings = [_activation_encoding(input_name, input_scale, bits)]
     param_encodings = []
 
     def scalar(value, dtype, tensor_name):
         initializers.append(numpy_helper.from_array(np.array(value, dtype=dtype), tensor_name))
         return tensor_name
 
-    nodes.append(helper.make_node("QuantizeLinear", [input_name, scalar(input_scale, np.float32, f"{input_name}.scale"), scalar(0, np.int8, f"{input_name}.zero_point")], [f"{input_name}.q"]))
+    nodes.append(helper.make_node("QuantizeLinear", [input_name, scalar(input_scale, np.float32, f"{input_name}.scale"), scalar(0, activation_dtype, f"{input_name}.zero_point")], [f"{input_name}.q"]))
     nodes.append(helper.make_node("DequantizeLinear", [f"{input_name}.q", f"{input_name}.scale", f"{input_name}.zero_point"], [f"{input_name}.dq"]))
     outputs = []
     for linear_name in site.linear_names:
@@ -105,10 +114,10 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, site: SiteShadowPl
             nodes.append(helper.make_node("DequantizeLinear", [bias_name, f"{bias_name}.scale", f"{bias_name}.zero_point"], [f"{bias_name}.dq"], axis=0))
             nodes.append(helper.make_node("Add", [product, f"{bias_name}.dq"], [f"{linear_name}.biased"]))
             product = f"{linear_name}.biased"
-        output_scale = float(symmetric_scale(site.output_clip_[linear_name]))
+        output_scale = float(symmetric_scale(site.output_clip_[linear_name], bits))
         output_name = f"{linear_name}.output"
-        activation_encodings.append(_activation_encoding(product, output_scale))
-        nodes.append(helper.make_node("QuantizeLinear", [product, scalar(output_scale, np.float32, f"{output_name}.scale"), scalar(0, np.int8, f"{output_name}.zero_point")], [f"{output_name}.q"]))
+        activation_encodings.append(_activation_encoding(product, output_scale, bits))
+        nodes.append(helper.make_node("QuantizeLinear", [product, scalar(output_scale, np.float32, f"{output_name}.scale"), scalar(0, activation_dtype, f"{output_name}.zero_point")], [f"{output_name}.q"]))
         nodes.append(helper.make_node("DequantizeLinear", [f"{output_name}.q", f"{output_name}.scale", f"{output_name}.zero_point"], [output_name]))
         outputs.append(helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [1, chunk_size, linear.out_features]))
     graph = helper.make_graph(

@@ -133,7 +133,8 @@ def _run_qnn(folder: Path, manifest: dict, report: LintReport) -> None:
         if codes is None:
             report.problems.append(f"{entry['name']}: no calibration input in {CALIBRATION_INPUTS_FILE}")
             continue
-        x = (codes.float() * (plan[site]["threshold_"] / 127)).numpy()
+        bits = manifest["quantization"]["activation_bits"]
+        x = (codes.float() * (plan[site]["threshold_"] / (2 ** (bits - 1) - 1))).numpy()
         feed = {entry["input"]: x}
         reference = cpu_session(folder / entry["file"]).run(None, feed)
         try:

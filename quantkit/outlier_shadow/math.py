@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch
 
 from quantkit.calibration.quantiles import LOG10_MIN, NUM_BINS, quantile_from_log_histogram
-from quantkit.quant_primitives import INT8_QMAX, fake_quantize_symmetric, symmetric_scale
+from quantkit.quant_primitives import fake_quantize_symmetric, symmetric_scale
 
 __all__ = [
     "paper_clip_threshold",
@@ -33,17 +33,18 @@ def paper_clip_threshold(absmax: float, percentile_value: float, k: float) -> fl
     return absmax if absmax <= k * percentile_value else percentile_value
 
 
-def mse_clip_threshold(histogram: torch.Tensor, absmax: float, shadowed: bool, max_outlier_fraction: float = 1e-3, num_candidates: int = 200) -> float:
+def mse_clip_threshold(histogram: torch.Tensor, absmax: float, shadowed: bool, max_outlier_fraction: float = 1e-3, num_candidates: int = 200, num_bits: int = 8) -> float:
     """Clip point t minimising the expected squared error of per-tensor INT8 over the
     calibration histogram of |x|:
 
-        E(t) = Σ_{|x| ≤ t} s²/12  +  [not shadowed] Σ_{|x| > t} (|x| - t)²,   s = t / 127
+        E(t) = Σ_{|x| ≤ t} s²/12  +  [not shadowed] Σ_{|x| > t} (|x| - t)²,   s = t / (2^(b-1) - 1)
 
     (uniform rounding noise inside the range, clipping error outside). With the shadow
     path the clipped excess comes back exactly, so only rounding noise counts and E(t)
     falls with t; there t is bounded below by the outlier budget: at most
     ``max_outlier_fraction`` of the values may exceed it.
     """
+    qmax = 2 ** (num_bits - 1) - 1
     counts = histogram.double()
     total = float(counts.sum())
     centers = 10.0 ** (LOG10_MIN + (torch.arange(NUM_BINS, dtype=torch.float64) + 0.5) * _BIN_WIDTH)
@@ -53,7 +54,7 @@ def mse_clip_threshold(histogram: torch.Tensor, absmax: float, shadowed: bool, m
     best_t, best_error = absmax, float("inf")
     for t in candidates.tolist():
         inside = centers <= t
-        error = float(counts[inside].sum()) * (t / INT8_QMAX) ** 2 / 12.0
+        error = float(counts[inside].sum()) * (t / qmax) ** 2 / 12.0
         if not shadowed:
             error += float((counts[~inside] * (centers[~inside] - t) ** 2).sum())
         if error < best_error:
@@ -74,6 +75,7 @@ def shadow_linear(
     outlier_channels: torch.Tensor,
     threshold: float,
     bias: torch.Tensor | None = None,
+    num_bits: int = 8,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """The NPU part and the shadow part of one Linear (§3.3, Eq. 1):
 
@@ -86,7 +88,7 @@ def shadow_linear(
     hold one. Returns (y_npu + bias, y_shadow).
     """
     clipped, outliers = split_outliers(x, threshold)
-    y_npu = torch.nn.functional.linear(fake_quantize_symmetric(clipped, symmetric_scale(threshold)), weight_int8, bias)
+    y_npu = torch.nn.functional.linear(fake_quantize_symmetric(clipped, symmetric_scale(threshold, num_bits), num_bits), weight_int8, bias)
     y_shadow = outliers[..., outlier_channels] @ weight_fp_columns.T
     return y_npu, y_shadow
 

@@ -38,9 +38,6 @@ class SiteShadowPlan:
     # At run time an outlier may appear in any channel; the columns of the channels that
     # are not hot ("cold") are read from the bundle when one does (§3.3).
 
-    @property
-    def scale_(self) -> float:
-        return self.threshold_ / 127
 
     @property
     def shadowed(self) -> bool:
@@ -57,6 +54,7 @@ class ShadowPlan:
     config: ShadowConfig
     sites: dict[str, SiteShadowPlan]  # keyed by the first Linear of the site
     hot_coverage_: float = 0.0  # the coverage used: config.hot_coverage, or less to fit max_resident_fraction
+    activation_bits: int = 8  # NPU graph activations (inputs and outputs): 8 (paper) or 16 (W8A16)
     version: int = PLAN_VERSION
 
     def site_of(self, linear_name: str) -> SiteShadowPlan:
@@ -81,6 +79,7 @@ class ShadowPlan:
             "version": self.version,
             "config": self.config.to_dict(),
             "hot_coverage_": self.hot_coverage_,
+            "activation_bits": self.activation_bits,
             "sites": {name: asdict(site) for name, site in self.sites.items()},
         }
 
@@ -92,6 +91,7 @@ class ShadowPlan:
             config=ShadowConfig.from_dict(values["config"]),
             sites={name: SiteShadowPlan(**site) for name, site in values["sites"].items()},
             hot_coverage_=values["hot_coverage_"],
+            activation_bits=values.get("activation_bits", 8),
         )
 
     def save(self, path: Path) -> None:

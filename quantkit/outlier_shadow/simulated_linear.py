@@ -19,16 +19,17 @@ __all__ = ["ShadowQuantLinear", "simulated_quantization", "calibrate_npu_output_
 
 
 class ShadowQuantLinear(nn.Module):
-    """INT8 per-channel weights, INT8 per-tensor input clipped at the plan's threshold,
-    the NPU output requantized to INT8 per tensor (when the plan has its range), and —
+    """INT8 per-channel weights, INT8 (or 16-bit) per-tensor input clipped at the plan's
+    threshold, the NPU output requantized per tensor (when the plan has its range), and —
     unless the layer is pruned — the clipped excess added back in FP with the shadow
     weights (hot columns resident, cold ones read on demand: every channel).
 
     With ``record_npu_output`` set, max |y_npu| and a log-histogram of |y_npu| are kept
     (the calibration of the NPU graphs' output ranges)."""
 
-    def __init__(self, linear: nn.Linear, site: SiteShadowPlan, name: str = ""):
+    def __init__(self, linear: nn.Linear, site: SiteShadowPlan, name: str = "", activation_bits: int = 8):
         super().__init__()
+        self.bits = activation_bits
         weight_int8, _ = quantize_weight_per_channel(linear.weight)
         self.register_buffer("weight_int8", weight_int8)
         self.bias = linear.bias
@@ -43,15 +44,16 @@ class ShadowQuantLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.shadowed:
-            y_npu, y_shadow = shadow_linear(x, self.weight_int8, self.shadow_columns, self.shadow_channels, self.threshold, self.bias)
+            y_npu, y_shadow = shadow_linear(x, self.weight_int8, self.shadow_columns, self.shadow_channels, self.threshold, self.bias, self.bits)
         else:
             clipped, _ = split_outliers(x, self.threshold)
-            y_npu, y_shadow = nn.functional.linear(fake_quantize_symmetric(clipped, symmetric_scale(self.threshold)), self.weight_int8, self.bias), None
+            y_npu = nn.functional.linear(fake_quantize_symmetric(clipped, symmetric_scale(self.threshold, self.bits), self.bits), self.weight_int8, self.bias)
+            y_shadow = None
         if self.record_npu_output:
             torch.maximum(self.npu_output_absmax, y_npu.detach().abs().max(), out=self.npu_output_absmax)
             self.npu_output_histogram += log_histogram(y_npu)
         if self.output_clip is not None:  # the NPU graph's INT8 output: saturates at ±clip
-            y_npu = fake_quantize_symmetric(y_npu.clamp(-self.output_clip, self.output_clip), symmetric_scale(self.output_clip))
+            y_npu = fake_quantize_symmetric(y_npu.clamp(-self.output_clip, self.output_clip), symmetric_scale(self.output_clip, self.bits), self.bits)
         return y_npu if y_shadow is None else y_npu + y_shadow
 
 
@@ -60,7 +62,7 @@ def simulated_quantization(layout: DecoderLayout, plan: ShadowPlan, blocks: Iter
     ShadowQuantLinear; the FP Linears are put back afterwards."""
     selected = set(range(layout.num_blocks)) if blocks is None else set(blocks)
     names = [name for site in plan.sites.values() if site.block_index in selected for name in site.linear_names]
-    return replaced_linears(layout, names, lambda name, linear: ShadowQuantLinear(linear, plan.site_of(name), name))
+    return replaced_linears(layout, names, lambda name, linear: ShadowQuantLinear(linear, plan.site_of(name), name, plan.activation_bits))
 
 
 @torch.no_grad()
@@ -80,4 +82,4 @@ def calibrate_npu_output_ranges(layout: DecoderLayout, plan: ShadowPlan, sequenc
             layout.model(input_ids=batch.to(device), use_cache=False)
     for name, module in simulated.items():
         absmax = float(module.npu_output_absmax)
-        plan.site_of(name).output_clip_[name] = mse_clip_threshold(module.npu_output_histogram.cpu(), absmax, shadowed=False) if absmax > 0 else 1.0
+        plan.site_of(name).output_clip_[name] = mse_clip_threshold(module.npu_output_histogram.cpu(), absmax, shadowed=False, num_bits=plan.activation_bits) if absmax > 0 else 1.0

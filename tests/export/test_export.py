@@ -184,3 +184,19 @@ def test_lint_cli_exit_codes(tiny_bundle, tmp_path, capsys):
     assert main(["lint", str(bundle)]) == 1
     printed = capsys.readouterr().out
     assert "problem(s)" in printed and "no encoding in encodings.json" in printed
+
+
+def test_w8a16_bundle_runs_on_qnn_htp(tiny_bundle, tmp_path):
+    import onnx
+
+    bundle = export_bundle(tiny_bundle / "calib", tmp_path / "bundle16", chunk_size=CHUNK, activation_bits=16, progress=False)
+    manifest = load_manifest(bundle)
+    assert manifest["quantization"]["activation_bits"] == 16
+    graph = onnx.load(str(bundle / manifest["graphs"][0]["file"]))
+    zero_points = {init.name: init.data_type for init in graph.graph.initializer if init.name.endswith(".zero_point") and ".weight" not in init.name and ".bias" not in init.name}
+    assert set(zero_points.values()) == {onnx.TensorProto.INT16}
+    encodings = json.loads((bundle / "encodings.json").read_text())
+    assert {e["bw"] for e in encodings["activation_encodings"]} == {16}
+    report = lint_bundle(bundle, qnn=True)
+    assert report.ok, report.problems
+    assert min(report.sqnr_db.values()) >= 30
