@@ -8,11 +8,11 @@ No pickle anywhere: JSON, ONNX and safetensors only.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
 from quantkit.errors import QuantkitError
+from quantkit.hashing import file_sha256
 
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MANIFEST_FILE", "BundleError", "file_sha256", "bundle_problems", "load_manifest"]
 
@@ -23,14 +23,6 @@ MANIFEST_FILE = "manifest.json"
 
 class BundleError(QuantkitError):
     """A bundle is missing, damaged, foreign or of an unsupported version."""
-
-
-def file_sha256(path: Path, chunk_size: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def bundle_problems(folder: Path) -> tuple[dict | None, list[str]]:

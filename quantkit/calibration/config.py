@@ -7,6 +7,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantkit.settings import from_checked_dict
+
 __all__ = ["CalibrationConfig", "CONFIG_VERSION"]
 
 CONFIG_VERSION = 1
@@ -104,11 +106,7 @@ class CalibrationConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "CalibrationConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown calibration settings {unknown}; valid ones are {sorted(known)}")
-        return cls(**values)
+        return from_checked_dict(cls, values, "calibration")
 
     def save(self, path: Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))

@@ -121,7 +121,7 @@ def plot_sensitivity(sensitivities, placement, path: Path) -> None:
     figure, axis = plt.subplots(figsize=(12, 4), constrained_layout=True)
     axis.bar(blocks, values, color=colors)
     axis.set_xlabel("block")
-    axis.set_ylabel("ΔNLL when only this block is quantized (milli-nats/token)")
+    axis.set_ylabel("ΔNLL, only this block quantized\n(milli-nats per token)")
     axis.set_xticks(blocks)
     axis.set_title(
         f"Per-block sensitivity — {placement.npu_blocks}/{len(blocks)} blocks on the NPU (blue), "

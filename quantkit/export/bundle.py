@@ -1,20 +1,19 @@
 """``export_bundle``: calibration folder + model → the deployment bundle (DESIGN.md).
 
-Written into a temporary folder beside ``out`` and renamed into place only when every
-file, the manifest and its hashes are complete.
+Written into a temporary folder beside ``out`` (``atomic_directory``) and renamed into
+place only when every file, the manifest and its hashes are complete.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
+from quantkit.cache import atomic_directory
 from quantkit.calibration.config import CalibrationConfig
 from quantkit.data.corpus import load_documents, token_sequences
 from quantkit.errors import QuantkitError
@@ -23,7 +22,8 @@ from quantkit.models.loading import load_model
 from quantkit.outlier_shadow.plan import PLAN_FILE, ShadowPlan
 from quantkit.outlier_shadow.simulated_linear import calibrate_npu_output_ranges
 from quantkit.quant_primitives import quantize_symmetric, symmetric_scale
-from quantkit.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE, file_sha256
+from quantkit.hashing import file_sha256
+from quantkit.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE
 from quantkit.sensitivity.placement import NPU, PLACEMENT_FILE, PlacementPlan
 
 __all__ = ["export_bundle", "CALIBRATION_INPUTS_FILE"]
@@ -126,9 +126,7 @@ def export_bundle(
     npu_blocks = {b for b, where in enumerate(placement.placement) if where == NPU}
     npu_sites = [site for site in plan.sites.values() if site.block_index in npu_blocks]
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    try:
+    with atomic_directory(out) as staging:
         (staging / "npu").mkdir()
         graphs, activation_encodings, param_encodings = [], [], []
         for site in tqdm(npu_sites, desc="NPU graphs", unit="graph", disable=not progress):
@@ -204,10 +202,4 @@ def export_bundle(
             "files": {p.relative_to(staging).as_posix(): file_sha256(p) for p in sorted(staging.rglob("*")) if p.is_file()},
         }
         (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=1))
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    if out.exists():
-        shutil.rmtree(out)
-    os.replace(staging, out)
     return out

@@ -18,6 +18,7 @@ import torch
 
 from quantkit.cache import atomic_directory, cache_dir
 from quantkit.errors import ModelLoadError
+from quantkit.hashing import file_sha256
 from quantkit.models.architecture import DecoderLayout, find_decoder_layout
 from quantkit.models.builtin import BUILTIN_MODELS, builtin_gguf_path
 
@@ -36,14 +37,6 @@ class LoadedModel:
     model_id: str  # what the user passed (built-in name or path)
     source_sha256: str  # of the GGUF file, or of the folder's weight files
     folder: Path  # the Hugging Face folder actually loaded
-
-
-def file_sha256(path: Path, chunk_size: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while chunk := handle.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_device(device: str) -> torch.device:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from quantkit.settings import from_checked_dict
+
 __all__ = ["ShadowConfig", "SCALE_RULES", "PRUNED_SCALE_RULES"]
 
 SCALE_RULES = ("paper", "mse")
@@ -61,8 +63,4 @@ class ShadowConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "ShadowConfig":
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise ValueError(f"unknown shadow settings {unknown}; valid ones are {sorted(known)}")
-        return cls(**values)
+        return from_checked_dict(cls, values, "shadow")
