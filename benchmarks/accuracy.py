@@ -28,7 +28,7 @@ from quantkit.eval.perplexity import perplexity
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.outlier_shadow.plan import PLAN_FILE
-from quantkit.sensitivity.placement import CPU_FP, PLACEMENT_FILE, PlacementPlan
+from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
 
 DEFAULT_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -94,7 +94,7 @@ def main(argv=None) -> int:
         # Dynamic per-token scales and run-time FP columns: not a static NPU graph.
         rows.append({"method": "llm_int8", "ppl": test_ppl("llm_int8"), "npu_blocks": None, "shadow_bytes": None, "threshold": 6.0})
 
-    npu = {b for b, where in enumerate(placement.placement) if where != CPU_FP}
+    npu = placement.npu_block_indices
     shadow_bytes = plan.resident_shadow_parameters(out_features, blocks=npu) * 4  # float32 columns
     with simulated_quantization(layout, plan, blocks=npu):
         rows.append(

@@ -14,8 +14,10 @@ import os
 import resource
 import shutil
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import torch
 
@@ -73,13 +75,57 @@ def _fingerprint(config: CalibrationConfig, source_sha256: str, calibration_ids:
     return digest.hexdigest()
 
 
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    started = time.perf_counter()
+    yield
+    timings[stage] = time.perf_counter() - started
+
+
+def _plan_quantization(loaded, statistics, validation_ids: torch.Tensor, fp_ppl: float, config: CalibrationConfig, staging: Path, timings: dict, progress: bool):
+    """Shadow plan (§3.3), per-block sensitivity and placement under the budget (§3.4)."""
+    device = next(loaded.model.parameters()).device
+    logits = LogitsModel(loaded.model)
+    with _timed(timings, "sensitivity"):
+        plan = build_shadow_plan(statistics, loaded.layout, config.shadow_config())
+        plan.save(staging / PLAN_FILE)
+        sensitivities = block_sensitivity(loaded.layout, plan, validation_ids[: config.sensitivity_num_sequences, : config.sensitivity_seq_len], progress=progress)
+        (staging / SENSITIVITY_FILE).write_text(json.dumps([s.to_dict() for s in sensitivities], indent=1))
+    all_blocks = frozenset(range(loaded.layout.num_blocks))
+
+    def quantized_perplexity(cpu_blocks: frozenset[int]) -> float:
+        with simulated_quantization(loaded.layout, plan, blocks=all_blocks - cpu_blocks):
+            return perplexity(lambda ids: logits(ids.to(device)), validation_ids, desc=f"quantkit PPL ({len(cpu_blocks)} CPU blocks)", progress=progress)
+
+    with _timed(timings, "placement"):
+        placement = plan_placement(sensitivities, quantized_perplexity, fp_ppl, config.accuracy_budget)
+        placement.save(staging / PLACEMENT_FILE)
+    return plan, sensitivities, placement
+
+
+def _aimet_baseline(loaded, calibration_ids: torch.Tensor, validation_ids: torch.Tensor, config: CalibrationConfig, staging: Path, timings: dict, progress: bool) -> tuple[dict, float]:
+    """AIMET W8A8 encodings (written as 1.0.0 + quantizer state) and their perplexity."""
+    device = next(loaded.model.parameters()).device
+    with _timed(timings, "aimet_encodings"):
+        sim = build_w8a8_quantsim(loaded.model, calibration_ids[:1].to(device), config.aimet_config)
+        compute_w8a8_encodings(sim, calibration_ids[: config.aimet_num_sequences], progress=progress)
+        encodings = quantsim_encodings_1_0_0(sim)
+        write_encodings(encodings, staging / ENCODINGS_FILE)
+        save_quantizer_state(sim, staging / QUANTIZER_STATE_FILE)
+    with _timed(timings, "aimet_eval"):
+        ppl = perplexity(lambda ids: sim.model(ids.to(device)), validation_ids, desc="AIMET W8A8 perplexity", progress=progress)
+    return encodings, ppl
+
+
 def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None, *, overwrite: bool = False, restart: bool = False, progress: bool = True) -> CalibrationResult:
     """Calibrate ``config.model`` on ``config.data`` and write the results to ``out``.
 
     Writes ``statistics.safetensors`` + ``statistics.json`` (activation statistics of
-    every decoder Linear), ``encodings.json`` (AIMET 1.0.0 encodings of the naive W8A8
-    baseline), ``summary.json`` / ``summary.txt`` (FP vs W8A8 perplexity, top outlier
-    layers, time, memory), ``report/outlier_heatmap.png`` and ``config.json``.
+    every decoder Linear), ``shadow_plan.json``, ``sensitivity.json`` and
+    ``placement.json`` (quantkit's scheme), ``encodings.json`` + ``aimet_quantizers.safetensors``
+    (the AIMET W8A8 baseline), ``summary.json`` / ``summary.txt`` (FP vs quantkit vs W8A8
+    perplexity, placement, top outlier layers, time, memory), ``report/*.png`` and
+    ``config.json``.
 
     >>> from quantkit.calibration import calibrate, CalibrationConfig
     >>> result = calibrate("calib", CalibrationConfig(num_sequences=8))   # doctest: +SKIP
@@ -96,66 +142,33 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
-    log.info("loading model %s", config.model)
-    loaded = load_model(config.model, config.device)
-    device = next(loaded.model.parameters()).device
-    calibration_ids = token_sequences(
-        loaded.tokenizer, load_documents(config.data, "calibration"), config.num_sequences, config.seq_len, source=f"--data {config.data} (calibration split)"
-    )
-    validation_ids = token_sequences(
-        loaded.tokenizer, load_documents(config.data, "validation"), config.eval_num_sequences, config.eval_seq_len, source=f"--data {config.data} (validation split)"
-    )
-    timings["load"] = time.perf_counter() - started
-
-    mark = time.perf_counter()
-    statistics = collect_activation_statistics(
-        loaded.layout,
-        calibration_ids,
-        batch_size=config.batch_size,
-        outlier_quantile=config.outlier_quantile,
-        checkpoint_dir=staging / "checkpoint",
-        fingerprint=_fingerprint(config, loaded.source_sha256, calibration_ids),
-        progress=progress,
-    )
-    statistics.save(staging, metadata={"model": config.model, "source_sha256": loaded.source_sha256, "outlier_quantile": config.outlier_quantile})
-    timings["statistics"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    fp_model = LogitsModel(loaded.model)
-    perplexities = {"fp": perplexity(lambda ids: fp_model(ids.to(device)), validation_ids, desc="FP perplexity", progress=progress)}
-    timings["fp_eval"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    plan = build_shadow_plan(statistics, loaded.layout, config.shadow_config())
-    plan.save(staging / PLAN_FILE)
-    sensitivities = block_sensitivity(
-        loaded.layout, plan, validation_ids[: config.sensitivity_num_sequences, : config.sensitivity_seq_len], progress=progress
-    )
-    timings["sensitivity"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    all_blocks = frozenset(range(loaded.layout.num_blocks))
-
-    def quantized_perplexity(cpu_blocks: frozenset[int]) -> float:
-        with simulated_quantization(loaded.layout, plan, blocks=all_blocks - cpu_blocks):
-            return perplexity(lambda ids: fp_model(ids.to(device)), validation_ids, desc=f"quantkit PPL ({len(cpu_blocks)} CPU blocks)", progress=progress)
-
-    placement = plan_placement(sensitivities, quantized_perplexity, perplexities["fp"], config.accuracy_budget)
-    placement.save(staging / PLACEMENT_FILE)
-    (staging / SENSITIVITY_FILE).write_text(json.dumps([s.to_dict() for s in sensitivities], indent=1))
+    with _timed(timings, "load"):
+        log.info("loading model %s", config.model)
+        loaded = load_model(config.model, config.device)
+        device = next(loaded.model.parameters()).device
+        calibration_ids = token_sequences(
+            loaded.tokenizer, load_documents(config.data, "calibration"), config.num_sequences, config.seq_len, source=f"--data {config.data} (calibration split)"
+        )
+        validation_ids = token_sequences(
+            loaded.tokenizer, load_documents(config.data, "validation"), config.eval_num_sequences, config.eval_seq_len, source=f"--data {config.data} (validation split)"
+        )
+    with _timed(timings, "statistics"):
+        statistics = collect_activation_statistics(
+            loaded.layout,
+            calibration_ids,
+            batch_size=config.batch_size,
+            outlier_quantile=config.outlier_quantile,
+            checkpoint_dir=staging / "checkpoint",
+            fingerprint=_fingerprint(config, loaded.source_sha256, calibration_ids),
+            progress=progress,
+        )
+        statistics.save(staging, metadata={"model": config.model, "source_sha256": loaded.source_sha256, "outlier_quantile": config.outlier_quantile})
+    with _timed(timings, "fp_eval"):
+        fp_model = LogitsModel(loaded.model)
+        perplexities = {"fp": perplexity(lambda ids: fp_model(ids.to(device)), validation_ids, desc="FP perplexity", progress=progress)}
+    plan, sensitivities, placement = _plan_quantization(loaded, statistics, validation_ids, perplexities["fp"], config, staging, timings, progress)
     perplexities["quantkit"] = placement.ppl_
-    timings["placement"] = time.perf_counter() - mark
-
-    mark = time.perf_counter()
-    sim = build_w8a8_quantsim(loaded.model, calibration_ids[:1].to(device), config.aimet_config)
-    compute_w8a8_encodings(sim, calibration_ids[: config.aimet_num_sequences], progress=progress)
-    encodings = quantsim_encodings_1_0_0(sim)
-    write_encodings(encodings, staging / ENCODINGS_FILE)
-    save_quantizer_state(sim, staging / QUANTIZER_STATE_FILE)
-    timings["aimet_encodings"] = time.perf_counter() - mark
-    mark = time.perf_counter()
-    perplexities["aimet_w8a8_per_tensor"] = perplexity(lambda ids: sim.model(ids.to(device)), validation_ids, desc="AIMET W8A8 perplexity", progress=progress)
-    timings["aimet_eval"] = time.perf_counter() - mark
-    del sim
+    encodings, perplexities["aimet_w8a8_per_tensor"] = _aimet_baseline(loaded, calibration_ids, validation_ids, config, staging, timings, progress)
 
     top_layers = rank_outlier_layers(statistics, loaded.layout)[:_TOP_LAYERS]
     (staging / "report").mkdir(exist_ok=True)
@@ -164,8 +177,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     timings["total"] = time.perf_counter() - started
     peak = _peak_memory_mb()
     out_features = {name: loaded.layout.linear(name).out_features for name in loaded.layout.linear_names()}
-    npu_blocks = {block for block, where in enumerate(placement.placement) if where == "npu"}
-    resident = plan.resident_shadow_parameters(out_features, blocks=npu_blocks)
+    resident = plan.resident_shadow_parameters(out_features, blocks=placement.npu_block_indices)
     model_parameters = sum(p.numel() for p in loaded.model.parameters())
     summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak, placement, resident / model_parameters)
     (staging / SUMMARY_TEXT).write_text(summary + "\n")

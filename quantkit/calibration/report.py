@@ -92,7 +92,7 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
         lines += [
             "",
             f"Placement: {placement.npu_blocks}/{len(placement.placement)} blocks on the NPU, CPU-FP blocks "
-            f"{[b for b, p in enumerate(placement.placement) if p != 'npu']} "
+            f"{placement.cpu_block_indices} "
             f"({'within' if placement.within_budget else 'OVER'} the +{100 * placement.budget_relative_ppl:g}% budget)",
         ]
     if resident_shadow_share is not None:

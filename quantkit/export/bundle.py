@@ -24,7 +24,7 @@ from quantkit.outlier_shadow.simulated_linear import calibrate_npu_output_ranges
 from quantkit.quant_primitives import quantize_symmetric, symmetric_scale
 from quantkit.hashing import file_sha256
 from quantkit.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE
-from quantkit.sensitivity.placement import NPU, PLACEMENT_FILE, PlacementPlan
+from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
 
 __all__ = ["export_bundle", "CALIBRATION_INPUTS_FILE"]
 
@@ -123,7 +123,7 @@ def export_bundle(
     layout = loaded.layout
     sequences = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), _OUTPUT_RANGE_SEQUENCES, config.seq_len, source="calibration split")
     calibrate_npu_output_ranges(layout, plan, sequences)
-    npu_blocks = {b for b, where in enumerate(placement.placement) if where == NPU}
+    npu_blocks = placement.npu_block_indices
     npu_sites = [site for site in plan.sites.values() if site.block_index in npu_blocks]
 
     with atomic_directory(out) as staging:

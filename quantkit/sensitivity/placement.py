@@ -32,6 +32,14 @@ class PlacementPlan:
         return self.placement.count(NPU)
 
     @property
+    def npu_block_indices(self) -> set[int]:
+        return {block for block, where in enumerate(self.placement) if where == NPU}
+
+    @property
+    def cpu_block_indices(self) -> list[int]:
+        return [block for block, where in enumerate(self.placement) if where == CPU_FP]
+
+    @property
     def within_budget(self) -> bool:
         return self.ppl_ <= self.fp_ppl_ * (1 + self.budget_relative_ppl)
 
