@@ -1,0 +1,49 @@
+"""FP work on the CPU (torch): RMSNorm, RoPE, causal attention over a KV cache.
+
+Written against the bundle's architecture numbers only — no transformers import, so the
+deployment side does not depend on model classes. Formulas follow the Llama family as
+transformers implements it (RMSNorm weight × x / rms, rotate-half RoPE, grouped-query
+attention scaled by 1/√head_dim).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = ["rms_norm", "rope_cos_sin", "apply_rope", "causal_attention"]
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    variance = x.float().pow(2).mean(-1, keepdim=True)
+    return weight * (x.float() * torch.rsqrt(variance + eps))
+
+
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, head_dim] of the default RoPE (θ^(-2i/d) frequencies, duplicated halves)."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+    angles = positions.float()[:, None] * inv_freq[None, :]
+    emb = torch.cat([angles, angles], dim=-1)
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [heads, T, head_dim] rotated by position (rotate-half convention)."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    return x * cos + rotated * sin
+
+
+def causal_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, first_position: int) -> torch.Tensor:
+    """q [heads, T, d] of positions first_position.., keys/values [kv_heads, P, d] of
+    positions 0..P-1 (P = first_position + T): each query sees keys at or before it."""
+    heads, length, head_dim = q.shape
+    repeat = heads // k_cache.shape[0]
+    keys = k_cache.repeat_interleave(repeat, dim=0)
+    values = v_cache.repeat_interleave(repeat, dim=0)
+    scores = q @ keys.transpose(-1, -2) / math.sqrt(head_dim)
+    query_positions = torch.arange(first_position, first_position + length)[:, None]
+    key_positions = torch.arange(keys.shape[1])[None, :]
+    scores = scores.masked_fill(key_positions > query_positions, float("-inf"))
+    return torch.softmax(scores.float(), dim=-1) @ values
