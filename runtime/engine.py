@@ -34,6 +34,11 @@ class RuntimeCounters:
     npu_runs: int = 0
 
 
+def _cold_channels(site: dict) -> list[int]:
+    hot = set(site["hot_channels_"])
+    return [c for c in range(site["num_channels"]) if c not in hot]
+
+
 class BundleModel:
     """A loaded bundle. ``npu="cpu"`` runs the graphs with ONNX Runtime's CPU provider,
     ``npu="qnn"`` on the QNN HTP backend (CPU fallback disabled). ``shadow=False`` drops
@@ -59,6 +64,8 @@ class BundleModel:
         self.activation_bits = self.manifest["quantization"]["activation_bits"]
         self.sites = {name: site for name, site in plan["sites"].items()}
         self.site_of = {linear: site for site in self.sites.values() for linear in site["linear_names"]}
+        # Cold channels: every channel that is not hot (the column order of "<linear>.cold").
+        self.cold_channels = {name: _cold_channels(site) for name, site in self.sites.items()}
         self.cpu = load_file(str(self.folder / "cpu.safetensors"))
         self.hot = load_file(str(self.folder / self.manifest["shadow"]["resident"]))
         self._cold = safe_open(str(self.folder / self.manifest["shadow"]["cold"]), framework="pt")
@@ -98,8 +105,7 @@ class BundleModel:
         if shadowed:
             excess = x - clipped
             self.counters.outlier_values += int((excess != 0).sum())
-            hot = site["hot_channels_"]
-            cold = [c for c in range(site["num_channels"]) if c not in set(hot)]
+            hot, cold = site["hot_channels_"], self.cold_channels[first_linear]
             cold_needed = bool(cold) and bool((excess[:, cold] != 0).any())
             for index, name in enumerate(names):
                 shadow = excess[:, hot] @ self.hot[f"{name}.hot"].T

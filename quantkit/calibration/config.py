@@ -7,11 +7,14 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantkit.outlier_shadow.config import ShadowConfig
 from quantkit.settings import from_checked_dict
 
 __all__ = ["CalibrationConfig", "CONFIG_VERSION"]
 
 CONFIG_VERSION = 1
+# The shadow settings are ShadowConfig's, flattened into CLI flags: one source of defaults.
+_SHADOW_DEFAULTS = ShadowConfig()
 
 
 @dataclass(frozen=True)
@@ -44,17 +47,17 @@ class CalibrationConfig:
     num_sequences: int = 32
     seq_len: int = 512
     batch_size: int = 4
-    outlier_quantile: float = 0.99
+    outlier_quantile: float = _SHADOW_DEFAULTS.percentile
     aimet_num_sequences: int = 8
     aimet_config: str = "default"
     eval_num_sequences: int = 8
     eval_seq_len: int = 512
-    scale_rule: str = "paper"
-    k: float = 2.0
-    hot_coverage: float = 0.8
-    max_resident_fraction: float = 0.02
-    prune_fraction: float = 0.5
-    pruned_scale_rule: str = "max"
+    scale_rule: str = _SHADOW_DEFAULTS.scale_rule
+    k: float = _SHADOW_DEFAULTS.k
+    hot_coverage: float = _SHADOW_DEFAULTS.hot_coverage
+    max_resident_fraction: float = _SHADOW_DEFAULTS.max_resident_fraction
+    prune_fraction: float = _SHADOW_DEFAULTS.prune_fraction
+    pruned_scale_rule: str = _SHADOW_DEFAULTS.pruned_scale_rule
     accuracy_budget: float = 0.01
     sensitivity_num_sequences: int = 4
     sensitivity_seq_len: int = 256
@@ -88,9 +91,7 @@ class CalibrationConfig:
         if self.version != CONFIG_VERSION:
             raise ValueError(f"version: got {self.version!r}, expected {CONFIG_VERSION} (this quantkit writes and reads version {CONFIG_VERSION})")
 
-    def shadow_config(self):
-        from quantkit.outlier_shadow.config import ShadowConfig
-
+    def shadow_config(self) -> ShadowConfig:
         return ShadowConfig(
             scale_rule=self.scale_rule,
             k=self.k,

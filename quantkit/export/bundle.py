@@ -125,6 +125,7 @@ def export_bundle(
     calibrate_npu_output_ranges(layout, plan, sequences)
     npu_blocks = placement.npu_block_indices
     npu_sites = [site for site in plan.sites.values() if site.block_index in npu_blocks]
+    architecture = _architecture(loaded.model.config)
 
     with atomic_directory(out) as staging:
         (staging / "npu").mkdir()
@@ -166,14 +167,12 @@ def export_bundle(
             )
         )
         save_file(_capture_site_inputs(layout, plan, npu_sites, sequences[:1], chunk_size), str(staging / CALIBRATION_INPUTS_FILE))
-        shadow = plan.shadow_weights(layout)
-        npu_shadow = {site.linear_names[0] for site in npu_sites}
-        keep = {k: v for k, v in shadow.items() if plan.site_of(k.rsplit(".", 1)[0]).linear_names[0] in npu_shadow}
-        save_file({k: v for k, v in keep.items() if k.endswith(".hot")}, str(staging / "shadow.safetensors"))
-        save_file({k: v for k, v in keep.items() if k.endswith(".cold")}, str(staging / "shadow_cold.safetensors"))
+        shadow = plan.shadow_weights(layout, blocks=npu_blocks)
+        save_file({k: v for k, v in shadow.items() if k.endswith(".hot")}, str(staging / "shadow.safetensors"))
+        save_file({k: v for k, v in shadow.items() if k.endswith(".cold")}, str(staging / "shadow_cold.safetensors"))
         npu_linears = {f"{name}.{p}" for site in npu_sites for name in site.linear_names for p in ("weight", "bias")}
         cpu_state = {k: v.detach().float().cpu().contiguous() for k, v in loaded.model.state_dict().items() if k not in npu_linears}
-        if _architecture(loaded.model.config)["tie_word_embeddings"]:
+        if architecture["tie_word_embeddings"]:
             cpu_state.pop("lm_head.weight", None)  # the same tensor as the embeddings
         save_file(cpu_state, str(staging / "cpu.safetensors"))
         loaded.tokenizer.save_pretrained(staging / "tokenizer")
@@ -185,9 +184,9 @@ def export_bundle(
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
             "source_model": {"id": config.model, "sha256": loaded.source_sha256},
-            "architecture": _architecture(loaded.model.config),
+            "architecture": architecture,
             "chunk_size": chunk_size,
-            "context_length": _architecture(loaded.model.config)["max_position_embeddings"],
+            "context_length": architecture["max_position_embeddings"],
             "quantization": {
                 "weights": "int8 symmetric per output channel",
                 "activation_bits": activation_bits,

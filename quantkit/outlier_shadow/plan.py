@@ -101,12 +101,11 @@ class ShadowPlan:
     def load(cls, path: Path) -> "ShadowPlan":
         return cls.from_dict(json.loads(Path(path).read_text()))
 
-    def shadow_weights(self, layout) -> dict[str, torch.Tensor]:
-        """FP weight columns ``{"<linear>.hot": W[:, hot], "<linear>.cold": W[:, cold]}``."""
+    def shadow_weights(self, layout, blocks: set[int] | None = None) -> dict[str, torch.Tensor]:
+        """FP weight columns ``{"<linear>.hot": W[:, hot], "<linear>.cold": W[:, cold]}``
+        of every shadowed Linear (of ``blocks`` only; default all)."""
         weights = {}
-        for site in self.sites.values():
-            if not site.shadowed:
-                continue
+        for site in self._shadowed_sites(blocks):
             for name in site.linear_names:
                 weight = layout.linear(name).weight.detach().float().cpu()
                 weights[f"{name}.hot"] = weight[:, site.hot_channels_].contiguous()
