@@ -126,6 +126,30 @@ def _run_lint(args) -> int:
     return 1
 
 
+def _add_report(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "report",
+        help="write report/index.html: outlier heat-map, sensitivity, placement, accuracy and prefill charts",
+        description="Render the one-page HTML report (PNG plots beside index.html) of a calibration folder or a bundle, "
+        "with the accuracy and prefill benchmark results; a results file that does not exist yet becomes a section naming the command that produces it.",
+    )
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--calib", default=None, help="folder written by `quantkit calibrate`")
+    source.add_argument("--bundle", default=None, help="folder written by `quantkit export`")
+    parser.add_argument("--accuracy", default="benchmarks/results/accuracy.json", help="results of benchmarks/accuracy.py (default: %(default)s)")
+    parser.add_argument("--prefill", default="benchmarks/results/prefill.json", help="results of benchmarks/prefill.py (default: %(default)s)")
+    parser.add_argument("--out", default="report", help="report folder, replaced whole (default: %(default)s)")
+    parser.set_defaults(handler=_run_report)
+
+
+def _run_report(args) -> int:
+    from quantkit.report import write_report
+
+    index = write_report(args.out, calib=args.calib, bundle=args.bundle, accuracy=args.accuracy, prefill=args.prefill)
+    print(f"wrote {index}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantkit", description="Calibrate small LLMs for INT8 execution on mobile NPUs (llm.npu, arXiv 2407.05858).")
     parser.add_argument("--version", action="version", version=f"quantkit {__version__}")
@@ -135,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(subparsers)
     _add_lint(subparsers)
     _add_prepare(subparsers)
+    _add_report(subparsers)
     return parser
 
 

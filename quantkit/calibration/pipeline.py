@@ -33,13 +33,14 @@ from quantkit.calibration.aimet_baseline import (
 )
 from quantkit.calibration.collect import collect_activation_statistics
 from quantkit.calibration.config import CalibrationConfig
-from quantkit.calibration.report import OutlierLayer, format_summary, plot_outlier_heatmap, plot_sensitivity, rank_outlier_layers
+from quantkit.calibration.report import OutlierLayer, format_summary, plot_outlier_heatmap, rank_outlier_layers
 from quantkit.data.corpus import load_documents, token_sequences
 from quantkit.errors import QuantkitError
 from quantkit.eval.perplexity import perplexity
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import build_shadow_plan, simulated_quantization
 from quantkit.outlier_shadow.plan import PLAN_FILE
+from quantkit.report import write_report
 from quantkit.sensitivity import block_sensitivity, plan_placement
 from quantkit.sensitivity.placement import PLACEMENT_FILE
 
@@ -50,7 +51,6 @@ SUMMARY_JSON = "summary.json"
 SUMMARY_TEXT = "summary.txt"
 HEATMAP_FILE = "report/outlier_heatmap.png"
 SENSITIVITY_FILE = "sensitivity.json"
-SENSITIVITY_PLOT = "report/sensitivity.png"
 _TOP_LAYERS = 10
 
 
@@ -124,8 +124,8 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     every decoder Linear), ``shadow_plan.json``, ``sensitivity.json`` and
     ``placement.json`` (quantkit's scheme), ``encodings.json`` + ``aimet_quantizers.safetensors``
     (the AIMET W8A8 baseline), ``summary.json`` / ``summary.txt`` (FP vs quantkit vs W8A8
-    perplexity, placement, top outlier layers, time, memory), ``report/*.png`` and
-    ``config.json``.
+    perplexity, placement, top outlier layers, time, memory), ``report/`` (``index.html``
+    with its PNG plots, see ``quantkit.report``) and ``config.json``.
 
     >>> from quantkit.calibration import calibrate, CalibrationConfig
     >>> result = calibrate("calib", CalibrationConfig(num_sequences=8))   # doctest: +SKIP
@@ -173,7 +173,6 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     top_layers = rank_outlier_layers(statistics, loaded.layout)[:_TOP_LAYERS]
     (staging / "report").mkdir(exist_ok=True)
     plot_outlier_heatmap(statistics, loaded.layout, staging / HEATMAP_FILE)
-    plot_sensitivity(sensitivities, placement, staging / SENSITIVITY_PLOT)
     timings["total"] = time.perf_counter() - started
     peak = _peak_memory_mb()
     out_features = {name: loaded.layout.linear(name).out_features for name in loaded.layout.linear_names()}
@@ -206,6 +205,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
         )
     )
     config.save(staging / "config.json")
+    write_report(staging / "report", calib=staging)  # index.html beside the heat-map; draws the sensitivity plot
     shutil.rmtree(staging / "checkpoint")
     if out.exists():
         shutil.rmtree(out)

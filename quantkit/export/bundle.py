@@ -7,7 +7,6 @@ place only when every file, the manifest and its hashes are complete.
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 import torch
@@ -22,6 +21,7 @@ from quantkit.models.loading import load_model
 from quantkit.outlier_shadow.plan import PLAN_FILE, ShadowPlan
 from quantkit.outlier_shadow.simulated_linear import calibrate_npu_output_ranges
 from quantkit.quant_primitives import quantize_symmetric, symmetric_scale
+from quantkit.report import write_report
 from quantkit.hashing import file_sha256
 from quantkit.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
@@ -176,9 +176,7 @@ def export_bundle(
             cpu_state.pop("lm_head.weight", None)  # the same tensor as the embeddings
         save_file(cpu_state, str(staging / "cpu.safetensors"))
         loaded.tokenizer.save_pretrained(staging / "tokenizer")
-        for plot in sorted((calib / "report").glob("*.png")):
-            (staging / "report").mkdir(exist_ok=True)
-            shutil.copy2(plot, staging / "report" / plot.name)
+        write_report(staging / "report", calib=calib)  # hashed in the manifest like every file
         plan.save(staging / PLAN_FILE)
         manifest = {
             "format": BUNDLE_FORMAT,

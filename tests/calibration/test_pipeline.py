@@ -32,6 +32,7 @@ def test_calibrate_writes_every_artefact(tmp_path, tiny_model_folder):
         "config.json",
         "report/outlier_heatmap.png",
         "report/sensitivity.png",
+        "report/index.html",
     ):
         assert (out / name).is_file(), name
     assert not (tmp_path / ".calib.partial").exists()

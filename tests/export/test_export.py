@@ -63,7 +63,7 @@ def test_bundle_has_the_designed_layout(tiny_bundle):
     for graph in manifest["graphs"]:
         assert graph["input_shape"][:2] == [1, CHUNK]
         assert graph["converter_command"].startswith(f"qnn-onnx-converter --input_network {graph['file']} --quantization_overrides encodings.json")
-    for name in ("encodings.json", "shadow.safetensors", "shadow_cold.safetensors", "cpu.safetensors", "tokenizer/tokenizer.json", "shadow_plan.json"):
+    for name in ("encodings.json", "shadow.safetensors", "shadow_cold.safetensors", "cpu.safetensors", "tokenizer/tokenizer.json", "shadow_plan.json", "report/index.html", "report/outlier_heatmap.png"):
         assert name in manifest["files"], name
     assert not any(p.suffix in {".pkl", ".pt", ".bin"} and "qnn" not in p.name for p in bundle.rglob("*"))  # no pickle
     assert lint_bundle(bundle).ok

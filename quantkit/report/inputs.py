@@ -1,0 +1,126 @@
+"""What a report is drawn from: a calibration folder or a deployment bundle, and the
+benchmark results JSON files. Everything is optional; what is absent is recorded as
+absent so the page can say which command produces it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from quantkit.errors import QuantkitError
+
+__all__ = ["ReportInputs", "ResultsFile", "load_report_inputs", "CALIBRATION_DATA", "DATA_DIR", "HEATMAP_PNG", "SENSITIVITY_PNG"]
+
+DATA_DIR = "data"  # inside a report folder: the JSON the page was drawn from
+HEATMAP_PNG = "outlier_heatmap.png"
+SENSITIVITY_PNG = "sensitivity.png"
+# ReportInputs field -> file name, in a calibration folder and in a report's data/ folder
+CALIBRATION_DATA = {"summary": "summary.json", "sensitivity": "sensitivity.json", "placement": "placement.json", "config": "config.json"}
+
+
+@dataclass(frozen=True)
+class ResultsFile:
+    """A benchmark results JSON that was asked for: its rows, or why there are none."""
+
+    path: Path
+    data: dict | None = None
+    problem: str | None = None  # set when the file exists but cannot be used
+
+    @property
+    def missing(self) -> bool:
+        return self.data is None and self.problem is None
+
+
+@dataclass(frozen=True)
+class ReportInputs:
+    source: str | None  # "calibration" | "bundle" | None (neither given)
+    source_path: Path | None
+    summary: dict | None = None
+    sensitivity: list | None = None
+    placement: dict | None = None
+    config: dict | None = None
+    manifest: dict | None = None
+    heatmap: Path | None = None  # an existing PNG to copy
+    sensitivity_plot: Path | None = None  # an existing PNG, used when sensitivity.json is absent
+    accuracy: ResultsFile | None = None  # None: not asked for, the section is left out
+    prefill: ResultsFile | None = None
+
+    @property
+    def model(self) -> str | None:
+        for value in (
+            (self.summary or {}).get("model"),
+            (self.config or {}).get("model"),
+            ((self.manifest or {}).get("source_model") or {}).get("id"),
+            self.accuracy.data.get("model") if self.accuracy and self.accuracy.data else None,
+        ):
+            if value:
+                return str(value)
+        return None
+
+
+def _read_json(path: Path, remedy: str):
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise QuantkitError(f"{path}: not readable JSON ({error}); {remedy}") from error
+
+
+def _calibration_data(folder: Path) -> dict:
+    remedy = "run `quantkit calibrate` (and `quantkit export`) again to rewrite it"
+    return {field: _read_json(folder / name, remedy) for field, name in CALIBRATION_DATA.items() if (folder / name).is_file()}
+
+
+def _existing(path: Path) -> Path | None:
+    return path if path.is_file() else None
+
+
+def _results(path: str | Path | None, row_keys: tuple[str, ...], produced_by: str) -> ResultsFile | None:
+    """The results JSON at ``path``: {"rows": [{row_keys...}, ...], ...}; unknown keys are kept."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        return ResultsFile(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return ResultsFile(path, problem=f"{path} is not valid JSON ({error}); run {produced_by} again")
+    rows = data.get("rows") if isinstance(data, dict) else None
+    if not isinstance(rows, list) or not rows or not all(isinstance(row, dict) and all(key in row for key in row_keys) for row in rows):
+        expected = "{" + '"rows": [{' + ", ".join(f'"{key}"' for key in row_keys) + ", ...}, ...]}"
+        return ResultsFile(path, problem=f"{path} does not hold results shaped {expected}; run {produced_by} again")
+    return ResultsFile(path, data=data)
+
+
+def load_report_inputs(calib: str | Path | None = None, bundle: str | Path | None = None, accuracy: str | Path | None = None, prefill: str | Path | None = None) -> ReportInputs:
+    """Read what exists of the inputs. A named calibration folder or bundle must exist
+    (a typo should not silently give an empty report); results files may be missing."""
+    if calib is not None and bundle is not None:
+        raise QuantkitError("pass either --calib or --bundle, not both: a bundle's report already holds its calibration's data")
+    results = {
+        "accuracy": _results(accuracy, ("method", "ppl"), "`python benchmarks/accuracy.py`"),
+        "prefill": _results(prefill, ("config", "tokens_per_s"), "`python benchmarks/prefill.py`"),
+    }
+    if calib is not None:
+        folder = Path(calib)
+        if not folder.is_dir():
+            raise QuantkitError(f"--calib {folder}: no such folder; pass the folder written by `quantkit calibrate --out`")
+        data = _calibration_data(folder)
+        if not data:
+            raise QuantkitError(f"--calib {folder}: none of {', '.join(CALIBRATION_DATA.values())} in it; pass the folder written by `quantkit calibrate --out`")
+        report = folder / "report"
+        return ReportInputs("calibration", folder, **data, heatmap=_existing(report / HEATMAP_PNG), sensitivity_plot=_existing(report / SENSITIVITY_PNG), **results)
+    if bundle is not None:
+        from quantkit.runtime.bundle import BUNDLE_FORMAT, MANIFEST_FILE
+
+        folder = Path(bundle)
+        if not (folder / MANIFEST_FILE).is_file():
+            raise QuantkitError(f"--bundle {folder}: no {MANIFEST_FILE}; pass the folder written by `quantkit export --out`")
+        manifest = _read_json(folder / MANIFEST_FILE, "run `quantkit export` again")
+        if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
+            raise QuantkitError(f"--bundle {folder}: {MANIFEST_FILE} is not a quantkit bundle manifest (expected format {BUNDLE_FORMAT!r})")
+        report = folder / "report"
+        data = _calibration_data(report / DATA_DIR)
+        return ReportInputs("bundle", folder, **data, manifest=manifest, heatmap=_existing(report / HEATMAP_PNG), sensitivity_plot=_existing(report / SENSITIVITY_PNG), **results)
+    return ReportInputs(None, None, **results)

@@ -1,0 +1,311 @@
+"""The sections of the report page, one builder each.
+
+A builder takes the ``ReportInputs`` and the folder being written (where it saves its
+PNGs) and returns a ``Section``, or ``None`` to leave the section out because its input
+was not asked for. An input that was asked for but is missing gives a section that names
+the command producing it. ``SECTIONS`` is the page, in order; to add one (say, lm-eval
+task accuracy), add its input to ``ReportInputs`` / ``load_report_inputs``, write a
+builder here and append it to ``SECTIONS``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+from typing import Callable
+
+from quantkit.report.html import Section, escape, facts, figure, hint, note, table
+from quantkit.report.inputs import HEATMAP_PNG, SENSITIVITY_PNG, ReportInputs
+from quantkit.report.plots import plot_delta_ppl, plot_prefill_speed
+
+__all__ = [
+    "SectionBuilder",
+    "SECTIONS",
+    "summary_section",
+    "accuracy_section",
+    "prefill_section",
+    "outlier_section",
+    "sensitivity_section",
+    "placement_section",
+    "bundle_section",
+    "ACCURACY_PNG",
+    "PREFILL_PNG",
+]
+
+SectionBuilder = Callable[[ReportInputs, Path], "Section | None"]
+ACCURACY_PNG = "accuracy_delta_ppl.png"
+PREFILL_PNG = "prefill_speed.png"
+
+_CALIBRATE_COMMANDS = "quantkit calibrate --out calib\nquantkit report --calib calib"
+_PPL_LABELS = {"fp": "FP32", "quantkit": "quantkit", "aimet_w8a8_per_tensor": "AIMET W8A8, per-tensor (naive)"}
+_ACCURACY_LABELS = {
+    "fp": "FP32",
+    "naive_w8a8": "naive W8A8 (AIMET, per-tensor)",
+    "smoothquant_static": "SmoothQuant, static W8A8",
+    "llm_int8": "LLM.int8() (dynamic, CPU)",
+    "quantkit": "quantkit",
+}
+_PREFILL_LABELS = {
+    "hf_fp32": "HF transformers FP32",
+    "runtime_fp": "runtime FP32",
+    "int8_inorder": "INT8, in order",
+    "int8_shadow_inorder": "INT8 + shadow, in order",
+    "int8_shadow_ooo": "INT8 + shadow, out of order",
+}
+_PREFILL_BASELINE = "hf_fp32"
+_PREFILL_FULL_METHOD = "int8_shadow_ooo"
+
+
+def _percent_over(value: float, reference: float | None) -> str:
+    return f"{100 * (value / reference - 1):+.2f}%" if reference else "—"
+
+
+def _missing_calibration(inputs: ReportInputs, what: str) -> str:
+    """The hint of a calibration-derived section whose data is absent."""
+    if inputs.source is None:
+        return hint(f"No calibration given, so no {what}. Calibrate, then point the report at the folder:", _CALIBRATE_COMMANDS)
+    if inputs.source == "bundle":
+        return hint(
+            f"This bundle's report/ holds no {what} (it was exported before reports carried their data). "
+            "Use its calibration folder, or export again:",
+            "quantkit report --calib CALIB\nquantkit export CALIB --out BUNDLE --overwrite",
+        )
+    return hint(f"The calibration folder has no {what}: the run did not finish or predates it. Calibrate again:", "quantkit calibrate --out CALIB --overwrite")
+
+
+def summary_section(inputs: ReportInputs, folder: Path) -> Section:
+    """Validation perplexity of FP, quantkit and naive W8A8, placement, shadow memory, cost."""
+    summary = inputs.summary
+    if summary is None:
+        return Section("summary", "Summary", _missing_calibration(inputs, "calibration summary (summary.json)"))
+    perplexity = summary.get("perplexity", {})
+    fp = perplexity.get("fp")
+    ppl_table = table(
+        ["method", "validation PPL", "vs FP"],
+        [[_PPL_LABELS.get(method, method), f"{value:.3f}", _percent_over(value, fp) if method != "fp" else ""] for method, value in perplexity.items()],
+        numeric_columns=(1, 2),
+        highlight_rows=[i for i, method in enumerate(perplexity) if method == "quantkit"],
+    )
+    items = [("model", summary.get("model", "?"))]
+    for key, label in (("calibration_tokens", "calibration tokens"), ("validation_tokens", "validation tokens")):
+        if key in summary:
+            items.append((label, " × ".join(map(str, summary[key])) + " (sequences × length)"))
+    if "npu_blocks" in summary and "num_blocks" in summary:
+        items.append(("blocks on the NPU", f"{summary['npu_blocks']} of {summary['num_blocks']}"))
+    if summary.get("model_parameters") and "resident_shadow_parameters" in summary:
+        share = summary["resident_shadow_parameters"] / summary["model_parameters"]
+        items.append(("resident shadow weights", f"{summary['resident_shadow_parameters'] / 1e6:.2f} M parameters ({100 * share:.2f}% of the model)"))
+    seconds = summary.get("seconds", {})
+    if seconds:
+        items.append(("calibration time", f"{seconds.get('total', sum(seconds.values())):.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total") + ")"))
+    if "peak_memory_mb" in summary:
+        items.append(("peak memory", f"{summary['peak_memory_mb']:.0f} MB"))
+    config = inputs.config or {}
+    settings = [f"{key} = {config[key]}" for key in ("outlier_quantile", "scale_rule", "hot_coverage", "max_resident_fraction", "prune_fraction", "accuracy_budget") if key in config]
+    body = ppl_table + facts(items) + (note("Settings: " + ", ".join(settings) + ".") if settings else "")
+    return Section("summary", "Summary", body)
+
+
+def _accuracy_label(row: dict) -> str:
+    label = _ACCURACY_LABELS.get(row["method"], row["method"])
+    return label + (f" (α={row['alpha']:g})" if isinstance(row.get("alpha"), (int, float)) else "")
+
+
+def accuracy_section(inputs: ReportInputs, folder: Path) -> Section | None:
+    """Test perplexity of FP vs naive W8A8 vs SmoothQuant-static vs LLM.int8() vs quantkit."""
+    results = inputs.accuracy
+    if results is None:
+        return None
+    title = "Accuracy"
+    if results.data is None:
+        text = results.problem or f"No accuracy results at {results.path}. The benchmark measures every method on the held-out test split:"
+        return Section("accuracy", title, hint(text, f"python benchmarks/accuracy.py\nquantkit report --accuracy {results.path}"))
+    data = results.data
+    rows = data["rows"]
+    fp = next((row["ppl"] for row in rows if row["method"] == "fp"), None)
+    model_bytes, num_blocks = data.get("model_bytes"), data.get("num_blocks")
+
+    def delta(row: dict) -> float | None:
+        if isinstance(row.get("delta_ppl_percent"), (int, float)):
+            return float(row["delta_ppl_percent"])
+        return 100 * (row["ppl"] / fp - 1) if fp else None
+
+    def npu_blocks(row: dict) -> str:
+        if row.get("npu_blocks") is None:
+            return "n/a (dynamic)"
+        return f"{row['npu_blocks']}/{num_blocks}" if num_blocks else str(row["npu_blocks"])
+
+    def shadow(row: dict) -> str:
+        if row.get("shadow_bytes") is None:
+            return "n/a"
+        share = f" ({100 * row['shadow_bytes'] / model_bytes:.2f}%)" if model_bytes else ""
+        return f"{row['shadow_bytes'] / 1e6:.2f} MB{share}"
+
+    cells = [[_accuracy_label(row), f"{row['ppl']:.3f}", "" if delta(row) is None else f"{delta(row):+.2f}%", npu_blocks(row), shadow(row)] for row in rows]
+    body = table(
+        ["method", "test PPL", "ΔPPL vs FP", "blocks on NPU", "resident shadow weights"],
+        cells,
+        numeric_columns=(1, 2, 3, 4),
+        highlight_rows=[i for i, row in enumerate(rows) if row["method"] == "quantkit"],
+    )
+    charted = [(row, delta(row)) for row in rows if row["method"] != "fp" and delta(row) is not None]
+    if charted:
+        plot_delta_ppl([_accuracy_label(row) for row, _ in charted], [value for _, value in charted], _ACCURACY_LABELS["quantkit"], folder / ACCURACY_PNG)
+        body += figure(ACCURACY_PNG, "perplexity increase over FP per method", "Perplexity increase over FP per method (FP itself is the reference).")
+    tokens = data.get("test_tokens")
+    measured = f"{data.get('model', 'the model')}, held-out test split" + (f", {tokens[0]}×{tokens[1]} tokens" if isinstance(tokens, list) and len(tokens) == 2 else "")
+    body += note(f"Measured on {measured} by benchmarks/accuracy.py ({results.path.name}).")
+    if inputs.model and data.get("model") and data["model"] != inputs.model:
+        body += hint(f"These results are for {data['model']}, not {inputs.model}, the model of the calibration above.")
+    return Section("accuracy", title, body)
+
+
+def prefill_section(inputs: ReportInputs, folder: Path) -> Section | None:
+    """Prefill tokens/s per configuration, with the speed-up over HF transformers FP32."""
+    results = inputs.prefill
+    if results is None:
+        return None
+    title = "Prefill speed"
+    if results.data is None:
+        text = results.problem or f"No prefill results at {results.path}. The benchmark times each configuration on one long prompt:"
+        return Section("prefill", title, hint(text, f"python benchmarks/prefill.py\nquantkit report --prefill {results.path}"))
+    data = results.data
+    rows = data["rows"]
+    baseline = next((row["tokens_per_s"] for row in rows if row["config"] == _PREFILL_BASELINE), None)
+    speedups = [row["tokens_per_s"] / baseline if baseline else None for row in rows]
+    labels = [_PREFILL_LABELS.get(row["config"], row["config"]) for row in rows]
+    prompt_tokens = data.get("prompt_tokens")
+    plot_prefill_speed(labels, [row["tokens_per_s"] for row in rows], speedups, prompt_tokens, folder / PREFILL_PNG, highlight=_PREFILL_LABELS[_PREFILL_FULL_METHOD])
+    body = table(
+        ["configuration", "config key", "tokens/s", f"speed-up vs {_PREFILL_LABELS[_PREFILL_BASELINE]}"],
+        [[label, row["config"], f"{row['tokens_per_s']:,.1f}", f"×{speedup:.2f}" if speedup is not None else "—"] for label, row, speedup in zip(labels, rows, speedups)],
+        numeric_columns=(2, 3),
+        highlight_rows=[i for i, row in enumerate(rows) if row["config"] == _PREFILL_FULL_METHOD],
+    )
+    body += figure(PREFILL_PNG, "prefill tokens per second per configuration", "Prefill speed per configuration; bars labelled with the speed-up over HF transformers FP32.")
+    if baseline is None:
+        body += note(f"No {_PREFILL_BASELINE} row in {results.path.name}, so no speed-ups.")
+    body += note("Measured by benchmarks/prefill.py" + (f" on a {prompt_tokens}-token prompt" if prompt_tokens else "") + f" ({results.path.name}).")
+    return Section("prefill", title, body)
+
+
+def outlier_section(inputs: ReportInputs, folder: Path) -> Section:
+    """The outlier heat-map and the layers with the largest max|x| / scale."""
+    title = "Activation outliers"
+    if inputs.heatmap is None:
+        return Section("outliers", title, _missing_calibration(inputs, "outlier heat-map"))
+    shutil.copyfile(inputs.heatmap, folder / HEATMAP_PNG)
+    body = figure(
+        HEATMAP_PNG,
+        "heat-map of per-channel activation maxima relative to the INT8 clip",
+        "Per input channel of every decoder Linear: log10 of the channel's max|x| over the per-tensor INT8 clip point. "
+        "Red channels exceed the INT8 range; the shadow path adds them back in FP on the CPU.",
+    )
+    top = (inputs.summary or {}).get("top_outlier_layers", [])
+    if top:
+        body += "<p>Layers with the largest importance max|x| / s (the paper's ranking, §3.3; s = clip / 127):</p>"
+        body += table(
+            ["layer", "max|x|", "clip", "max|x| / clip", "max|x| / s", "outlier channels"],
+            [
+                [
+                    row["layer"].removeprefix("model.") + (" (+" + ", ".join(name.rsplit(".", 1)[-1] for name in row.get("shared_with", [])) + ")" if row.get("shared_with") else ""),
+                    f"{row['absmax']:.2f}",
+                    f"{row['clip']:.3f}",
+                    f"{row['absmax'] / row['clip']:.1f}" if row["clip"] else "—",
+                    f"{row['absmax_over_scale']:,.0f}",
+                    row["outlier_channels"],
+                ]
+                for row in top
+            ],
+            numeric_columns=(1, 2, 3, 4, 5),
+        )
+    return Section("outliers", title, body)
+
+
+def sensitivity_section(inputs: ReportInputs, folder: Path) -> Section:
+    """Per-block ΔNLL when only that block is quantized; the CPU-FP blocks marked."""
+    title = "Block sensitivity"
+    caption = "ΔNLL of the validation text when only that block runs quantized (blue: NPU, red: kept on the CPU in FP)."
+    if inputs.sensitivity is not None and inputs.placement is not None:
+        from quantkit.calibration.report import plot_sensitivity
+        from quantkit.sensitivity import BlockSensitivity, PlacementPlan
+
+        sensitivities = [BlockSensitivity(**row) for row in inputs.sensitivity]
+        names = {field.name for field in dataclasses.fields(PlacementPlan)}
+        plot_sensitivity(sensitivities, PlacementPlan(**{k: v for k, v in inputs.placement.items() if k in names}), folder / SENSITIVITY_PNG)
+        ranked = sorted(sensitivities, key=lambda s: s.delta_nll, reverse=True)[:3]
+        most = ", ".join(f"block {s.block} ({1000 * s.delta_nll:+.2f} milli-nats)" for s in ranked)
+        return Section("sensitivity", title, figure(SENSITIVITY_PNG, "bar chart of per-block sensitivity", caption) + note(f"Most sensitive: {most}."))
+    if inputs.sensitivity_plot is not None:
+        shutil.copyfile(inputs.sensitivity_plot, folder / SENSITIVITY_PNG)
+        return Section("sensitivity", title, figure(SENSITIVITY_PNG, "bar chart of per-block sensitivity", caption))
+    return Section("sensitivity", title, _missing_calibration(inputs, "per-block sensitivity (sensitivity.json)"))
+
+
+def placement_section(inputs: ReportInputs, folder: Path) -> Section:
+    """Which blocks run on the NPU and which stay on the CPU in FP, and the placements tried."""
+    title = "Block placement"
+    plan = inputs.placement or {}
+    placement = plan.get("placement") or (inputs.manifest or {}).get("placement")
+    if not placement:
+        return Section("placement", title, _missing_calibration(inputs, "block placement (placement.json)"))
+    cells = "".join(f'<span class="{"npu" if where == "npu" else "cpu"}" title="block {i}: {escape(where)}">{i}</span>' for i, where in enumerate(placement))
+    legend = '<p class="legend">Blocks:<span style="background:#1f77b4"></span>NPU (INT8)<span style="background:#d62728"></span>CPU (FP32)</p>'
+    cpu_blocks = [i for i, where in enumerate(placement) if where != "npu"]
+    items = [("blocks on the NPU", f"{len(placement) - len(cpu_blocks)} of {len(placement)}"), ("blocks on the CPU in FP", ", ".join(map(str, cpu_blocks)) or "none")]
+    fp, ppl, budget = plan.get("fp_ppl_"), plan.get("ppl_"), plan.get("budget_relative_ppl")
+    if fp and ppl is not None and budget is not None:
+        verdict = "within" if ppl <= fp * (1 + budget) else "OVER"
+        items.append(("validation PPL", f"{ppl:.3f} vs FP {fp:.3f} ({_percent_over(ppl, fp)}; {verdict} the +{100 * budget:g}% budget)"))
+    body = legend + f'<div class="strip">{cells}</div>' + facts(items)
+    evaluations = plan.get("evaluations_") or []
+    if evaluations:
+        chosen = sorted(cpu_blocks)
+        body += "<p>Placements measured, in order (the search of §3.4 adds the most sensitive blocks to the CPU until the budget holds):</p>"
+        body += table(
+            ["CPU-FP blocks", "validation PPL", "vs FP"],
+            [[", ".join(map(str, e["cpu_blocks"])) or "none (all on the NPU)", f"{e['ppl']:.3f}", _percent_over(e["ppl"], fp)] for e in evaluations],
+            numeric_columns=(1, 2),
+            highlight_rows=[i for i, e in enumerate(evaluations) if sorted(e["cpu_blocks"]) == chosen],
+        )
+    return Section("placement", title, body)
+
+
+def _size(folder: Path, relatives) -> str:
+    total = sum((folder / r).stat().st_size for r in relatives if (folder / r).is_file())
+    return f"{total / 1e6:,.1f} MB"
+
+
+def bundle_section(inputs: ReportInputs, folder: Path) -> Section | None:
+    """What the deployment bundle holds (only when the report is drawn from a bundle)."""
+    if inputs.source != "bundle" or inputs.manifest is None:
+        return None
+    manifest, bundle = inputs.manifest, inputs.source_path
+    files = list(manifest.get("files", {}))
+    quantization = manifest.get("quantization", {})
+    source = manifest.get("source_model", {})
+    target = manifest.get("qnn_target")
+    items = [
+        ("source model", f"{source.get('id', '?')} (sha256 {str(source.get('sha256', ''))[:16]}…)"),
+        ("bundle format", f"{manifest.get('format')} v{manifest.get('version')}"),
+        ("chunk size", f"{manifest.get('chunk_size')} tokens (static graph shape)"),
+        ("activations", quantization.get("activations", "?")),
+        ("weights", quantization.get("weights", "?")),
+        ("NPU graphs", f"{len(manifest.get('graphs', []))} W8A{quantization.get('activation_bits', 8)} QDQ ONNX graphs, {_size(bundle, [f for f in files if f.startswith('npu/')])}"),
+        ("shadow weights", f"resident {_size(bundle, ['shadow.safetensors'])}, cold (read on demand) {_size(bundle, ['shadow_cold.safetensors'])}"),
+        ("CPU weights", _size(bundle, ["cpu.safetensors"])),
+        ("QNN context binaries", ", ".join(f"{k} {v}" for k, v in target.items() if v is not None) if target else "none (add with `quantkit export --qnn-context`)"),
+    ]
+    return Section("bundle", "Deployment bundle", facts(items) + note("Check it with: quantkit lint BUNDLE --qnn"))
+
+
+SECTIONS: tuple[SectionBuilder, ...] = (
+    summary_section,
+    accuracy_section,
+    prefill_section,
+    outlier_section,
+    sensitivity_section,
+    placement_section,
+    bundle_section,
+)
