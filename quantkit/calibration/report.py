@@ -59,6 +59,7 @@ def plot_outlier_heatmap(statistics: ActivationStatistics, layout: DecoderLayout
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     sites_by_kind: dict[str, list] = {kind: [] for kind in _SITE_KINDS}
     for site in layout.input_sites():
@@ -74,6 +75,7 @@ def plot_outlier_heatmap(statistics: ActivationStatistics, layout: DecoderLayout
         image = axis.imshow(grid, aspect="auto", interpolation="nearest", cmap="RdBu_r", vmin=-2.0, vmax=2.0)
         axis.set_title(f"{_SITE_TITLES[kind]}  ({grid.shape[1]} channels)")
         axis.set_ylabel("block")
+        axis.yaxis.set_major_locator(MaxNLocator(integer=True))  # whole blocks, also for 2-block models
     axes[-1].set_xlabel("input channel")
     colorbar = figure.colorbar(image, ax=list(axes), shrink=0.6)
     colorbar.set_label("log10(channel max|x| / per-tensor INT8 clip)")

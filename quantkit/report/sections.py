@@ -61,6 +61,10 @@ def _percent_over(value: float, reference: float | None) -> str:
     return f"{100 * (value / reference - 1):+.2f}%" if reference else "—"
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e6:.2f} M" if n >= 1e6 else f"{n:,}"
+
+
 def _missing_calibration(inputs: ReportInputs, what: str) -> str:
     """The hint of a calibration-derived section whose data is absent."""
     if inputs.source is None:
@@ -95,7 +99,7 @@ def summary_section(inputs: ReportInputs, folder: Path) -> Section:
         items.append(("blocks on the NPU", f"{summary['npu_blocks']} of {summary['num_blocks']}"))
     if summary.get("model_parameters") and "resident_shadow_parameters" in summary:
         share = summary["resident_shadow_parameters"] / summary["model_parameters"]
-        items.append(("resident shadow weights", f"{summary['resident_shadow_parameters'] / 1e6:.2f} M parameters ({100 * share:.2f}% of the model)"))
+        items.append(("resident shadow weights", f"{_count(summary['resident_shadow_parameters'])} parameters ({100 * share:.2f}% of the model)"))
     seconds = summary.get("seconds", {})
     if seconds:
         items.append(("calibration time", f"{seconds.get('total', sum(seconds.values())):.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total") + ")"))

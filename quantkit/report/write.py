@@ -75,6 +75,6 @@ def write_report(
     with atomic_directory(out) as staging:
         built = [section for section in (builder(inputs, staging) for builder in sections) if section is not None]
         _write_data(inputs, staging / DATA_DIR)
-        title = "quantkit report" + (f" — {inputs.model}" if inputs.model else "")
+        title = "quantkit report" + (f" — {Path(inputs.model).name}" if inputs.model else "")  # a model folder's name, not its path
         (staging / INDEX_FILE).write_text(render_page(title, _subtitle(inputs), built), encoding="utf-8")
     return out / INDEX_FILE

@@ -40,7 +40,7 @@ def test_full_inputs_give_every_section_and_valid_images(tmp_path, calib_folder,
     accuracy = _section(html, "accuracy")
     assert "+300.00%" in accuracy and "2.00 MB (2.00%)" in accuracy and "n/a (dynamic)" in accuracy and "α=0.8" in accuracy
     assert '<span class="cpu" title="block 0: cpu-fp">0</span>' in _section(html, "placement")
-    assert "+0.50%" in _section(html, "summary") and "1.00% of the model" in _section(html, "summary")
+    assert "+0.50%" in _section(html, "summary") and "1,000 parameters (1.00% of the model)" in _section(html, "summary")
     assert "layers.0.mlp.gate_proj (+up_proj)" in _section(html, "outliers")
     # self-contained: nothing fetched from elsewhere
     assert not re.search(r'(src|href)="(https?:|//|/)', html) and "<script" not in html
