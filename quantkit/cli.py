@@ -79,7 +79,7 @@ def _add_export(subparsers) -> None:
     parser.add_argument("calib", help="folder written by `quantkit calibrate`")
     parser.add_argument("--out", default="bundle", help="bundle folder (default: %(default)s)")
     parser.add_argument("--chunk-size", type=int, default=256, help="tokens per prefill chunk: the graphs' static shape (default: %(default)s)")
-    parser.add_argument("--activation-bits", type=int, choices=(8, 16), default=8, help="NPU graph activations: 8 (INT8, the paper's scheme) or 16 (W8A16) (default: %(default)s)")
+    parser.add_argument("--activation-bits", type=int, choices=(8, 16), default=16, help="NPU graph activations: 16 (W8A16: int8 weights, int16 activations; passes lint --qnn on SmolLM2) or 8 (INT8, the paper's scheme; costs accuracy from output requantization) (default: %(default)s)")
     parser.add_argument("--qnn-context", action="store_true", help="also compile each graph for a Snapdragon target and write its EPContext model")
     parser.add_argument("--soc-model", type=int, default=None, help="QNN SoC model id for --qnn-context (e.g. 60: Snapdragon 8 Gen 3)")
     parser.add_argument("--htp-arch", type=int, default=None, help="HTP architecture for --qnn-context (e.g. 75)")

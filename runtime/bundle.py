@@ -17,7 +17,7 @@ from quantkit.hashing import file_sha256
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MANIFEST_FILE", "BundleError", "file_sha256", "bundle_problems", "load_manifest"]
 
 BUNDLE_FORMAT = "quantkit-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2  # 2: cold shadow columns stored channel-major
 MANIFEST_FILE = "manifest.json"
 
 

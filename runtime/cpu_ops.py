@@ -8,8 +8,6 @@ attention scaled by 1/√head_dim).
 
 from __future__ import annotations
 
-import math
-
 import torch
 
 __all__ = ["rms_norm", "rope_cos_sin", "apply_rope", "causal_attention"]
@@ -37,13 +35,8 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
 def causal_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, first_position: int) -> torch.Tensor:
     """q [heads, T, d] of positions first_position.., keys/values [kv_heads, P, d] of
-    positions 0..P-1 (P = first_position + T): each query sees keys at or before it."""
-    heads, length, head_dim = q.shape
-    repeat = heads // k_cache.shape[0]
-    keys = k_cache.repeat_interleave(repeat, dim=0)
-    values = v_cache.repeat_interleave(repeat, dim=0)
-    scores = q @ keys.transpose(-1, -2) / math.sqrt(head_dim)
-    query_positions = torch.arange(first_position, first_position + length)[:, None]
-    key_positions = torch.arange(keys.shape[1])[None, :]
-    scores = scores.masked_fill(key_positions > query_positions, float("-inf"))
-    return torch.softmax(scores.float(), dim=-1) @ values
+    positions 0..P-1 (P = first_position + T): each query sees keys at or before it;
+    softmax(q·kᵀ/√d)·v with grouped-query heads (query head h reads kv head h // (heads/kv_heads))."""
+    length = q.shape[1]
+    visible = torch.arange(k_cache.shape[1])[None, :] <= torch.arange(first_position, first_position + length)[:, None]
+    return torch.nn.functional.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible, enable_gqa=k_cache.shape[0] != q.shape[0])

@@ -1,54 +1,60 @@
-"""Execute a bundle: chunked prefill with the NPU graphs in INT8 and the CPU work in FP
-(arXiv 2407.05858 §3.2–3.4).
+"""Execute a bundle: chunked prefill with the NPU graphs in INT8 and the CPU work in FP,
+out-of-order across the two processors, then decode (arXiv 2407.05858 §3.2–3.4).
 
 A prompt runs as chunks of the bundle's static size (last chunk zero-padded); chunk i
 attends to the KV cache of chunks < i and itself (causal), so the logits equal a
-single-pass run. Per NPU Linear input: clip at the calibrated threshold, run the INT8
-graph on the clipped part, add the shadow result x_out @ W_fp[:, C]ᵀ on the CPU — hot
+single-pass run. Per NPU Linear input: clip at the calibrated threshold, run the graph
+on the clipped part, add the shadow result x_out·W_fp[:, C]ᵀ on the CPU (Eq. 1) — hot
 columns resident, cold ones read from the bundle only when an outlier lands there.
+Decode runs one token at a time on the CPU with the graphs' own QDQ arithmetic.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from quantkit.runtime.bundle import BundleError, load_manifest
-from quantkit.runtime.cpu_ops import apply_rope, causal_attention, rms_norm, rope_cos_sin
+from quantkit.runtime.cpu_ops import rope_cos_sin
+from quantkit.runtime.npu import OrtGraph, QdqGraph
+from quantkit.runtime.sampling import SamplingConfig, next_token
+from quantkit.runtime.scheduler import DurationEstimates, Schedule, run_in_order, run_out_of_order
+from quantkit.runtime.shadow import ColdColumns, RuntimeCounters, ShadowSite
+from quantkit.runtime.subgraphs import ChunkState, KVCache, ModelParts, chunk_subgraphs
 
-__all__ = ["BundleModel", "RuntimeCounters", "SUPPORTED_MODEL_TYPES"]
+__all__ = ["BundleModel", "RuntimeCounters", "PrefillResult", "SUPPORTED_MODEL_TYPES", "SCHEDULES"]
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
-_ATTENTION = ("q_proj", "k_proj", "v_proj")
-_MLP = ("gate_proj", "up_proj")
+SCHEDULES = ("ooo", "inorder")
+_KIND_OF = {"q_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up", "down_proj": "down"}
 
 
 @dataclass
-class RuntimeCounters:
-    outlier_values: int = 0  # values beyond the clip sent to the shadow path
-    cold_loads: int = 0  # cold shadow columns read from the bundle
-    npu_runs: int = 0
-
-
-def _cold_channels(site: dict) -> list[int]:
-    hot = set(site["hot_channels_"])
-    return [c for c in range(site["num_channels"]) if c not in hot]
+class PrefillResult:
+    logits: torch.Tensor  # [T, vocab], or [1, vocab] with logits="last"
+    cache: KVCache
+    schedule: Schedule
+    seconds: float
 
 
 class BundleModel:
     """A loaded bundle. ``npu="cpu"`` runs the graphs with ONNX Runtime's CPU provider,
     ``npu="qnn"`` on the QNN HTP backend (CPU fallback disabled). ``shadow=False`` drops
-    the shadow path (outliers are clipped), for comparison.
+    the shadow path (outliers are clipped), for comparison. ``schedule`` is "ooo"
+    (out-of-order on an NPU worker and a CPU worker, §3.4) or "inorder".
+    ``npu_threads`` caps ONNX Runtime's threads (the emulated NPU's cores).
 
-    >>> model = BundleModel("bundle")                      # doctest: +SKIP
-    >>> logits = model.prefill(token_ids)                  # doctest: +SKIP
+    >>> model = BundleModel("bundle")                                   # doctest: +SKIP
+    >>> logits = model.prefill(token_ids)                               # doctest: +SKIP
+    >>> for token in model.generate(token_ids, max_new_tokens=20): ...  # doctest: +SKIP
     """
 
-    def __init__(self, folder: str | Path, npu: str = "cpu", shadow: bool = True):
+    def __init__(self, folder: str | Path, npu: str = "cpu", shadow: bool = True, schedule: str = "ooo", npu_threads: int | None = None):
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)
         self.arch = self.manifest["architecture"]
@@ -56,110 +62,115 @@ class BundleModel:
             raise BundleError(f"the runtime executes {', '.join(SUPPORTED_MODEL_TYPES)} bundles; this one is {self.arch['model_type']!r}")
         if npu not in ("cpu", "qnn"):
             raise BundleError(f"npu: got {npu!r}, expected 'cpu' (ONNX Runtime CPU provider) or 'qnn' (QNN HTP)")
-        from safetensors import safe_open
+        if schedule not in SCHEDULES:
+            raise BundleError(f"schedule: got {schedule!r}, expected one of {', '.join(SCHEDULES)}")
         from safetensors.torch import load_file
 
         self.chunk_size = self.manifest["chunk_size"]
-        plan = json.loads((self.folder / self.manifest["shadow"]["plan"]).read_text())
+        self.context_length = self.manifest["context_length"]
         self.activation_bits = self.manifest["quantization"]["activation_bits"]
-        self.sites = {name: site for name, site in plan["sites"].items()}
-        self.site_of = {linear: site for site in self.sites.values() for linear in site["linear_names"]}
-        # Cold channels: every channel that is not hot (the column order of "<linear>.cold").
-        self.cold_channels = {name: _cold_channels(site) for name, site in self.sites.items()}
-        self.cpu = load_file(str(self.folder / "cpu.safetensors"))
-        self.hot = load_file(str(self.folder / self.manifest["shadow"]["resident"]))
-        self._cold = safe_open(str(self.folder / self.manifest["shadow"]["cold"]), framework="pt")
         self.placement = self.manifest["placement"]
-        self.sessions = {graph["linears"][0]: (graph, self._session(graph["file"], npu)) for graph in self.manifest["graphs"]}
         self.shadow = shadow
+        self.schedule = schedule
         self.counters = RuntimeCounters()
+        self.estimates = DurationEstimates()  # T(·) of the greedy score, refined every run
+        self.last_schedule: Schedule | None = None
+        plan = json.loads((self.folder / self.manifest["shadow"]["plan"]).read_text())
+        hot = load_file(str(self.folder / self.manifest["shadow"]["resident"]))
+        cold = ColdColumns(self.folder / self.manifest["shadow"]["cold"])
+        self.cpu = load_file(str(self.folder / "cpu.safetensors"))
+        sites = {}
+        for site in plan["sites"].values():
+            key = (site["block_index"], _KIND_OF[site["linear_names"][0].rsplit(".", 1)[-1]])
+            if self.placement[key[0]] == "npu":
+                sites[key] = ShadowSite(site, hot, cold, self.counters, enabled=shadow)
+        self._graph_entries = {(g["block"], _KIND_OF[g["linears"][0].rsplit(".", 1)[-1]]): g for g in self.manifest["graphs"]}
+        npu_graphs = {key: OrtGraph(self.folder, entry, npu, npu_threads) for key, entry in self._graph_entries.items()}
+        self._parts = ModelParts(self.arch, self.cpu, self.placement, sites, npu_graphs, self._count_npu_run)
+        self._decode_parts: ModelParts | None = None
 
-    def _session(self, relative: str, npu: str):
-        import onnxruntime as ort
-
-        path = str(self.folder / relative)
-        if npu == "qnn":
-            from quantkit.export.qnn import qnn_htp_session
-
-            return qnn_htp_session(Path(path))
-        options = ort.SessionOptions()
-        # ONNX Runtime 1.31's extended QDQ fusions break QDQ MatMul + INT32 bias graphs.
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-        return ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
-
-    # -- one shadow site: the Linears reading one input ---------------------------------
-    def _site_outputs(self, block: int, first_linear: str, x: torch.Tensor) -> list[torch.Tensor]:
-        site = self.site_of[first_linear]
-        names = site["linear_names"]
-        if self.placement[block] != "npu":
-            return [self._fp_linear(name, x) for name in names]
-        threshold = site["threshold_"]
-        clipped = x.clamp(-threshold, threshold)
-        graph, session = self.sessions[first_linear]
-        padded = torch.zeros(1, self.chunk_size, x.shape[-1])
-        padded[0, : x.shape[0]] = clipped
-        outputs = session.run(None, {graph["input"]: padded.numpy()})
+    def _count_npu_run(self) -> None:
         self.counters.npu_runs += 1
-        ys = [torch.from_numpy(np.asarray(y))[0, : x.shape[0]] for y in outputs]
-        shadowed = self.shadow and not site["pruned"] and threshold < site["absmax_"]
-        if shadowed:
-            excess = x - clipped
-            self.counters.outlier_values += int((excess != 0).sum())
-            hot, cold = site["hot_channels_"], self.cold_channels[first_linear]
-            cold_needed = bool(cold) and bool((excess[:, cold] != 0).any())
-            for index, name in enumerate(names):
-                shadow = excess[:, hot] @ self.hot[f"{name}.hot"].T
-                if cold_needed:  # Eq. 1's shadow part over the cold channels, read on demand
-                    shadow = shadow + excess[:, cold] @ self._cold.get_tensor(f"{name}.cold").T
-                    self.counters.cold_loads += 1
-                ys[index] = ys[index] + shadow
-        return ys
 
-    def _fp_linear(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        bias = self.cpu.get(f"{name}.bias")
-        return torch.nn.functional.linear(x, self.cpu[f"{name}.weight"], bias)
-
-    # -- the model -------------------------------------------------------------------
-    @torch.no_grad()
-    def prefill(self, input_ids: torch.Tensor) -> torch.Tensor:
-        """Logits [T, vocab] of a 1-D prompt, computed chunk by chunk."""
-        input_ids = torch.as_tensor(input_ids).flatten()
+    # -- prefill ------------------------------------------------------------------------
+    def _check_prompt(self, input_ids) -> torch.Tensor:
+        input_ids = torch.as_tensor(input_ids, dtype=torch.long).flatten()
         if input_ids.numel() == 0:
             raise BundleError("the prompt is empty")
-        if input_ids.numel() > self.manifest["context_length"]:
-            raise BundleError(f"the prompt has {input_ids.numel()} tokens; this bundle's context is {self.manifest['context_length']} — shorten the prompt")
-        arch = self.arch
-        layers = arch["num_hidden_layers"]
-        cache: list[tuple[torch.Tensor, torch.Tensor] | None] = [None] * layers
-        logits = []
-        for start in range(0, input_ids.numel(), self.chunk_size):
-            chunk = input_ids[start : start + self.chunk_size]
-            h = self.cpu["model.embed_tokens.weight"][chunk]
-            positions = torch.arange(start, start + chunk.numel())
-            cos, sin = rope_cos_sin(positions, arch["head_dim"], arch["rope_parameters"]["rope_theta"])
-            for block in range(layers):
-                h, cache[block] = self._block(block, h, cache[block], start, cos, sin)
-            h = rms_norm(h, self.cpu["model.norm.weight"], arch["rms_norm_eps"])
-            head = self.cpu.get("lm_head.weight", self.cpu["model.embed_tokens.weight"])
-            logits.append(h @ head.T)
-        return torch.cat(logits)
+        if input_ids.numel() > self.context_length:
+            raise BundleError(f"the prompt has {input_ids.numel()} tokens; this bundle's context is {self.context_length} — shorten the prompt")
+        vocab = self.cpu["model.embed_tokens.weight"].shape[0]
+        if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
+            raise BundleError(f"token ids must lie in [0, {vocab}); got {int(input_ids.min())}..{int(input_ids.max())} — was the prompt tokenized with another model's tokenizer?")
+        return input_ids
 
-    def _block(self, block: int, h: torch.Tensor, cache, start: int, cos: torch.Tensor, sin: torch.Tensor):
-        arch = self.arch
-        prefix = f"model.layers.{block}"
-        heads, kv_heads, head_dim = arch["num_attention_heads"], arch["num_key_value_heads"], arch["head_dim"]
-        x = rms_norm(h, self.cpu[f"{prefix}.input_layernorm.weight"], arch["rms_norm_eps"])
-        q, k, v = self._site_outputs(block, f"{prefix}.self_attn.q_proj", x)
-        length = x.shape[0]
-        q = apply_rope(q.view(length, heads, head_dim).transpose(0, 1), cos, sin)
-        k = apply_rope(k.view(length, kv_heads, head_dim).transpose(0, 1), cos, sin)
-        v = v.view(length, kv_heads, head_dim).transpose(0, 1)
-        if cache is not None:
-            k, v = torch.cat([cache[0], k], dim=1), torch.cat([cache[1], v], dim=1)
-        attention = causal_attention(q, k, v, start).transpose(0, 1).reshape(length, heads * head_dim)
-        (o,) = self._site_outputs(block, f"{prefix}.self_attn.o_proj", attention)
-        h = h + o
-        x = rms_norm(h, self.cpu[f"{prefix}.post_attention_layernorm.weight"], arch["rms_norm_eps"])
-        gate, up = self._site_outputs(block, f"{prefix}.mlp.gate_proj", x)
-        (down,) = self._site_outputs(block, f"{prefix}.mlp.down_proj", torch.nn.functional.silu(gate) * up)
-        return h + down, (k, v)
+    def _cos_sin(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return rope_cos_sin(torch.arange(start, start + length), self.arch["head_dim"], self.arch["rope_parameters"]["rope_theta"])
+
+    @torch.no_grad()
+    def run_prefill(self, input_ids, logits: str = "all", schedule: str | None = None) -> PrefillResult:
+        """Chunked prefill; ``logits`` "all" ([T, vocab]) or "last" ([1, vocab])."""
+        input_ids = self._check_prompt(input_ids)
+        schedule = schedule or self.schedule
+        if schedule not in SCHEDULES:
+            raise BundleError(f"schedule: got {schedule!r}, expected one of {', '.join(SCHEDULES)}")
+        cache = KVCache(self.arch["num_hidden_layers"])
+        states, tasks, last_attention = [], [], {}
+        starts = range(0, input_ids.numel(), self.chunk_size)
+        for chunk, start in enumerate(starts):
+            ids = input_ids[start : start + self.chunk_size]
+            state = ChunkState(ids, start, *self._cos_sin(start, ids.numel()))
+            wanted = logits if logits == "all" or chunk == len(starts) - 1 else "none"
+            chunk_subgraphs(self._parts, state, cache, chunk, last_attention, tasks, wanted)
+            states.append(state)
+        began = time.perf_counter()
+        runner = run_out_of_order if schedule == "ooo" else run_in_order
+        self.last_schedule = runner(tasks, self.estimates)
+        seconds = time.perf_counter() - began
+        result = torch.cat([s.logits for s in states if s.logits is not None])
+        return PrefillResult(result, cache, self.last_schedule, seconds)
+
+    def prefill(self, input_ids) -> torch.Tensor:
+        """Logits [T, vocab] of a 1-D prompt, computed chunk by chunk."""
+        return self.run_prefill(input_ids, logits="all").logits
+
+    # -- decode -------------------------------------------------------------------------
+    def _decode_model(self) -> ModelParts:
+        if self._decode_parts is None:
+            graphs = {key: QdqGraph(self.folder, entry, self.activation_bits) for key, entry in self._graph_entries.items()}
+            self._decode_parts = ModelParts(self.arch, self.cpu, self.placement, self._parts.sites, graphs, lambda: None)
+        return self._decode_parts
+
+    @torch.no_grad()
+    def decode_step(self, token: int, cache: KVCache) -> torch.Tensor:
+        """Logits [vocab] after appending one token at position ``cache.length``."""
+        position = cache.length
+        if position >= self.context_length:
+            raise BundleError(f"the context is full ({self.context_length} tokens); generate fewer tokens or shorten the prompt")
+        state = ChunkState(torch.tensor([token]), position, *self._cos_sin(position, 1))
+        tasks = []
+        chunk_subgraphs(self._decode_model(), state, cache, 0, {}, tasks, "last")
+        run_in_order(tasks)
+        return state.logits[-1]
+
+    def generate(self, input_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_token_ids=()) -> Iterator[int]:
+        """Yield up to ``max_new_tokens`` new token ids (greedy when temperature is 0),
+        stopping after a token in ``stop_token_ids``. Timings land in ``self.last_generation``."""
+        if max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens: got {max_new_tokens}, expected ≥ 0")
+        config = SamplingConfig(temperature, top_k, top_p, seed)
+        generator = torch.Generator().manual_seed(seed) if seed is not None else None
+        prefill = self.run_prefill(input_ids, logits="last")
+        self.last_generation = {"prompt_tokens": int(torch.as_tensor(input_ids).numel()), "prefill_seconds": prefill.seconds, "new_tokens": 0, "decode_seconds": 0.0}
+        if max_new_tokens == 0:
+            return
+        logits, cache, stops = prefill.logits[-1], prefill.cache, set(stop_token_ids)
+        for produced in range(max_new_tokens):
+            token = next_token(logits, config, generator)
+            self.last_generation["new_tokens"] = produced + 1
+            yield token
+            if token in stops or produced + 1 == max_new_tokens:
+                return
+            began = time.perf_counter()
+            logits = self.decode_step(token, cache)
+            self.last_generation["decode_seconds"] += time.perf_counter() - began

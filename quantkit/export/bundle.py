@@ -89,7 +89,7 @@ def export_bundle(
     out: str | Path,
     *,
     chunk_size: int = 256,
-    activation_bits: int = 8,
+    activation_bits: int = 16,
     qnn_context: bool = False,
     soc_model: int | None = None,
     htp_arch: int | None = None,

@@ -102,12 +102,13 @@ class ShadowPlan:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def shadow_weights(self, layout, blocks: set[int] | None = None) -> dict[str, torch.Tensor]:
-        """FP weight columns ``{"<linear>.hot": W[:, hot], "<linear>.cold": W[:, cold]}``
-        of every shadowed Linear (of ``blocks`` only; default all)."""
+        """FP weight columns ``{"<linear>.hot": W[:, hot], "<linear>.cold": W[:, cold]ᵀ}``
+        of every shadowed Linear (of ``blocks`` only; default all). Cold columns are stored
+        channel-major ([channels, out]) so the runtime reads just the rows it needs from disk."""
         weights = {}
         for site in self._shadowed_sites(blocks):
             for name in site.linear_names:
                 weight = layout.linear(name).weight.detach().float().cpu()
                 weights[f"{name}.hot"] = weight[:, site.hot_channels_].contiguous()
-                weights[f"{name}.cold"] = weight[:, site.cold_channels_].contiguous()
+                weights[f"{name}.cold"] = weight[:, site.cold_channels_].T.contiguous()
         return weights

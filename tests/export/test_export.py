@@ -32,7 +32,7 @@ def tiny_bundle(tmp_path_factory, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(model_folder)
     config = CalibrationConfig(model=str(model_folder), num_sequences=4, seq_len=32, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=32, sensitivity_num_sequences=1, sensitivity_seq_len=32)
     calibrate(root / "calib", config, progress=False)
-    export_bundle(root / "calib", root / "bundle", chunk_size=CHUNK, progress=False)
+    export_bundle(root / "calib", root / "bundle", chunk_size=CHUNK, activation_bits=8, progress=False)  # the paper's INT8 scheme
     return root
 
 
@@ -186,10 +186,10 @@ def test_lint_cli_exit_codes(tiny_bundle, tmp_path, capsys):
     assert "problem(s)" in printed and "no encoding in encodings.json" in printed
 
 
-def test_w8a16_bundle_runs_on_qnn_htp(tiny_bundle, tmp_path):
+def test_default_w8a16_bundle_runs_on_qnn_htp(tiny_bundle, tmp_path):
     import onnx
 
-    bundle = export_bundle(tiny_bundle / "calib", tmp_path / "bundle16", chunk_size=CHUNK, activation_bits=16, progress=False)
+    bundle = export_bundle(tiny_bundle / "calib", tmp_path / "bundle16", chunk_size=CHUNK, progress=False)
     manifest = load_manifest(bundle)
     assert manifest["quantization"]["activation_bits"] == 16
     graph = onnx.load(str(bundle / manifest["graphs"][0]["file"]))

@@ -1,0 +1,105 @@
+"""Shadow outlier execution on the CPU (arXiv 2407.05858 §3.3).
+
+Eq. 1: x = clip(x, −t, t) + x_out, so  x·Wᵀ ≈ Q(clip(x))·Q(W)ᵀ (NPU) + x_out·W_fpᵀ (CPU).
+x_out is zero except in the few channels where a value crossed the threshold t, so the
+CPU multiplies only those channels' columns: the resident hot columns, and the cold
+columns read from the bundle's cold file when an outlier lands there (not kept in memory).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+__all__ = ["RuntimeCounters", "ShadowSite", "ColdColumns"]
+
+_NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None}
+
+
+class ColdColumns:
+    """Rows of the channel-major cold tensors, read from the memory-mapped bundle file.
+
+    The safetensors library returns whole tensors; the shadow path needs a few channel
+    rows of each and should not read the rest, so this maps the file and indexes rows
+    through the safetensors header (8-byte little-endian length, then JSON with dtype,
+    shape and data offsets of each tensor).
+    """
+
+    def __init__(self, path: Path):
+        with open(path, "rb") as file:
+            (header_length,) = struct.unpack("<Q", file.read(8))
+            header = json.loads(file.read(header_length))
+        self._file = np.memmap(path, dtype=np.uint8, mode="r")
+        self._tensors = {}
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            if _NUMPY_DTYPES.get(info["dtype"]) is None:
+                raise ValueError(f"{path}: tensor {name} has dtype {info['dtype']}; cold shadow columns are stored as F32 or F16")
+            begin, end = (8 + header_length + offset for offset in info["data_offsets"])
+            self._tensors[name] = self._file[begin:end].view(_NUMPY_DTYPES[info["dtype"]]).reshape(info["shape"])
+
+    def rows(self, name: str, channels: torch.Tensor) -> torch.Tensor:
+        """W[:, channels]ᵀ of one Linear: [len(channels), out] (a copy of just those rows)."""
+        return torch.from_numpy(np.ascontiguousarray(self._tensors[name][channels.numpy()])).float()
+
+
+@dataclass
+class RuntimeCounters:
+    outlier_values: int = 0  # values beyond the clip sent to the shadow path
+    cold_loads: int = 0  # reads of cold shadow columns from the bundle (one per Linear and chunk)
+    cold_columns: int = 0  # cold channel columns read
+    npu_runs: int = 0  # NPU graph executions
+
+
+class ShadowSite:
+    """The Linears that read one activation (q/k/v, o, gate/up or down) and their shadow weights."""
+
+    def __init__(self, site: dict, hot_weights: dict[str, torch.Tensor], cold_file: ColdColumns, counters: RuntimeCounters, enabled: bool = True):
+        self.linear_names: list[str] = site["linear_names"]
+        self.threshold = float(site["threshold_"])
+        self.num_channels = int(site["num_channels"])
+        # Outliers are possible only where the clip is below the calibrated range; pruned
+        # layers (§3.3, least important) keep only the clipped part.
+        self.shadowed = enabled and not site["pruned"] and self.threshold < site["absmax_"]
+        hot = torch.tensor(site["hot_channels_"], dtype=torch.long)
+        is_hot = torch.zeros(self.num_channels, dtype=torch.bool)
+        is_hot[hot] = True
+        self.hot_channels = hot  # column j of "<linear>.hot" is channel hot_channels[j]
+        self.cold_channels = (~is_hot).nonzero().flatten()  # column j of "<linear>.cold"
+        self._hot = {name: hot_weights[f"{name}.hot"] for name in self.linear_names} if self.shadowed else {}
+        self._cold_file = cold_file
+        self.counters = counters
+
+    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(clip(x), x_out) — x_out is None when this site has no shadow path."""
+        clipped = x.clamp(-self.threshold, self.threshold)
+        return clipped, (x - clipped) if self.shadowed else None
+
+    def outlier_products(self, excess: torch.Tensor | None) -> list[torch.Tensor] | None:
+        """x_out·W_fpᵀ for each Linear of the site, over the channels holding outliers; None if none."""
+        if excess is None:
+            return None
+        nonzero = excess != 0
+        active = nonzero.any(dim=0)
+        if not bool(active.any()):
+            return None
+        self.counters.outlier_values += int(nonzero.sum())
+        hot_columns = active[self.hot_channels].nonzero().flatten()
+        cold_columns = active[self.cold_channels].nonzero().flatten()
+        hot_excess = excess[:, self.hot_channels[hot_columns]]
+        cold_excess = excess[:, self.cold_channels[cold_columns]]
+        products = []
+        for name in self.linear_names:
+            product = hot_excess @ self._hot[name][:, hot_columns].T
+            if cold_columns.numel():  # read on demand from the bundle, only the rows needed
+                product = product + cold_excess @ self._cold_file.rows(f"{name}.cold", cold_columns)
+                self.counters.cold_loads += 1
+                self.counters.cold_columns += int(cold_columns.numel())
+            products.append(product)
+        return products

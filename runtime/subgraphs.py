@@ -1,0 +1,204 @@
+"""The subgraphs G[c, k] of one prefill chunk (arXiv 2407.05858 §3.4), as scheduler tasks.
+
+Per decoder block placed on the NPU (graph boundaries as in the bundle, DESIGN.md):
+
+    CPU  attn_in     h += previous down output; x = RMSNorm(h); split x (Eq. 1)
+    NPU  qkv         ║ CPU qkv_shadow   (the NPU graph and the shadow product in parallel)
+    CPU  attention   q,k,v = NPU + shadow; RoPE; append to the KV cache; causal attention; split
+    NPU  o           ║ CPU o_shadow
+    CPU  mlp_in      h += o; x = RMSNorm(h); split
+    NPU  gate_up     ║ CPU gate_up_shadow
+    CPU  act         SiLU(gate) · up; split
+    NPU  down        ║ CPU down_shadow
+
+A block placed on the CPU is one CPU subgraph in FP. The chunk ends with the final norm
+and the LM head. Edges: program order within the chunk, and attention(c, b) after
+attention(c−1, b) — it reads the KV cache the earlier chunk appended.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from quantkit.runtime.cpu_ops import apply_rope, causal_attention, rms_norm
+from quantkit.runtime.scheduler import CPU, NPU, Subgraph
+from quantkit.runtime.shadow import ShadowSite
+
+__all__ = ["KVCache", "ChunkState", "chunk_subgraphs"]
+
+_SITE_KINDS = ("qkv", "o", "gate_up", "down")
+
+
+class KVCache:
+    """Keys/values [kv_heads, positions, head_dim] per block, appended chunk by chunk."""
+
+    def __init__(self, num_blocks: int):
+        self.keys: list[torch.Tensor | None] = [None] * num_blocks
+        self.values: list[torch.Tensor | None] = [None] * num_blocks
+
+    def append(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.keys[block] is not None:
+            k, v = torch.cat([self.keys[block], k], dim=1), torch.cat([self.values[block], v], dim=1)
+        self.keys[block], self.values[block] = k, v
+        return k, v
+
+    @property
+    def length(self) -> int:
+        return 0 if self.keys[0] is None else self.keys[0].shape[1]
+
+
+@dataclass
+class ChunkState:
+    """The values one chunk's subgraphs hand each other."""
+
+    ids: torch.Tensor
+    start: int
+    cos: torch.Tensor
+    sin: torch.Tensor
+    h: torch.Tensor | None = None
+    pending: torch.Tensor | None = None  # last down output, added at the next residual
+    clipped: torch.Tensor | None = None
+    excess: torch.Tensor | None = None
+    npu_out: list[torch.Tensor] = field(default_factory=list)
+    shadow_out: list[torch.Tensor] | None = None
+    gate_up: list[torch.Tensor] = field(default_factory=list)
+    logits: torch.Tensor | None = None
+
+
+@dataclass
+class ModelParts:
+    """What the subgraphs compute with (filled by the engine from the bundle)."""
+
+    arch: dict
+    cpu: dict[str, torch.Tensor]
+    placement: list[str]
+    sites: dict[tuple[int, str], ShadowSite]  # (block, kind) → shadow site
+    npu: dict[tuple[int, str], Callable[[torch.Tensor], list[torch.Tensor]]]  # (block, kind) → graph
+    count_npu_run: Callable[[], None]
+
+
+def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk: int, last_attention: dict[int, int], tasks: list[Subgraph], logits: str) -> None:
+    """Append the subgraphs of one chunk to ``tasks``. ``last_attention[b]`` is the index of
+    the previous chunk's attention subgraph of block b (updated here)."""
+    arch = parts.arch
+    eps = arch["rms_norm_eps"]
+    heads, kv_heads, head_dim = arch["num_attention_heads"], arch["num_key_value_heads"], arch["head_dim"]
+    previous: list[int] = []
+
+    def add(name: str, processor: str, run: Callable[[], None], deps: list[int], kind: str, block: int | None = None) -> int:
+        tasks.append(Subgraph(f"c{chunk}.{name}", processor, run, tuple(deps), kind, {"chunk": chunk, "block": block}))
+        return len(tasks) - 1
+
+    def residual() -> torch.Tensor:
+        if state.pending is not None:
+            state.h = state.h + state.pending
+            state.pending = None
+        return state.h
+
+    def embed() -> None:
+        state.h = parts.cpu["model.embed_tokens.weight"][state.ids]
+
+    previous = [add("embed", CPU, embed, [], "embed")]
+
+    def split_for(block: int, kind: str, x: torch.Tensor) -> None:
+        state.clipped, state.excess = parts.sites[(block, kind)].split(x)
+
+    def npu_site(block: int, kind: str, deps: list[int]) -> list[int]:
+        """The NPU graph and, beside it, the shadow product; returns the indices to wait for."""
+        site = parts.sites[(block, kind)]
+
+        def run_graph() -> None:
+            state.npu_out = parts.npu[(block, kind)](state.clipped)
+            parts.count_npu_run()
+
+        waits = [add(f"b{block}.{kind}", NPU, run_graph, deps, kind, block)]
+        if site.shadowed:
+
+            def run_shadow() -> None:
+                state.shadow_out = site.outlier_products(state.excess)
+
+            waits.append(add(f"b{block}.{kind}_shadow", CPU, run_shadow, deps, f"{kind}_shadow", block))
+        return waits
+
+    def site_outputs() -> list[torch.Tensor]:
+        outputs = state.npu_out
+        if state.shadow_out is not None:  # Eq. 1: NPU part + CPU shadow part
+            outputs = [y + s for y, s in zip(outputs, state.shadow_out)]
+        state.npu_out, state.shadow_out, state.clipped, state.excess = [], None, None, None
+        return outputs
+
+    def attend(block: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        length = q.shape[0]
+        q = apply_rope(q.view(length, heads, head_dim).transpose(0, 1), state.cos, state.sin)
+        k = apply_rope(k.view(length, kv_heads, head_dim).transpose(0, 1), state.cos, state.sin)
+        v = v.view(length, kv_heads, head_dim).transpose(0, 1)
+        keys, values = cache.append(block, k, v)
+        return causal_attention(q, keys, values, state.start).transpose(0, 1).reshape(length, heads * head_dim)
+
+    for block in range(arch["num_hidden_layers"]):
+        prefix = f"model.layers.{block}"
+        if parts.placement[block] != "npu":
+
+            def cpu_block(block=block, prefix=prefix) -> None:
+                h = residual()
+                x = rms_norm(h, parts.cpu[f"{prefix}.input_layernorm.weight"], eps)
+                q, k, v = (_fp_linear(parts.cpu, f"{prefix}.self_attn.{n}", x) for n in ("q_proj", "k_proj", "v_proj"))
+                h = h + _fp_linear(parts.cpu, f"{prefix}.self_attn.o_proj", attend(block, q, k, v))
+                x = rms_norm(h, parts.cpu[f"{prefix}.post_attention_layernorm.weight"], eps)
+                gate, up = _fp_linear(parts.cpu, f"{prefix}.mlp.gate_proj", x), _fp_linear(parts.cpu, f"{prefix}.mlp.up_proj", x)
+                state.h = h + _fp_linear(parts.cpu, f"{prefix}.mlp.down_proj", torch.nn.functional.silu(gate) * up)
+
+            deps = previous + ([last_attention[block]] if block in last_attention else [])
+            index = add(f"b{block}.cpu_block", CPU, cpu_block, deps, "cpu_block", block)
+            last_attention[block] = index
+            previous = [index]
+            continue
+
+        def attn_in(block=block, prefix=prefix) -> None:
+            split_for(block, "qkv", rms_norm(residual(), parts.cpu[f"{prefix}.input_layernorm.weight"], eps))
+
+        previous = npu_site(block, "qkv", [add(f"b{block}.attn_in", CPU, attn_in, previous, "attn_in", block)])
+
+        def attention(block=block) -> None:
+            q, k, v = site_outputs()
+            split_for(block, "o", attend(block, q, k, v))
+
+        deps = previous + ([last_attention[block]] if block in last_attention else [])
+        index = add(f"b{block}.attention", CPU, attention, deps, "attention", block)
+        last_attention[block] = index
+        previous = npu_site(block, "o", [index])
+
+        def mlp_in(block=block, prefix=prefix) -> None:
+            (o,) = site_outputs()
+            state.h = state.h + o
+            split_for(block, "gate_up", rms_norm(state.h, parts.cpu[f"{prefix}.post_attention_layernorm.weight"], eps))
+
+        previous = npu_site(block, "gate_up", [add(f"b{block}.mlp_in", CPU, mlp_in, previous, "mlp_in", block)])
+
+        def act(block=block) -> None:
+            gate, up = site_outputs()
+            split_for(block, "down", torch.nn.functional.silu(gate) * up)
+
+        previous = npu_site(block, "down", [add(f"b{block}.act", CPU, act, previous, "act", block)])
+
+        def down_out() -> None:
+            (state.pending,) = site_outputs()
+
+        previous = [add(f"b{block}.down_out", CPU, down_out, previous, "down_out", block)]
+
+    def head() -> None:
+        h = residual()
+        if logits == "last":
+            h = h[-1:]
+        h = rms_norm(h, parts.cpu["model.norm.weight"], eps)
+        state.logits = h @ parts.cpu.get("lm_head.weight", parts.cpu["model.embed_tokens.weight"]).T
+
+    if logits != "none":
+        add("head", CPU, head, previous, "head")
+
+
+def _fp_linear(cpu: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.linear(x, cpu[f"{name}.weight"], cpu.get(f"{name}.bias"))
