@@ -48,11 +48,40 @@ def _run_calibrate(args) -> int:
     return 0
 
 
+def _add_eval(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "eval",
+        help="lm-eval accuracy of a bundle (run by the runtime) or of the FP model",
+        description="Evaluate MODEL with lm-eval: a bundle folder runs through the quantkit runtime (INT8 graphs on --npu, "
+        "shadow path on the CPU); a model name, Hugging Face folder or .gguf runs in float32 through lm-eval's hf model (the FP reference). "
+        "Offline tasks, built from held-out enwiki text: quantkit_wikitext, quantkit_lastword, quantkit_choice (group quantkit_offline).",
+    )
+    parser.add_argument("model", help="bundle folder (from `quantkit export`), or a model: built-in name, Hugging Face folder, .gguf file")
+    parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names, e.g. quantkit_offline or quantkit_lastword,quantkit_choice")
+    parser.add_argument("--limit", type=float, default=None, help="at most N items per task (a fraction when below 1)")
+    parser.add_argument("--npu", choices=("cpu", "qnn"), default="cpu", help="bundle NPU graph executor: ONNX Runtime CPU provider or QNN HTP (default: %(default)s)")
+    parser.add_argument("--no-shadow", action="store_true", help="bundle: clip outliers instead of running the shadow path (for comparison)")
+    parser.add_argument("--max-length", type=int, default=None, help="longest input in tokens (default: the bundle's context length / the model's)")
+    parser.add_argument("--output", default=None, help="also write lm-eval's results as JSON to this file")
+    parser.set_defaults(handler=_run_eval)
+
+
+def _run_eval(args) -> int:
+    from quantkit.eval import evaluate, results_table
+
+    limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
+    results = evaluate(args.model, args.tasks, limit=limit, npu=args.npu, shadow=not args.no_shadow, max_length=args.max_length, output=args.output)
+    print(results_table(results))
+    if args.output:
+        print(f"\nwrote {args.output}")
+    return 0
+
+
 def _add_prepare(subparsers) -> None:
     parser = subparsers.add_parser(
         "prepare",
-        help="convert a model to the cache and build the enwiki corpus (done once, offline)",
-        description="Prepare offline assets: convert --model (GGUF or built-in) into the quantkit cache and build the enwiki splits.",
+        help="convert a model to the cache, build the enwiki corpus and the offline eval tasks (done once, offline)",
+        description="Prepare offline assets: convert --model (GGUF or built-in) into the quantkit cache, build the enwiki splits and the offline lm-eval tasks.",
     )
     parser.add_argument("--model", default="smollm2-135m", help="model to convert (default: %(default)s)")
     parser.set_defaults(handler=_run_prepare)
@@ -60,12 +89,14 @@ def _add_prepare(subparsers) -> None:
 
 def _run_prepare(args) -> int:
     from quantkit.data.enwiki import enwiki_split_files
+    from quantkit.eval.tasks import build_task_data
     from quantkit.models.loading import prepare_model_folder
 
     folder, sha = prepare_model_folder(args.model)
     print(f"model {args.model}: {folder} (source sha256 {sha[:16]})")
     for split, path in enwiki_split_files().items():
         print(f"enwiki {split}: {path}")
+    print(f"offline eval tasks: {build_task_data()}")
     return 0
 
 
@@ -156,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
     subparsers = parser.add_subparsers(title="subcommands", metavar="COMMAND", required=True)
     _add_calibrate(subparsers)
+    _add_eval(subparsers)
     _add_export(subparsers)
     _add_lint(subparsers)
     _add_prepare(subparsers)

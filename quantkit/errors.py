@@ -9,6 +9,7 @@ __all__ = [
     "DataError",
     "NonFiniteActivationError",
     "ResumeMismatchError",
+    "EvaluationError",
 ]
 
 
@@ -34,3 +35,7 @@ class NonFiniteActivationError(QuantkitError):
 
 class ResumeMismatchError(QuantkitError):
     """A partial run exists for different settings than the ones asked for now."""
+
+
+class EvaluationError(QuantkitError):
+    """An evaluation names an unknown task, or a model that is neither a bundle nor a model."""
