@@ -181,6 +181,51 @@ def _run_report(args) -> int:
     return 0
 
 
+def _add_run(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "run",
+        help="generate text with a bundle: chunked prefill (NPU graphs + CPU shadow path), then decode",
+        description="Execute a deployment bundle the way the phone would: chunked prefill with the NPU graphs "
+        "(ONNX Runtime CPU provider, or QNN HTP with --npu qnn) and the CPU work overlapped, then greedy or sampled decode. "
+        "Streams the text and prints prefill and decode tokens/s.",
+    )
+    parser.add_argument("bundle", help="folder written by `quantkit export`")
+    prompt = parser.add_mutually_exclusive_group(required=True)
+    prompt.add_argument("--prompt", help="prompt text")
+    prompt.add_argument("--prompt-file", help="file holding the prompt (UTF-8)")
+    parser.add_argument("--max-new-tokens", type=int, default=64, help="(default: %(default)s)")
+    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
+    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 = all (default: %(default)s)")
+    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
+    parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    parser.add_argument("--npu", choices=("cpu", "qnn"), default="cpu", help="NPU graph executor: ONNX Runtime CPU provider or QNN HTP (default: %(default)s)")
+    parser.add_argument("--schedule", choices=("ooo", "inorder"), default="ooo", help="out-of-order (§3.4) or in-order subgraph execution (default: %(default)s)")
+    parser.add_argument("--no-shadow", action="store_true", help="clip outliers instead of running the shadow path (for comparison)")
+    parser.add_argument("--trace", default=None, help="write the prefill schedule as a Chrome trace JSON (chrome://tracing, Perfetto)")
+    parser.set_defaults(handler=_run_run)
+
+
+def _run_run(args) -> int:
+    from pathlib import Path
+
+    from quantkit.runtime.generate import generate_text
+
+    if args.prompt_file is not None:
+        path = Path(args.prompt_file)
+        if not path.is_file():
+            raise QuantkitError(f"--prompt-file {path}: no such file")
+        prompt = path.read_text(encoding="utf-8")
+    else:
+        prompt = args.prompt
+    report = generate_text(
+        args.bundle, prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, npu=args.npu, schedule=args.schedule, shadow=not args.no_shadow, trace=args.trace, stream=sys.stdout
+    )
+    print(report.summary(), file=sys.stderr)
+    if args.trace:
+        print(f"trace: {args.trace}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantkit", description="Calibrate small LLMs for INT8 execution on mobile NPUs (llm.npu, arXiv 2407.05858).")
     parser.add_argument("--version", action="version", version=f"quantkit {__version__}")
@@ -192,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_lint(subparsers)
     _add_prepare(subparsers)
     _add_report(subparsers)
+    _add_run(subparsers)
     return parser
 
 

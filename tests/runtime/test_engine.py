@@ -9,6 +9,7 @@ from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.runtime.bundle import BundleError
 from quantkit.runtime.engine import BundleModel
+from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
 from tests.conftest import TINY_VOCAB, tiny_model
 
 CHUNK = 16
@@ -22,6 +23,11 @@ def bundle(request, tmp_path_factory, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(folder)
     config = CalibrationConfig(model=str(folder), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64, sensitivity_num_sequences=1, sensitivity_seq_len=32)
     calibrate(root / "calib", config, progress=False)
+    # Both placements in one bundle: the planted outliers live in block 0 (NPU, shadow
+    # path); block 1 runs in FP on the CPU (placement.json is the editable plan export reads).
+    placement = PlacementPlan.load(root / "calib" / PLACEMENT_FILE)
+    placement.placement = ["npu", "cpu-fp"]
+    placement.save(root / "calib" / PLACEMENT_FILE)
     export_bundle(root / "calib", root / "bundle", chunk_size=CHUNK, progress=False)
     return root
 
@@ -70,3 +76,95 @@ def test_prompt_errors(bundle):
 def test_bad_npu_choice(bundle):
     with pytest.raises(BundleError, match="expected 'cpu'"):
         BundleModel(bundle / "bundle", npu="gpu")
+
+
+def test_out_of_order_equals_in_order(bundle):
+    ids = _prompt()
+    ooo = BundleModel(bundle / "bundle", schedule="ooo").run_prefill(ids)
+    in_order = BundleModel(bundle / "bundle", schedule="inorder").run_prefill(ids)
+    assert torch.equal(ooo.logits, in_order.logits)  # every data dependency is an edge
+    assert len(ooo.schedule.runs) == len(in_order.schedule.runs)
+
+
+def test_cpu_placed_blocks_run_in_fp(bundle):
+    runtime = BundleModel(bundle / "bundle")
+    assert runtime.placement == ["npu", "cpu-fp"]
+
+    result = runtime.run_prefill(_prompt(20))
+    ran = {result.schedule.tasks[r.index].name for r in result.schedule.runs}
+    for block, where in enumerate(runtime.placement):
+        assert (f"c0.b{block}.cpu_block" in ran) == (where == "cpu-fp")
+        assert (f"c0.b{block}.qkv" in ran) == (where == "npu")
+
+
+def test_qdq_twin_of_each_graph_matches_onnx_runtime(bundle):
+    from quantkit.runtime.npu import OrtGraph, QdqGraph
+
+    runtime = BundleModel(bundle / "bundle")
+    for entry in runtime.manifest["graphs"]:
+        ort_graph, twin = OrtGraph(runtime.folder, entry, "cpu"), QdqGraph(runtime.folder, entry, runtime.activation_bits)
+        x = torch.randn(CHUNK - 3, entry["input_shape"][-1], generator=torch.Generator().manual_seed(1))
+        for got, expected in zip(twin(x), ort_graph(x)):
+            step = float((expected.unique().diff().abs().min()))  # one output quantization step
+            assert (got - expected).abs().max() <= step * 1.001, entry["name"]
+
+
+def _simulated_greedy(bundle, ids, steps):
+    loaded = load_model(str(bundle / "model"))
+    plan = ShadowPlan.load(bundle / "bundle" / "shadow_plan.json")
+    manifest_placement = BundleModel(bundle / "bundle").placement
+    npu = {b for b, where in enumerate(manifest_placement) if where == "npu"}
+    tokens = ids.tolist()
+    with torch.no_grad(), simulated_quantization(loaded.layout, plan, blocks=npu):
+        for _ in range(steps):
+            logits = loaded.model(input_ids=torch.tensor([tokens]), use_cache=False).logits[0, -1]
+            tokens.append(int(logits.argmax()))
+    return tokens[len(ids) :]
+
+
+def test_greedy_decode_equals_the_simulated_model(bundle):
+    ids = _prompt(20)
+    runtime = BundleModel(bundle / "bundle")
+    got = list(runtime.generate(ids, max_new_tokens=8))
+    assert got == _simulated_greedy(bundle, ids, 8)
+    assert runtime.last_generation["new_tokens"] == 8 and runtime.last_generation["decode_seconds"] > 0
+
+
+def test_sampling_is_seeded_and_top_k_1_is_greedy(bundle):
+    runtime = BundleModel(bundle / "bundle")
+    ids = _prompt(20)
+    greedy = list(runtime.generate(ids, 6))
+    assert list(runtime.generate(ids, 6, temperature=1.0, top_k=1, seed=3)) == greedy
+    first = list(runtime.generate(ids, 6, temperature=1.5, seed=7))
+    assert list(runtime.generate(ids, 6, temperature=1.5, seed=7)) == first
+    assert any(list(runtime.generate(ids, 6, temperature=1.5, seed=s)) != greedy for s in range(5))
+    stop = greedy[2]
+    assert list(runtime.generate(ids, 6, stop_token_ids=(stop,))) == greedy[: greedy.index(stop) + 1]
+
+
+def test_generation_errors(bundle):
+    runtime = BundleModel(bundle / "bundle")
+    with pytest.raises(ValueError, match="max_new_tokens"):
+        list(runtime.generate(_prompt(5), -1))
+    with pytest.raises(ValueError, match="temperature"):
+        list(runtime.generate(_prompt(5), 2, temperature=-1))
+    with pytest.raises(BundleError, match="context is full"):
+        list(runtime.generate(_prompt(510), 5))
+    with pytest.raises(BundleError, match=r"token ids must lie in \[0, "):
+        runtime.prefill(torch.tensor([0, TINY_VOCAB]))
+
+
+def test_run_cli_streams_text_and_writes_a_trace(bundle, tmp_path, capsys):
+    from quantkit.cli import main
+
+    trace = tmp_path / "trace.json"
+    assert main(["run", str(bundle / "bundle"), "--prompt", "The history of the city", "--max-new-tokens", "5", "--trace", str(trace)]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip()  # the generated text
+    assert "prefill:" in captured.err and "tokens/s" in captured.err and "bubble ratio" in captured.err
+    import json
+
+    events = json.loads(trace.read_text())["traceEvents"]
+    assert {e["args"]["name"] for e in events if e["ph"] == "M"} == {"NPU", "CPU"}
+    assert main(["run", str(bundle / "bundle"), "--prompt-file", str(tmp_path / "missing.txt")]) == 2
+    assert "no such file" in capsys.readouterr().err
