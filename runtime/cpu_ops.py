@@ -38,5 +38,7 @@ def causal_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     positions 0..P-1 (P = first_position + T): each query sees keys at or before it;
     softmax(q·kᵀ/√d)·v with grouped-query heads (query head h reads kv head h // (heads/kv_heads))."""
     length = q.shape[1]
-    visible = torch.arange(k_cache.shape[1])[None, :] <= torch.arange(first_position, first_position + length)[:, None]
-    return torch.nn.functional.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=visible, enable_gqa=k_cache.shape[0] != q.shape[0])
+    hidden = torch.arange(k_cache.shape[1])[None, :] > torch.arange(first_position, first_position + length)[:, None]
+    # An additive float mask: PyTorch's CPU attention takes a much slower path for a boolean one.
+    mask = torch.zeros(hidden.shape).masked_fill(hidden, float("-inf"))
+    return torch.nn.functional.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, enable_gqa=k_cache.shape[0] != q.shape[0])

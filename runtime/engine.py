@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,14 +48,17 @@ class BundleModel:
     ``npu="qnn"`` on the QNN HTP backend (CPU fallback disabled). ``shadow=False`` drops
     the shadow path (outliers are clipped), for comparison. ``schedule`` is "ooo"
     (out-of-order on an NPU worker and a CPU worker, §3.4) or "inorder".
-    ``npu_threads`` caps ONNX Runtime's threads (the emulated NPU's cores).
+    ``npu_threads``: ONNX Runtime threads per graph with ``npu="cpu"`` (the emulated NPU's
+    cores; 1 = the NPU worker's own thread). ``cpu_threads``: torch threads while the
+    runtime computes (the CPU worker's cores) — multi-threaded small ops on a busy machine
+    wait on each other's barriers, so one thread each is the default.
 
     >>> model = BundleModel("bundle")                                   # doctest: +SKIP
     >>> logits = model.prefill(token_ids)                               # doctest: +SKIP
     >>> for token in model.generate(token_ids, max_new_tokens=20): ...  # doctest: +SKIP
     """
 
-    def __init__(self, folder: str | Path, npu: str = "cpu", shadow: bool = True, schedule: str = "ooo", npu_threads: int | None = None):
+    def __init__(self, folder: str | Path, npu: str = "cpu", shadow: bool = True, schedule: str = "ooo", npu_threads: int = 1, cpu_threads: int = 1):
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)
         self.arch = self.manifest["architecture"]
@@ -88,6 +92,16 @@ class BundleModel:
         npu_graphs = {key: OrtGraph(self.folder, entry, npu, npu_threads) for key, entry in self._graph_entries.items()}
         self._parts = ModelParts(self.arch, self.cpu, self.placement, sites, npu_graphs, self._count_npu_run)
         self._decode_parts: ModelParts | None = None
+        self.cpu_threads = cpu_threads
+
+    @contextmanager
+    def _torch_threads(self):
+        previous = torch.get_num_threads()
+        torch.set_num_threads(self.cpu_threads)
+        try:
+            yield
+        finally:
+            torch.set_num_threads(previous)
 
     def _count_npu_run(self) -> None:
         self.counters.npu_runs += 1
@@ -123,10 +137,11 @@ class BundleModel:
             wanted = logits if logits == "all" or chunk == len(starts) - 1 else "none"
             chunk_subgraphs(self._parts, state, cache, chunk, last_attention, tasks, wanted)
             states.append(state)
-        began = time.perf_counter()
         runner = run_out_of_order if schedule == "ooo" else run_in_order
-        self.last_schedule = runner(tasks, self.estimates)
-        seconds = time.perf_counter() - began
+        with self._torch_threads():
+            began = time.perf_counter()
+            self.last_schedule = runner(tasks, self.estimates)
+            seconds = time.perf_counter() - began
         result = torch.cat([s.logits for s in states if s.logits is not None])
         return PrefillResult(result, cache, self.last_schedule, seconds)
 
@@ -150,7 +165,8 @@ class BundleModel:
         state = ChunkState(torch.tensor([token]), position, *self._cos_sin(position, 1))
         tasks = []
         chunk_subgraphs(self._decode_model(), state, cache, 0, {}, tasks, "last")
-        run_in_order(tasks)
+        with self._torch_threads():
+            run_in_order(tasks)
         return state.logits[-1]
 
     def generate(self, input_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_token_ids=()) -> Iterator[int]:

@@ -21,20 +21,23 @@ import torch
 __all__ = ["OrtGraph", "QdqGraph", "ort_cpu_session"]
 
 
-def ort_cpu_session(path: Path, threads: int | None = None):
+def ort_cpu_session(path: Path, threads: int = 1):
+    """An ONNX Runtime CPU session standing in for the NPU. ``threads=1`` runs the graph on
+    the calling thread (the NPU worker): one session per graph, each with its own spinning
+    thread pool, would starve the CPU worker's torch ops."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()
     # ONNX Runtime 1.31's extended QDQ fusions break QDQ MatMul + INT32 bias graphs.
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    if threads:
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 class OrtGraph:
-    def __init__(self, folder: Path, entry: dict, npu: str, threads: int | None = None):
+    def __init__(self, folder: Path, entry: dict, npu: str, threads: int = 1):
         self.entry = entry
         self.input_name = entry["input"]
         self.chunk_size = entry["input_shape"][1]
@@ -79,7 +82,7 @@ class QdqGraph:
         self.linears = []
         for name in entry["linears"]:
             codes = torch.from_numpy(values[f"{name}.weight"].astype(np.float32))  # [in, out]
-            weight = (codes * torch.from_numpy(values[f"{name}.weight.scale"])).T.contiguous()  # [out, in]
+            weight = (codes * torch.from_numpy(values[f"{name}.weight.scale"].copy())).T.contiguous()  # [out, in]
             bias = None
             if f"{name}.bias" in values:
                 bias = torch.from_numpy(values[f"{name}.bias"].astype(np.float32) * values[f"{name}.bias.scale"])
