@@ -114,6 +114,7 @@ def _add_export(subparsers) -> None:
     parser.add_argument("--qnn-context", action="store_true", help="also compile each graph for a Snapdragon target and write its EPContext model")
     parser.add_argument("--soc-model", type=int, default=None, help="QNN SoC model id for --qnn-context (e.g. 60: Snapdragon 8 Gen 3)")
     parser.add_argument("--htp-arch", type=int, default=None, help="HTP architecture for --qnn-context (e.g. 75)")
+    parser.add_argument("--naive-w8a8", action="store_true", help="write the plain-PTQ baseline instead (with --activation-bits 8): every block on the NPU, min/max INT8 ranges, no shadow path — for regression suites")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.set_defaults(handler=_run_export)
@@ -122,7 +123,7 @@ def _add_export(subparsers) -> None:
 def _run_export(args) -> int:
     from quantkit.export import export_bundle
 
-    out = export_bundle(args.calib, args.out, chunk_size=args.chunk_size, activation_bits=args.activation_bits, qnn_context=args.qnn_context, soc_model=args.soc_model, htp_arch=args.htp_arch, device=args.device, overwrite=args.overwrite)
+    out = export_bundle(args.calib, args.out, chunk_size=args.chunk_size, activation_bits=args.activation_bits, qnn_context=args.qnn_context, soc_model=args.soc_model, htp_arch=args.htp_arch, device=args.device, overwrite=args.overwrite, naive_w8a8=args.naive_w8a8)
     print(f"wrote {out}/ — check it with: quantkit lint {out} --qnn")
     return 0
 

@@ -96,8 +96,13 @@ def export_bundle(
     device: str = "cpu",
     overwrite: bool = False,
     progress: bool = True,
+    naive_w8a8: bool = False,
 ) -> Path:
     """Write the deployment bundle of the calibration in ``calib`` to ``out``.
+
+    ``naive_w8a8=True`` writes the baseline a plain PTQ flow would ship, for regression
+    suites to compare against: every block on the NPU, INT8 activations per tensor with
+    min/max ranges (inputs and outputs), no shadow path.
 
     >>> export_bundle("calib", "bundle", qnn_context=True, soc_model=60)   # doctest: +SKIP
     """
@@ -119,10 +124,16 @@ def export_bundle(
     plan = ShadowPlan.load(calib / PLAN_FILE)
     plan.activation_bits = activation_bits
     placement = PlacementPlan.load(calib / PLACEMENT_FILE)
+    if naive_w8a8:
+        if activation_bits != 8:
+            raise QuantkitError("--naive-w8a8 is the INT8 baseline: pass --activation-bits 8")
+        for site in plan.sites.values():
+            site.threshold_, site.pruned = site.absmax_, True  # min/max range, no shadow path
+        placement.placement = ["npu"] * len(placement.placement)
     loaded = load_model(config.model, device)
     layout = loaded.layout
     sequences = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), _OUTPUT_RANGE_SEQUENCES, config.seq_len, source="calibration split")
-    calibrate_npu_output_ranges(layout, plan, sequences)
+    calibrate_npu_output_ranges(layout, plan, sequences, rule="max" if naive_w8a8 else "mse")
     npu_blocks = placement.npu_block_indices
     npu_sites = [site for site in plan.sites.values() if site.block_index in npu_blocks]
     architecture = _architecture(loaded.model.config)
@@ -191,6 +202,7 @@ def export_bundle(
                 "activations": f"int{activation_bits} symmetric per tensor, clipped inputs (shadow outliers in FP on the CPU), int{activation_bits} outputs",
                 "bias": "int32, scale = input scale × weight scale",
                 "norms": "cpu (fp32)",
+                "scheme": "naive-w8a8 (min/max ranges, no shadow path, every block on the NPU)" if naive_w8a8 else "quantkit (clipped inputs + shadow outliers, sensitivity placement)",
             },
             "shadow": {"plan": PLAN_FILE, "resident": "shadow.safetensors", "cold": "shadow_cold.safetensors", "hot_coverage": plan.hot_coverage_},
             "placement": placement.placement,

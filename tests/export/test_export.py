@@ -200,3 +200,19 @@ def test_default_w8a16_bundle_runs_on_qnn_htp(tiny_bundle, tmp_path):
     report = lint_bundle(bundle, qnn=True)
     assert report.ok, report.problems
     assert min(report.sqnr_db.values()) >= 30
+
+
+def test_naive_w8a8_baseline_bundle(tiny_bundle, tmp_path):
+    from quantkit.runtime.engine import BundleModel
+
+    with pytest.raises(QuantkitError, match="pass --activation-bits 8"):
+        export_bundle(tiny_bundle / "calib", tmp_path / "naive16", chunk_size=CHUNK, naive_w8a8=True, progress=False)
+    bundle = export_bundle(tiny_bundle / "calib", tmp_path / "naive", chunk_size=CHUNK, activation_bits=8, naive_w8a8=True, progress=False)
+    manifest = load_manifest(bundle)
+    assert set(manifest["placement"]) == {"npu"} and manifest["quantization"]["scheme"].startswith("naive-w8a8")
+    plan = ShadowPlan.load(bundle / "shadow_plan.json")
+    assert all(site.pruned and site.threshold_ == site.absmax_ for site in plan.sites.values())
+    runtime = BundleModel(bundle)
+    runtime.prefill(torch.arange(40) % 100)
+    assert runtime.counters.outlier_values == 0 and runtime.counters.npu_runs == 4 * -(-40 // CHUNK) * len(manifest["placement"])
+    assert lint_bundle(bundle).ok
