@@ -15,8 +15,10 @@ documented in :mod:`quantkit.eval.task_data`. The tasks:
   (``multiple_choice``; acc, acc_norm).
 
 ``quantkit_offline`` is the group of all three. The files live in
-``cache_dir("eval", "tasks")`` with a ``settings.json`` naming the build settings and the
-sha256 of the source split; they are rebuilt (atomically) when either changes.
+``cache_dir("eval", "tasks")`` with a ``settings.json`` holding the build settings, the
+sha256 of the source split and the task configs (whose data paths name the folder); they
+are rebuilt (atomically) when any of these changes. A change to how items are cut bumps
+``TASKS_VERSION``.
 
 >>> from quantkit.eval.tasks import task_manager
 >>> manager = task_manager()                                   # doctest: +SKIP
@@ -118,7 +120,9 @@ def _settings(config: TaskDataConfig, folder: Path) -> dict:
     from quantkit.hashing import file_sha256
 
     source = enwiki_split_files()[_SOURCE[1]]
-    return {"config": dataclasses.asdict(config), "source": {"data": _SOURCE[0], "split": _SOURCE[1], "sha256": file_sha256(source)}, "folder": str(folder)}
+    source_file = {"data": _SOURCE[0], "split": _SOURCE[1], "sha256": file_sha256(source)}
+    # The task configs are part of the settings: a changed YAML is a rebuild, not a stale file.
+    return {"config": dataclasses.asdict(config), "source": source_file, "tasks": _task_yamls(folder)}
 
 
 def build_task_data(config: TaskDataConfig | None = None, folder: str | Path | None = None) -> Path:
