@@ -227,6 +227,45 @@ def _run_run(args) -> int:
     return 0
 
 
+def _add_regress(subparsers) -> None:
+    parser = subparsers.add_parser(
+        "regress",
+        help="accuracy regression suite: lm-eval on bundles vs the FP reference and stored baselines; JSON + JUnit XML",
+        description="Run an accuracy regression suite (e.g. eval/suites/smollm2.yaml): every task on the FP reference and on each "
+        "candidate bundle, thresholds against FP and stored baselines. Writes OUT/results.json and OUT/junit.xml; exit status 1 "
+        "and a table of what regressed when any check fails.",
+    )
+    parser.add_argument("suite", help="suite YAML file")
+    parser.add_argument("--out", default="regress", help="results folder (default: %(default)s)")
+    parser.add_argument("--candidates", default=None, help="comma-separated candidates to run (default: all in the suite)")
+    parser.add_argument("--bundle", action="append", default=[], metavar="NAME=PATH", help="override a candidate's bundle path (repeatable)")
+    parser.add_argument("--update-baselines", action="store_true", help="store the measured values as the suite's baselines")
+    parser.set_defaults(handler=_run_regress)
+
+
+def _run_regress(args) -> int:
+    from quantkit.errors import EvaluationError
+    from quantkit.eval.regress import load_suite, run_suite
+
+    bundles = {}
+    for item in args.bundle:
+        name, separator, path = item.partition("=")
+        if not separator or not name or not path:
+            raise EvaluationError(f"--bundle {item!r}: expected NAME=PATH, e.g. --bundle quantkit=bundle/")
+        bundles[name] = path
+    only = [n.strip() for n in args.candidates.split(",") if n.strip()] if args.candidates else None
+    report = run_suite(load_suite(args.suite), args.out, only=only, bundles=bundles, update_baselines=args.update_baselines)
+    print(report.table())
+    print(f"\nwrote {args.out}/results.json and {args.out}/junit.xml")
+    if report.passed:
+        print(f"suite {report.suite}: PASSED ({len(report.checks)} checks)")
+        return 0
+    print(f"suite {report.suite}: {len(report.failures)} of {len(report.checks)} checks REGRESSED:")
+    for c in report.failures:
+        print(f"  - {c.candidate} {c.task} {c.metric} = {c.value:.4f}, limit {c.check} = {c.limit:.4f}")
+    return 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantkit", description="Calibrate small LLMs for INT8 execution on mobile NPUs (llm.npu, arXiv 2407.05858).")
     parser.add_argument("--version", action="version", version=f"quantkit {__version__}")
@@ -239,6 +278,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_prepare(subparsers)
     _add_report(subparsers)
     _add_run(subparsers)
+    _add_regress(subparsers)
     return parser
 
 

@@ -1,0 +1,289 @@
+"""Accuracy regression suite: lm-eval on deployment bundles against the FP reference and
+stored baselines, with JSON and JUnit XML results (``quantkit regress SUITE.yaml``).
+
+A suite file (see ``eval/suites/smollm2.yaml``)::
+
+    suite: smollm2
+    reference: smollm2-135m            # FP model, run by lm-eval's own hf model
+    limit: 200                         # items per task (omit for all)
+    tasks:
+      quantkit_wikitext: {metric: word_perplexity, max_relative_increase: 0.01}
+      quantkit_lastword: {metric: acc, min_ratio_to_reference: 0.99}
+      quantkit_choice:   {metric: acc_norm, min_ratio_to_reference: 0.99}
+    candidates:
+      quantkit:   {bundle: bundle}     # paths relative to the working directory
+      naive_w8a8: {bundle: bundle-naive}
+    baselines: smollm2.baselines.json  # optional, relative to the suite file
+    baseline_tolerance: 0.005          # relative worsening allowed against a stored baseline
+
+Checks per candidate and task: ``min_ratio_to_reference`` (higher is better: candidate ≥
+r × FP), ``max_relative_increase`` (lower is better: candidate ≤ (1 + x) × FP),
+``min_value`` / ``max_value`` (absolute floor / ceiling), and, when the baselines file
+holds the candidate, "no worse than the stored value by more than baseline_tolerance".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import xml.etree.ElementTree as ElementTree
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from quantkit.errors import EvaluationError
+
+__all__ = ["Suite", "TaskCheck", "CheckResult", "RegressionReport", "load_suite", "run_suite", "compare", "SUITES_DIR"]
+
+SUITES_DIR = Path(__file__).resolve().parent / "suites"
+_LOWER_IS_BETTER = {"word_perplexity", "byte_perplexity", "bits_per_byte", "perplexity"}
+_TASK_KEYS = {"metric", "min_ratio_to_reference", "max_relative_increase", "min_value", "max_value"}
+_SUITE_KEYS = {"suite", "reference", "limit", "tasks", "candidates", "baselines", "baseline_tolerance", "npu"}
+
+
+@dataclass(frozen=True)
+class TaskCheck:
+    task: str
+    metric: str
+    min_ratio_to_reference: float | None = None
+    max_relative_increase: float | None = None
+    min_value: float | None = None
+    max_value: float | None = None
+
+    @property
+    def lower_is_better(self) -> bool:
+        return self.metric in _LOWER_IS_BETTER
+
+
+@dataclass(frozen=True)
+class Suite:
+    name: str
+    reference: str
+    tasks: tuple[TaskCheck, ...]
+    candidates: dict[str, str]  # name → bundle path
+    limit: int | float | None = None
+    baselines: Path | None = None
+    baseline_tolerance: float = 0.005
+    npu: str = "cpu"
+    path: Path | None = None
+
+
+@dataclass
+class CheckResult:
+    candidate: str
+    task: str
+    metric: str
+    check: str  # e.g. "≥ 0.99 × FP"
+    value: float
+    limit: float
+    reference: float | None
+    passed: bool
+
+
+@dataclass
+class RegressionReport:
+    suite: str
+    reference: dict[str, float]  # task → FP metric
+    candidates: dict[str, dict[str, float]]  # candidate → task → metric
+    checks: list[CheckResult] = field(default_factory=list)
+
+    @property
+    def passed(self) -> bool:
+        return all(check.passed for check in self.checks)
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        return [check for check in self.checks if not check.passed]
+
+    def table(self) -> str:
+        rows = [("candidate", "task", "metric", "value", "FP", "check", "limit", "result")]
+        for c in self.checks:
+            reference = "" if c.reference is None else f"{c.reference:.4f}"
+            rows.append((c.candidate, c.task, c.metric, f"{c.value:.4f}", reference, c.check, f"{c.limit:.4f}", "ok" if c.passed else "REGRESSED"))
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
+
+    def to_dict(self) -> dict:
+        return {"suite": self.suite, "passed": self.passed, "reference": self.reference, "candidates": self.candidates, "checks": [asdict(c) for c in self.checks]}
+
+    def junit_xml(self) -> str:
+        """JUnit XML: one test case per check, a failure element for each regression."""
+        root = ElementTree.Element("testsuites", name=f"quantkit regress {self.suite}")
+        suite = ElementTree.SubElement(root, "testsuite", name=self.suite, tests=str(len(self.checks)), failures=str(len(self.failures)), errors="0")
+        for c in self.checks:
+            case = ElementTree.SubElement(suite, "testcase", classname=f"{self.suite}.{c.candidate}", name=f"{c.task}.{c.metric} {c.check}")
+            if not c.passed:
+                failure = ElementTree.SubElement(case, "failure", message=f"{c.candidate} {c.task} {c.metric} = {c.value:.4f}, limit {c.check} = {c.limit:.4f}")
+                failure.text = f"value {c.value}\nlimit {c.limit}\nFP reference {c.reference}"
+        ElementTree.indent(root)
+        return ElementTree.tostring(root, encoding="unicode", xml_declaration=True) + "\n"
+
+
+def _number(where: str, key: str, value, low: float | None = None) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (low is not None and value < low):
+        raise EvaluationError(f"{where}: {key} must be a number{'' if low is None else f' ≥ {low}'}, got {value!r}")
+    return float(value)
+
+
+def load_suite(path: str | Path) -> Suite:
+    """Read and validate a suite file; every problem is an EvaluationError naming the key."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        shipped = sorted(p.name for p in SUITES_DIR.glob("*.yaml"))
+        raise EvaluationError(f"{path}: no such suite file (shipped suites: {', '.join(str(SUITES_DIR / n) for n in shipped)})")
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as error:
+        raise EvaluationError(f"{path}: not valid YAML — {error}") from None
+    if not isinstance(data, dict):
+        raise EvaluationError(f"{path}: a suite is a mapping with keys {', '.join(sorted(_SUITE_KEYS))}; got {type(data).__name__}")
+    unknown = set(data) - _SUITE_KEYS
+    if unknown:
+        raise EvaluationError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(_SUITE_KEYS))}")
+    for required in ("reference", "tasks", "candidates"):
+        if required not in data:
+            raise EvaluationError(f"{path}: missing key {required!r}")
+    if not isinstance(data["tasks"], dict) or not data["tasks"]:
+        raise EvaluationError(f"{path}: tasks must map task names to checks, e.g. quantkit_lastword: {{metric: acc, min_ratio_to_reference: 0.99}}")
+    checks = []
+    for task, spec in data["tasks"].items():
+        where = f"{path}: tasks.{task}"
+        if not isinstance(spec, dict) or "metric" not in spec:
+            raise EvaluationError(f"{where}: needs a mapping with 'metric' and at least one threshold")
+        unknown = set(spec) - _TASK_KEYS
+        if unknown:
+            raise EvaluationError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; expected {', '.join(sorted(_TASK_KEYS))}")
+        thresholds = {k: _number(where, k, v, 0) for k, v in spec.items() if k != "metric"}
+        if not thresholds:
+            raise EvaluationError(f"{where}: no threshold; give min_ratio_to_reference, max_relative_increase, min_value or max_value")
+        checks.append(TaskCheck(task=str(task), metric=str(spec["metric"]), **thresholds))
+    if not isinstance(data["candidates"], dict) or not data["candidates"]:
+        raise EvaluationError(f"{path}: candidates must map names to {{bundle: PATH}}")
+    candidates = {}
+    for name, spec in data["candidates"].items():
+        if not isinstance(spec, dict) or set(spec) != {"bundle"}:
+            raise EvaluationError(f"{path}: candidates.{name} must be {{bundle: PATH}}, got {spec!r}")
+        candidates[str(name)] = str(spec["bundle"])
+    baselines = data.get("baselines")
+    limit = data.get("limit")
+    if limit is not None:
+        limit = _number(f"{path}", "limit", limit, 0)
+        limit = int(limit) if limit >= 1 else limit
+    return Suite(
+        name=str(data.get("suite", path.stem)),
+        reference=str(data["reference"]),
+        tasks=tuple(checks),
+        candidates=candidates,
+        limit=limit,
+        baselines=(path.parent / baselines) if baselines else None,
+        baseline_tolerance=_number(f"{path}", "baseline_tolerance", data.get("baseline_tolerance", 0.005), 0),
+        npu=str(data.get("npu", "cpu")),
+        path=path,
+    )
+
+
+def _metric(results: dict, task: str, metric: str, who: str) -> float:
+    values = results["results"].get(task, {})
+    for key, value in values.items():
+        if key.partition(",")[0] == metric and isinstance(value, (int, float)):
+            return float(value)
+    available = sorted({k.partition(",")[0] for k in values if not k.endswith("stderr") and k != "alias"})
+    raise EvaluationError(f"{who}: task {task} reports no metric {metric!r}; it reports {', '.join(available)}")
+
+
+def compare(suite: Suite, reference: dict[str, float], candidates: dict[str, dict[str, float]], baselines: dict[str, dict[str, float]] | None = None) -> RegressionReport:
+    """Apply the suite's checks to measured metrics (task → value per candidate)."""
+    report = RegressionReport(suite.name, reference, candidates)
+    for name, measured in candidates.items():
+        for check in suite.tasks:
+            value, fp = measured[check.task], reference[check.task]
+
+            def add(label: str, limit: float, passed: bool, ref: float | None = fp) -> None:
+                report.checks.append(CheckResult(name, check.task, check.metric, label, value, limit, ref, passed and math.isfinite(value)))
+
+            if check.min_ratio_to_reference is not None:
+                limit = check.min_ratio_to_reference * fp
+                add(f"≥ {check.min_ratio_to_reference:g} × FP", limit, value >= limit)
+            if check.max_relative_increase is not None:
+                limit = (1 + check.max_relative_increase) * fp
+                add(f"≤ FP + {check.max_relative_increase:.1%}", limit, value <= limit)
+            if check.min_value is not None:
+                add(f"≥ {check.min_value:g}", check.min_value, value >= check.min_value)
+            if check.max_value is not None:
+                add(f"≤ {check.max_value:g}", check.max_value, value <= check.max_value)
+            stored = (baselines or {}).get(name, {}).get(check.task)
+            if stored is not None:
+                if check.lower_is_better:
+                    limit = stored * (1 + suite.baseline_tolerance)
+                    add(f"≤ baseline + {suite.baseline_tolerance:.1%}", limit, value <= limit, None)
+                else:
+                    limit = stored * (1 - suite.baseline_tolerance)
+                    add(f"≥ baseline − {suite.baseline_tolerance:.1%}", limit, value >= limit, None)
+    return report
+
+
+def run_suite(
+    suite: Suite,
+    out: str | Path,
+    *,
+    only: Sequence[str] | None = None,
+    bundles: dict[str, str] | None = None,
+    update_baselines: bool = False,
+    evaluate: Callable[..., dict] | None = None,
+) -> RegressionReport:
+    """Evaluate the FP reference and each candidate bundle on the suite's tasks, compare,
+    and write OUT/results.json, OUT/junit.xml, OUT/<candidate>.lm_eval.json.
+
+    ``only`` selects candidates; ``bundles`` overrides their paths; ``update_baselines``
+    stores the measured values in the suite's baselines file (after the comparison).
+
+    >>> report = run_suite(load_suite("eval/suites/smollm2.yaml"), "regress/")   # doctest: +SKIP
+    >>> report.passed                                                             # doctest: +SKIP
+    """
+    from quantkit.eval.harness import evaluate as lm_eval_evaluate
+    from quantkit.eval.harness import is_bundle
+    from quantkit.eval.tasks import check_task_names, task_manager
+
+    evaluate = evaluate or lm_eval_evaluate
+    candidates = dict(suite.candidates)
+    for name, bundle in (bundles or {}).items():
+        if name not in candidates:
+            raise EvaluationError(f"--bundle {name}=…: the suite has no candidate {name!r}; its candidates are {', '.join(candidates)}")
+        candidates[name] = bundle
+    if only:
+        missing = [n for n in only if n not in candidates]
+        if missing:
+            raise EvaluationError(f"unknown candidate(s) {', '.join(missing)}; the suite's candidates are {', '.join(candidates)}")
+        candidates = {n: candidates[n] for n in only}
+    for name, bundle in candidates.items():  # fail before any evaluation runs
+        if not is_bundle(bundle):
+            raise EvaluationError(f"candidate {name}: {bundle} is not a bundle folder (no manifest.json); make it with `quantkit export`, or pass --bundle {name}=PATH")
+    tasks = [check.task for check in suite.tasks]
+    offline = all(task.startswith("quantkit") for task in tasks)
+    check_task_names(task_manager(include_defaults=not offline), tasks)
+    baselines = {}
+    if suite.baselines is not None and suite.baselines.is_file():
+        try:
+            baselines = json.loads(suite.baselines.read_text())
+        except json.JSONDecodeError as error:
+            raise EvaluationError(f"{suite.baselines}: not valid JSON ({error}); fix it or delete it and run with --update-baselines") from None
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    results = evaluate(suite.reference, tasks, limit=suite.limit, output=out / "reference.lm_eval.json")
+    reference = {check.task: _metric(results, check.task, check.metric, f"reference {suite.reference}") for check in suite.tasks}
+    measured = {}
+    for name, bundle in candidates.items():
+        results = evaluate(bundle, tasks, limit=suite.limit, npu=suite.npu, output=out / f"{name}.lm_eval.json")
+        measured[name] = {check.task: _metric(results, check.task, check.metric, f"candidate {name}") for check in suite.tasks}
+    report = compare(suite, reference, measured, baselines)
+    (out / "results.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")
+    (out / "junit.xml").write_text(report.junit_xml())
+    if update_baselines:
+        if suite.baselines is None:
+            raise EvaluationError(f"{suite.path}: no 'baselines' file named in the suite; add e.g. baselines: {suite.name}.baselines.json")
+        stored = {**baselines, **measured}
+        suite.baselines.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+    return report
