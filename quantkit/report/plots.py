@@ -22,17 +22,22 @@ def _pyplot():
     return plt
 
 
+def _horizontal_bars(labels: Sequence[str], values: Sequence[float], highlight: str | None):
+    """One horizontal bar per label, first label on top (as in the tables), ``highlight`` coloured."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(10, 0.55 * len(labels) + 1.4), constrained_layout=True)
+    positions = range(len(labels))
+    axis.barh(positions, values, color=[_HIGHLIGHT if label == highlight else _BAR for label in labels])
+    axis.set_yticks(list(positions), labels)
+    axis.invert_yaxis()
+    return plt, figure, axis, positions
+
+
 def plot_delta_ppl(labels: Sequence[str], delta_percent: Sequence[float], highlight: str | None, path: Path) -> None:
     """Horizontal bars of perplexity increase over FP (%), one per method. A log axis
     when the methods span more than a factor 20 (naive W8A8 is hundreds of percent, the
     good methods about one), so the small bars stay readable."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(10, 0.55 * len(labels) + 1.4), constrained_layout=True)
-    positions = range(len(labels))
-    colors = [_HIGHLIGHT if label == highlight else _BAR for label in labels]
-    axis.barh(positions, delta_percent, color=colors)
-    axis.set_yticks(list(positions), labels)
-    axis.invert_yaxis()  # first method on top, as in the table
+    plt, figure, axis, positions = _horizontal_bars(labels, delta_percent, highlight)
     positive = [v for v in delta_percent if v > 0]
     logarithmic = len(positive) == len(delta_percent) and max(positive) / min(positive) > 20
     if logarithmic:
@@ -56,13 +61,7 @@ def plot_delta_ppl(labels: Sequence[str], delta_percent: Sequence[float], highli
 
 def plot_prefill_speed(labels: Sequence[str], tokens_per_s: Sequence[float], speedups: Sequence[float | None], prompt_tokens: int | None, path: Path, highlight: str | None = None) -> None:
     """Horizontal bars of prefill tokens/s, each labelled with its speed-up over the baseline."""
-    plt = _pyplot()
-    figure, axis = plt.subplots(figsize=(10, 0.55 * len(labels) + 1.4), constrained_layout=True)
-    positions = range(len(labels))
-    colors = [_HIGHLIGHT if label == highlight else _BAR for label in labels]
-    axis.barh(positions, tokens_per_s, color=colors)
-    axis.set_yticks(list(positions), labels)
-    axis.invert_yaxis()
+    plt, figure, axis, positions = _horizontal_bars(labels, tokens_per_s, highlight)
     axis.set_xlim(0, max(tokens_per_s) * 1.35)
     for position, value, speedup in zip(positions, tokens_per_s, speedups):
         text = f"{value:,.0f} tok/s" + (f"  (×{speedup:.2f})" if speedup is not None else "")
