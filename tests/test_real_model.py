@@ -26,9 +26,14 @@ def test_default_model_loads_with_its_architecture(smollm2):
     assert smollm2.tokenizer.decode(smollm2.tokenizer("Paris is the capital")["input_ids"]).strip() == "Paris is the capital"
 
 
-def test_calibrate_smoke_on_smollm2(tmp_path):
+@pytest.fixture(scope="module")
+def smoke_calibration(tmp_path_factory):
     config = CalibrationConfig(num_sequences=2, seq_len=128, batch_size=2, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=128, sensitivity_num_sequences=1, sensitivity_seq_len=64, accuracy_budget=0.05)
-    result = calibrate(tmp_path / "calib", config, progress=False)
+    return calibrate(tmp_path_factory.mktemp("smollm2") / "calib", config, progress=False)
+
+
+def test_calibrate_smoke_on_smollm2(smoke_calibration):
+    result = smoke_calibration
     ppl = result.perplexities
     assert 5 < ppl["fp"] < 60  # real text, a real (small) model
     assert ppl["aimet_w8a8_per_tensor"] > ppl["fp"] * 1.2  # naive per-tensor W8A8 hurts
@@ -38,3 +43,29 @@ def test_calibrate_smoke_on_smollm2(tmp_path):
     assert all(f"{name}.weight" in params for name in (f"model.layers.{i}.mlp.down_proj" for i in range(30)))
     assert any(row.site.endswith("down_proj") for row in result.top_layers[:3])  # SmolLM2's outliers live there
     assert (result.out / "report/outlier_heatmap.png").stat().st_size > 10_000
+
+
+def test_bundle_runtime_tracks_fp_on_real_text(smoke_calibration, smollm2):
+    """Export (default W8A16) and run the bundle on held-out text: next-token NLL within 2%
+    of FP, the same greedy prediction almost everywhere, and a greedy continuation."""
+    import torch
+
+    from quantkit.data.corpus import load_documents
+    from quantkit.export import export_bundle
+    from quantkit.runtime.engine import BundleModel
+
+    bundle = export_bundle(smoke_calibration.out, smoke_calibration.out.parent / "bundle", chunk_size=64, progress=False)
+    ids = torch.tensor(smollm2.tokenizer(load_documents("enwiki", "test")[0])["input_ids"][:150])
+    with torch.no_grad():
+        fp = smollm2.model(input_ids=ids[None]).logits[0].float()
+    runtime = BundleModel(bundle)
+    logits = runtime.prefill(ids)  # 3 chunks, the last one padded
+
+    def nll(x):
+        return torch.nn.functional.cross_entropy(x[:-1], ids[1:]).item()
+
+    assert abs(nll(logits) - nll(fp)) < 0.02 * nll(fp)
+    assert (logits.argmax(-1) == fp.argmax(-1)).float().mean() > 0.9
+    assert runtime.counters.outlier_values > 0  # SmolLM2's outliers reach the shadow path
+    tokens = list(runtime.generate(ids[:40], max_new_tokens=8))
+    assert len(tokens) == 8 and runtime.last_generation["decode_seconds"] > 0
