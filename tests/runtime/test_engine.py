@@ -168,3 +168,13 @@ def test_run_cli_streams_text_and_writes_a_trace(bundle, tmp_path, capsys):
     assert {e["args"]["name"] for e in events if e["ph"] == "M"} == {"NPU", "CPU"}
     assert main(["run", str(bundle / "bundle"), "--prompt-file", str(tmp_path / "missing.txt")]) == 2
     assert "no such file" in capsys.readouterr().err
+
+
+def test_qnn_htp_executor_agrees_with_the_cpu_provider(bundle):
+    ids = _prompt(40)
+    on_cpu = BundleModel(bundle / "bundle").prefill(ids)
+    on_htp = BundleModel(bundle / "bundle", npu="qnn").prefill(ids)  # CPU fallback disabled
+    from quantkit.quant_primitives import sqnr_db
+
+    assert sqnr_db(on_cpu, on_htp) >= 30  # lint --qnn's threshold, here on the model's logits
+    assert (on_htp.argmax(-1) == on_cpu.argmax(-1)).float().mean() >= 0.95
