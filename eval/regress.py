@@ -224,6 +224,39 @@ def compare(suite: Suite, reference: dict[str, float], candidates: dict[str, dic
     return report
 
 
+def _reference_results(suite: Suite, tasks: list[str], evaluate: Callable[..., dict], output: Path, fresh: bool) -> dict:
+    """The FP reference's lm-eval results, cached in the quantkit cache under a key of
+    everything they depend on: the model's source sha256, tasks, limit, the offline task
+    data settings and the lm-eval version. Candidates change between runs; FP does not."""
+    import hashlib
+    import os
+
+    import lm_eval
+
+    from quantkit.cache import cache_dir
+    from quantkit.errors import ModelLoadError
+    from quantkit.eval.tasks import build_task_data
+    from quantkit.models.loading import prepare_model_folder
+
+    try:
+        _, model_sha = prepare_model_folder(suite.reference)
+    except ModelLoadError as error:
+        raise EvaluationError(f"reference {suite.reference!r}: {error}") from None
+    settings = (build_task_data() / "settings.json").read_text()
+    key = {"reference": suite.reference, "sha256": model_sha, "tasks": tasks, "limit": suite.limit, "task_settings": settings, "lm_eval": lm_eval.__version__}
+    cached = cache_dir("eval", "reference", hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
+    if cached.is_file() and not fresh:
+        results = json.loads(cached.read_text())
+        output.write_text(json.dumps(results, indent=2) + "\n")
+        return results
+    results = evaluate(suite.reference, tasks, limit=suite.limit, output=output)
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    partial = cached.with_suffix(".partial")
+    partial.write_text(output.read_text() if output.is_file() else json.dumps(results))
+    os.replace(partial, cached)
+    return json.loads(cached.read_text())
+
+
 def run_suite(
     suite: Suite,
     out: str | Path,
@@ -231,13 +264,16 @@ def run_suite(
     only: Sequence[str] | None = None,
     bundles: dict[str, str] | None = None,
     update_baselines: bool = False,
+    fresh_reference: bool = False,
     evaluate: Callable[..., dict] | None = None,
 ) -> RegressionReport:
     """Evaluate the FP reference and each candidate bundle on the suite's tasks, compare,
     and write OUT/results.json, OUT/junit.xml, OUT/<candidate>.lm_eval.json.
 
     ``only`` selects candidates; ``bundles`` overrides their paths; ``update_baselines``
-    stores the measured values in the suite's baselines file (after the comparison).
+    stores the measured values in the suite's baselines file (after the comparison). The
+    FP reference's results are cached (see :func:`_reference_results`); ``fresh_reference``
+    evaluates it again.
 
     >>> report = run_suite(load_suite("eval/suites/smollm2.yaml"), "regress/")   # doctest: +SKIP
     >>> report.passed                                                             # doctest: +SKIP
@@ -272,7 +308,7 @@ def run_suite(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = evaluate(suite.reference, tasks, limit=suite.limit, output=out / "reference.lm_eval.json")
+    results = _reference_results(suite, tasks, evaluate, out / "reference.lm_eval.json", fresh_reference)
     reference = {check.task: _metric(results, check.task, check.metric, f"reference {suite.reference}") for check in suite.tasks}
     measured = {}
     for name, bundle in candidates.items():

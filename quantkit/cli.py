@@ -240,6 +240,7 @@ def _add_regress(subparsers) -> None:
     parser.add_argument("--candidates", default=None, help="comma-separated candidates to run (default: all in the suite)")
     parser.add_argument("--bundle", action="append", default=[], metavar="NAME=PATH", help="override a candidate's bundle path (repeatable)")
     parser.add_argument("--update-baselines", action="store_true", help="store the measured values as the suite's baselines")
+    parser.add_argument("--fresh-reference", action="store_true", help="evaluate the FP reference again instead of using its cached results")
     parser.set_defaults(handler=_run_regress)
 
 
@@ -254,7 +255,7 @@ def _run_regress(args) -> int:
             raise EvaluationError(f"--bundle {item!r}: expected NAME=PATH, e.g. --bundle quantkit=bundle/")
         bundles[name] = path
     only = [n.strip() for n in args.candidates.split(",") if n.strip()] if args.candidates else None
-    report = run_suite(load_suite(args.suite), args.out, only=only, bundles=bundles, update_baselines=args.update_baselines)
+    report = run_suite(load_suite(args.suite), args.out, only=only, bundles=bundles, update_baselines=args.update_baselines, fresh_reference=args.fresh_reference)
     print(report.table())
     print(f"\nwrote {args.out}/results.json and {args.out}/junit.xml")
     if report.passed:

@@ -131,3 +131,19 @@ def test_cli_errors(tmp_path, capsys):
     assert "no such suite file" in capsys.readouterr().err
     assert main(["regress", str(SUITES_DIR / "smollm2.yaml"), "--bundle", "quantkit"]) == 2
     assert "expected NAME=PATH" in capsys.readouterr().err
+
+
+def test_fp_reference_results_are_cached(tmp_path, tiny_bundle, monkeypatch):
+    monkeypatch.setattr("quantkit.cache.cache_dir", lambda *parts: tmp_path.joinpath("cache", *parts))
+    calls = []
+
+    def fake_evaluate(model, tasks, limit=None, npu="cpu", output=None):
+        calls.append(str(model))
+        return {"results": {"quantkit_lastword": {"acc,none": 0.5}, "quantkit_wikitext": {"word_perplexity,none": 10.0}}}
+
+    suite = load_suite(_suite(tmp_path, reference=tiny_bundle.parent / "model", bundle=tiny_bundle, increase=0.5))
+    for fresh in (False, False, True):
+        assert run_suite(suite, tmp_path / "out", evaluate=fake_evaluate, fresh_reference=fresh).passed
+    reference = str(tiny_bundle.parent / "model")
+    assert calls.count(reference) == 2 and calls.count(str(tiny_bundle)) == 3  # cached once, then fresh
+    assert json.loads((tmp_path / "out" / "reference.lm_eval.json").read_text())["results"]["quantkit_lastword"]["acc,none"] == 0.5
