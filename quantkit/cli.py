@@ -170,6 +170,7 @@ def _add_report(subparsers) -> None:
     source.add_argument("--bundle", default=None, help="folder written by `quantkit export`")
     parser.add_argument("--accuracy", default="benchmarks/results/accuracy.json", help="results of benchmarks/accuracy.py (default: %(default)s)")
     parser.add_argument("--prefill", default="benchmarks/results/prefill.json", help="results of benchmarks/prefill.py (default: %(default)s)")
+    parser.add_argument("--regress", default=None, help="results.json written by `quantkit regress` (e.g. regress/results.json)")
     parser.add_argument("--out", default="report", help="report folder, replaced whole (default: %(default)s)")
     parser.set_defaults(handler=_run_report)
 
@@ -177,7 +178,7 @@ def _add_report(subparsers) -> None:
 def _run_report(args) -> int:
     from quantkit.report import write_report
 
-    index = write_report(args.out, calib=args.calib, bundle=args.bundle, accuracy=args.accuracy, prefill=args.prefill)
+    index = write_report(args.out, calib=args.calib, bundle=args.bundle, accuracy=args.accuracy, prefill=args.prefill, regress=args.regress)
     print(f"wrote {index}")
     return 0
 

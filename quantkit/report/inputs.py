@@ -45,6 +45,7 @@ class ReportInputs:
     sensitivity_plot: Path | None = None  # an existing PNG, used when sensitivity.json is absent
     accuracy: ResultsFile | None = None  # None: not asked for, the section is left out
     prefill: ResultsFile | None = None
+    regress: ResultsFile | None = None  # results.json of `quantkit regress`
 
     @property
     def model(self) -> str | None:
@@ -93,7 +94,27 @@ def _results(path: str | Path | None, row_keys: tuple[str, ...], produced_by: st
     return ResultsFile(path, data=data)
 
 
-def load_report_inputs(calib: str | Path | None = None, bundle: str | Path | None = None, accuracy: str | Path | None = None, prefill: str | Path | None = None) -> ReportInputs:
+_CHECK_KEYS = ("candidate", "task", "metric", "check", "value", "limit", "passed")
+
+
+def _regress_results(path: str | Path | None) -> ResultsFile | None:
+    """The results.json of ``quantkit regress``: {"suite", "passed", "checks": [...]}."""
+    if path is None:
+        return None
+    path = Path(path)
+    if not path.is_file():
+        return ResultsFile(path)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        return ResultsFile(path, problem=f"{path} is not valid JSON ({error}); run `quantkit regress` again")
+    checks = data.get("checks") if isinstance(data, dict) else None
+    if not isinstance(checks, list) or not checks or not all(isinstance(c, dict) and all(k in c for k in _CHECK_KEYS) for c in checks):
+        return ResultsFile(path, problem=f"{path} is not a `quantkit regress` results.json (a list of checks with {', '.join(_CHECK_KEYS)}); run `quantkit regress` again")
+    return ResultsFile(path, data=data)
+
+
+def load_report_inputs(calib: str | Path | None = None, bundle: str | Path | None = None, accuracy: str | Path | None = None, prefill: str | Path | None = None, regress: str | Path | None = None) -> ReportInputs:
     """Read what exists of the inputs. A named calibration folder or bundle must exist
     (a typo should not silently give an empty report); results files may be missing."""
     if calib is not None and bundle is not None:
@@ -101,6 +122,7 @@ def load_report_inputs(calib: str | Path | None = None, bundle: str | Path | Non
     results = {
         "accuracy": _results(accuracy, ("method", "ppl"), "`python benchmarks/accuracy.py`"),
         "prefill": _results(prefill, ("config", "tokens_per_s"), "`python benchmarks/prefill.py`"),
+        "regress": _regress_results(regress),
     }
     if calib is not None:
         folder = Path(calib)

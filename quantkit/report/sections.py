@@ -304,9 +304,32 @@ def bundle_section(inputs: ReportInputs, folder: Path) -> Section | None:
     return Section("bundle", "Deployment bundle", facts(items) + note("Check it with: quantkit lint BUNDLE --qnn"))
 
 
+def regress_section(inputs: ReportInputs, folder: Path) -> Section | None:
+    """The checks of an accuracy regression suite run: value, FP reference, limit, result."""
+    results = inputs.regress
+    if results is None:
+        return None
+    title = "Accuracy regression suite"
+    if results.data is None:
+        text = results.problem or f"No regression results at {results.path}. The suite runs lm-eval on the bundles and the FP reference:"
+        return Section("regress", title, hint(text, f"quantkit regress eval/suites/smollm2.yaml --out {results.path.parent}\nquantkit report --regress {results.path}"))
+    data = results.data
+    checks = data["checks"]
+    rows = [
+        [c["candidate"], c["task"], c["metric"], f"{c['value']:.4f}", "" if c.get("reference") is None else f"{c['reference']:.4f}", f"{c['check']} ({c['limit']:.4f})", "ok" if c["passed"] else "REGRESSED"]
+        for c in checks
+    ]
+    body = table(["candidate", "task", "metric", "value", "FP", "check (limit)", "result"], rows, numeric_columns=(3, 4), highlight_rows=[i for i, c in enumerate(checks) if not c["passed"]])
+    failed = sum(1 for c in checks if not c["passed"])
+    verdict = "passed" if not failed else f"{failed} of {len(checks)} checks regressed"
+    body += note(f"Suite {data.get('suite', '?')}: {verdict} ({results.path.name}; highlighted rows regressed).")
+    return Section("regress", title, body)
+
+
 SECTIONS: tuple[SectionBuilder, ...] = (
     summary_section,
     accuracy_section,
+    regress_section,
     prefill_section,
     outlier_section,
     sensitivity_section,

@@ -172,3 +172,20 @@ def test_named_sources_must_exist(tmp_path, calib_folder):
     with pytest.raises(QuantkitError, match="either --calib or --bundle"):
         write_report(tmp_path / "report", calib=calib_folder, bundle=calib_folder)
     assert not (tmp_path / "report").exists()
+
+
+def test_regress_results_become_a_table_with_the_regressions_marked(tmp_path, calib_folder):
+    from quantkit.eval.regress import Suite, TaskCheck, compare
+
+    suite = Suite("tiny", "fp", (TaskCheck("quantkit_lastword", "acc", min_ratio_to_reference=0.99),), {"good": "a", "bad": "b"})
+    report = compare(suite, {"quantkit_lastword": 0.5}, {"good": {"quantkit_lastword": 0.5}, "bad": {"quantkit_lastword": 0.1}})
+    results = tmp_path / "regress" / "results.json"
+    results.parent.mkdir()
+    results.write_text(json.dumps(report.to_dict()))
+    page = write_report(tmp_path / "report", calib=calib_folder, regress=results).read_text()
+    assert "Accuracy regression suite" in page and "REGRESSED" in page and "1 of 2 checks regressed" in page
+    (tmp_path / "bad.json").write_text(json.dumps({"rows": []}))
+    page = write_report(tmp_path / "report", calib=calib_folder, regress=tmp_path / "bad.json").read_text()
+    assert "is not a `quantkit regress` results.json" in page
+    page = write_report(tmp_path / "report", calib=calib_folder, regress=tmp_path / "none.json").read_text()
+    assert "quantkit regress eval/suites/smollm2.yaml" in page
