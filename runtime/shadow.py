@@ -71,8 +71,14 @@ class ShadowSite:
         is_hot = torch.zeros(self.num_channels, dtype=torch.bool)
         is_hot[hot] = True
         self.hot_channels = hot  # column j of "<linear>.hot" is channel hot_channels[j]
-        self.cold_channels = (~is_hot).nonzero().flatten()  # column j of "<linear>.cold"
-        self._hot = {name: hot_weights[f"{name}.hot"] for name in self.linear_names} if self.shadowed else {}
+        self.cold_channels = (~is_hot).nonzero().flatten()  # row j of "<linear>.cold"
+        # channel → its row in the hot (resident) or cold (on disk) weights
+        self._is_hot = is_hot
+        self._slot = torch.empty(self.num_channels, dtype=torch.long)
+        self._slot[hot] = torch.arange(hot.numel())
+        self._slot[self.cold_channels] = torch.arange(self.cold_channels.numel())
+        # resident hot columns, channel-major like the cold ones: row j = channel hot_channels[j]
+        self._hot = {name: hot_weights[f"{name}.hot"].T.contiguous() for name in self.linear_names} if self.shadowed else {}
         self._cold_file = cold_file
         self.counters = counters
 
@@ -82,24 +88,29 @@ class ShadowSite:
         return clipped, (x - clipped) if self.shadowed else None
 
     def outlier_products(self, excess: torch.Tensor | None) -> list[torch.Tensor] | None:
-        """x_out·W_fpᵀ for each Linear of the site, over the channels holding outliers; None if none."""
+        """x_out·W_fpᵀ for each Linear of the site; None if no value crossed the clip.
+
+        x_out is sparse (a fraction of a percent of its entries are non-zero), so it is
+        multiplied as a sparse matrix over the channels that hold outliers only."""
         if excess is None:
             return None
-        nonzero = excess != 0
-        active = nonzero.any(dim=0)
-        if not bool(active.any()):
+        tokens, channels = excess.nonzero(as_tuple=True)
+        if tokens.numel() == 0:
             return None
-        self.counters.outlier_values += int(nonzero.sum())
-        hot_columns = active[self.hot_channels].nonzero().flatten()
-        cold_columns = active[self.cold_channels].nonzero().flatten()
-        hot_excess = excess[:, self.hot_channels[hot_columns]]
-        cold_excess = excess[:, self.cold_channels[cold_columns]]
+        self.counters.outlier_values += int(tokens.numel())
+        active, position = torch.unique(channels, return_inverse=True)  # sorted channels, index of each entry
+        # nonzero() lists entries row-major, so the indices are sorted and unique (coalesced)
+        indices = torch.stack([tokens, position])
+        sparse = torch.sparse_coo_tensor(indices, excess[tokens, channels], (excess.shape[0], active.numel()), check_invariants=False, is_coalesced=True)
+        hot_mask = self._is_hot[active]
+        hot_rows, cold_rows = self._slot[active[hot_mask]], self._slot[active[~hot_mask]]
         products = []
         for name in self.linear_names:
-            product = hot_excess @ self._hot[name][:, hot_columns].T
-            if cold_columns.numel():  # read on demand from the bundle, only the rows needed
-                product = product + cold_excess @ self._cold_file.rows(f"{name}.cold", cold_columns)
+            weight = torch.empty(active.numel(), self._hot[name].shape[1])  # W_fp[:, active]ᵀ
+            weight[hot_mask] = self._hot[name][hot_rows]
+            if cold_rows.numel():  # read on demand from the bundle, only the rows needed
+                weight[~hot_mask] = self._cold_file.rows(f"{name}.cold", cold_rows)
                 self.counters.cold_loads += 1
-                self.counters.cold_columns += int(cold_columns.numel())
-            products.append(product)
+                self.counters.cold_columns += int(cold_rows.numel())
+            products.append(torch.sparse.mm(sparse, weight))
         return products
