@@ -257,6 +257,36 @@ def _reference_results(suite: Suite, tasks: list[str], evaluate: Callable[..., d
     return json.loads(cached.read_text())
 
 
+def _measurement_settings(suite: Suite, tasks: list[str]) -> dict:
+    """What stored values depend on besides the bundle: tasks, metrics, item limit and the
+    offline task data (its settings.json names the source text's sha256)."""
+    import hashlib
+
+    from quantkit.eval.tasks import build_task_data
+
+    data = hashlib.sha256((build_task_data() / "settings.json").read_bytes()).hexdigest()
+    return {"tasks": {c.task: c.metric for c in suite.tasks if c.task in tasks}, "limit": suite.limit, "task_data_sha256": data}
+
+
+def _stored_baselines(suite: Suite, measured_under: dict, updating: bool) -> dict:
+    """Stored values per candidate; refused when recorded under other settings (a
+    baseline of 100 items says nothing about a run over 200)."""
+    if suite.baselines is None or not suite.baselines.is_file():
+        return {}
+    remedy = "run with --update-baselines to record new ones"
+    try:
+        stored = json.loads(suite.baselines.read_text())
+    except json.JSONDecodeError as error:
+        raise EvaluationError(f"{suite.baselines}: not valid JSON ({error}); {remedy}") from None
+    if not isinstance(stored, dict) or not isinstance(stored.get("candidates"), dict) or "measured_under" not in stored:
+        raise EvaluationError(f"{suite.baselines}: not a baselines file written by `quantkit regress --update-baselines`; {remedy}")
+    if stored["measured_under"] != measured_under:
+        if updating:
+            return {}
+        raise EvaluationError(f"{suite.baselines}: recorded under other settings ({stored['measured_under']}), not this suite's ({measured_under}); {remedy}")
+    return stored["candidates"]
+
+
 def run_suite(
     suite: Suite,
     out: str | Path,
@@ -299,12 +329,8 @@ def run_suite(
     tasks = [check.task for check in suite.tasks]
     offline = all(task.startswith("quantkit") for task in tasks)
     check_task_names(task_manager(include_defaults=not offline), tasks)
-    baselines = {}
-    if suite.baselines is not None and suite.baselines.is_file():
-        try:
-            baselines = json.loads(suite.baselines.read_text())
-        except json.JSONDecodeError as error:
-            raise EvaluationError(f"{suite.baselines}: not valid JSON ({error}); fix it or delete it and run with --update-baselines") from None
+    measured_under = _measurement_settings(suite, tasks)
+    baselines = _stored_baselines(suite, measured_under, update_baselines)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
@@ -320,6 +346,6 @@ def run_suite(
     if update_baselines:
         if suite.baselines is None:
             raise EvaluationError(f"{suite.path}: no 'baselines' file named in the suite; add e.g. baselines: {suite.name}.baselines.json")
-        stored = {**baselines, **measured}
+        stored = {"measured_under": measured_under, "candidates": {**baselines, **measured}}
         suite.baselines.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
     return report

@@ -115,7 +115,7 @@ def test_regress_end_to_end_on_a_tiny_bundle(tmp_path, tiny_bundle, capsys):
     assert results["passed"] and set(results["candidates"]["good"]) == {"quantkit_lastword", "quantkit_wikitext"}
     assert ElementTree.parse(out / "junit.xml").getroot().find("testsuite").get("failures") == "0"
     baselines = json.loads((tmp_path / "tiny.baselines.json").read_text())
-    assert baselines["good"] == results["candidates"]["good"]
+    assert baselines["candidates"]["good"] == results["candidates"]["good"] and baselines["measured_under"]["limit"] == 3
     assert (out / "good.lm_eval.json").is_file() and (out / "reference.lm_eval.json").is_file()
 
     strict = tmp_path / "strict.yaml"  # a perplexity at or below FP × 0.5: the quantized bundle cannot meet it
@@ -123,6 +123,7 @@ def test_regress_end_to_end_on_a_tiny_bundle(tmp_path, tiny_bundle, capsys):
     assert main(["regress", str(strict), "--out", str(tmp_path / "strict"), "--bundle", f"good={tiny_bundle}"]) == 1
     printed = capsys.readouterr().out
     assert "REGRESSED" in printed and "good quantkit_wikitext word_perplexity" in printed
+    assert "≥ baseline − 0.5%" in printed  # the stored baselines were checked too
     assert ElementTree.parse(tmp_path / "strict" / "junit.xml").getroot().find("testsuite").get("failures") == "1"
 
 
@@ -147,3 +148,22 @@ def test_fp_reference_results_are_cached(tmp_path, tiny_bundle, monkeypatch):
     reference = str(tiny_bundle.parent / "model")
     assert calls.count(reference) == 2 and calls.count(str(tiny_bundle)) == 3  # cached once, then fresh
     assert json.loads((tmp_path / "out" / "reference.lm_eval.json").read_text())["results"]["quantkit_lastword"]["acc,none"] == 0.5
+
+
+def test_baselines_recorded_under_other_settings_are_refused(tmp_path, tiny_bundle, monkeypatch):
+    monkeypatch.setattr("quantkit.cache.cache_dir", lambda *parts: tmp_path.joinpath("cache", *parts))
+
+    def fake_evaluate(model, tasks, limit=None, npu="cpu", output=None):
+        return {"results": {"quantkit_lastword": {"acc,none": 0.5}, "quantkit_wikitext": {"word_perplexity,none": 10.0}}}
+
+    path = _suite(tmp_path, reference=tiny_bundle.parent / "model", bundle=tiny_bundle, increase=0.5)
+    run_suite(load_suite(path), tmp_path / "out", evaluate=fake_evaluate, update_baselines=True)
+    assert run_suite(load_suite(path), tmp_path / "out", evaluate=fake_evaluate).passed
+    path.write_text(path.read_text().replace("limit: 3", "limit: 5"))
+    with pytest.raises(EvaluationError, match="recorded under other settings"):
+        run_suite(load_suite(path), tmp_path / "out", evaluate=fake_evaluate)
+    run_suite(load_suite(path), tmp_path / "out", evaluate=fake_evaluate, update_baselines=True)  # re-recorded
+    assert json.loads((tmp_path / "tiny.baselines.json").read_text())["measured_under"]["limit"] == 5
+    (tmp_path / "tiny.baselines.json").write_text('{"good": {}}')
+    with pytest.raises(EvaluationError, match="not a baselines file"):
+        run_suite(load_suite(path), tmp_path / "out", evaluate=fake_evaluate)
