@@ -76,8 +76,9 @@ def _existing(path: Path) -> Path | None:
     return path if path.is_file() else None
 
 
-def _results(path: str | Path | None, row_keys: tuple[str, ...], produced_by: str) -> ResultsFile | None:
-    """The results JSON at ``path``: {"rows": [{row_keys...}, ...], ...}; unknown keys are kept."""
+def _results_file(path: str | Path | None, list_key: str, item_keys: tuple[str, ...], shape: str, produced_by: str) -> ResultsFile | None:
+    """The results JSON at ``path`` if its ``list_key`` is a non-empty list of dicts holding
+    ``item_keys`` (unknown keys are kept); otherwise why it cannot be used. None: not asked for."""
     if path is None:
         return None
     path = Path(path)
@@ -87,11 +88,16 @@ def _results(path: str | Path | None, row_keys: tuple[str, ...], produced_by: st
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         return ResultsFile(path, problem=f"{path} is not valid JSON ({error}); run {produced_by} again")
-    rows = data.get("rows") if isinstance(data, dict) else None
-    if not isinstance(rows, list) or not rows or not all(isinstance(row, dict) and all(key in row for key in row_keys) for row in rows):
-        expected = "{" + '"rows": [{' + ", ".join(f'"{key}"' for key in row_keys) + ", ...}, ...]}"
-        return ResultsFile(path, problem=f"{path} does not hold results shaped {expected}; run {produced_by} again")
+    items = data.get(list_key) if isinstance(data, dict) else None
+    if not isinstance(items, list) or not items or not all(isinstance(item, dict) and all(key in item for key in item_keys) for item in items):
+        return ResultsFile(path, problem=f"{path} {shape}; run {produced_by} again")
     return ResultsFile(path, data=data)
+
+
+def _results(path: str | Path | None, row_keys: tuple[str, ...], produced_by: str) -> ResultsFile | None:
+    """A benchmark's results JSON: {"rows": [{row_keys...}, ...], ...}."""
+    expected = "{" + '"rows": [{' + ", ".join(f'"{key}"' for key in row_keys) + ", ...}, ...]}"
+    return _results_file(path, "rows", row_keys, f"does not hold results shaped {expected}", produced_by)
 
 
 _CHECK_KEYS = ("candidate", "task", "metric", "check", "value", "limit", "passed")
@@ -99,19 +105,8 @@ _CHECK_KEYS = ("candidate", "task", "metric", "check", "value", "limit", "passed
 
 def _regress_results(path: str | Path | None) -> ResultsFile | None:
     """The results.json of ``quantkit regress``: {"suite", "passed", "checks": [...]}."""
-    if path is None:
-        return None
-    path = Path(path)
-    if not path.is_file():
-        return ResultsFile(path)
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        return ResultsFile(path, problem=f"{path} is not valid JSON ({error}); run `quantkit regress` again")
-    checks = data.get("checks") if isinstance(data, dict) else None
-    if not isinstance(checks, list) or not checks or not all(isinstance(c, dict) and all(k in c for k in _CHECK_KEYS) for c in checks):
-        return ResultsFile(path, problem=f"{path} is not a `quantkit regress` results.json (a list of checks with {', '.join(_CHECK_KEYS)}); run `quantkit regress` again")
-    return ResultsFile(path, data=data)
+    shape = f"is not a `quantkit regress` results.json (a list of checks with {', '.join(_CHECK_KEYS)})"
+    return _results_file(path, "checks", _CHECK_KEYS, shape, "`quantkit regress`")
 
 
 def load_report_inputs(calib: str | Path | None = None, bundle: str | Path | None = None, accuracy: str | Path | None = None, prefill: str | Path | None = None, regress: str | Path | None = None) -> ReportInputs:
