@@ -224,7 +224,7 @@ def compare(suite: Suite, reference: dict[str, float], candidates: dict[str, dic
     return report
 
 
-def _reference_results(suite: Suite, tasks: list[str], evaluate: Callable[..., dict], output: Path, fresh: bool) -> dict:
+def _reference_results(suite: Suite, tasks: list[str], task_settings: str, evaluate: Callable[..., dict], output: Path, fresh: bool) -> dict:
     """The FP reference's lm-eval results, cached in the quantkit cache under a key of
     everything they depend on: the model's source sha256, tasks, limit, the offline task
     data settings and the lm-eval version. Candidates change between runs; FP does not."""
@@ -235,15 +235,13 @@ def _reference_results(suite: Suite, tasks: list[str], evaluate: Callable[..., d
 
     from quantkit.cache import cache_dir
     from quantkit.errors import ModelLoadError
-    from quantkit.eval.tasks import build_task_data
     from quantkit.models.loading import prepare_model_folder
 
     try:
         _, model_sha = prepare_model_folder(suite.reference)
     except ModelLoadError as error:
         raise EvaluationError(f"reference {suite.reference!r}: {error}") from None
-    settings = (build_task_data() / "settings.json").read_text()
-    key = {"reference": suite.reference, "sha256": model_sha, "tasks": tasks, "limit": suite.limit, "task_settings": settings, "lm_eval": lm_eval.__version__}
+    key = {"reference": suite.reference, "sha256": model_sha, "tasks": tasks, "limit": suite.limit, "task_settings": task_settings, "lm_eval": lm_eval.__version__}
     cached = cache_dir("eval", "reference", hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
     if cached.is_file() and not fresh:
         results = json.loads(cached.read_text())
@@ -257,14 +255,12 @@ def _reference_results(suite: Suite, tasks: list[str], evaluate: Callable[..., d
     return json.loads(cached.read_text())
 
 
-def _measurement_settings(suite: Suite, tasks: list[str]) -> dict:
+def _measurement_settings(suite: Suite, tasks: list[str], task_settings: str) -> dict:
     """What stored values depend on besides the bundle: tasks, metrics, item limit and the
     offline task data (its settings.json names the source text's sha256)."""
     import hashlib
 
-    from quantkit.eval.tasks import build_task_data
-
-    data = hashlib.sha256((build_task_data() / "settings.json").read_bytes()).hexdigest()
+    data = hashlib.sha256(task_settings.encode()).hexdigest()
     return {"tasks": {c.task: c.metric for c in suite.tasks if c.task in tasks}, "limit": suite.limit, "task_data_sha256": data}
 
 
@@ -310,7 +306,7 @@ def run_suite(
     """
     from quantkit.eval.harness import evaluate as lm_eval_evaluate
     from quantkit.eval.harness import is_bundle
-    from quantkit.eval.tasks import check_task_names, task_manager
+    from quantkit.eval.tasks import build_task_data, check_task_names, task_manager
 
     evaluate = evaluate or lm_eval_evaluate
     candidates = dict(suite.candidates)
@@ -329,12 +325,13 @@ def run_suite(
     tasks = [check.task for check in suite.tasks]
     offline = all(task.startswith("quantkit") for task in tasks)
     check_task_names(task_manager(include_defaults=not offline), tasks)
-    measured_under = _measurement_settings(suite, tasks)
+    task_settings = (build_task_data() / "settings.json").read_text()  # what the offline task files were built from
+    measured_under = _measurement_settings(suite, tasks, task_settings)
     baselines = _stored_baselines(suite, measured_under, update_baselines)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = _reference_results(suite, tasks, evaluate, out / "reference.lm_eval.json", fresh_reference)
+    results = _reference_results(suite, tasks, task_settings, evaluate, out / "reference.lm_eval.json", fresh_reference)
     reference = {check.task: _metric(results, check.task, check.metric, f"reference {suite.reference}") for check in suite.tasks}
     measured = {}
     for name, bundle in candidates.items():

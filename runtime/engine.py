@@ -79,6 +79,7 @@ class BundleModel:
         self.counters = RuntimeCounters()
         self.estimates = DurationEstimates()  # T(·) of the greedy score, refined every run
         self.last_schedule: Schedule | None = None
+        self.last_generation: dict | None = None  # prompt/new tokens and seconds of the last generate()
         plan = json.loads((self.folder / self.manifest["shadow"]["plan"]).read_text())
         hot = load_file(str(self.folder / self.manifest["shadow"]["resident"]))
         cold = ColdColumns(self.folder / self.manifest["shadow"]["cold"])

@@ -86,7 +86,6 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
     arch = parts.arch
     eps = arch["rms_norm_eps"]
     heads, kv_heads, head_dim = arch["num_attention_heads"], arch["num_key_value_heads"], arch["head_dim"]
-    previous: list[int] = []
 
     def add(name: str, processor: str, run: Callable[[], None], deps: list[int], kind: str, block: int | None = None) -> int:
         tasks.append(Subgraph(f"c{chunk}.{name}", processor, run, tuple(deps), kind, {"chunk": chunk, "block": block}))
