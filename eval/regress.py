@@ -6,6 +6,7 @@ A suite file (see ``eval/suites/smollm2.yaml``)::
     suite: smollm2
     reference: smollm2-135m            # FP model, run by lm-eval's own hf model
     limit: 200                         # items per task (omit for all)
+    task_data: {num_lastword: 2000}    # optional: offline task sizes (TaskDataConfig fields)
     tasks:
       quantkit_wikitext: {metric: word_perplexity, max_relative_increase: 0.01}
       quantkit_lastword: {metric: acc, min_ratio_to_reference: 0.99}
@@ -38,7 +39,7 @@ __all__ = ["Suite", "TaskCheck", "CheckResult", "RegressionReport", "load_suite"
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 _LOWER_IS_BETTER = {"word_perplexity", "byte_perplexity", "bits_per_byte", "perplexity"}
 _TASK_KEYS = {"metric", "min_ratio_to_reference", "max_relative_increase", "min_value", "max_value"}
-_SUITE_KEYS = {"suite", "reference", "limit", "tasks", "candidates", "baselines", "baseline_tolerance", "npu"}
+_SUITE_KEYS = {"suite", "reference", "limit", "task_data", "tasks", "candidates", "baselines", "baseline_tolerance", "npu"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +67,12 @@ class Suite:
     baseline_tolerance: float = 0.005
     npu: str = "cpu"
     path: Path | None = None
+    task_data: dict = field(default_factory=dict)  # TaskDataConfig fields: the offline tasks' sizes
+
+    def task_config(self):
+        from quantkit.eval.tasks import TaskDataConfig
+
+        return TaskDataConfig(**self.task_data)
 
 
 @dataclass
@@ -171,6 +178,7 @@ def load_suite(path: str | Path) -> Suite:
     if limit is not None:
         limit = _number(f"{path}", "limit", limit, 0)
         limit = int(limit) if limit >= 1 else limit
+    task_data = _task_data(path, data.get("task_data", {}))
     return Suite(
         name=str(data.get("suite", path.stem)),
         reference=str(data["reference"]),
@@ -181,7 +189,30 @@ def load_suite(path: str | Path) -> Suite:
         baseline_tolerance=_number(f"{path}", "baseline_tolerance", data.get("baseline_tolerance", 0.005), 0),
         npu=str(data.get("npu", "cpu")),
         path=path,
+        task_data=task_data,
     )
+
+
+def _task_data(path: Path, values) -> dict:
+    """The suite's ``task_data`` mapping, checked against TaskDataConfig's fields."""
+    import dataclasses
+
+    from quantkit.eval.tasks import TaskDataConfig
+
+    fields = [f.name for f in dataclasses.fields(TaskDataConfig) if f.name != "version"]
+    if not isinstance(values, dict):
+        raise EvaluationError(f"{path}: task_data must map settings to values, e.g. task_data: {{num_lastword: 2000}}; got {values!r}")
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise EvaluationError(f"{path}: task_data: unknown key(s) {', '.join(sorted(map(str, unknown)))}; expected {', '.join(fields)}")
+    for key, value in values.items():
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise EvaluationError(f"{path}: task_data.{key} must be an integer, got {value!r}")
+    try:
+        TaskDataConfig(**values)
+    except ValueError as error:
+        raise EvaluationError(f"{path}: task_data: {error}") from None
+    return dict(values)
 
 
 def _metric(results: dict, task: str, metric: str, who: str) -> float:
@@ -224,7 +255,7 @@ def compare(suite: Suite, reference: dict[str, float], candidates: dict[str, dic
     return report
 
 
-def _reference_results(suite: Suite, tasks: list[str], task_settings: str, evaluate: Callable[..., dict], output: Path, fresh: bool) -> dict:
+def _reference_results(suite: Suite, tasks: list[str], task_settings: str, task_config, evaluate: Callable[..., dict], output: Path, fresh: bool) -> dict:
     """The FP reference's lm-eval results, cached in the quantkit cache under a key of
     everything they depend on: the model's source sha256, tasks, limit, the offline task
     data settings and the lm-eval version. Candidates change between runs; FP does not."""
@@ -247,7 +278,7 @@ def _reference_results(suite: Suite, tasks: list[str], task_settings: str, evalu
         results = json.loads(cached.read_text())
         output.write_text(json.dumps(results, indent=2) + "\n")
         return results
-    results = evaluate(suite.reference, tasks, limit=suite.limit, output=output)
+    results = evaluate(suite.reference, tasks, limit=suite.limit, output=output, task_config=task_config)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(".partial")
     partial.write_text(output.read_text() if output.is_file() else json.dumps(results))
@@ -324,18 +355,19 @@ def run_suite(
             raise EvaluationError(f"candidate {name}: {bundle} is not a bundle folder (no manifest.json); make it with `quantkit export`, or pass --bundle {name}=PATH")
     tasks = [check.task for check in suite.tasks]
     offline = all(task.startswith("quantkit") for task in tasks)
-    check_task_names(task_manager(include_defaults=not offline), tasks)
-    task_settings = (build_task_data() / "settings.json").read_text()  # what the offline task files were built from
+    task_config = suite.task_config()
+    check_task_names(task_manager(task_config, include_defaults=not offline), tasks)
+    task_settings = (build_task_data(task_config) / "settings.json").read_text()  # what the offline task files were built from
     measured_under = _measurement_settings(suite, tasks, task_settings)
     baselines = _stored_baselines(suite, measured_under, update_baselines)
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = _reference_results(suite, tasks, task_settings, evaluate, out / "reference.lm_eval.json", fresh_reference)
+    results = _reference_results(suite, tasks, task_settings, task_config, evaluate, out / "reference.lm_eval.json", fresh_reference)
     reference = {check.task: _metric(results, check.task, check.metric, f"reference {suite.reference}") for check in suite.tasks}
     measured = {}
     for name, bundle in candidates.items():
-        results = evaluate(bundle, tasks, limit=suite.limit, npu=suite.npu, output=out / f"{name}.lm_eval.json")
+        results = evaluate(bundle, tasks, limit=suite.limit, npu=suite.npu, output=out / f"{name}.lm_eval.json", task_config=task_config)
         measured[name] = {check.task: _metric(results, check.task, check.metric, f"candidate {name}") for check in suite.tasks}
     report = compare(suite, reference, measured, baselines)
     (out / "results.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")

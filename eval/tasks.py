@@ -15,7 +15,9 @@ documented in :mod:`quantkit.eval.task_data`. The tasks:
   (``multiple_choice``; acc, acc_norm).
 
 ``quantkit_offline`` is the group of all three. The files live in
-``cache_dir("eval", "tasks")`` with a ``settings.json`` holding the build settings, the
+``cache_dir("eval", "tasks")`` (default sizes) or ``cache_dir("eval", "tasks", KEY)``
+(other :class:`TaskDataConfig` sizes, KEY from the settings, so a regression suite's
+larger tasks and the default ones are both kept) with a ``settings.json`` holding the build settings, the
 sha256 of the source split and the task configs (whose data paths name the folder); they
 are rebuilt (atomically) when any of these changes. A change to how items are cut bumps
 ``TASKS_VERSION``.
@@ -36,7 +38,7 @@ from pathlib import Path
 from quantkit.cache import atomic_directory, cache_dir
 from quantkit.errors import EvaluationError
 
-__all__ = ["OFFLINE_GROUP", "OFFLINE_TASKS", "TASKS_VERSION", "TaskDataConfig", "build_task_data", "task_manager", "check_task_names"]
+__all__ = ["OFFLINE_GROUP", "OFFLINE_TASKS", "TASKS_VERSION", "TaskDataConfig", "build_task_data", "default_task_folder", "task_manager", "check_task_names"]
 
 OFFLINE_GROUP = "quantkit_offline"
 OFFLINE_TASKS = ("quantkit_wikitext", "quantkit_lastword", "quantkit_choice")
@@ -125,9 +127,20 @@ def _settings(config: TaskDataConfig, folder: Path) -> dict:
     return {"config": dataclasses.asdict(config), "source": source_file, "tasks": _task_yamls(folder)}
 
 
+def default_task_folder(config: TaskDataConfig) -> Path:
+    """Where :func:`build_task_data` puts the tasks of ``config`` by default: one folder
+    per size settings, the default sizes at ``cache_dir("eval", "tasks")``."""
+    if config == TaskDataConfig():
+        return cache_dir("eval", "tasks")
+    import hashlib
+
+    key = hashlib.sha256(json.dumps(dataclasses.asdict(config), sort_keys=True).encode()).hexdigest()[:12]
+    return cache_dir("eval", "tasks", f"sized-{key}")
+
+
 def build_task_data(config: TaskDataConfig | None = None, folder: str | Path | None = None) -> Path:
     """Build the offline tasks' JSONL and YAML files into ``folder`` (default
-    ``cache_dir("eval", "tasks")``) unless they are there for these settings; return it.
+    :func:`default_task_folder`) unless they are there for these settings; return it.
 
     >>> folder = build_task_data()                                 # doctest: +SKIP
     >>> sorted(p.name for p in folder.iterdir())                   # doctest: +SKIP
@@ -139,7 +152,7 @@ def build_task_data(config: TaskDataConfig | None = None, folder: str | Path | N
     from quantkit.eval.task_data import choice_items, last_word_items, perplexity_documents
 
     config = config or TaskDataConfig()
-    folder = Path(folder).expanduser().absolute() if folder is not None else cache_dir("eval", "tasks")
+    folder = Path(folder).expanduser().absolute() if folder is not None else default_task_folder(config)
     settings = _settings(config, folder)
     settings_path = folder / _SETTINGS_FILE
     if settings_path.is_file():

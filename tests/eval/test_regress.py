@@ -47,6 +47,10 @@ def test_shipped_suite_loads():
         ("reference: x\ntasks: {t: {metric: acc, min_ratio_to_reference: high}}\ncandidates: {a: {bundle: b}}", "min_ratio_to_reference must be a number"),
         ("reference: x\ntasks: {t: {metric: acc, min_ratio: 0.9}}\ncandidates: {a: {bundle: b}}", "unknown key(s) min_ratio"),
         ("reference: x\ntasks: {t: {metric: acc, min_value: 0.1}}\ncandidates: {a: b}", "must be {bundle: PATH}"),
+        ("reference: x\ntask_data: {num_items: 5}\ntasks: {t: {metric: acc, min_value: 0.1}}\ncandidates: {a: {bundle: b}}", "task_data: unknown key(s) num_items"),
+        ("reference: x\ntask_data: {num_lastword: many}\ntasks: {t: {metric: acc, min_value: 0.1}}\ncandidates: {a: {bundle: b}}", "task_data.num_lastword must be an integer"),
+        ("reference: x\ntask_data: {num_lastword: 0}\ntasks: {t: {metric: acc, min_value: 0.1}}\ncandidates: {a: {bundle: b}}", "num_lastword: got 0, expected at least 1"),
+        ("reference: x\ntask_data: 2000\ntasks: {t: {metric: acc, min_value: 0.1}}\ncandidates: {a: {bundle: b}}", "task_data must map settings to values"),
     ],
 )
 def test_malformed_suites_are_refused_with_the_reason(tmp_path, text, message):
@@ -138,7 +142,7 @@ def test_fp_reference_results_are_cached(tmp_path, tiny_bundle, monkeypatch):
     monkeypatch.setattr("quantkit.cache.cache_dir", lambda *parts: tmp_path.joinpath("cache", *parts))
     calls = []
 
-    def fake_evaluate(model, tasks, limit=None, npu="cpu", output=None):
+    def fake_evaluate(model, tasks, limit=None, npu="cpu", output=None, task_config=None):
         calls.append(str(model))
         return {"results": {"quantkit_lastword": {"acc,none": 0.5}, "quantkit_wikitext": {"word_perplexity,none": 10.0}}}
 
@@ -153,7 +157,7 @@ def test_fp_reference_results_are_cached(tmp_path, tiny_bundle, monkeypatch):
 def test_baselines_recorded_under_other_settings_are_refused(tmp_path, tiny_bundle, monkeypatch):
     monkeypatch.setattr("quantkit.cache.cache_dir", lambda *parts: tmp_path.joinpath("cache", *parts))
 
-    def fake_evaluate(model, tasks, limit=None, npu="cpu", output=None):
+    def fake_evaluate(model, tasks, limit=None, npu="cpu", output=None, task_config=None):
         return {"results": {"quantkit_lastword": {"acc,none": 0.5}, "quantkit_wikitext": {"word_perplexity,none": 10.0}}}
 
     path = _suite(tmp_path, reference=tiny_bundle.parent / "model", bundle=tiny_bundle, increase=0.5)
@@ -167,3 +171,23 @@ def test_baselines_recorded_under_other_settings_are_refused(tmp_path, tiny_bund
     (tmp_path / "tiny.baselines.json").write_text('{"good": {}}')
     with pytest.raises(EvaluationError, match="not a baselines file"):
         run_suite(load_suite(path), tmp_path / "out", evaluate=fake_evaluate)
+
+
+def test_task_data_sizes_reach_every_evaluation_and_key_the_cached_reference(tmp_path, tiny_bundle, monkeypatch):
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
+    seen = []
+
+    def fake_evaluate(model, tasks, limit=None, npu="cpu", output=None, task_config=None):
+        seen.append((str(model), task_config.num_lastword))
+        return {"results": {"quantkit_lastword": {"acc,none": 0.5}, "quantkit_wikitext": {"word_perplexity,none": 10.0}}}
+
+    path = _suite(tmp_path, reference=tiny_bundle.parent / "model", bundle=tiny_bundle, increase=0.5)
+    sized = path.read_text().replace("limit: 3", "limit: 3\ntask_data: {num_docs: 3, num_lastword: 9, num_choice: 4}")
+    path.write_text(sized)
+    suite = load_suite(path)
+    assert suite.task_config().num_lastword == 9 and suite.task_config().num_choices == 4  # unnamed sizes keep their defaults
+    run_suite(suite, tmp_path / "out", evaluate=fake_evaluate)
+    assert seen == [(str(tiny_bundle.parent / "model"), 9), (str(tiny_bundle), 9)]
+    path.write_text(sized.replace("num_lastword: 9", "num_lastword: 8"))
+    run_suite(load_suite(path), tmp_path / "out", evaluate=fake_evaluate)
+    assert seen[2:] == [(str(tiny_bundle.parent / "model"), 8), (str(tiny_bundle), 8)]  # other sizes: the reference runs again

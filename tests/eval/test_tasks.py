@@ -6,7 +6,7 @@ import json
 import pytest
 
 from quantkit.errors import EvaluationError
-from quantkit.eval.tasks import OFFLINE_GROUP, OFFLINE_TASKS, TaskDataConfig, build_task_data, check_task_names, task_manager
+from quantkit.eval.tasks import OFFLINE_GROUP, OFFLINE_TASKS, TaskDataConfig, build_task_data, check_task_names, default_task_folder, task_manager
 
 SMALL = TaskDataConfig(num_docs=4, num_lastword=6, num_choice=5)
 
@@ -66,3 +66,11 @@ def test_unknown_task_names_the_offline_tasks(built):
 def test_config_rejects_bad_values(field, value):
     with pytest.raises(ValueError, match=f"{field}: got {value}"):
         TaskDataConfig(**{field: value})
+
+
+def test_each_size_setting_has_its_own_default_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path))
+    assert default_task_folder(TaskDataConfig()) == tmp_path / "eval" / "tasks"
+    small, bigger = default_task_folder(SMALL), default_task_folder(TaskDataConfig(num_docs=4, num_lastword=7, num_choice=5))
+    assert len({small, bigger, tmp_path / "eval" / "tasks"}) == 3 and small.parent == tmp_path / "eval" / "tasks"
+    assert default_task_folder(TaskDataConfig(num_docs=4, num_lastword=6, num_choice=5)) == small  # a key of the settings, not of the call
