@@ -20,8 +20,14 @@ __all__ = [
     "dequantize_symmetric",
     "fake_quantize_symmetric",
     "quantize_weight_per_channel",
+    "weight_scales_per_channel",
+    "WEIGHT_SCALE_RULES",
     "sqnr_db",
 ]
+
+WEIGHT_SCALE_RULES = ("max", "mse")
+# Clip ratios tried by the "mse" weight rule: 1.00, 0.99, …, 0.75 of each row's max|w|.
+_WEIGHT_CLIP_RATIOS = torch.linspace(1.0, 0.75, 26)
 
 INT8_QMAX = 127
 # Smallest scale handed out: a tensor that is all zeros still gets a usable encoding.
@@ -58,10 +64,41 @@ def fake_quantize_symmetric(x: torch.Tensor, scale: torch.Tensor, num_bits: int 
     return dequantize_symmetric(quantize_symmetric(x, scale, num_bits, axis), scale, axis).to(x.dtype)
 
 
-def quantize_weight_per_channel(weight: torch.Tensor, num_bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+def weight_scales_per_channel(weight: torch.Tensor, num_bits: int = 8, rule: str = "max") -> torch.Tensor:
+    """Per-output-channel symmetric scales of a [out, in] weight.
+
+    ``"max"``: s_j = max_i |W_ji| / qmax (min/max, nothing clipped). ``"mse"``: per row j,
+    the clip c_j = r · max|W_j| (r from 1.00 down to 0.75 in steps of 0.01) minimising the
+    rounding-plus-clipping error Σ_i (W_ji − fq(W_ji; c_j/qmax))², s_j = c_j / qmax.
+
+    AIMET's ``SqnrEncodingAnalyzer(gamma=1)`` chooses the same clips (measured on SmolLM2's
+    q/gate/down projections: weight MSE within 0.3% of this search, both ~3% below
+    min/max), but on 2048-bin histograms at 3–7 s per layer, ~15 min per model on two
+    cores; this exact search over the weights takes milliseconds per layer.
+    """
+    if rule not in WEIGHT_SCALE_RULES:
+        raise ValueError(f"weight scale rule: got {rule!r}, expected one of {WEIGHT_SCALE_RULES}")
+    weight = weight.detach().float()
+    absmax = weight.abs().amax(dim=1)
+    if rule == "max":
+        return symmetric_scale(absmax, num_bits)
+    best_scales, best_errors = None, None
+    for ratio in _WEIGHT_CLIP_RATIOS.tolist():
+        scales = symmetric_scale(absmax * ratio, num_bits)
+        errors = (fake_quantize_symmetric(weight, scales, num_bits, axis=0) - weight).pow(2).sum(dim=1)
+        if best_scales is None:
+            best_scales, best_errors = scales, errors
+        else:
+            better = errors < best_errors
+            best_scales, best_errors = torch.where(better, scales, best_scales), torch.where(better, errors, best_errors)
+    return best_scales
+
+
+def quantize_weight_per_channel(weight: torch.Tensor, num_bits: int = 8, rule: str = "max") -> tuple[torch.Tensor, torch.Tensor]:
     """Symmetric per-output-channel fake quantization of a [out, in] weight:
-    (dequantized weight, per-channel scales)."""
-    scales = symmetric_scale(weight.detach().abs().amax(dim=1), num_bits)
+    (dequantized weight, per-channel scales), scales by ``rule`` (see
+    :func:`weight_scales_per_channel`)."""
+    scales = weight_scales_per_channel(weight, num_bits, rule)
     return fake_quantize_symmetric(weight.detach(), scales, num_bits, axis=0), scales
 
 

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from quantkit.quant_primitives import dequantize_symmetric, fake_quantize_symmetric, quantize_symmetric, sqnr_db, symmetric_scale
+from quantkit.quant_primitives import dequantize_symmetric, fake_quantize_symmetric, quantize_symmetric, quantize_weight_per_channel, sqnr_db, symmetric_scale, weight_scales_per_channel
 
 
 def test_symmetric_scale_maps_absmax_to_largest_code():
@@ -47,3 +47,23 @@ def test_sqnr_matches_definition():
     approximation = torch.tensor([3.0, 3.0])
     assert sqnr_db(reference, approximation) == pytest.approx(10 * math.log10(25 / 1))
     assert sqnr_db(reference, reference) == float("inf")
+
+
+def test_weight_scale_rules():
+    torch.manual_seed(0)
+    weight = torch.randn(64, 256)
+    weight[3, 7] = 12.0  # one row with a lone large weight: clipping it pays off
+    max_scales = weight_scales_per_channel(weight, rule="max")
+    assert torch.allclose(max_scales, weight.abs().amax(dim=1) / 127)
+    mse_scales = weight_scales_per_channel(weight, rule="mse")
+    assert (mse_scales <= max_scales).all() and (mse_scales >= 0.75 * max_scales - 1e-9).all()
+
+    def row_errors(scales):
+        return (fake_quantize_symmetric(weight, scales, 8, axis=0) - weight).pow(2).sum(dim=1)
+
+    assert (row_errors(mse_scales) <= row_errors(max_scales) + 1e-9).all()
+    assert row_errors(mse_scales).sum() < row_errors(max_scales).sum()
+    fake, scales = quantize_weight_per_channel(weight, rule="mse")
+    assert torch.equal(scales, mse_scales) and torch.equal(fake, fake_quantize_symmetric(weight, mse_scales, 8, axis=0))
+    with pytest.raises(ValueError, match="expected one of"):
+        weight_scales_per_channel(weight, rule="percentile")

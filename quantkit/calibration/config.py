@@ -34,7 +34,7 @@ class CalibrationConfig:
       converge within a few sequences, and its simulated forward is ~7 s per sequence.
     * ``eval_num_sequences=8`` × 512 tokens of the validation split: the perplexity
       measurement used throughout DESIGN.md; the block placement is checked against it.
-    * ``scale_rule`` … ``pruned_scale_rule``: the shadow outlier settings (see
+    * ``scale_rule`` … ``weight_scale_rule``: the shadow outlier and weight settings (see
       ``quantkit.outlier_shadow.ShadowConfig``), percentile = ``outlier_quantile``.
     * ``accuracy_budget=0.01``: blocks move to the CPU in FP until the validation
       perplexity is within 1% of FP (paper §3.4).
@@ -58,6 +58,7 @@ class CalibrationConfig:
     max_resident_fraction: float = _SHADOW_DEFAULTS.max_resident_fraction
     prune_fraction: float = _SHADOW_DEFAULTS.prune_fraction
     pruned_scale_rule: str = _SHADOW_DEFAULTS.pruned_scale_rule
+    weight_scale_rule: str = _SHADOW_DEFAULTS.weight_scale_rule
     accuracy_budget: float = 0.01
     sensitivity_num_sequences: int = 4
     sensitivity_seq_len: int = 256
@@ -100,6 +101,7 @@ class CalibrationConfig:
             max_resident_fraction=self.max_resident_fraction,
             prune_fraction=self.prune_fraction,
             pruned_scale_rule=self.pruned_scale_rule,
+            weight_scale_rule=self.weight_scale_rule,
         )
 
     def to_dict(self) -> dict:

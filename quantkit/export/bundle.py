@@ -6,6 +6,7 @@ place only when every file, the manifest and its hashes are complete.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -129,6 +130,7 @@ def export_bundle(
             raise QuantkitError("--naive-w8a8 is the INT8 baseline: pass --activation-bits 8")
         for site in plan.sites.values():
             site.threshold_, site.pruned = site.absmax_, True  # min/max range, no shadow path
+        plan.config = dataclasses.replace(plan.config, weight_scale_rule="max")  # min/max weights too
         placement.placement = ["npu"] * len(placement.placement)
     loaded = load_model(config.model, device)
     layout = loaded.layout
@@ -197,7 +199,7 @@ def export_bundle(
             "chunk_size": chunk_size,
             "context_length": architecture["max_position_embeddings"],
             "quantization": {
-                "weights": "int8 symmetric per output channel",
+                "weights": f"int8 symmetric per output channel ({plan.config.weight_scale_rule} scales)",
                 "activation_bits": activation_bits,
                 "activations": f"int{activation_bits} symmetric per tensor, clipped inputs (shadow outliers in FP on the CPU), int{activation_bits} outputs",
                 "bias": "int32, scale = input scale × weight scale",

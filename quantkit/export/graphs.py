@@ -30,7 +30,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
-from quantkit.quant_primitives import quantize_symmetric, symmetric_scale
+from quantkit.quant_primitives import quantize_symmetric, symmetric_scale, weight_scales_per_channel
 
 __all__ = ["NpuGraph", "OPSET", "IR_VERSION", "build_site_graph", "graph_name", "SITE_KINDS"]
 
@@ -89,7 +89,7 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, site: SiteShadowPl
     for linear_name in site.linear_names:
         linear = layout.linear(linear_name)
         weight = linear.weight.detach().float().cpu()
-        weight_scales = symmetric_scale(weight.abs().amax(dim=1))
+        weight_scales = weight_scales_per_channel(weight, rule=plan.config.weight_scale_rule)
         weight_codes = quantize_symmetric(weight, weight_scales, axis=0).to(torch.int8).T.contiguous().numpy()  # [in, out]
         weight_name = f"{linear_name}.weight"
         initializers += [

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+from quantkit.quant_primitives import WEIGHT_SCALE_RULES
 from quantkit.settings import from_checked_dict
 
 __all__ = ["ShadowConfig", "SCALE_RULES", "PRUNED_SCALE_RULES"]
@@ -32,6 +33,10 @@ class ShadowConfig:
       layers are those where this costs least resolution), ``"mse"`` (the
       error-minimising clip without shadow) or ``"clip"`` (keep the shadow threshold and
       drop the outliers).
+    * ``weight_scale_rule``: the INT8 per-channel weight scales of the NPU graphs:
+      ``"mse"`` (per row, the clip minimising rounding + clipping error; on SmolLM2 it
+      lowers weight MSE ~3% and the last-word NLL gap to FP by ~13%) or ``"max"``
+      (min/max, what plain PTQ does). See ``quant_primitives.weight_scales_per_channel``.
     """
 
     scale_rule: str = "paper"
@@ -41,12 +46,15 @@ class ShadowConfig:
     max_resident_fraction: float = 0.02
     prune_fraction: float = 0.5
     pruned_scale_rule: str = "max"
+    weight_scale_rule: str = "mse"
 
     def __post_init__(self) -> None:
         if self.scale_rule not in SCALE_RULES:
             raise ValueError(f"scale_rule: got {self.scale_rule!r}, expected one of {SCALE_RULES}")
         if self.pruned_scale_rule not in PRUNED_SCALE_RULES:
             raise ValueError(f"pruned_scale_rule: got {self.pruned_scale_rule!r}, expected one of {PRUNED_SCALE_RULES}")
+        if self.weight_scale_rule not in WEIGHT_SCALE_RULES:
+            raise ValueError(f"weight_scale_rule: got {self.weight_scale_rule!r}, expected one of {WEIGHT_SCALE_RULES}")
         if self.k < 1.0:
             raise ValueError(f"k: got {self.k}, expected ≥ 1 (max|x| is compared with k × the percentile)")
         if not 0.5 < self.percentile < 1.0:

@@ -88,7 +88,8 @@ class ShadowPlan:
         if values.get("version") != PLAN_VERSION:
             raise ValueError(f"shadow plan version: got {values.get('version')!r}, expected {PLAN_VERSION}; recalibrate with this quantkit")
         return cls(
-            config=ShadowConfig.from_dict(values["config"]),
+            # Plans written before weight_scale_rule existed were calibrated with min/max weights.
+            config=ShadowConfig.from_dict({"weight_scale_rule": "max", **values["config"]}),
             sites={name: SiteShadowPlan(**site) for name, site in values["sites"].items()},
             hot_coverage_=values["hot_coverage_"],
             activation_bits=values.get("activation_bits", 8),

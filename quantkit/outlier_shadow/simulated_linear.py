@@ -27,10 +27,10 @@ class ShadowQuantLinear(nn.Module):
     With ``record_npu_output`` set, max |y_npu| and a log-histogram of |y_npu| are kept
     (the calibration of the NPU graphs' output ranges)."""
 
-    def __init__(self, linear: nn.Linear, site: SiteShadowPlan, name: str = "", activation_bits: int = 8):
+    def __init__(self, linear: nn.Linear, site: SiteShadowPlan, name: str = "", activation_bits: int = 8, weight_scale_rule: str = "max"):
         super().__init__()
         self.bits = activation_bits
-        weight_int8, _ = quantize_weight_per_channel(linear.weight)
+        weight_int8, _ = quantize_weight_per_channel(linear.weight, rule=weight_scale_rule)
         self.register_buffer("weight_int8", weight_int8)
         self.bias = linear.bias
         self.threshold = site.threshold_
@@ -62,7 +62,7 @@ def simulated_quantization(layout: DecoderLayout, plan: ShadowPlan, blocks: Iter
     ShadowQuantLinear; the FP Linears are put back afterwards."""
     selected = set(range(layout.num_blocks)) if blocks is None else set(blocks)
     names = [name for site in plan.sites.values() if site.block_index in selected for name in site.linear_names]
-    return replaced_linears(layout, names, lambda name, linear: ShadowQuantLinear(linear, plan.site_of(name), name, plan.activation_bits))
+    return replaced_linears(layout, names, lambda name, linear: ShadowQuantLinear(linear, plan.site_of(name), name, plan.activation_bits, plan.config.weight_scale_rule))
 
 
 @torch.no_grad()

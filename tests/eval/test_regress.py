@@ -34,6 +34,7 @@ def test_shipped_suite_loads():
     assert suite.reference == "smollm2-135m" and set(suite.candidates) == {"quantkit", "naive_w8a8"}
     assert {c.task for c in suite.tasks} == {"quantkit_wikitext", "quantkit_lastword", "quantkit_choice"}
     assert suite.baselines == SUITES_DIR / "smollm2.baselines.json"
+    assert suite.task_config().num_lastword == 2000  # enough items to resolve a 1% threshold
 
 
 @pytest.mark.parametrize(

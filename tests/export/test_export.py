@@ -4,8 +4,10 @@ import json
 import shutil
 
 import numpy as np
+import onnx
 import pytest
 import torch
+from onnx import numpy_helper
 from safetensors.torch import load_file
 
 import quantkit.export.bundle as bundle_module
@@ -73,6 +75,7 @@ def test_onnx_cpu_equals_torch_simulation_within_int8_tolerance(tiny_bundle):
     bundle = tiny_bundle / "bundle"
     manifest = load_manifest(bundle)
     plan = ShadowPlan.load(bundle / "shadow_plan.json")
+    assert plan.config.weight_scale_rule == "mse" and "(mse scales)" in manifest["quantization"]["weights"]  # the default
     loaded = load_model(json.loads((tiny_bundle / "calib" / "config.json").read_text())["model"])
     inputs = load_file(str(bundle / "calibration_inputs.safetensors"))
     for graph in manifest["graphs"]:
@@ -81,7 +84,7 @@ def test_onnx_cpu_equals_torch_simulation_within_int8_tolerance(tiny_bundle):
         outputs = cpu_session(bundle / graph["file"]).run(None, {graph["input"]: x.numpy()})
         for name, got in zip(site.linear_names, outputs):
             linear = loaded.layout.linear(name)
-            weight_int8, _ = quantize_weight_per_channel(linear.weight)
+            weight_int8, _ = quantize_weight_per_channel(linear.weight, rule=plan.config.weight_scale_rule)
             y = torch.nn.functional.linear(fake_quantize_symmetric(x, symmetric_scale(site.threshold_)), weight_int8, linear.bias)
             clip = site.output_clip_[name]
             output_scale = float(symmetric_scale(clip))
@@ -212,6 +215,12 @@ def test_naive_w8a8_baseline_bundle(tiny_bundle, tmp_path):
     assert set(manifest["placement"]) == {"npu"} and manifest["quantization"]["scheme"].startswith("naive-w8a8")
     plan = ShadowPlan.load(bundle / "shadow_plan.json")
     assert all(site.pruned and site.threshold_ == site.absmax_ for site in plan.sites.values())
+    assert plan.config.weight_scale_rule == "max" and "(max scales)" in manifest["quantization"]["weights"]  # min/max weights too
+    loaded = load_model(json.loads((tiny_bundle / "calib" / "config.json").read_text())["model"])
+    graph = onnx.load(bundle / manifest["graphs"][0]["file"])
+    name = manifest["graphs"][0]["linears"][0]
+    scales = next(numpy_helper.to_array(init) for init in graph.graph.initializer if init.name == f"{name}.weight.scale")
+    assert np.allclose(scales, loaded.layout.linear(name).weight.detach().abs().amax(dim=1).numpy() / 127)
     runtime = BundleModel(bundle)
     runtime.prefill(torch.arange(40) % 100)
     assert runtime.counters.outlier_values == 0 and runtime.counters.npu_runs == 4 * -(-40 // CHUNK) * len(manifest["placement"])

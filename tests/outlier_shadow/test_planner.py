@@ -65,6 +65,10 @@ def test_plan_round_trips_and_measures_resident_weights(planted, tmp_path):
     plan = build_shadow_plan(statistics, layout, ShadowConfig(percentile=0.99, prune_fraction=0.0))
     plan.save(tmp_path / "plan.json")
     assert ShadowPlan.load(tmp_path / "plan.json").to_dict() == plan.to_dict()
+    assert plan.config.weight_scale_rule == "mse"
+    older = plan.to_dict()
+    del older["config"]["weight_scale_rule"]  # a plan written before the setting existed …
+    assert ShadowPlan.from_dict(older).config.weight_scale_rule == "max"  # … was calibrated with min/max weights
     out_features = {n: layout.linear(n).out_features for n in layout.linear_names()}
     weights = plan.shadow_weights(layout)
     assert plan.resident_shadow_parameters(out_features) == sum(w.numel() for k, w in weights.items() if k.endswith(".hot"))
