@@ -106,7 +106,7 @@ def summary_section(inputs: ReportInputs, folder: Path) -> Section:
     if "peak_memory_mb" in summary:
         items.append(("peak memory", f"{summary['peak_memory_mb']:.0f} MB"))
     config = inputs.config or {}
-    settings = [f"{key} = {config[key]}" for key in ("outlier_quantile", "scale_rule", "hot_coverage", "max_resident_fraction", "prune_fraction", "accuracy_budget") if key in config]
+    settings = [f"{key} = {config[key]}" for key in ("outlier_quantile", "scale_rule", "hot_coverage", "max_resident_fraction", "prune_fraction", "weight_scale_rule", "accuracy_budget") if key in config]
     body = ppl_table + facts(items) + (note("Settings: " + ", ".join(settings) + ".") if settings else "")
     return Section("summary", "Summary", body)
 
