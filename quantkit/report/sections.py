@@ -111,6 +111,13 @@ def summary_section(inputs: ReportInputs, folder: Path) -> Section:
     return Section("summary", "Summary", body)
 
 
+def _missing_results(key: str, title: str, results, what: str, how: str, commands: str) -> Section:
+    """The section shown in place of results that are absent or unreadable: the problem
+    (or "No WHAT at PATH.") and the commands that produce them."""
+    text = results.problem or f"No {what} at {results.path}. {how}"
+    return Section(key, title, hint(text, commands))
+
+
 def _accuracy_label(row: dict) -> str:
     label = _ACCURACY_LABELS.get(row["method"], row["method"])
     return label + (f" (α={row['alpha']:g})" if isinstance(row.get("alpha"), (int, float)) else "")
@@ -123,8 +130,7 @@ def accuracy_section(inputs: ReportInputs, folder: Path) -> Section | None:
         return None
     title = "Accuracy"
     if results.data is None:
-        text = results.problem or f"No accuracy results at {results.path}. The benchmark measures every method on the held-out test split:"
-        return Section("accuracy", title, hint(text, f"python benchmarks/accuracy.py\nquantkit report --accuracy {results.path}"))
+        return _missing_results("accuracy", title, results, "accuracy results", "The benchmark measures every method on the held-out test split:", f"python benchmarks/accuracy.py\nquantkit report --accuracy {results.path}")
     data = results.data
     rows = data["rows"]
     fp = next((row["ppl"] for row in rows if row["method"] == "fp"), None)
@@ -172,8 +178,7 @@ def prefill_section(inputs: ReportInputs, folder: Path) -> Section | None:
         return None
     title = "Prefill speed"
     if results.data is None:
-        text = results.problem or f"No prefill results at {results.path}. The benchmark times each configuration on one long prompt:"
-        return Section("prefill", title, hint(text, f"python benchmarks/prefill.py\nquantkit report --prefill {results.path}"))
+        return _missing_results("prefill", title, results, "prefill results", "The benchmark times each configuration on one long prompt:", f"python benchmarks/prefill.py\nquantkit report --prefill {results.path}")
     data = results.data
     rows = data["rows"]
     baseline = next((row["tokens_per_s"] for row in rows if row["config"] == _PREFILL_BASELINE), None)
@@ -311,8 +316,7 @@ def regress_section(inputs: ReportInputs, folder: Path) -> Section | None:
         return None
     title = "Accuracy regression suite"
     if results.data is None:
-        text = results.problem or f"No regression results at {results.path}. The suite runs lm-eval on the bundles and the FP reference:"
-        return Section("regress", title, hint(text, f"quantkit regress eval/suites/smollm2.yaml --out {results.path.parent}\nquantkit report --regress {results.path}"))
+        return _missing_results("regress", title, results, "regression results", "The suite runs lm-eval on the bundles and the FP reference:", f"quantkit regress eval/suites/smollm2.yaml --out {results.path.parent}\nquantkit report --regress {results.path}")
     data = results.data
     checks = data["checks"]
     rows = [
