@@ -72,7 +72,7 @@ class BundleModel:
 
         self.chunk_size = self.manifest["chunk_size"]
         self.context_length = self.manifest["context_length"]
-        self.activation_bits = self.manifest["quantization"]["activation_bits"]
+        self.activation_bits = self.manifest["quantization"]["activation_bits"]  # 8, 16 or "mixed" (per graph in the manifest)
         self.placement = self.manifest["placement"]
         self.shadow = shadow
         self.schedule = schedule
@@ -153,7 +153,7 @@ class BundleModel:
     # -- decode -------------------------------------------------------------------------
     def _decode_model(self) -> ModelParts:
         if self._decode_parts is None:
-            graphs = {key: QdqGraph(self.folder, entry, self.activation_bits) for key, entry in self._graph_entries.items()}
+            graphs = {key: QdqGraph(self.folder, entry) for key, entry in self._graph_entries.items()}
             self._decode_parts = ModelParts(self.arch, self.cpu, self.placement, self._parts.sites, graphs, lambda: None)
         return self._decode_parts
 

@@ -3,12 +3,10 @@
 - :class:`OrtGraph` runs the graph file with ONNX Runtime — the CPU provider here, or
   the QNN HTP backend with CPU fallback disabled (``npu="qnn"``) — at the graph's static
   shape [1, chunk, in]; a shorter input is zero-padded and the outputs cut back.
-- :class:`QdqGraph` is the same arithmetic in torch for any number of tokens, read from
-  the graph's initializers. Decode uses it: one token at a time does not fit a static
-  chunk graph, and llm.npu decodes on the CPU (§3.1).
-
-QDQ arithmetic (per Linear):  q = clamp(round(x / s_x), −2^(b−1), 2^(b−1)−1) · s_x,
-y = q · (W_int8 · s_w)ᵀ + b,  output = clamp(round(y / s_y), …) · s_y.
+- :class:`QdqGraph` is the same arithmetic in torch for any number of tokens: the
+  graph's :class:`~quantkit.runtime.qdq.QdqLinear` records read back from its
+  initializers (the definition calibration measured with). Decode uses it: one token at
+  a time does not fit a static chunk graph, and llm.npu decodes on the CPU (§3.1).
 """
 
 from __future__ import annotations
@@ -18,7 +16,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-__all__ = ["OrtGraph", "QdqGraph", "ort_cpu_session"]
+from quantkit.runtime.qdq import QdqLinear
+
+__all__ = ["OrtGraph", "QdqGraph", "records_from_graph", "ort_cpu_session"]
 
 
 def ort_cpu_session(path: Path, threads: int = 1):
@@ -63,31 +63,42 @@ class OrtGraph:
         return [torch.from_numpy(np.asarray(y))[0, :length] for y in outputs]
 
 
-def _fake_quantize(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
-    low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return torch.clamp(torch.round(x / scale), low, high) * scale
+_BITS_OF_ZERO_POINT = {np.dtype(np.int8): 8, np.dtype(np.int16): 16}
+
+
+def records_from_graph(folder: Path, entry: dict) -> list[QdqLinear]:
+    """The deployed records of a bundle graph, read back from its initializers (the bit
+    width from the input zero point's type)."""
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(folder / entry["file"]))
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    input_name = entry["input"]
+    bits = _BITS_OF_ZERO_POINT[values[f"{input_name}.zero_point"].dtype]
+    records = []
+    for name in entry["linears"]:
+        bias = f"{name}.bias"
+        records.append(
+            QdqLinear(
+                weight_codes=torch.from_numpy(values[f"{name}.weight"].T.copy()),  # stored [in, out]
+                weight_scales=torch.from_numpy(values[f"{name}.weight.scale"].copy()),
+                input_scale=float(values[f"{input_name}.scale"]),
+                output_scale=float(values[f"{name}.output.scale"]),
+                bits=bits,
+                bias_codes=torch.from_numpy(values[bias].copy()) if bias in values else None,
+                bias_scales=torch.from_numpy(values[f"{bias}.scale"].copy()) if bias in values else None,
+            )
+        )
+    return records
 
 
 class QdqGraph:
-    """torch twin of a bundle graph (same initializers, same rounding: half to even)."""
+    """torch twin of a bundle graph: its records (``quantkit.runtime.qdq``), the one
+    definition of the deployed arithmetic, read back from the graph."""
 
-    def __init__(self, folder: Path, entry: dict, activation_bits: int):
-        import onnx
-        from onnx import numpy_helper
-
-        model = onnx.load(str(folder / entry["file"]))
-        values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
-        self.bits = activation_bits
-        self.input_scale = float(values[f"{entry['input']}.scale"])
-        self.linears = []
-        for name in entry["linears"]:
-            codes = torch.from_numpy(values[f"{name}.weight"].astype(np.float32))  # [in, out]
-            weight = (codes * torch.from_numpy(values[f"{name}.weight.scale"].copy())).T.contiguous()  # [out, in]
-            bias = None
-            if f"{name}.bias" in values:
-                bias = torch.from_numpy(values[f"{name}.bias"].astype(np.float32) * values[f"{name}.bias.scale"])
-            self.linears.append((weight, bias, float(values[f"{name}.output.scale"])))
+    def __init__(self, folder: Path, entry: dict):
+        self.linears = records_from_graph(folder, entry)
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
-        q = _fake_quantize(x, self.input_scale, self.bits)
-        return [_fake_quantize(torch.nn.functional.linear(q, weight, bias), output_scale, self.bits) for weight, bias, output_scale in self.linears]
+        return [record(x) for record in self.linears]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from quantkit.outlier_shadow.config import ShadowConfig
+from quantkit.precision.plan import PRECISION_MODES
 from quantkit.settings import from_checked_dict
 
 __all__ = ["CalibrationConfig", "CONFIG_VERSION"]
@@ -36,8 +37,12 @@ class CalibrationConfig:
       measurement used throughout DESIGN.md; the block placement is checked against it.
     * ``scale_rule`` … ``weight_scale_rule``: the shadow outlier and weight settings (see
       ``quantkit.outlier_shadow.ShadowConfig``), percentile = ``outlier_quantile``.
-    * ``accuracy_budget=0.01``: blocks move to the CPU in FP until the validation
-      perplexity is within 1% of FP (paper §3.4).
+    * ``accuracy_budget=0.01``: the validation perplexity of the deployed arithmetic
+      must stay within 1% of FP; graphs are promoted to A16, then blocks move to the CPU
+      in FP, until it does (paper §3.4).
+    * ``activation_bits="auto"``: each NPU graph's activations A8 or A16, chosen by
+      measured sensitivity under the budget (A8 wherever it holds — faster and lower
+      power on the HTP); ``"8"`` or ``"16"`` put every graph at that width.
     * ``sensitivity_num_sequences=4`` × 256 tokens: per-block sensitivity runs the model
       once per block (30× for SmolLM2); a ranking needs less text than a perplexity.
     """
@@ -60,6 +65,7 @@ class CalibrationConfig:
     pruned_scale_rule: str = _SHADOW_DEFAULTS.pruned_scale_rule
     weight_scale_rule: str = _SHADOW_DEFAULTS.weight_scale_rule
     accuracy_budget: float = 0.01
+    activation_bits: str = "auto"
     sensitivity_num_sequences: int = 4
     sensitivity_seq_len: int = 256
     device: str = "cpu"
@@ -88,6 +94,8 @@ class CalibrationConfig:
             )
         if not 0.0 <= self.accuracy_budget < 1.0:
             raise ValueError(f"accuracy_budget: got {self.accuracy_budget!r}, expected a relative perplexity increase in [0, 1), e.g. 0.01")
+        if self.activation_bits not in PRECISION_MODES:
+            raise ValueError(f"activation_bits: got {self.activation_bits!r}, expected one of {', '.join(PRECISION_MODES)}")
         self.shadow_config()  # validates the shadow settings
         if self.version != CONFIG_VERSION:
             raise ValueError(f"version: got {self.version!r}, expected {CONFIG_VERSION} (this quantkit writes and reads version {CONFIG_VERSION})")

@@ -39,6 +39,10 @@ from quantkit.errors import QuantkitError
 from quantkit.eval.perplexity import perplexity
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import build_shadow_plan, simulated_quantization
+from quantkit.outlier_shadow.simulated_linear import quantized_weights
+from quantkit.precision.output_ranges import calibrated_precision
+from quantkit.precision.plan import PRECISION_FILE, PrecisionPlan
+from quantkit.precision.search import graph_sensitivity, search_activation_bits
 from quantkit.outlier_shadow.plan import PLAN_FILE
 from quantkit.report import write_report
 from quantkit.sensitivity import block_sensitivity, plan_placement
@@ -52,6 +56,7 @@ SUMMARY_TEXT = "summary.txt"
 HEATMAP_FILE = "report/outlier_heatmap.png"
 SENSITIVITY_FILE = "sensitivity.json"
 _TOP_LAYERS = 10
+_OUTPUT_RANGE_SEQUENCES = 4  # calibration sequences the NPU output ranges are recorded on
 
 
 @dataclass
@@ -82,25 +87,36 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = time.perf_counter() - started
 
 
-def _plan_quantization(loaded, statistics, validation_ids: torch.Tensor, fp_ppl: float, config: CalibrationConfig, staging: Path, timings: dict, progress: bool):
-    """Shadow plan (§3.3), per-block sensitivity and placement under the budget (§3.4)."""
+def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, validation_ids: torch.Tensor, fp_ppl: float, config: CalibrationConfig, staging: Path, timings: dict, progress: bool):
+    """Shadow plan (§3.3), NPU output ranges, per-graph activation bits, per-block
+    sensitivity and placement under the budget (§3.4) — every measurement on the
+    deployed arithmetic (``quantkit.runtime.qdq``) at the precision the bundle will have."""
     device = next(loaded.model.parameters()).device
+    layout = loaded.layout
     logits = LogitsModel(loaded.model)
-    with _timed(timings, "sensitivity"):
-        plan = build_shadow_plan(statistics, loaded.layout, config.shadow_config())
+    sensitivity_ids = validation_ids[: config.sensitivity_num_sequences, : config.sensitivity_seq_len]
+    with _timed(timings, "output_ranges"):
+        plan = build_shadow_plan(statistics, layout, config.shadow_config())
         plan.save(staging / PLAN_FILE)
-        sensitivities = block_sensitivity(loaded.layout, plan, validation_ids[: config.sensitivity_num_sequences, : config.sensitivity_seq_len], progress=progress)
+        weights = quantized_weights(layout, layout.linear_names(), plan.config.weight_scale_rule)
+        precision = calibrated_precision(layout, plan, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], config.activation_bits, weights=weights)
+
+    def deployed_perplexity(precision: PrecisionPlan, cpu_blocks: frozenset[int] = frozenset(), desc: str = "quantkit PPL") -> float:
+        with simulated_quantization(layout, plan, precision, blocks=set(range(layout.num_blocks)) - cpu_blocks, weights=weights):
+            return perplexity(lambda ids: logits(ids.to(device)), validation_ids, desc=desc, progress=progress)
+
+    if config.activation_bits == "auto":
+        with _timed(timings, "precision_search"):
+            sensitivity = graph_sensitivity(layout, plan, precision, sensitivity_ids, weights, progress=progress)
+            search_activation_bits(precision, sensitivity, lambda p: deployed_perplexity(p, desc=f"quantkit PPL (A8 share {p.a8_mac_share():.0%})"), fp_ppl, config.accuracy_budget)
+    precision.save(staging / PRECISION_FILE)
+    with _timed(timings, "sensitivity"):
+        sensitivities = block_sensitivity(layout, plan, precision, sensitivity_ids, progress=progress, weights=weights)
         (staging / SENSITIVITY_FILE).write_text(json.dumps([s.to_dict() for s in sensitivities], indent=1))
-    all_blocks = frozenset(range(loaded.layout.num_blocks))
-
-    def quantized_perplexity(cpu_blocks: frozenset[int]) -> float:
-        with simulated_quantization(loaded.layout, plan, blocks=all_blocks - cpu_blocks):
-            return perplexity(lambda ids: logits(ids.to(device)), validation_ids, desc=f"quantkit PPL ({len(cpu_blocks)} CPU blocks)", progress=progress)
-
     with _timed(timings, "placement"):
-        placement = plan_placement(sensitivities, quantized_perplexity, fp_ppl, config.accuracy_budget)
+        placement = plan_placement(sensitivities, lambda cpu: deployed_perplexity(precision, cpu, f"quantkit PPL ({len(cpu)} CPU blocks)"), fp_ppl, config.accuracy_budget)
         placement.save(staging / PLACEMENT_FILE)
-    return plan, sensitivities, placement
+    return plan, precision, sensitivities, placement
 
 
 def _aimet_baseline(loaded, calibration_ids: torch.Tensor, validation_ids: torch.Tensor, config: CalibrationConfig, staging: Path, timings: dict, progress: bool) -> tuple[dict, float]:
@@ -166,7 +182,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     with _timed(timings, "fp_eval"):
         fp_model = LogitsModel(loaded.model)
         perplexities = {"fp": perplexity(lambda ids: fp_model(ids.to(device)), validation_ids, desc="FP perplexity", progress=progress)}
-    plan, sensitivities, placement = _plan_quantization(loaded, statistics, validation_ids, perplexities["fp"], config, staging, timings, progress)
+    plan, precision, sensitivities, placement = _plan_quantization(loaded, statistics, calibration_ids, validation_ids, perplexities["fp"], config, staging, timings, progress)
     perplexities["quantkit"] = placement.ppl_
     encodings, perplexities["aimet_w8a8_per_tensor"] = _aimet_baseline(loaded, calibration_ids, validation_ids, config, staging, timings, progress)
 
@@ -178,7 +194,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     out_features = {name: loaded.layout.linear(name).out_features for name in loaded.layout.linear_names()}
     resident = plan.resident_shadow_parameters(out_features, blocks=placement.npu_block_indices)
     model_parameters = sum(p.numel() for p in loaded.model.parameters())
-    summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak, placement, resident / model_parameters)
+    summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak, placement, resident / model_parameters, precision)
     (staging / SUMMARY_TEXT).write_text(summary + "\n")
     (staging / SUMMARY_JSON).write_text(
         json.dumps(
@@ -189,6 +205,9 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
                 "calibration_tokens": list(calibration_ids.shape),
                 "perplexity": perplexities,
                 "npu_blocks": placement.npu_blocks,
+                "activation_bits": precision.mode,
+                "a8_mac_share": precision.a8_mac_share(placement.npu_block_indices),
+                "graph_activation_bits": {g.name: g.activation_bits for g in precision.graphs.values() if g.block_index in placement.npu_block_indices},
                 "num_blocks": loaded.layout.num_blocks,
                 "resident_shadow_parameters": resident,
                 "model_parameters": model_parameters,

@@ -84,7 +84,7 @@ def plot_outlier_heatmap(statistics: ActivationStatistics, layout: DecoderLayout
     plt.close(figure)
 
 
-def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None) -> str:
+def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None, precision=None) -> str:
     lines = [f"quantkit calibrate — {model_id}", "", "Validation perplexity"]
     fp = perplexities.get("fp")
     for method, value in perplexities.items():
@@ -97,6 +97,17 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
             f"{placement.cpu_block_indices} "
             f"({'within' if placement.within_budget else 'OVER'} the +{100 * placement.budget_relative_ppl:g}% budget)",
         ]
+    if precision is not None:
+        npu = placement.npu_block_indices if placement is not None else None
+        graphs = [g for g in precision.graphs.values() if npu is None or g.block_index in npu]
+        a8 = sum(g.activation_bits == 8 for g in graphs)
+        lines.append(
+            f"Activations ({precision.mode}): {a8}/{len(graphs)} NPU graphs at A8, the rest A16 — "
+            f"{100 * precision.a8_mac_share(npu):.1f}% of NPU linear MACs at A8"
+        )
+        if precision.search_:
+            points = ", ".join(f"{100 * p['a8_mac_share']:.0f}% A8 → {p['ppl']:.2f}" for p in precision.search_)
+            lines.append(f"  measured (A8 MAC share → PPL): {points}")
     if resident_shadow_share is not None:
         lines.append(f"Resident shadow weights: {100 * resident_shadow_share:.2f}% of the model's parameters")
     lines += ["", f"Top {len(top_layers)} outlier layers (clip = p{100 * quantile:g} of |x|, scale s = clip/127)"]

@@ -20,8 +20,10 @@ from quantkit.errors import QuantkitError
 from quantkit.export.graphs import build_site_graph
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow.plan import PLAN_FILE, ShadowPlan
-from quantkit.outlier_shadow.simulated_linear import calibrate_npu_output_ranges
-from quantkit.quant_primitives import quantize_symmetric, symmetric_scale
+from quantkit.outlier_shadow.simulated_linear import quantized_weights
+from quantkit.precision.output_ranges import output_clips, record_npu_outputs, initial_precision
+from quantkit.precision.plan import PRECISION_FILE, PrecisionPlan
+from quantkit.runtime.qdq import activation_scale, quantize_activation
 from quantkit.report import write_report
 from quantkit.hashing import file_sha256
 from quantkit.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE
@@ -59,7 +61,7 @@ def _converter_command(graph_file: str, input_name: str, shape: list[int]) -> st
 
 
 @torch.no_grad()
-def _capture_site_inputs(layout, plan: ShadowPlan, sites, sequence: torch.Tensor, chunk_size: int) -> dict[str, torch.Tensor]:
+def _capture_site_inputs(layout, plan: ShadowPlan, precision: PrecisionPlan, sites, sequence: torch.Tensor, chunk_size: int) -> dict[str, torch.Tensor]:
     """The first chunk of each NPU site's clipped FP input over one calibration sequence,
     as integer codes (lossless for the graph: its first node quantizes to exactly these)."""
     captured = {}
@@ -70,8 +72,8 @@ def _capture_site_inputs(layout, plan: ShadowPlan, sites, sequence: torch.Tensor
             if x.shape[1] < chunk_size:
                 x = torch.nn.functional.pad(x, (0, 0, 0, chunk_size - x.shape[1]))
             clipped = x.clamp(-site.threshold_, site.threshold_)
-            bits = plan.activation_bits
-            codes = quantize_symmetric(clipped, symmetric_scale(site.threshold_, bits), bits)
+            bits = precision.graphs[site.linear_names[0]].activation_bits
+            codes = quantize_activation(clipped, activation_scale(site.threshold_, bits), bits)
             captured[site.linear_names[0]] = codes.to(torch.int8 if bits == 8 else torch.int16).cpu()
 
         return hook
@@ -90,7 +92,7 @@ def export_bundle(
     out: str | Path,
     *,
     chunk_size: int = 256,
-    activation_bits: int = 16,
+    activation_bits: int | None = None,
     qnn_context: bool = False,
     soc_model: int | None = None,
     htp_arch: int | None = None,
@@ -101,6 +103,11 @@ def export_bundle(
 ) -> Path:
     """Write the deployment bundle of the calibration in ``calib`` to ``out``.
 
+    The graphs serialise the calibration's decisions — shadow plan, per-graph activation
+    bits and output ranges (``precision.json``), placement — nothing is re-decided here.
+    ``activation_bits`` 8 or 16 puts every graph at that width instead (with the output
+    ranges calibration recorded for it); None keeps the calibrated per-graph bits.
+
     ``naive_w8a8=True`` writes the baseline a plain PTQ flow would ship, for regression
     suites to compare against: every block on the NPU, INT8 activations per tensor with
     min/max ranges (inputs and outputs), no shadow path.
@@ -110,21 +117,27 @@ def export_bundle(
     from safetensors.torch import save_file
 
     calib, out = Path(calib), Path(out)
-    for required in ("config.json", PLAN_FILE, PLACEMENT_FILE):
+    for required in ("config.json", PLAN_FILE, PRECISION_FILE, PLACEMENT_FILE):
         if not (calib / required).is_file():
-            raise QuantkitError(f"{calib}: no {required}; pass the folder written by `quantkit calibrate`")
+            raise QuantkitError(f"{calib}: no {required}; pass the folder written by `quantkit calibrate` (a calibration made before per-graph precision existed must be run again)")
     if out.exists() and not overwrite:
         raise QuantkitError(f"{out} already exists; choose another --out or pass --overwrite")
     if chunk_size < 1:
         raise QuantkitError(f"--chunk-size: got {chunk_size}, expected a positive number of tokens, e.g. 256")
-    if activation_bits not in (8, 16):
-        raise QuantkitError(f"--activation-bits: got {activation_bits}, expected 8 (INT8, the paper's scheme) or 16 (W8A16)")
+    if activation_bits not in (None, 8, 16):
+        raise QuantkitError(f"--activation-bits: got {activation_bits}, expected 8 (every graph INT8, the paper's scheme), 16 (every graph A16) or nothing (the calibrated per-graph bits)")
     if qnn_context and soc_model is None and htp_arch is None:
         raise QuantkitError("--qnn-context needs a target: --soc-model N (e.g. 60 for Snapdragon 8 Gen 3) or --htp-arch N (e.g. 75)")
     config = CalibrationConfig.load(calib / "config.json")
-    plan = ShadowPlan.load(calib / PLAN_FILE)
-    plan.activation_bits = activation_bits
+    try:
+        plan = ShadowPlan.load(calib / PLAN_FILE)
+        precision = PrecisionPlan.load(calib / PRECISION_FILE)
+    except (ValueError, KeyError, TypeError) as error:
+        raise QuantkitError(f"{calib}: {error}") from error
     placement = PlacementPlan.load(calib / PLACEMENT_FILE)
+    loaded = load_model(config.model, device)
+    layout = loaded.layout
+    sequences = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), _OUTPUT_RANGE_SEQUENCES, config.seq_len, source="calibration split")
     if naive_w8a8:
         if activation_bits != 8:
             raise QuantkitError("--naive-w8a8 is the INT8 baseline: pass --activation-bits 8")
@@ -132,10 +145,11 @@ def export_bundle(
             site.threshold_, site.pruned = site.absmax_, True  # min/max range, no shadow path
         plan.config = dataclasses.replace(plan.config, weight_scale_rule="max")  # min/max weights too
         placement.placement = ["npu"] * len(placement.placement)
-    loaded = load_model(config.model, device)
-    layout = loaded.layout
-    sequences = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), _OUTPUT_RANGE_SEQUENCES, config.seq_len, source="calibration split")
-    calibrate_npu_output_ranges(layout, plan, sequences, rule="max" if naive_w8a8 else "mse")
+        # the baseline's own output ranges: min/max over its own (unclipped INT8) inputs
+        recorded = record_npu_outputs(layout, plan, sequences, input_bits=8)
+        precision = initial_precision(layout, plan, {name: output_clips(*values, rule="max") for name, values in recorded.items()}, "8")
+    elif activation_bits is not None:
+        precision = precision.with_uniform_bits(activation_bits)
     npu_blocks = placement.npu_block_indices
     npu_sites = [site for site in plan.sites.values() if site.block_index in npu_blocks]
     architecture = _architecture(loaded.model.config)
@@ -143,8 +157,10 @@ def export_bundle(
     with atomic_directory(out) as staging:
         (staging / "npu").mkdir()
         graphs, activation_encodings, param_encodings = [], [], []
+        weights = quantized_weights(layout, [n for site in npu_sites for n in site.linear_names], plan.config.weight_scale_rule)
         for site in tqdm(npu_sites, desc="NPU graphs", unit="graph", disable=not progress):
-            graph = build_site_graph(layout, plan, site, chunk_size)
+            graph_precision = precision.graphs[site.linear_names[0]]
+            graph = build_site_graph(layout, plan, graph_precision, site, chunk_size, weights)
             graph_file = f"npu/{graph.name}.onnx"
             (staging / graph_file).write_bytes(graph.model.SerializeToString())
             activation_encodings += graph.activation_encodings
@@ -157,6 +173,8 @@ def export_bundle(
                 "input": graph.input_name,
                 "input_shape": [1, chunk_size, site.num_channels],
                 "outputs": graph.output_names,
+                "activation_bits": graph_precision.activation_bits,
+                "macs_per_token": graph_precision.macs_per_token,
                 "converter_command": _converter_command(graph_file, graph.input_name, [1, chunk_size, site.num_channels]),
             }
             if qnn_context:
@@ -166,6 +184,8 @@ def export_bundle(
                 write_qnn_context(staging / graph_file, staging / context_file, soc_model, htp_arch)
                 entry["qnn_context"] = context_file
             graphs.append(entry)
+        all_bits = sorted({g["activation_bits"] for g in graphs}) or [16]
+        bundle_bits = all_bits[0] if len(all_bits) == 1 else "mixed"
         (staging / "encodings.json").write_text(
             json.dumps(
                 {
@@ -174,12 +194,13 @@ def export_bundle(
                     "activation_encodings": activation_encodings,
                     "param_encodings": param_encodings,
                     "excluded_layers": [],
-                    "quantizer_args": {"activation_bitwidth": 8, "param_bitwidth": 8, "dtype": "int", "per_channel_quantization": True, "is_symmetric": True},
+                    # one bit-width per bundle only when every graph has it (per-tensor entries carry their own "bw")
+                    "quantizer_args": {"activation_bitwidth": bundle_bits if isinstance(bundle_bits, int) else max(all_bits), "param_bitwidth": 8, "dtype": "int", "per_channel_quantization": True, "is_symmetric": True},
                 },
                 indent=1,
             )
         )
-        save_file(_capture_site_inputs(layout, plan, npu_sites, sequences[:1], chunk_size), str(staging / CALIBRATION_INPUTS_FILE))
+        save_file(_capture_site_inputs(layout, plan, precision, npu_sites, sequences[:1], chunk_size), str(staging / CALIBRATION_INPUTS_FILE))
         shadow = plan.shadow_weights(layout, blocks=npu_blocks)
         save_file({k: v for k, v in shadow.items() if k.endswith(".hot")}, str(staging / "shadow.safetensors"))
         save_file({k: v for k, v in shadow.items() if k.endswith(".cold")}, str(staging / "shadow_cold.safetensors"))
@@ -191,6 +212,8 @@ def export_bundle(
         loaded.tokenizer.save_pretrained(staging / "tokenizer")
         write_report(staging / "report", calib=calib)  # hashed in the manifest like every file
         plan.save(staging / PLAN_FILE)
+        precision.save(staging / PRECISION_FILE)
+        npu_macs = sum(g["macs_per_token"] for g in graphs)
         manifest = {
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
@@ -200,8 +223,9 @@ def export_bundle(
             "context_length": architecture["max_position_embeddings"],
             "quantization": {
                 "weights": f"int8 symmetric per output channel ({plan.config.weight_scale_rule} scales)",
-                "activation_bits": activation_bits,
-                "activations": f"int{activation_bits} symmetric per tensor, clipped inputs (shadow outliers in FP on the CPU), int{activation_bits} outputs",
+                "activation_bits": bundle_bits,  # 8, 16, or "mixed": each graph entry has its own
+                "a8_mac_share": sum(g["macs_per_token"] for g in graphs if g["activation_bits"] == 8) / npu_macs if npu_macs else 0.0,
+                "activations": "symmetric per tensor at each graph's bit-width (int8 or int16 in and out), clipped inputs (shadow outliers in FP on the CPU)",
                 "bias": "int32, scale = input scale × weight scale",
                 "norms": "cpu (fp32)",
                 "scheme": "naive-w8a8 (min/max ranges, no shadow path, every block on the NPU)" if naive_w8a8 else "quantkit (clipped inputs + shadow outliers, sensitivity placement)",

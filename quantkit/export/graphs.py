@@ -1,9 +1,10 @@
-"""INT8 QDQ ONNX graphs of the NPU subgraphs of a decoder block (arXiv 2407.05858 §3.2–3.4).
+"""QDQ ONNX graphs of the NPU subgraphs of a decoder block (arXiv 2407.05858 §3.2–3.4).
 
 Each graph holds the Linears that read one activation tensor — q/k/v, o, gate/up, down —
-with static shape [1, chunk, in_features] (activations int8, the paper's scheme; or int16
-with ``activation_bits=16``, W8A16 — HTP runs int16-in/int16-out with int8 weights but not
-int8-in/int16-out):
+with static shape [1, chunk, in_features], its activations int8 (A8, the paper's scheme)
+or int16 (A16) as the precision plan says — HTP runs int8-in/int8-out and
+int16-in/int16-out graphs with int8 weights, not int8-in/int16-out. The graph is a
+serialisation of ``quantkit.runtime.qdq.QdqLinear`` records (b = 8 shown):
 
     input (float, already clipped at t on the CPU)
       → QuantizeLinear/DequantizeLinear  int8, scale t/127, zero point 0   (per tensor)
@@ -25,12 +26,12 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
-from quantkit.quant_primitives import quantize_symmetric, symmetric_scale, weight_scales_per_channel
+from quantkit.outlier_shadow.simulated_linear import WeightCodes, deployed_record, quantized_weights
+from quantkit.precision.plan import GraphPrecision
 
 __all__ = ["NpuGraph", "OPSET", "IR_VERSION", "build_site_graph", "graph_name", "SITE_KINDS"]
 
@@ -66,15 +67,17 @@ def _per_channel_encoding(name: str, scales: np.ndarray, bits: int) -> dict:
     return {"name": name, "dtype": "INT", "bw": bits, "is_sym": True, "enc_type": "PER_CHANNEL", "scale": [float(s) for s in scales], "offset": [-(2 ** (bits - 1))] * len(scales)}
 
 
-def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, site: SiteShadowPlan, chunk_size: int) -> NpuGraph:
-    """The QDQ graph of one shadow site (Linears sharing an input) for ``chunk_size`` tokens."""
+def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPrecision, site: SiteShadowPlan, chunk_size: int, weights: WeightCodes | None = None) -> NpuGraph:
+    """The QDQ graph of one shadow site (Linears sharing an input) for ``chunk_size``
+    tokens: a serialisation of the deployed records (``quantkit.runtime.qdq.QdqLinear``)
+    at the graph's activation bit-width — the arithmetic calibration measured."""
     name = graph_name(site.block_index, site.linear_names[0])
     input_name = f"{site.linear_names[0]}.input"  # shared by every Linear of the site
-    bits = plan.activation_bits
-    if bits not in _ACTIVATION_DTYPES:
-        raise ValueError(f"activation_bits: got {bits}, expected 8 (INT8, the paper) or 16 (W8A16)")
+    bits = precision.activation_bits
     activation_dtype = _ACTIVATION_DTYPES[bits]
-    input_scale = float(symmetric_scale(site.threshold_, bits))
+    codes = weights if weights is not None else quantized_weights(layout, site.linear_names, plan.config.weight_scale_rule)
+    records = {n: deployed_record(layout.linear(n), site, bits, precision.output_clip(n), codes[n]) for n in site.linear_names}
+    input_scale = records[site.linear_names[0]].input_scale
     nodes, initializers = [], []
     activation_encodings = [_activation_encoding(input_name, input_scale, bits)]
     param_encodings = []
@@ -86,40 +89,37 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, site: SiteShadowPl
     nodes.append(helper.make_node("QuantizeLinear", [input_name, scalar(input_scale, np.float32, f"{input_name}.scale"), scalar(0, activation_dtype, f"{input_name}.zero_point")], [f"{input_name}.q"]))
     nodes.append(helper.make_node("DequantizeLinear", [f"{input_name}.q", f"{input_name}.scale", f"{input_name}.zero_point"], [f"{input_name}.dq"]))
     outputs = []
-    for linear_name in site.linear_names:
-        linear = layout.linear(linear_name)
-        weight = linear.weight.detach().float().cpu()
-        weight_scales = weight_scales_per_channel(weight, rule=plan.config.weight_scale_rule)
-        weight_codes = quantize_symmetric(weight, weight_scales, axis=0).to(torch.int8).T.contiguous().numpy()  # [in, out]
+    for linear_name, record in records.items():
+        weight_codes = record.weight_codes.T.contiguous().numpy()  # [in, out]
+        weight_scales = record.weight_scales.numpy().astype(np.float32)
         weight_name = f"{linear_name}.weight"
         initializers += [
             numpy_helper.from_array(weight_codes, weight_name),
-            numpy_helper.from_array(weight_scales.numpy().astype(np.float32), f"{weight_name}.scale"),
+            numpy_helper.from_array(weight_scales, f"{weight_name}.scale"),
             numpy_helper.from_array(np.zeros(weight_codes.shape[1], dtype=np.int8), f"{weight_name}.zero_point"),
         ]
-        param_encodings.append(_per_channel_encoding(weight_name, weight_scales.numpy(), 8))
+        param_encodings.append(_per_channel_encoding(weight_name, weight_scales, 8))
         nodes.append(helper.make_node("DequantizeLinear", [weight_name, f"{weight_name}.scale", f"{weight_name}.zero_point"], [f"{weight_name}.dq"], axis=1))
         product = f"{linear_name}.matmul"
         nodes.append(helper.make_node("MatMul", [f"{input_name}.dq", f"{weight_name}.dq"], [product]))
-        if linear.bias is not None:
+        if record.bias_codes is not None:
             bias_name = f"{linear_name}.bias"
-            bias_scales = (input_scale * weight_scales).numpy().astype(np.float32)
-            bias_codes = np.round(linear.bias.detach().float().cpu().numpy() / bias_scales).astype(np.int32)
+            bias_scales = record.bias_scales.numpy().astype(np.float32)
             initializers += [
-                numpy_helper.from_array(bias_codes, bias_name),
+                numpy_helper.from_array(record.bias_codes.numpy().astype(np.int32), bias_name),
                 numpy_helper.from_array(bias_scales, f"{bias_name}.scale"),
-                numpy_helper.from_array(np.zeros(len(bias_codes), dtype=np.int32), f"{bias_name}.zero_point"),
+                numpy_helper.from_array(np.zeros(len(bias_scales), dtype=np.int32), f"{bias_name}.zero_point"),
             ]
             param_encodings.append(_per_channel_encoding(bias_name, bias_scales, 32))
             nodes.append(helper.make_node("DequantizeLinear", [bias_name, f"{bias_name}.scale", f"{bias_name}.zero_point"], [f"{bias_name}.dq"], axis=0))
             nodes.append(helper.make_node("Add", [product, f"{bias_name}.dq"], [f"{linear_name}.biased"]))
             product = f"{linear_name}.biased"
-        output_scale = float(symmetric_scale(site.output_clip_[linear_name], bits))
+        output_scale = record.output_scale
         output_name = f"{linear_name}.output"
         activation_encodings.append(_activation_encoding(product, output_scale, bits))
         nodes.append(helper.make_node("QuantizeLinear", [product, scalar(output_scale, np.float32, f"{output_name}.scale"), scalar(0, activation_dtype, f"{output_name}.zero_point")], [f"{output_name}.q"]))
         nodes.append(helper.make_node("DequantizeLinear", [f"{output_name}.q", f"{output_name}.scale", f"{output_name}.zero_point"], [output_name]))
-        outputs.append(helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [1, chunk_size, linear.out_features]))
+        outputs.append(helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [1, chunk_size, record.out_features]))
     graph = helper.make_graph(
         nodes, name.replace(".", "_"), [helper.make_tensor_value_info(input_name, TensorProto.FLOAT, [1, chunk_size, site.num_channels])], outputs, initializers
     )

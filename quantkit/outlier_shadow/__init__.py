@@ -5,6 +5,6 @@ important layers."""
 from quantkit.outlier_shadow.config import ShadowConfig
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
 from quantkit.outlier_shadow.planner import build_shadow_plan
-from quantkit.outlier_shadow.simulated_linear import ShadowQuantLinear, calibrate_npu_output_ranges, simulated_quantization
+from quantkit.outlier_shadow.simulated_linear import DeployedLinear, simulated_quantization
 
-__all__ = ["ShadowConfig", "ShadowPlan", "SiteShadowPlan", "build_shadow_plan", "ShadowQuantLinear", "simulated_quantization", "calibrate_npu_output_ranges"]
+__all__ = ["ShadowConfig", "ShadowPlan", "SiteShadowPlan", "build_shadow_plan", "DeployedLinear", "simulated_quantization"]

@@ -18,7 +18,7 @@ from quantkit.outlier_shadow.config import ShadowConfig
 __all__ = ["SiteShadowPlan", "ShadowPlan", "PLAN_FILE", "PLAN_VERSION"]
 
 PLAN_FILE = "shadow_plan.json"
-PLAN_VERSION = 1
+PLAN_VERSION = 2  # 2: output ranges and activation bits moved to the precision plan
 
 
 @dataclass
@@ -34,7 +34,6 @@ class SiteShadowPlan:
     pruned: bool  # outlier handling dropped: values beyond t are clipped
     outlier_channels_: list[int] = field(default_factory=list)  # channels that exceeded t in calibration
     hot_channels_: list[int] = field(default_factory=list)  # resident FP columns (⊆ outlier_channels_)
-    output_clip_: dict[str, float] = field(default_factory=dict)  # per Linear: INT8 range of its NPU output
     # At run time an outlier may appear in any channel; the columns of the channels that
     # are not hot ("cold") are read from the bundle when one does (§3.3).
 
@@ -54,7 +53,6 @@ class ShadowPlan:
     config: ShadowConfig
     sites: dict[str, SiteShadowPlan]  # keyed by the first Linear of the site
     hot_coverage_: float = 0.0  # the coverage used: config.hot_coverage, or less to fit max_resident_fraction
-    activation_bits: int = 8  # NPU graph activations (inputs and outputs): 8 (paper) or 16 (W8A16)
     version: int = PLAN_VERSION
 
     def site_of(self, linear_name: str) -> SiteShadowPlan:
@@ -79,7 +77,6 @@ class ShadowPlan:
             "version": self.version,
             "config": self.config.to_dict(),
             "hot_coverage_": self.hot_coverage_,
-            "activation_bits": self.activation_bits,
             "sites": {name: asdict(site) for name, site in self.sites.items()},
         }
 
@@ -92,7 +89,6 @@ class ShadowPlan:
             config=ShadowConfig.from_dict({"weight_scale_rule": "max", **values["config"]}),
             sites={name: SiteShadowPlan(**site) for name, site in values["sites"].items()},
             hot_coverage_=values["hot_coverage_"],
-            activation_bits=values.get("activation_bits", 8),
         )
 
     def save(self, path: Path) -> None:

@@ -1,91 +1,105 @@
-"""A torch Linear that computes exactly what the NPU + shadow path compute (§3.3, Eq. 1),
-for accuracy evaluation; and a context manager that swaps it into a model's blocks."""
+"""A torch Linear that computes exactly what the deployed NPU graph + shadow path compute
+(§3.3, Eq. 1), for calibration's evaluations; and a context manager that swaps it into a
+model's blocks.
+
+The NPU part is :class:`quantkit.runtime.qdq.QdqLinear` — the record the export writes
+into the graph and the runtime's twin reads back — so a perplexity measured here is the
+bundle's, up to float summation order (a test proves it).
+"""
 
 from __future__ import annotations
 
-from typing import Iterable
+from typing import Callable, Iterable
 
 import torch
 from torch import nn
 
 from quantkit.models.architecture import DecoderLayout
 from quantkit.models.swap import replaced_linears
-from quantkit.calibration.quantiles import NUM_BINS, log_histogram
-from quantkit.outlier_shadow.math import mse_clip_threshold, shadow_linear, split_outliers
+from quantkit.outlier_shadow.math import split_outliers
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
-from quantkit.quant_primitives import fake_quantize_symmetric, quantize_weight_per_channel, symmetric_scale
+from quantkit.quant_primitives import quantize_symmetric, weight_scales_per_channel
+from quantkit.runtime.qdq import QdqLinear, activation_scale, int32_bias_codes, int32_bias_scales
 
-__all__ = ["ShadowQuantLinear", "simulated_quantization", "calibrate_npu_output_ranges"]
+__all__ = ["DeployedLinear", "deployed_record", "quantized_weights", "simulated_quantization"]
+
+# name → (int8 codes [out, in], float32 scales [out]); computed once per calibration
+WeightCodes = dict[str, tuple[torch.Tensor, torch.Tensor]]
 
 
-class ShadowQuantLinear(nn.Module):
-    """INT8 per-channel weights, INT8 (or 16-bit) per-tensor input clipped at the plan's
-    threshold, the NPU output requantized per tensor (when the plan has its range), and —
-    unless the layer is pruned — the clipped excess added back in FP with the shadow
-    weights (hot columns resident, cold ones read on demand: every channel).
+def quantized_weights(layout: DecoderLayout, names: Iterable[str], rule: str) -> WeightCodes:
+    """INT8 per-output-channel codes and scales of the named Linears (scales by ``rule``)."""
+    codes = {}
+    for name in names:
+        weight = layout.linear(name).weight.detach().float().cpu()
+        scales = weight_scales_per_channel(weight, rule=rule)
+        codes[name] = (quantize_symmetric(weight, scales, axis=0).to(torch.int8), scales)
+    return codes
 
-    With ``record_npu_output`` set, max |y_npu| and a log-histogram of |y_npu| are kept
-    (the calibration of the NPU graphs' output ranges)."""
 
-    def __init__(self, linear: nn.Linear, site: SiteShadowPlan, name: str = "", activation_bits: int = 8, weight_scale_rule: str = "max"):
+def deployed_record(linear: nn.Linear, site: SiteShadowPlan, bits: int, output_clip: float | None, weight_codes: tuple[torch.Tensor, torch.Tensor]) -> QdqLinear:
+    """The NPU graph's arithmetic for ``linear``: input scale from the site's clip, weight
+    codes, INT32 bias, output scale from ``output_clip`` (None: float output, used only
+    while the output ranges are being recorded)."""
+    codes, weight_scales = weight_codes
+    input_scale = activation_scale(site.threshold_, bits)
+    bias_codes = bias_scales = None
+    if linear.bias is not None:
+        bias_scales = int32_bias_scales(input_scale, weight_scales)
+        bias_codes = int32_bias_codes(linear.bias, bias_scales)
+    output_scale = None if output_clip is None else activation_scale(output_clip, bits)
+    return QdqLinear(codes, weight_scales, input_scale, output_scale, bits, bias_codes, bias_scales)
+
+
+class DeployedLinear(nn.Module):
+    """clip(x) through the NPU record, plus — unless the site is pruned — the clipped
+    excess times the FP weight columns (the shadow path; every channel, as the runtime
+    reads cold columns on demand). ``observer``, when set, sees the NPU accumulator
+    before output requantization (the calibration of the output ranges)."""
+
+    def __init__(self, linear: nn.Linear, site: SiteShadowPlan, record: QdqLinear):
         super().__init__()
-        self.bits = activation_bits
-        weight_int8, _ = quantize_weight_per_channel(linear.weight, rule=weight_scale_rule)
-        self.register_buffer("weight_int8", weight_int8)
-        self.bias = linear.bias
+        device = linear.weight.device
+        self.record = record.to(device)
         self.threshold = site.threshold_
         self.shadowed = site.shadowed
-        self.output_clip = site.output_clip_.get(name)
-        self.record_npu_output = False
-        self.register_buffer("npu_output_absmax", torch.zeros((), device=linear.weight.device))
-        self.register_buffer("npu_output_histogram", torch.zeros(NUM_BINS, dtype=torch.int64, device=linear.weight.device))
-        self.register_buffer("shadow_channels", torch.arange(linear.in_features, device=linear.weight.device))
-        self.shadow_columns = linear.weight.detach()  # W_fp itself (no copy): every column can be read
+        self.shadow_columns = linear.weight.detach()  # W_fp itself (no copy)
+        self.observer: Callable[[torch.Tensor], None] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.shadowed:
-            y_npu, y_shadow = shadow_linear(x, self.weight_int8, self.shadow_columns, self.shadow_channels, self.threshold, self.bias, self.bits)
-        else:
-            clipped, _ = split_outliers(x, self.threshold)
-            y_npu = nn.functional.linear(fake_quantize_symmetric(clipped, symmetric_scale(self.threshold, self.bits), self.bits), self.weight_int8, self.bias)
-            y_shadow = None
-        if self.record_npu_output:
-            torch.maximum(self.npu_output_absmax, y_npu.detach().abs().max(), out=self.npu_output_absmax)
-            self.npu_output_histogram += log_histogram(y_npu)
-        if self.output_clip is not None:  # the NPU graph's INT8 output: saturates at ±clip
-            y_npu = fake_quantize_symmetric(y_npu.clamp(-self.output_clip, self.output_clip), symmetric_scale(self.output_clip, self.bits), self.bits)
-        return y_npu if y_shadow is None else y_npu + y_shadow
+        clipped, excess = split_outliers(x, self.threshold)
+        y = self.record.accumulate(clipped)
+        if self.observer is not None:
+            self.observer(y.detach())
+        if self.record.output_scale is not None:
+            y = self.record.requantize_output(y)
+        if self.shadowed:  # Eq. 1: NPU part + FP shadow part
+            y = y + excess @ self.shadow_columns.T
+        return y
 
 
-def simulated_quantization(layout: DecoderLayout, plan: ShadowPlan, blocks: Iterable[int] | None = None):
+def simulated_quantization(
+    layout: DecoderLayout,
+    plan: ShadowPlan,
+    precision,
+    blocks: Iterable[int] | None = None,
+    weights: WeightCodes | None = None,
+    input_bits: int | None = None,
+):
     """Context manager: within it, the Linears of ``blocks`` (default: all) run as
-    ShadowQuantLinear; the FP Linears are put back afterwards."""
+    DeployedLinear with the bit-widths and output ranges of ``precision`` (a
+    ``PrecisionPlan``; None: float outputs at ``input_bits`` — the output-range recording
+    pass); the FP Linears are put back afterwards. ``weights`` caches the weight codes."""
     selected = set(range(layout.num_blocks)) if blocks is None else set(blocks)
     names = [name for site in plan.sites.values() if site.block_index in selected for name in site.linear_names]
-    return replaced_linears(layout, names, lambda name, linear: ShadowQuantLinear(linear, plan.site_of(name), name, plan.activation_bits, plan.config.weight_scale_rule))
+    missing = [n for n in names if weights is None or n not in weights]
+    codes = {**(weights or {}), **quantized_weights(layout, missing, plan.config.weight_scale_rule)}
 
+    def swap(name: str, linear: nn.Linear) -> DeployedLinear:
+        site = plan.site_of(name)
+        if precision is None:
+            return DeployedLinear(linear, site, deployed_record(linear, site, input_bits or 16, None, codes[name]))
+        graph = precision.of(name)
+        return DeployedLinear(linear, site, deployed_record(linear, site, graph.activation_bits, graph.output_clip(name), codes[name]))
 
-@torch.no_grad()
-def calibrate_npu_output_ranges(layout: DecoderLayout, plan: ShadowPlan, sequences: torch.Tensor, batch_size: int = 4, rule: str = "mse") -> None:
-    """Record in ``plan`` the INT8 output clip of every Linear's NPU part y_npu = Q(clip(x)) Wqᵀ
-    over ``sequences``: the error-minimising clip of its |y_npu| histogram (rounding vs
-    saturation, as for an unshadowed input). The shadow part is added after, in FP, so
-    the massive values it carries do not stretch this range. A range set by the max left
-    most outputs within a few INT8 steps (measured: +6.9% perplexity on SmolLM2 and
-    < 30 dB between QNN HTP and CPU on a quarter of the graphs). ``rule="max"`` keeps the
-    observed max instead (min/max calibration, as plain PTQ flows do)."""
-    if rule not in ("mse", "max"):
-        raise ValueError(f"rule: got {rule!r}, expected 'mse' or 'max'")
-    device = next(layout.model.parameters()).device
-    with simulated_quantization(layout, plan):
-        simulated = {name: layout.linear(name) for name in layout.linear_names()}
-        for module in simulated.values():
-            module.record_npu_output, module.output_clip = True, None
-        for batch in sequences.split(batch_size):
-            layout.model(input_ids=batch.to(device), use_cache=False)
-    for name, module in simulated.items():
-        absmax = float(module.npu_output_absmax)
-        if rule == "max":
-            plan.site_of(name).output_clip_[name] = absmax if absmax > 0 else 1.0
-            continue
-        plan.site_of(name).output_clip_[name] = mse_clip_threshold(module.npu_output_histogram.cpu(), absmax, shadowed=False, num_bits=plan.activation_bits) if absmax > 0 else 1.0
+    return replaced_linears(layout, names, swap)

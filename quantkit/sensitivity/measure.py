@@ -58,12 +58,14 @@ def nll_and_kl(layout: DecoderLayout, sequences: torch.Tensor, reference_log_pro
     return total_nll / count, total_kl / count, all_log_probs
 
 
-def block_sensitivity(layout: DecoderLayout, plan: ShadowPlan, sequences: torch.Tensor, batch_size: int = 1, progress: bool = True) -> list[BlockSensitivity]:
-    """Sensitivity of every block, measured on ``sequences`` against the FP model."""
+def block_sensitivity(layout: DecoderLayout, plan: ShadowPlan, precision, sequences: torch.Tensor, batch_size: int = 1, progress: bool = True, weights=None) -> list[BlockSensitivity]:
+    """Sensitivity of every block, measured on ``sequences`` against the FP model, with
+    the block's graphs at the bit-widths and output ranges of ``precision`` (the
+    deployed arithmetic)."""
     fp_nll, _, fp_log_probs = nll_and_kl(layout, sequences, None, batch_size)
     results = []
     for block in tqdm(range(layout.num_blocks), desc="block sensitivity", unit="block", disable=not progress):
-        with simulated_quantization(layout, plan, blocks={block}):
+        with simulated_quantization(layout, plan, precision, blocks={block}, weights=weights):
             nll, kl, _ = nll_and_kl(layout, sequences, fp_log_probs, batch_size)
         results.append(BlockSensitivity(block=block, delta_nll=nll - fp_nll, kl=kl))
     return results

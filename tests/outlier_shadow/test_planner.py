@@ -5,7 +5,8 @@ from quantkit.calibration.collect import collect_activation_statistics
 from quantkit.eval.perplexity import perplexity
 from quantkit.models.architecture import find_decoder_layout
 from quantkit.outlier_shadow import ShadowConfig, ShadowPlan, build_shadow_plan, simulated_quantization
-from quantkit.outlier_shadow.simulated_linear import ShadowQuantLinear
+from quantkit.outlier_shadow.simulated_linear import DeployedLinear
+from quantkit.precision import calibrated_precision
 from tests.conftest import PLANTED_CHANNELS, TINY_VOCAB, tiny_model
 
 
@@ -45,7 +46,8 @@ def test_shadow_recovers_accuracy_on_planted_outliers(planted):
     fp = perplexity(lambda ids: layout.model(input_ids=ids, use_cache=False).logits, sequences, progress=False)
     error = {}
     for name, config in {"shadow": ShadowConfig(percentile=0.99, prune_fraction=0.0), "clipped": ShadowConfig(percentile=0.99, prune_fraction=1.0, pruned_scale_rule="clip")}.items():
-        with simulated_quantization(layout, build_shadow_plan(statistics, layout, config)):
+        plan = build_shadow_plan(statistics, layout, config)
+        with simulated_quantization(layout, plan, calibrated_precision(layout, plan, sequences[:2], "16")):
             error[name] = abs(perplexity(lambda ids: layout.model(input_ids=ids, use_cache=False).logits, sequences, progress=False) - fp)
     assert error["shadow"] < error["clipped"] / 3
 
@@ -54,8 +56,8 @@ def test_simulation_restores_fp_linears(planted):
     layout, statistics, _ = planted
     plan = build_shadow_plan(statistics, layout, ShadowConfig(percentile=0.99))
     before = [layout.linear(n) for n in layout.linear_names()]
-    with simulated_quantization(layout, plan, blocks={1}):
-        assert isinstance(layout.linear("model.layers.1.mlp.down_proj"), ShadowQuantLinear)
+    with simulated_quantization(layout, plan, calibrated_precision(layout, plan, planted[2][:1]), blocks={1}):
+        assert isinstance(layout.linear("model.layers.1.mlp.down_proj"), DeployedLinear)
         assert isinstance(layout.linear("model.layers.0.mlp.down_proj"), torch.nn.Linear)
     assert [layout.linear(n) for n in layout.linear_names()] == before
 

@@ -7,6 +7,7 @@ from quantkit.calibration.collect import collect_activation_statistics
 from quantkit.eval.perplexity import perplexity
 from quantkit.models.architecture import find_decoder_layout
 from quantkit.outlier_shadow import ShadowConfig, build_shadow_plan, simulated_quantization
+from quantkit.precision import calibrated_precision
 from quantkit.sensitivity import CPU_FP, NPU, BlockSensitivity, block_sensitivity, plan_placement
 from tests.conftest import TINY_VOCAB, plant_outliers, tiny_config
 
@@ -46,13 +47,14 @@ def test_planner_honours_the_budget_on_a_tiny_model_with_planted_outliers():
     # Shadow pruned everywhere: the block with planted outliers then suffers most.
     plan = build_shadow_plan(statistics, layout, ShadowConfig(percentile=0.999, prune_fraction=1.0, pruned_scale_rule="clip"))
     logits = lambda ids: layout.model(input_ids=ids, use_cache=False).logits  # noqa: E731
-    sensitivities = block_sensitivity(layout, plan, sequences, progress=False)
+    precision = calibrated_precision(layout, plan, sequences[:2], "16")
+    sensitivities = block_sensitivity(layout, plan, precision, sequences, progress=False)
     assert max(sensitivities, key=lambda s: s.delta_nll).block == 2
     assert all(s.kl >= 0 for s in sensitivities)
     fp = perplexity(logits, sequences, progress=False)
 
     def evaluate(cpu_blocks):
-        with simulated_quantization(layout, plan, blocks=set(range(4)) - cpu_blocks):
+        with simulated_quantization(layout, plan, precision, blocks=set(range(4)) - cpu_blocks):
             return perplexity(logits, sequences, progress=False)
 
     all_on_npu = evaluate(frozenset())

@@ -1,0 +1,103 @@
+"""The per-graph quantization plan: the activation bit-width of every NPU graph and the
+output ranges of its Linears at each bit-width, decided in calibration and only
+serialised by the export (``precision.json``). The outlier data (clips, shadow channels)
+stay in the shadow plan."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from quantkit.runtime.qdq import ACTIVATION_BITS
+
+__all__ = ["GraphPrecision", "PrecisionPlan", "PRECISION_FILE", "PRECISION_VERSION", "PRECISION_MODES", "graph_kind"]
+
+PRECISION_FILE = "precision.json"
+PRECISION_VERSION = 1
+PRECISION_MODES = ("auto", "8", "16")
+_KINDS = {"q_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up", "down_proj": "down"}
+
+
+def graph_kind(first_linear: str) -> str:
+    """qkv | o | gate_up | down for the first Linear of a site, e.g. "model.layers.3.mlp.gate_proj"."""
+    return _KINDS[first_linear.rsplit(".", 1)[-1]]
+
+
+@dataclass
+class GraphPrecision:
+    """One NPU graph (the Linears reading one activation)."""
+
+    linear_names: list[str]
+    block_index: int
+    macs_per_token: int  # Σ in × out of its Linears
+    activation_bits: int  # 8 or 16, inputs and outputs of the graph
+    output_clips_: dict[str, dict[str, float]] = field(default_factory=dict)  # Linear → {"8": clip, "16": clip}
+
+    @property
+    def kind(self) -> str:
+        return graph_kind(self.linear_names[0])
+
+    @property
+    def name(self) -> str:
+        return f"block{self.block_index:02d}.{self.kind}"
+
+    def output_clip(self, linear_name: str, bits: int | None = None) -> float:
+        return self.output_clips_[linear_name][str(bits or self.activation_bits)]
+
+
+@dataclass
+class PrecisionPlan:
+    mode: str  # "auto": chosen per graph under the budget; "8" / "16": every graph
+    graphs: dict[str, GraphPrecision]  # keyed by the first Linear of the site (as ShadowPlan.sites)
+    search_: list[dict] = field(default_factory=list)  # the auto search's measured points: a8_mac_share, ppl
+    sensitivity_: dict[str, float] = field(default_factory=dict)  # auto: KL to FP with only this graph at A8, by graph name
+    version: int = PRECISION_VERSION
+
+    def __post_init__(self) -> None:
+        if self.mode not in PRECISION_MODES:
+            raise ValueError(f"activation_bits: got {self.mode!r}, expected one of {', '.join(PRECISION_MODES)}")
+        for graph in self.graphs.values():
+            if graph.activation_bits not in ACTIVATION_BITS:
+                raise ValueError(f"{graph.name}: activation_bits {graph.activation_bits}, expected one of {ACTIVATION_BITS}")
+
+    def of(self, linear_name: str) -> GraphPrecision:
+        for graph in self.graphs.values():
+            if linear_name in graph.linear_names:
+                return graph
+        raise KeyError(f"{linear_name} has no entry in the precision plan")
+
+    def with_uniform_bits(self, bits: int) -> "PrecisionPlan":
+        """A copy with every graph at ``bits`` (its calibrated output ranges for that width)."""
+        values = self.to_dict()
+        values["mode"] = str(bits)
+        for graph in values["graphs"].values():
+            graph["activation_bits"] = bits
+        return PrecisionPlan.from_dict(values)
+
+    def a8_mac_share(self, blocks: set[int] | None = None) -> float:
+        """Share of the NPU Linears' MACs (of ``blocks``; default all) whose graph runs at A8."""
+        graphs = [g for g in self.graphs.values() if blocks is None or g.block_index in blocks]
+        total = sum(g.macs_per_token for g in graphs)
+        return sum(g.macs_per_token for g in graphs if g.activation_bits == 8) / total if total else 0.0
+
+    def to_dict(self) -> dict:
+        return {"version": self.version, "mode": self.mode, "graphs": {k: asdict(g) for k, g in self.graphs.items()}, "search_": self.search_, "sensitivity_": self.sensitivity_}
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "PrecisionPlan":
+        if values.get("version") != PRECISION_VERSION:
+            raise ValueError(f"precision plan version: got {values.get('version')!r}, expected {PRECISION_VERSION}; recalibrate with this quantkit")
+        return cls(
+            mode=values["mode"],
+            graphs={k: GraphPrecision(**g) for k, g in values["graphs"].items()},
+            search_=values.get("search_", []),
+            sensitivity_=values.get("sensitivity_", {}),
+        )
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=1))
+
+    @classmethod
+    def load(cls, path: Path) -> "PrecisionPlan":
+        return cls.from_dict(json.loads(Path(path).read_text()))

@@ -1,0 +1,67 @@
+"""The deployed arithmetic (runtime/qdq.py), defined once: its rounding and saturation are
+ONNX QuantizeLinear's, and the records calibration measures with are the graphs' own."""
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+
+from quantkit.export.qnn import cpu_session
+from quantkit.runtime.qdq import QdqLinear, activation_scale, fake_quantize_activation, int32_bias_codes, int32_bias_scales, quantize_activation
+
+
+def _quantize_linear_model(scale: float, bits: int, length: int) -> onnx.ModelProto:
+    dtype = np.int8 if bits == 8 else np.int16
+    nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
+    initializers = [numpy_helper.from_array(np.array(scale, dtype=np.float32), "s"), numpy_helper.from_array(np.array(0, dtype=dtype), "z")]
+    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [length])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [length])], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_activation_quantization_is_onnx_quantize_linear_bit_for_bit(tmp_path, bits):
+    scale = activation_scale(3.0, bits)
+    qmax = 2 ** (bits - 1) - 1
+    # ties (k + 0.5 steps: half to even), the full signed range (−2^(b−1) is a code) and saturation
+    x = torch.cat([(torch.arange(-6, 6) + 0.5) * scale, torch.tensor([-(qmax + 1) * scale, -(qmax + 5) * scale, (qmax + 5) * scale]), torch.randn(2000, generator=torch.Generator().manual_seed(0)) * 2])
+    path = tmp_path / "qdq.onnx"
+    path.write_bytes(_quantize_linear_model(scale, bits, x.numel()).SerializeToString())
+    (expected,) = cpu_session(path).run(None, {"x": x.numpy()})
+    got = fake_quantize_activation(x, scale, bits)
+    assert torch.equal(got, torch.from_numpy(expected))
+    exact = 0.25  # a power of two: x / s is exact, so the ties below are real ties
+    assert quantize_activation(torch.tensor([0.5, 1.5, 2.5, -0.5]) * exact, exact, bits).tolist() == [0.0, 2.0, 2.0, -0.0]
+    assert quantize_activation(torch.tensor([-(qmax + 5) * exact, (qmax + 5) * exact]), exact, bits).tolist() == [-(qmax + 1), qmax]
+
+
+def test_scales_are_float32_and_the_bias_shares_the_accumulator_scale():
+    scale = activation_scale(1.0 / 3.0, 8)
+    assert scale == float(np.float32(1.0 / 3.0 / 127))
+    weight_scales = torch.tensor([0.01, 0.02], dtype=torch.float32)
+    bias_scales = int32_bias_scales(scale, weight_scales)
+    assert bias_scales.dtype == torch.float32
+    assert torch.allclose(bias_scales, torch.tensor([scale * 0.01, scale * 0.02]), rtol=1e-7)
+    assert int32_bias_codes(torch.tensor([2.5 * float(bias_scales[0]), -1.0]), bias_scales).dtype == torch.int32
+
+
+def test_qdq_linear_computes_the_documented_steps():
+    generator = torch.Generator().manual_seed(0)
+    codes = torch.randint(-127, 128, (5, 7), generator=generator, dtype=torch.int32).to(torch.int8)
+    weight_scales = torch.rand(5, generator=generator) * 0.01 + 1e-3
+    input_scale, output_scale = activation_scale(2.0, 8), activation_scale(1.5, 8)
+    bias_scales = int32_bias_scales(input_scale, weight_scales)
+    bias_codes = torch.randint(-1000, 1000, (5,), generator=generator, dtype=torch.int32)
+    record = QdqLinear(codes, weight_scales, input_scale, output_scale, 8, bias_codes, bias_scales)
+    x = torch.randn(3, 7, generator=generator).clamp(-2, 2)
+    q = torch.clamp(torch.round(x / input_scale), -128, 127) * input_scale
+    y = q @ (codes.float() * weight_scales[:, None]).T + bias_codes.float() * bias_scales
+    expected = torch.clamp(torch.round(y / output_scale), -128, 127) * output_scale
+    assert torch.allclose(record(x), expected, atol=1e-6)
+    assert torch.allclose(record.accumulate(x), y, atol=1e-6)
+    with pytest.raises(ValueError, match="expected one of"):
+        QdqLinear(codes, weight_scales, input_scale, output_scale, 4)
+    with pytest.raises(ValueError, match="no output range"):
+        QdqLinear(codes, weight_scales, input_scale, None, 8)(x)
