@@ -1,13 +1,15 @@
-"""Accuracy benchmark: FP, naive W8A8 (AIMET), SmoothQuant with static activations,
-LLM.int8() and quantkit, measured side by side in one run on the held-out enwiki test
-split (articles in neither the calibration nor the validation split).
+"""Accuracy benchmark: FP, naive W8A8 and W8A16 (AIMET), SmoothQuant with static
+activations, LLM.int8() and quantkit at all-A16, all-A8 and its calibrated per-graph
+activation bits, measured side by side in one run on the held-out enwiki test split
+(articles in neither the calibration nor the validation split).
 
     python benchmarks/accuracy.py [--model smollm2-135m] [--out benchmarks/results]
 
 Writes OUT/accuracy.json ({"model", "rows": [{"method", "ppl", "npu_blocks",
-"shadow_bytes"}, ...]}) and OUT/accuracy.md. The calibration it needs is made by
-``quantkit.calibration.calibrate`` (default settings) into OUT/calib-<model>, or reused
-with --calib.
+"shadow_bytes", "a8_mac_share"}, ...]}) and OUT/accuracy.md. ``a8_mac_share`` is the
+share of the NPU Linears' MACs whose activations are INT8 (None where nothing runs as a
+static NPU graph). The calibration it needs is made by ``quantkit.calibration.calibrate``
+(default settings) into OUT/calib-<model>, or reused with --calib.
 """
 
 from __future__ import annotations
@@ -18,16 +20,16 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from quantkit.baselines import llm_int8_simulation, smoothquant_simulation
 from quantkit.calibration import ActivationStatistics, CalibrationConfig, calibrate
-from quantkit.calibration.aimet_baseline import QUANTIZER_STATE_FILE, LogitsModel, build_w8a8_quantsim, load_quantizer_state
+from quantkit.calibration.aimet_baseline import QUANTIZER_STATE_FILE, LogitsModel, build_quantsim, build_w8a8_quantsim, compute_w8a8_encodings, load_quantizer_state
 from quantkit.data.corpus import load_documents, token_sequences
 from quantkit.eval.perplexity import perplexity
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.outlier_shadow.plan import PLAN_FILE
+from quantkit.outlier_shadow.simulated_linear import quantized_weights
+from quantkit.precision import PRECISION_FILE, PrecisionPlan
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
 
 DEFAULT_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -65,6 +67,7 @@ def main(argv=None) -> int:
     validation_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "validation"), config.eval_num_sequences, config.eval_seq_len, source="validation split")
     statistics = ActivationStatistics.load(calib)
     plan = ShadowPlan.load(calib / PLAN_FILE)
+    precision = PrecisionPlan.load(calib / PRECISION_FILE)
     placement = PlacementPlan.load(calib / PLACEMENT_FILE)
     num_blocks = layout.num_blocks
     model_bytes = sum(p.numel() * p.element_size() for p in loaded.model.parameters())
@@ -74,12 +77,22 @@ def main(argv=None) -> int:
     def test_ppl(name: str, fn=forward) -> float:
         return perplexity(fn, test_ids, desc=f"{name} test PPL")
 
-    rows.append({"method": "fp", "ppl": test_ppl("fp"), "npu_blocks": 0, "shadow_bytes": 0})
+    rows.append({"method": "fp", "ppl": test_ppl("fp"), "npu_blocks": 0, "shadow_bytes": 0, "a8_mac_share": None})
 
-    sim = build_w8a8_quantsim(loaded.model, test_ids[:1].to(device), config.aimet_config)
-    load_quantizer_state(sim, calib / QUANTIZER_STATE_FILE)
-    rows.append({"method": "naive_w8a8", "ppl": test_ppl("naive_w8a8", lambda ids: sim.model(ids.to(device))), "npu_blocks": num_blocks, "shadow_bytes": 0})
-    del sim
+    def quantsim_ppl(name: str, sim) -> float:
+        return test_ppl(name, lambda ids: sim.model(ids.to(device)))
+
+    w8a8 = build_w8a8_quantsim(loaded.model, test_ids[:1].to(device), config.aimet_config)
+    load_quantizer_state(w8a8, calib / QUANTIZER_STATE_FILE)
+    rows.append({"method": "naive_w8a8", "ppl": quantsim_ppl("naive_w8a8", w8a8), "npu_blocks": num_blocks, "shadow_bytes": 0, "a8_mac_share": 1.0})
+    del w8a8
+
+    # AIMET with 16-bit activations and min/max ranges, on the sequences calibration gave AIMET's W8A8.
+    aimet_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), config.aimet_num_sequences, config.seq_len, source="calibration split")
+    w8a16 = build_quantsim(loaded.model, aimet_ids[:1].to(device), config.aimet_config, activation_bits=16)
+    compute_w8a8_encodings(w8a16, aimet_ids)
+    rows.append({"method": "naive_w8a16", "ppl": quantsim_ppl("naive_w8a16", w8a16), "npu_blocks": num_blocks, "shadow_bytes": 0, "a8_mac_share": 0.0})
+    del w8a16
 
     alphas = [float(a) for a in args.alphas.split(",")]
     sweep = {}
@@ -88,25 +101,33 @@ def main(argv=None) -> int:
             sweep[alpha] = perplexity(forward, validation_ids, desc=f"SmoothQuant α={alpha} validation PPL")
     best_alpha = min(sweep, key=sweep.get)
     with smoothquant_simulation(layout, statistics, best_alpha):
-        rows.append({"method": "smoothquant_static", "ppl": test_ppl("smoothquant_static"), "npu_blocks": num_blocks, "shadow_bytes": 0, "alpha": best_alpha, "validation_sweep": sweep})
+        rows.append({"method": "smoothquant_static", "ppl": test_ppl("smoothquant_static"), "npu_blocks": num_blocks, "shadow_bytes": 0, "a8_mac_share": 1.0, "alpha": best_alpha, "validation_sweep": sweep})
 
     with llm_int8_simulation(layout):
         # Dynamic per-token scales and run-time FP columns: not a static NPU graph.
-        rows.append({"method": "llm_int8", "ppl": test_ppl("llm_int8"), "npu_blocks": None, "shadow_bytes": None, "threshold": 6.0})
+        rows.append({"method": "llm_int8", "ppl": test_ppl("llm_int8"), "npu_blocks": None, "shadow_bytes": None, "a8_mac_share": None, "threshold": 6.0})
 
+    # quantkit: the deployed arithmetic (runtime/qdq.py) of the bundle's NPU graphs, on the placement's NPU blocks.
     npu = placement.npu_block_indices
     shadow_bytes = plan.resident_shadow_parameters(out_features, blocks=npu) * 4  # float32 columns
-    with simulated_quantization(layout, plan, blocks=npu):
-        rows.append(
-            {
-                "method": "quantkit",
-                "ppl": test_ppl("quantkit"),
-                "npu_blocks": len(npu),
-                "shadow_bytes": shadow_bytes,
-                "cpu_fp_blocks": sorted(set(range(num_blocks)) - npu),
-                "hot_coverage": plan.hot_coverage_,
-            }
-        )
+    weights = quantized_weights(layout, layout.linear_names(), plan.config.weight_scale_rule)
+    calibrated = f"quantkit_{precision.mode}"
+    variants = {"quantkit_w8a16": precision.with_uniform_bits(16), "quantkit_w8a8": precision.with_uniform_bits(8), calibrated: precision}
+    for method, bits in variants.items():
+        with simulated_quantization(layout, plan, bits, blocks=npu, weights=weights):
+            rows.append(
+                {
+                    "method": method,
+                    "ppl": test_ppl(method),
+                    "npu_blocks": len(npu),
+                    "shadow_bytes": shadow_bytes,
+                    "a8_mac_share": bits.a8_mac_share(npu),
+                    "activation_bits": bits.mode,
+                    "calibrated": method == calibrated,
+                    "cpu_fp_blocks": sorted(set(range(num_blocks)) - npu),
+                    "hot_coverage": plan.hot_coverage_,
+                }
+            )
 
     fp = rows[0]["ppl"]
     for row in rows:
@@ -128,19 +149,34 @@ def main(argv=None) -> int:
     return 0
 
 
+def _share(row: dict) -> str:
+    return "n/a" if row.get("a8_mac_share") is None else f"{100 * row['a8_mac_share']:.0f}%"
+
+
 def _markdown(result: dict) -> str:
     lines = [
         f"# Accuracy — {result['model']}, enwiki test split ({result['test_tokens'][0]}×{result['test_tokens'][1]} tokens)",
         "",
-        "| method | test PPL | ΔPPL vs FP | blocks on NPU | resident shadow weights |",
-        "|---|---:|---:|---:|---:|",
+        "| method | test PPL | ΔPPL vs FP | blocks on NPU | NPU MACs at A8 | resident shadow weights |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
         blocks = "n/a (dynamic)" if row["npu_blocks"] is None else f"{row['npu_blocks']}/{result['num_blocks']}"
         shadow = "n/a" if row["shadow_bytes"] is None else f"{row['shadow_bytes'] / 1e6:.2f} MB ({100 * row['shadow_bytes'] / result['model_bytes']:.2f}%)"
-        extra = f" (α={row['alpha']})" if "alpha" in row else ""
-        lines.append(f"| {row['method']}{extra} | {row['ppl']:.3f} | {row['delta_ppl_percent']:+.2f}% | {blocks} | {shadow} |")
-    lines += ["", f"Model weights: {result['model_bytes'] / 1e6:.1f} MB (float32). Measured in one run of benchmarks/accuracy.py in {result['seconds']:.0f} s."]
+        extra = f" (α={row['alpha']})" if "alpha" in row else " (calibrated)" if row.get("calibrated") else ""
+        lines.append(f"| {row['method']}{extra} | {row['ppl']:.3f} | {row['delta_ppl_percent']:+.2f}% | {blocks} | {_share(row)} | {shadow} |")
+    lines += [
+        "",
+        "NPU MACs at A8: share of the NPU-placed Linears' multiply-accumulates whose activations are INT8 (the rest A16); "
+        "n/a where nothing runs as a static NPU graph. naive_w8a16 is AIMET QuantSim with 16-bit activations and min/max ranges.",
+        "",
+        "The quantkit rows are the deployed arithmetic: a torch twin of the bundle's NPU graphs (runtime/qdq.py) that "
+        "tests/calibration/test_pipeline.py::test_summary_perplexity_is_the_exported_bundles proves gives the exported "
+        "bundle runtime's perplexity. quantkit_w8a16 / quantkit_w8a8 put every NPU graph at A16 / A8; the calibrated row "
+        "has the per-graph bits of the calibration's precision.json.",
+        "",
+        f"Model weights: {result['model_bytes'] / 1e6:.1f} MB (float32). Measured in one run of benchmarks/accuracy.py in {result['seconds']:.0f} s.",
+    ]
     return "\n".join(lines) + "\n"
 
 

@@ -23,8 +23,11 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from quantkit.runtime.qdq import ACTIVATION_BITS
+
 __all__ = [
     "LogitsModel",
+    "build_quantsim",
     "build_w8a8_quantsim",
     "compute_w8a8_encodings",
     "quantsim_encodings_1_0_0",
@@ -52,8 +55,13 @@ class LogitsModel(nn.Module):
         return self.model(input_ids=input_ids, use_cache=False).logits
 
 
-def build_w8a8_quantsim(model: nn.Module, dummy_input_ids: torch.Tensor, config_file: str = "default"):
-    """A QuantizationSimModel of ``model`` (deep-copied; the FP model is untouched)."""
+def build_quantsim(model: nn.Module, dummy_input_ids: torch.Tensor, config_file: str = "default", activation_bits: int = 8):
+    """A QuantizationSimModel of ``model`` (deep-copied; the FP model is untouched): INT8
+    weights and min/max activation quantizers of ``activation_bits`` — 8 for the naive
+    W8A8 baseline, 16 for the W8A16 a user gets from AIMET by asking for 16-bit
+    activations. Calibrate it with :func:`compute_w8a8_encodings`."""
+    if activation_bits not in ACTIVATION_BITS:
+        raise ValueError(f"activation_bits: got {activation_bits!r}, expected one of {ACTIVATION_BITS}")
     import aimet_torch.nn.transformers.models  # noqa: F401  registers AIMET's Llama/Qwen2/Gemma3/Mistral modules
     from aimet_torch.common.defs import QuantScheme
     from aimet_torch.quantsim import QuantizationSimModel
@@ -62,14 +70,20 @@ def build_w8a8_quantsim(model: nn.Module, dummy_input_ids: torch.Tensor, config_
         LogitsModel(model),
         dummy_input=dummy_input_ids,
         quant_scheme=QuantScheme.min_max,
-        default_output_bw=8,
+        default_output_bw=activation_bits,
         default_param_bw=8,
         config_file=config_file,
     )
 
 
+def build_w8a8_quantsim(model: nn.Module, dummy_input_ids: torch.Tensor, config_file: str = "default"):
+    """The naive W8A8 baseline's QuantizationSimModel (:func:`build_quantsim` at 8 bits)."""
+    return build_quantsim(model, dummy_input_ids, config_file, activation_bits=8)
+
+
 def compute_w8a8_encodings(sim, sequences: torch.Tensor, batch_size: int = 1, progress: bool = True) -> None:
-    """Min/max encodings of every quantizer from forward passes over ``sequences``."""
+    """Min/max encodings of every quantizer from forward passes over ``sequences`` (of
+    any sim :func:`build_quantsim` made, whatever its activation bit-width)."""
     device = next(sim.model.parameters()).device
 
     def forward_pass(model: nn.Module) -> None:

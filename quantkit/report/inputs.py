@@ -16,7 +16,7 @@ DATA_DIR = "data"  # inside a report folder: the JSON the page was drawn from
 HEATMAP_PNG = "outlier_heatmap.png"
 SENSITIVITY_PNG = "sensitivity.png"
 # ReportInputs field -> file name, in a calibration folder and in a report's data/ folder
-CALIBRATION_DATA = {"summary": "summary.json", "sensitivity": "sensitivity.json", "placement": "placement.json", "config": "config.json"}
+CALIBRATION_DATA = {"summary": "summary.json", "sensitivity": "sensitivity.json", "placement": "placement.json", "config": "config.json", "precision": "precision.json"}
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class ReportInputs:
     sensitivity: list | None = None
     placement: dict | None = None
     config: dict | None = None
+    precision: dict | None = None  # precision.json: per-graph activation bits and the search's points
     manifest: dict | None = None
     heatmap: Path | None = None  # an existing PNG to copy
     sensitivity_plot: Path | None = None  # an existing PNG, used when sensitivity.json is absent
@@ -139,5 +140,8 @@ def load_report_inputs(calib: str | Path | None = None, bundle: str | Path | Non
             raise QuantkitError(f"--bundle {folder}: {MANIFEST_FILE} is not a quantkit bundle manifest (expected format {BUNDLE_FORMAT!r})")
         report = folder / "report"
         data = _calibration_data(report / DATA_DIR)
+        own = folder / CALIBRATION_DATA["precision"]
+        if own.is_file():  # the bits the bundle was exported with (``--activation-bits`` may override the calibration's)
+            data["precision"] = _read_json(own, "run `quantkit export` again")
         return ReportInputs("bundle", folder, **data, manifest=manifest, heatmap=_existing(report / HEATMAP_PNG), sensitivity_plot=_existing(report / SENSITIVITY_PNG), **results)
     return ReportInputs(None, None, **results)

@@ -1,16 +1,19 @@
-"""Charts of the benchmark results (matplotlib, Agg backend, PNG). The calibration's own
-plots (outlier heat-map, per-block sensitivity) live in ``quantkit.calibration.report``."""
+"""Charts of the benchmark results and of the per-graph precision (matplotlib, Agg
+backend, PNG). The calibration's own plots (outlier heat-map, per-block sensitivity)
+live in ``quantkit.calibration.report``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["plot_delta_ppl", "plot_prefill_speed"]
+__all__ = ["plot_delta_ppl", "plot_prefill_speed", "plot_precision_pareto", "plot_precision_map", "PRECISION_COLOURS"]
 
 _BAR = "#8c96a8"
 _HIGHLIGHT = "#1f77b4"
 _DPI = 110
+# cell colours of the precision map: NPU INT8 as the placement strip's NPU blue, CPU as its red
+PRECISION_COLOURS = {"A8": "#1f77b4", "A16": "#9ecae1", "CPU-FP": "#d62728"}
 
 
 def _pyplot():
@@ -70,5 +73,65 @@ def plot_prefill_speed(labels: Sequence[str], tokens_per_s: Sequence[float], spe
     axis.set_xlabel(f"prefill speed (tokens/s{prompt}) — higher is better")
     axis.grid(axis="x", alpha=0.3)
     axis.set_axisbelow(True)
+    figure.savefig(path, dpi=_DPI)
+    plt.close(figure)
+
+
+def plot_precision_pareto(
+    a8_share_percent: Sequence[float],
+    delta_ppl_percent: Sequence[float],
+    chosen: int | None,
+    budget_percent: float | None,
+    path: Path,
+    placed: tuple[float, float] | None = None,
+) -> None:
+    """The activation-bits search's measured points: validation ΔPPL over FP (%) against
+    the share of NPU Linear MACs at A8 (%), joined in order of A8 share; point ``chosen``
+    (an index) highlighted, the budget a horizontal line, and ``placed`` (A8 share, ΔPPL
+    after block placement) marked when given."""
+    plt = _pyplot()
+    figure, axis = plt.subplots(figsize=(9, 5), constrained_layout=True)
+    order = sorted(range(len(a8_share_percent)), key=lambda i: a8_share_percent[i])
+    axis.plot([a8_share_percent[i] for i in order], [delta_ppl_percent[i] for i in order], "o-", color=_BAR, label="measured (all blocks on the NPU)")
+    if chosen is not None:
+        label = f"chosen bits: {a8_share_percent[chosen]:.0f}% at A8, {delta_ppl_percent[chosen]:+.2f}%"  # in the legend: never over a point
+        axis.plot([a8_share_percent[chosen]], [delta_ppl_percent[chosen]], "o", markersize=12, color=_HIGHLIGHT, label=label)
+    if placed is not None:
+        axis.plot([placed[0]], [placed[1]], "D", markersize=9, color=PRECISION_COLOURS["CPU-FP"], label=f"after block placement: {placed[0]:.0f}% of the NPU blocks' MACs at A8, {placed[1]:+.2f}%")
+    if budget_percent is not None:
+        axis.axhline(budget_percent, color="#e0a800", linestyle="--", linewidth=1.5, label=f"budget +{budget_percent:g}%")
+    axis.set_xlim(-5, 105)
+    axis.set_xlabel("share of NPU Linear MACs at A8 (%) — more is faster")
+    axis.set_ylabel("validation perplexity increase over FP (%)")
+    axis.grid(alpha=0.3)
+    axis.legend(loc="best")
+    figure.savefig(path, dpi=_DPI)
+    plt.close(figure)
+
+
+def plot_precision_map(cells: Sequence[Sequence[str]], kinds: Sequence[str], path: Path) -> None:
+    """Blocks (x) × graph kinds (y): each cell "A8", "A16" or "CPU-FP" (colours of
+    ``PRECISION_COLOURS``, the label written in the cell) or "" for no graph.
+    ``cells[k][b]`` is kind ``kinds[k]`` of block ``b``."""
+    from matplotlib.patches import Patch, Rectangle
+
+    plt = _pyplot()
+    num_blocks = max((len(row) for row in cells), default=0)
+    figure, axis = plt.subplots(figsize=(max(6.0, 0.42 * num_blocks + 2.5), 0.6 * len(kinds) + 1.8), constrained_layout=True)
+    for k, row in enumerate(cells):
+        for b, value in enumerate(row):
+            if value:
+                axis.add_patch(Rectangle((b - 0.5, k - 0.5), 1, 1, facecolor=PRECISION_COLOURS[value], edgecolor="white", linewidth=1.5))
+                axis.text(b, k, {"A8": "8", "A16": "16", "CPU-FP": "FP"}[value], ha="center", va="center", fontsize=8, color="#1d2330" if value == "A16" else "white")
+    axis.set_xlim(-0.5, num_blocks - 0.5)
+    axis.set_ylim(len(kinds) - 0.5, -0.5)
+    axis.set_xticks(range(num_blocks))
+    axis.set_yticks(range(len(kinds)), kinds)
+    axis.set_xlabel("block")
+    axis.tick_params(length=0)
+    for spine in axis.spines.values():
+        spine.set_visible(False)
+    handles = [Patch(color=colour, label={"A8": "NPU, A8", "A16": "NPU, A16", "CPU-FP": "CPU, FP32"}[name]) for name, colour in PRECISION_COLOURS.items()]
+    axis.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     figure.savefig(path, dpi=_DPI)
     plt.close(figure)

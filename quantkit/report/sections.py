@@ -17,7 +17,7 @@ from typing import Callable
 
 from quantkit.report.html import Section, escape, facts, figure, hint, note, table
 from quantkit.report.inputs import HEATMAP_PNG, SENSITIVITY_PNG, ReportInputs
-from quantkit.report.plots import plot_delta_ppl, plot_prefill_speed
+from quantkit.report.plots import plot_delta_ppl, plot_precision_map, plot_precision_pareto, plot_prefill_speed
 
 __all__ = [
     "SectionBuilder",
@@ -28,14 +28,19 @@ __all__ = [
     "outlier_section",
     "sensitivity_section",
     "placement_section",
+    "precision_section",
     "bundle_section",
     "ACCURACY_PNG",
     "PREFILL_PNG",
+    "PARETO_PNG",
+    "PRECISION_MAP_PNG",
 ]
 
 SectionBuilder = Callable[[ReportInputs, Path], "Section | None"]
 ACCURACY_PNG = "accuracy_delta_ppl.png"
 PREFILL_PNG = "prefill_speed.png"
+PARETO_PNG = "precision_pareto.png"
+PRECISION_MAP_PNG = "precision_map.png"
 
 _CALIBRATE_COMMANDS = "quantkit calibrate --out calib\nquantkit report --calib calib"
 _PPL_LABELS = {"fp": "FP32", "quantkit": "quantkit", "aimet_w8a8_per_tensor": "AIMET W8A8, per-tensor (naive)"}
@@ -43,9 +48,14 @@ _ACCURACY_LABELS = {
     "fp": "FP32",
     "naive_w8a8": "naive W8A8 (AIMET, per-tensor)",
     "smoothquant_static": "SmoothQuant, static W8A8",
+    "naive_w8a16": "naive W8A16 (AIMET, per-tensor)",
     "llm_int8": "LLM.int8() (dynamic, CPU)",
     "quantkit": "quantkit",
+    "quantkit_w8a16": "quantkit, every NPU graph A16",
+    "quantkit_w8a8": "quantkit, every NPU graph A8",
+    "quantkit_auto": "quantkit, per-graph A8/A16 (auto)",
 }
+_GRAPH_KINDS = ("qkv", "o", "gate_up", "down")  # the NPU graphs of a block, in the block's order
 _PREFILL_LABELS = {
     "hf_fp32": "HF transformers FP32",
     "runtime_fp": "runtime FP32",
@@ -152,20 +162,31 @@ def accuracy_section(inputs: ReportInputs, folder: Path) -> Section | None:
         share = f" ({100 * row['shadow_bytes'] / model_bytes:.2f}%)" if model_bytes else ""
         return f"{row['shadow_bytes'] / 1e6:.2f} MB{share}"
 
-    cells = [[_accuracy_label(row), f"{row['ppl']:.3f}", "" if delta(row) is None else f"{delta(row):+.2f}%", npu_blocks(row), shadow(row)] for row in rows]
-    body = table(
-        ["method", "test PPL", "ΔPPL vs FP", "blocks on NPU", "resident shadow weights"],
-        cells,
-        numeric_columns=(1, 2, 3, 4),
-        highlight_rows=[i for i, row in enumerate(rows) if row["method"] == "quantkit"],
-    )
+    def a8_share(row: dict) -> str:
+        share = row.get("a8_mac_share")
+        return f"{100 * share:.0f}%" if isinstance(share, (int, float)) else "n/a"
+
+    with_shares = any("a8_mac_share" in row for row in rows)  # results written before per-graph bits have none
+    cells = [
+        [_accuracy_label(row), f"{row['ppl']:.3f}", "" if delta(row) is None else f"{delta(row):+.2f}%", npu_blocks(row), *([a8_share(row)] if with_shares else []), shadow(row)]
+        for row in rows
+    ]
+    header = ["method", "test PPL", "ΔPPL vs FP", "blocks on NPU", *(["NPU MACs at A8"] if with_shares else []), "resident shadow weights"]
+    highlighted = [i for i, row in enumerate(rows) if row["method"] == "quantkit" or row.get("calibrated")]
+    body = table(header, cells, numeric_columns=range(1, len(header)), highlight_rows=highlighted)
     charted = [(row, delta(row)) for row in rows if row["method"] != "fp" and delta(row) is not None]
     if charted:
-        plot_delta_ppl([_accuracy_label(row) for row, _ in charted], [value for _, value in charted], _ACCURACY_LABELS["quantkit"], folder / ACCURACY_PNG)
+        highlight = _accuracy_label(rows[highlighted[0]]) if highlighted else None
+        plot_delta_ppl([_accuracy_label(row) for row, _ in charted], [value for _, value in charted], highlight, folder / ACCURACY_PNG)
         body += figure(ACCURACY_PNG, "perplexity increase over FP per method", "Perplexity increase over FP per method (FP itself is the reference).")
     tokens = data.get("test_tokens")
     measured = f"{data.get('model', 'the model')}, held-out test split" + (f", {tokens[0]}×{tokens[1]} tokens" if isinstance(tokens, list) and len(tokens) == 2 else "")
     body += note(f"Measured on {measured} by benchmarks/accuracy.py ({results.path.name}).")
+    if with_shares:
+        body += note(
+            "NPU MACs at A8: share of the NPU-placed Linears' multiply-accumulates whose activations are INT8 (the rest A16); "
+            "n/a where nothing runs as a static NPU graph. The quantkit rows are the deployed arithmetic of the bundle's NPU graphs."
+        )
     if inputs.model and data.get("model") and data["model"] != inputs.model:
         body += hint(f"These results are for {data['model']}, not {inputs.model}, the model of the calibration above.")
     return Section("accuracy", title, body)
@@ -281,9 +302,92 @@ def placement_section(inputs: ReportInputs, folder: Path) -> Section:
     return Section("placement", title, body)
 
 
+_MODE_TEXT = {"auto": "auto: each NPU graph A8 or A16, chosen on the deployed arithmetic under the budget", "8": "8: every NPU graph A8", "16": "16: every NPU graph A16"}
+
+
+def _block_placement(inputs: ReportInputs) -> list[str] | None:
+    """Per block "npu" | "cpu-fp": a bundle's own manifest first (what it was exported with)."""
+    return (inputs.manifest or {}).get("placement") or (inputs.placement or {}).get("placement")
+
+
+def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
+    """Per-graph activation bits: the share of NPU MACs at A8, the search's Pareto curve
+    (A8 share against validation ΔPPL) and the map of blocks × graphs. Left out when the
+    calibration has no precision.json (made before per-graph precision existed)."""
+    if inputs.precision is None:
+        return None
+    from quantkit.precision.plan import PrecisionPlan
+
+    title = "Activation precision"
+    try:
+        precision = PrecisionPlan.from_dict(inputs.precision)
+    except (ValueError, KeyError, TypeError) as error:
+        return Section("precision", title, hint(f"precision.json cannot be read ({error}). Calibrate again:", "quantkit calibrate --out CALIB --overwrite"))
+    placement = _block_placement(inputs)
+    num_blocks = len(placement) if placement else 1 + max((g.block_index for g in precision.graphs.values()), default=-1)
+    npu = {b for b in range(num_blocks) if not placement or placement[b] == "npu"}
+    on_npu = [g for g in precision.graphs.values() if g.block_index in npu]
+    a16 = sorted(g.name for g in on_npu if g.activation_bits == 16)
+    share = precision.a8_mac_share(npu)
+    items = [
+        ("mode", _MODE_TEXT.get(precision.mode, precision.mode)),
+        ("NPU MACs at A8", f"{100 * share:.1f}% (the rest A16)" if on_npu else "none: every block is on the CPU"),
+        ("NPU graphs at A16", f"{len(a16)} of {len(on_npu)}" + (f": {', '.join(a16[:12])}" + (", …" if len(a16) > 12 else "") if a16 else "")),
+    ]
+    body = facts(items)
+
+    fp = (inputs.summary or {}).get("perplexity", {}).get("fp") or (inputs.placement or {}).get("fp_ppl_")
+    budget = (inputs.placement or {}).get("budget_relative_ppl")
+    if budget is None:
+        budget = (inputs.config or {}).get("accuracy_budget")
+    points = precision.search_
+    if points and fp:
+        promoted = sum(g.activation_bits == 16 for g in precision.graphs.values())
+        chosen = next((i for i, point in enumerate(points) if point["promoted"] == promoted), None)
+        deltas = [100 * (point["ppl"] / fp - 1) for point in points]
+        summary = inputs.summary or {}
+        placed = None
+        # the calibration's final measurement, when it is of these bits (a bundle may be exported with others)
+        if isinstance(summary.get("a8_mac_share"), (int, float)) and abs(summary["a8_mac_share"] - share) < 1e-9 and isinstance(summary.get("perplexity", {}).get("quantkit"), (int, float)):
+            placed = (100 * summary["a8_mac_share"], 100 * (summary["perplexity"]["quantkit"] / fp - 1))
+        plot_precision_pareto([100 * point["a8_mac_share"] for point in points], deltas, chosen, None if budget is None else 100 * budget, folder / PARETO_PNG, placed=placed)
+        body += figure(
+            PARETO_PNG,
+            "validation perplexity increase against the share of NPU MACs at A8",
+            "Each point is measured on the deployed arithmetic with every block on the NPU: graphs promoted to A16 in order of KL per MAC. "
+            "The chosen point is the fewest promotions within the budget (dashed line).",
+        )
+        body += table(
+            ["graphs at A16", "MACs at A8 (every block on the NPU)", "validation PPL", "vs FP"],
+            [[point["promoted"], f"{100 * point['a8_mac_share']:.1f}%", f"{point['ppl']:.3f}", f"{delta:+.2f}%"] for point, delta in zip(points, deltas)],
+            numeric_columns=(0, 1, 2, 3),
+            highlight_rows=[] if chosen is None else [chosen],
+        )
+    elif precision.mode == "auto":
+        body += note("No search points in precision.json (or no FP perplexity in summary.json), so no Pareto curve.")
+
+    by_cell = {(g.block_index, g.kind): g.activation_bits for g in precision.graphs.values()}
+    cells = [
+        ["CPU-FP" if b not in npu else f"A{by_cell[b, kind]}" if (b, kind) in by_cell else "" for b in range(num_blocks)]
+        for kind in _GRAPH_KINDS
+    ]
+    plot_precision_map(cells, _GRAPH_KINDS, folder / PRECISION_MAP_PNG)
+    body += figure(PRECISION_MAP_PNG, "map of activation bits per block and graph", "Activation bits of each NPU graph per block (A8 dark, A16 light); red blocks run on the CPU in FP32.")
+    return Section("precision", title, body)
+
+
 def _size(folder: Path, relatives) -> str:
     total = sum((folder / r).stat().st_size for r in relatives if (folder / r).is_file())
     return f"{total / 1e6:,.1f} MB"
+
+
+def _bundle_bits(quantization: dict) -> str:
+    """W8A8, W8A16, or W8A8/A16 mixed with the share of NPU MACs at A8."""
+    bits = quantization.get("activation_bits", 8)
+    if bits != "mixed":
+        return f"W8A{bits}"
+    share = quantization.get("a8_mac_share")
+    return "W8A8/A16 mixed" + (f" ({100 * share:.0f}% of NPU MACs at A8)" if isinstance(share, (int, float)) else "")
 
 
 def bundle_section(inputs: ReportInputs, folder: Path) -> Section | None:
@@ -301,7 +405,7 @@ def bundle_section(inputs: ReportInputs, folder: Path) -> Section | None:
         ("chunk size", f"{manifest.get('chunk_size')} tokens (static graph shape)"),
         ("activations", quantization.get("activations", "?")),
         ("weights", quantization.get("weights", "?")),
-        ("NPU graphs", f"{len(manifest.get('graphs', []))} W8A{quantization.get('activation_bits', 8)} QDQ ONNX graphs, {_size(bundle, [f for f in files if f.startswith('npu/')])}"),
+        ("NPU graphs", f"{len(manifest.get('graphs', []))} QDQ ONNX graphs, {_bundle_bits(quantization)}, {_size(bundle, [f for f in files if f.startswith('npu/')])}"),
         ("shadow weights", f"resident {_size(bundle, ['shadow.safetensors'])}, cold (read on demand) {_size(bundle, ['shadow_cold.safetensors'])}"),
         ("CPU weights", _size(bundle, ["cpu.safetensors"])),
         ("QNN context binaries", ", ".join(f"{k} {v}" for k, v in target.items() if v is not None) if target else "none (add with `quantkit export --qnn-context`)"),
@@ -338,5 +442,6 @@ SECTIONS: tuple[SectionBuilder, ...] = (
     outlier_section,
     sensitivity_section,
     placement_section,
+    precision_section,
     bundle_section,
 )

@@ -4,7 +4,11 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 from quantkit.calibration import CalibrationConfig, calibrate
+from quantkit.precision import PRECISION_FILE, PrecisionPlan
+from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
 
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "accuracy.py"
 
@@ -23,9 +27,27 @@ def test_accuracy_benchmark_writes_every_method(tmp_path, tiny_model_folder):
     code = _load_script().main(["--model", str(tiny_model_folder), "--calib", str(calib), "--out", str(out), "--test-sequences", "2", "--test-seq-len", "32", "--alphas", "0.5,0.8"])
     assert code == 0
     result = json.loads((out / "accuracy.json").read_text())
-    assert [row["method"] for row in result["rows"]] == ["fp", "naive_w8a8", "smoothquant_static", "llm_int8", "quantkit"]
+    rows = {row["method"]: row for row in result["rows"]}
+    assert list(rows) == ["fp", "naive_w8a8", "naive_w8a16", "smoothquant_static", "llm_int8", "quantkit_w8a16", "quantkit_w8a8", "quantkit_auto"]
     for row in result["rows"]:
-        assert row["ppl"] > 1 and set(row) >= {"method", "ppl", "npu_blocks", "shadow_bytes"}
-    assert result["rows"][0]["delta_ppl_percent"] == 0
-    assert set(result["rows"][2]["validation_sweep"]) == {"0.5", "0.8"}
-    assert "| quantkit |" in (out / "accuracy.md").read_text()
+        assert row["ppl"] > 1 and set(row) >= {"method", "ppl", "npu_blocks", "shadow_bytes", "a8_mac_share"}
+    assert rows["fp"]["delta_ppl_percent"] == 0
+    assert set(rows["smoothquant_static"]["validation_sweep"]) == {"0.5", "0.8"}
+    # NPU MACs at A8: every activation INT8, none, or the calibrated plan's share over the NPU blocks
+    shares = {method: row["a8_mac_share"] for method, row in rows.items()}
+    assert shares["fp"] is None and shares["llm_int8"] is None
+    assert shares["naive_w8a8"] == shares["smoothquant_static"] == shares["quantkit_w8a8"] == 1.0
+    assert shares["naive_w8a16"] == shares["quantkit_w8a16"] == 0.0
+    precision = PrecisionPlan.load(calib / PRECISION_FILE)
+    npu = PlacementPlan.load(calib / PLACEMENT_FILE).npu_block_indices
+    assert shares["quantkit_auto"] == pytest.approx(precision.a8_mac_share(npu))
+    assert [row["method"] for row in result["rows"] if row.get("calibrated")] == ["quantkit_auto"]
+    # the 16-bit rows are different measurements from the 8-bit ones, and on the calibrated plan
+    assert rows["naive_w8a16"]["ppl"] != rows["naive_w8a8"]["ppl"]
+    assert rows["quantkit_w8a16"]["ppl"] != rows["quantkit_w8a8"]["ppl"]
+    if 0 < shares["quantkit_auto"] < 1:
+        assert rows["quantkit_auto"]["ppl"] not in (rows["quantkit_w8a8"]["ppl"], rows["quantkit_w8a16"]["ppl"])
+    markdown = (out / "accuracy.md").read_text()
+    assert "| NPU MACs at A8 |" in markdown and "| quantkit_auto (calibrated) |" in markdown
+    assert "| naive_w8a16 | " in markdown and " | 0% | " in markdown.split("| naive_w8a16 |")[1].split("\n")[0]
+    assert "test_summary_perplexity_is_the_exported_bundles" in markdown

@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from quantkit.calibration.aimet_baseline import build_w8a8_quantsim, compute_w8a8_encodings, quantsim_encodings_1_0_0
+from quantkit.calibration.aimet_baseline import build_quantsim, build_w8a8_quantsim, compute_w8a8_encodings, quantsim_encodings_1_0_0
 from quantkit.calibration.collect import collect_activation_statistics
 from quantkit.eval.perplexity import perplexity
 from quantkit.models.architecture import find_decoder_layout
@@ -77,3 +77,23 @@ def test_quantizer_state_round_trip_rebuilds_the_same_baseline(calibrated_sim, t
     load_quantizer_state(rebuilt, tmp_path / "state.safetensors")
     with torch.no_grad():
         assert torch.equal(rebuilt.model(sequences), sim.model(sequences))
+
+
+def test_w8a16_quantsim_has_16_bit_activations_and_int8_weights(calibrated_sim):
+    """The W8A16 baseline: every activation quantizer at 16 bits, weights still INT8, and
+    on planted outliers far closer to FP than W8A8 (its per-tensor ranges keep 256× the steps)."""
+    model, w8a8, sequences = calibrated_sim
+    sim = build_quantsim(model, sequences[:1], activation_bits=16)
+    compute_w8a8_encodings(sim, sequences, progress=False)
+    activations = [q for _, m in sim.named_qmodules() for q in (*m.input_quantizers, *m.output_quantizers) if q is not None]
+    params = [q for _, m in sim.named_qmodules() for q in m.param_quantizers.values() if q is not None]
+    assert activations and {q.bitwidth for q in activations} == {16}
+    assert params and {q.bitwidth for q in params} == {8}
+    fp = perplexity(lambda ids: model(input_ids=ids, use_cache=False).logits, sequences, progress=False)
+    a8, a16 = perplexity(w8a8.model, sequences, progress=False), perplexity(sim.model, sequences, progress=False)
+    assert abs(a16 / fp - 1) < abs(a8 / fp - 1)
+
+
+def test_quantsim_rejects_an_activation_width_aimet_flow_does_not_offer():
+    with pytest.raises(ValueError, match=r"got 4, expected one of \(8, 16\)"):
+        build_quantsim(tiny_model("llama"), torch.zeros(1, 4, dtype=torch.long), activation_bits=4)

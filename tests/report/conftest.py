@@ -84,3 +84,41 @@ def prefill_json(tmp_path):
         {"config": "int8_shadow_ooo", "tokens_per_s": 300.0},
     ]
     return write_json(tmp_path / "results" / "prefill.json", {"prompt_tokens": 1024, "rows": rows, "unknown_key": {"ignored": True}})
+
+
+# Per block: MACs per token of its NPU graphs (qkv, o, gate_up, down) and their Linears.
+GRAPH_MACS = {"qkv": 100, "o": 50, "gate_up": 200, "down": 100}
+GRAPH_LINEARS = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",), "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
+A16_GRAPHS = {(2, "gate_up"), (2, "down")}  # the auto plan's promotions; block 0 is on the CPU
+# A8 share of the NPU blocks 1-3: 1 - 300 / 1350; of all four blocks (the search's points): 1 - 300 / 1800
+NPU_A8_SHARE = 1 - 300 / 1350
+
+
+def precision_plan(mode: str = "auto"):
+    """A PrecisionPlan of the 4-block calibration: auto promotes block 2's MLP graphs to A16
+    (the fewest within the +1% budget of FP 10.0, as its search points say)."""
+    from quantkit.precision import GraphPrecision, PrecisionPlan
+
+    graphs = {}
+    for block in range(NUM_BLOCKS):
+        for kind, linears in GRAPH_LINEARS.items():
+            names = [f"model.layers.{block}.{linear}" for linear in linears]
+            bits = 16 if mode == "16" or (mode == "auto" and (block, kind) in A16_GRAPHS) else 8
+            graphs[names[0]] = GraphPrecision(names, block, GRAPH_MACS[kind], bits)
+    search = [
+        {"promoted": 0, "a8_mac_share": 1.0, "ppl": 10.4},
+        {"promoted": 1, "a8_mac_share": 1 - 200 / 1800, "ppl": 10.2},
+        {"promoted": 2, "a8_mac_share": 1 - 300 / 1800, "ppl": 10.08},
+        {"promoted": 16, "a8_mac_share": 0.0, "ppl": 10.01},
+    ]
+    return PrecisionPlan(mode, graphs, search_=search if mode == "auto" else [], sensitivity_={})
+
+
+@pytest.fixture
+def precision_calib_folder(calib_folder):
+    """The calibration folder with a precision.json (auto) and the summary's A8 share."""
+    precision_plan().save(calib_folder / "precision.json")
+    summary = json.loads((calib_folder / "summary.json").read_text())
+    summary.update(activation_bits="auto", a8_mac_share=NPU_A8_SHARE)
+    write_json(calib_folder / "summary.json", summary)
+    return calib_folder

@@ -150,7 +150,7 @@ def test_bundle_report_reads_the_manifest_and_the_data_its_report_carries(tmp_pa
     html = write_report(tmp_path / "report", bundle=bundle, accuracy=accuracy_json).read_text()
     assert _section_ids(html) == ALL_SECTIONS - {"prefill"} | {"bundle"}
     assert "class=\"hint\"" not in html
-    assert "1 W8A8 QDQ ONNX graphs, 2.0 MB" in _section(html, "bundle")
+    assert "1 QDQ ONNX graphs, W8A8, 2.0 MB" in _section(html, "bundle")
     assert "+0.50%" in _section(html, "summary")
 
 
