@@ -26,10 +26,13 @@ def test_default_model_loads_with_its_architecture(smollm2):
     assert smollm2.tokenizer.decode(smollm2.tokenizer("Paris is the capital")["input_ids"]).strip() == "Paris is the capital"
 
 
+def smoke_calibration_config() -> CalibrationConfig:
+    return CalibrationConfig(num_sequences=2, seq_len=128, batch_size=2, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=128, sensitivity_num_sequences=1, sensitivity_seq_len=64, accuracy_budget=0.05)
+
+
 @pytest.fixture(scope="module")
 def smoke_calibration(tmp_path_factory):
-    config = CalibrationConfig(num_sequences=2, seq_len=128, batch_size=2, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=128, sensitivity_num_sequences=1, sensitivity_seq_len=64, accuracy_budget=0.05)
-    return calibrate(tmp_path_factory.mktemp("smollm2") / "calib", config, progress=False)
+    return calibrate(tmp_path_factory.mktemp("smollm2") / "calib", smoke_calibration_config(), progress=False)
 
 
 def test_calibrate_smoke_on_smollm2(smoke_calibration):
@@ -46,8 +49,9 @@ def test_calibrate_smoke_on_smollm2(smoke_calibration):
 
 
 def test_bundle_runtime_tracks_fp_on_real_text(smoke_calibration, smollm2):
-    """Export (default W8A16) and run the bundle on held-out text: next-token NLL within 2%
-    of FP, the same greedy prediction almost everywhere, and a greedy continuation."""
+    """Export (the calibrated per-graph bits) and run the bundle on held-out text: next-token
+    NLL within 2% of FP, the same greedy prediction almost everywhere, a greedy
+    continuation — and the calibration summary's perplexity is the bundle's within 0.2%."""
     import torch
 
     from quantkit.data.corpus import load_documents
@@ -69,3 +73,12 @@ def test_bundle_runtime_tracks_fp_on_real_text(smoke_calibration, smollm2):
     assert runtime.counters.outlier_values > 0  # SmolLM2's outliers reach the shadow path
     tokens = list(runtime.generate(ids[:40], max_new_tokens=8))
     assert len(tokens) == 8 and runtime.last_generation["decode_seconds"] > 0
+
+    # The summary's quantkit figure predicts the exported bundle on the same tokens.
+    from quantkit.data.corpus import token_sequences
+    from quantkit.eval.perplexity import perplexity
+
+    config = smoke_calibration_config()
+    validation = token_sequences(smollm2.tokenizer, load_documents(config.data, "validation"), config.eval_num_sequences, config.eval_seq_len)
+    measured = perplexity(lambda batch: runtime.prefill(batch[0])[None], validation, progress=False)
+    assert measured == pytest.approx(smoke_calibration.perplexities["quantkit"], rel=0.002)

@@ -104,3 +104,28 @@ def test_config_rejects_bad_values(field, value, message):
 def test_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match=r"unknown calibration settings \['num_seqs'\]"):
         CalibrationConfig.from_dict({"num_seqs": 3})
+
+
+def test_summary_perplexity_is_the_exported_bundles(tmp_path, tiny_model_folder):
+    """The summary's quantkit figure is measured on the deployed arithmetic: the bundle's
+    runtime gives the same validation perplexity (float summation order aside)."""
+    from quantkit.data.corpus import load_documents, token_sequences
+    from quantkit.eval.perplexity import perplexity
+    from quantkit.export import export_bundle
+    from quantkit.models.loading import load_model
+    from quantkit.precision import PrecisionPlan
+    from quantkit.runtime.engine import BundleModel
+
+    config = _config(tiny_model_folder, accuracy_budget=0.0)  # the search promotes graphs, then places blocks
+    result = calibrate(tmp_path / "calib", config, progress=False)
+    precision = PrecisionPlan.load(result.out / "precision.json")
+    summary = json.loads((result.out / "summary.json").read_text())
+    assert precision.mode == "auto" and precision.search_ and precision.sensitivity_
+    assert summary["a8_mac_share"] == pytest.approx(precision.a8_mac_share({b for b, p in enumerate(json.loads((result.out / "placement.json").read_text())["placement"]) if p == "npu"}))
+    assert "NPU graphs at A8" in result.summary
+    bundle = export_bundle(result.out, tmp_path / "bundle", chunk_size=16, progress=False)
+    loaded = load_model(config.model)
+    validation = token_sequences(loaded.tokenizer, load_documents(config.data, "validation"), config.eval_num_sequences, config.eval_seq_len)
+    runtime = BundleModel(bundle)
+    measured = perplexity(lambda ids: runtime.prefill(ids[0])[None], validation, progress=False)
+    assert measured == pytest.approx(result.perplexities["quantkit"], rel=1e-4)

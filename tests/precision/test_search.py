@@ -1,0 +1,82 @@
+"""Per-graph activation precision: the plan, the promotion order and the budget search."""
+
+import pytest
+
+from quantkit.precision import GraphPrecision, PrecisionPlan, promotion_order, search_activation_bits
+
+
+def _plan(macs=(100, 100, 400, 200)) -> PrecisionPlan:
+    kinds = ("self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.down_proj")
+    graphs = {}
+    for index, mac in enumerate(macs):
+        name = f"model.layers.{index // 4}.{kinds[index % 4]}"
+        graphs[name] = GraphPrecision([name], index // 4, mac, 8, {name: {"8": 1.0, "16": 2.0}})
+    return PrecisionPlan(mode="auto", graphs=graphs)
+
+
+def test_plan_round_trips_and_measures_the_a8_share(tmp_path):
+    plan = _plan()
+    assert plan.a8_mac_share() == 1.0
+    plan.graphs["model.layers.0.mlp.gate_proj"].activation_bits = 16
+    assert plan.a8_mac_share() == pytest.approx(400 / 800)
+    plan.save(tmp_path / "precision.json")
+    assert PrecisionPlan.load(tmp_path / "precision.json").to_dict() == plan.to_dict()
+    uniform = plan.with_uniform_bits(16)
+    assert uniform.mode == "16" and uniform.a8_mac_share() == 0.0 and plan.a8_mac_share() == 0.5  # a copy
+    graph = plan.graphs["model.layers.0.mlp.gate_proj"]
+    assert graph.name == "block00.gate_up" and graph.output_clip(graph.linear_names[0]) == 2.0 and graph.output_clip(graph.linear_names[0], 8) == 1.0
+
+
+def test_plan_refuses_bad_values():
+    with pytest.raises(ValueError, match="activation_bits: got 'eight', expected one of auto, 8, 16"):
+        PrecisionPlan(mode="eight", graphs={})
+    plan = _plan().to_dict()
+    plan["graphs"]["model.layers.0.self_attn.q_proj"]["activation_bits"] = 4
+    with pytest.raises(ValueError, match="block00.qkv: activation_bits 4"):
+        PrecisionPlan.from_dict(plan)
+    with pytest.raises(ValueError, match="recalibrate"):
+        PrecisionPlan.from_dict({**_plan().to_dict(), "version": 0})
+
+
+def test_promotion_order_is_most_kl_per_mac_first():
+    plan = _plan()
+    names = list(plan.graphs)
+    sensitivity = {names[0]: 0.1, names[1]: 0.3, names[2]: 0.8, names[3]: 0.1}  # per MAC: 1e-3, 3e-3, 2e-3, 5e-4
+    assert promotion_order(plan, sensitivity) == [names[1], names[2], names[0], names[3]]
+
+
+def _additive_model(plan: PrecisionPlan, cost: dict[str, float], fp: float):
+    calls = []
+
+    def evaluate(candidate: PrecisionPlan) -> float:
+        calls.append({n: g.activation_bits for n, g in candidate.graphs.items()})
+        return fp * (1 + sum(cost[n] for n, g in candidate.graphs.items() if g.activation_bits == 8))
+
+    return evaluate, calls
+
+
+@pytest.mark.parametrize("budget, promoted", [(0.10, 0), (0.05, 1), (0.02, 2), (0.004, 3)])
+def test_search_promotes_the_fewest_graphs_that_meet_the_budget(budget, promoted):
+    plan = _plan()
+    names = list(plan.graphs)
+    cost = {names[0]: 0.004, names[1]: 0.03, names[2]: 0.04, names[3]: 0.001}  # A8 costs, additive
+    sensitivity = dict(cost)
+    evaluate, calls = _additive_model(plan, cost, 10.0)
+    ppl = search_activation_bits(plan, sensitivity, evaluate, 10.0, budget)
+    assert len(calls) <= 2 + 2  # all-A8, all-A16, then bisection over 4 graphs
+    order = promotion_order(plan, sensitivity)
+    assert {n for n, g in plan.graphs.items() if g.activation_bits == 16} == set(order[:promoted])
+    assert ppl <= 10.0 * (1 + budget) and ppl == evaluate(plan)
+    assert [p["promoted"] for p in plan.search_] == sorted(p["promoted"] for p in plan.search_)
+    assert plan.sensitivity_ == {plan.graphs[n].name: v for n, v in sensitivity.items()}
+
+
+def test_search_keeps_every_graph_a16_when_even_that_is_over_budget():
+    plan = _plan()
+    names = list(plan.graphs)
+
+    def evaluate(candidate):
+        return 11.0 + sum(g.activation_bits == 8 for g in candidate.graphs.values())  # never within 1% of 10
+
+    ppl = search_activation_bits(plan, dict.fromkeys(names, 0.1), evaluate, 10.0, 0.01)
+    assert ppl == 11.0 and plan.a8_mac_share() == 0.0
