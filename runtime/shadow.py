@@ -4,6 +4,8 @@ Eq. 1: x = clip(x, −t, t) + x_out, so  x·Wᵀ ≈ Q(clip(x))·Q(W)ᵀ (NPU) +
 x_out is zero except in the few channels where a value crossed the threshold t, so the
 CPU multiplies only those channels' columns: the resident hot columns, and the cold
 columns read from the bundle's cold file when an outlier lands there (not kept in memory).
+The output side has a shadow too: the few output channels whose range dwarfs the rest
+(massive activations) are computed in FP on the CPU, their NPU weight rows being zero.
 """
 
 from __future__ import annotations
@@ -81,6 +83,27 @@ class ShadowSite:
         self._hot = {name: hot_weights[f"{name}.hot"].T.contiguous() for name in self.linear_names} if self.shadowed else {}
         self._cold_file = cold_file
         self.counters = counters
+        # Output-side shadow: per Linear, the output channels C whose NPU weight rows are
+        # zero; the CPU computes clip(x)·W[C]ᵀ + b[C] in FP (part of the deployed
+        # arithmetic, so it runs with the input shadow disabled too).
+        self._output_rows = {}
+        for name, channels in site.get("output_channels_", {}).items():
+            self._output_rows[name] = (torch.tensor(channels, dtype=torch.long), hot_weights[f"{name}.out_rows"], hot_weights.get(f"{name}.out_bias"))
+
+    @property
+    def has_output_channels(self) -> bool:
+        return bool(self._output_rows)
+
+    def output_products(self, clipped: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor] | None]:
+        """Per Linear of the site: (channels C, clip(x)·W[C]ᵀ + b[C]) or None."""
+        products = []
+        for name in self.linear_names:
+            if name not in self._output_rows:
+                products.append(None)
+                continue
+            channels, rows, bias = self._output_rows[name]
+            products.append((channels, torch.nn.functional.linear(clipped, rows, bias)))
+        return products
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """(clip(x), x_out) — x_out is None when this site has no shadow path."""

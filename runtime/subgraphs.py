@@ -64,6 +64,7 @@ class ChunkState:
     excess: torch.Tensor | None = None
     npu_out: list[torch.Tensor] = field(default_factory=list)
     shadow_out: list[torch.Tensor] | None = None
+    output_out: list | None = None  # output-side shadow: per Linear (channels, FP values) or None
     gate_up: list[torch.Tensor] = field(default_factory=list)
     logits: torch.Tensor | None = None
 
@@ -114,19 +115,22 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
             parts.count_npu_run()
 
         waits = [add(f"b{block}.{kind}", NPU, run_graph, deps, kind, block)]
-        if site.shadowed:
+        if site.shadowed or site.has_output_channels:
 
             def run_shadow() -> None:
-                state.shadow_out = site.outlier_products(state.excess)
+                state.shadow_out = site.outlier_products(state.excess) if site.shadowed else None
+                state.output_out = site.output_products(state.clipped) if site.has_output_channels else None
 
             waits.append(add(f"b{block}.{kind}_shadow", CPU, run_shadow, deps, f"{kind}_shadow", block))
         return waits
 
     def site_outputs() -> list[torch.Tensor]:
         outputs = state.npu_out
+        if state.output_out is not None:  # output-side shadow channels, computed in FP
+            outputs = [y if part is None else y.index_add(-1, part[0], part[1]) for y, part in zip(outputs, state.output_out)]
         if state.shadow_out is not None:  # Eq. 1: NPU part + CPU shadow part
             outputs = [y + s for y, s in zip(outputs, state.shadow_out)]
-        state.npu_out, state.shadow_out, state.clipped, state.excess = [], None, None, None
+        state.npu_out, state.shadow_out, state.output_out, state.clipped, state.excess = [], None, None, None, None
         return outputs
 
     def attend(block: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:

@@ -58,6 +58,19 @@ def plant_outliers(model: torch.nn.Module, block: int = 0, factor: float = 40.0)
             norm.weight[channel] = norm.weight[channel] * factor + (factor if _norm_is_offset(model) else 0.0)
 
 
+PLANTED_OUTPUT_CHANNELS = (3, 9)
+
+
+def plant_output_outliers(model: torch.nn.Module, block: int = 0, factor: float = 25.0) -> None:
+    """Scale a few output rows of block ``block``'s up_proj: its NPU output then has
+    channels ``PLANTED_OUTPUT_CHANNELS`` far beyond the rest (as SmolLM2's massive
+    gate/up channels), which the output-side shadow computes in FP."""
+    with torch.no_grad():
+        up = model.model.layers[block].mlp.up_proj
+        for channel in PLANTED_OUTPUT_CHANNELS:
+            up.weight[channel] *= factor
+
+
 def _norm_is_offset(model) -> bool:
     # Gemma's RMSNorm multiplies by (1 + weight): its weight starts at zero.
     return model.config.model_type.startswith("gemma")

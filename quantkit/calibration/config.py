@@ -35,7 +35,7 @@ class CalibrationConfig:
       converge within a few sequences, and its simulated forward is ~7 s per sequence.
     * ``eval_num_sequences=8`` × 512 tokens of the validation split: the perplexity
       measurement used throughout DESIGN.md; the block placement is checked against it.
-    * ``scale_rule`` … ``weight_scale_rule``: the shadow outlier and weight settings (see
+    * ``scale_rule`` … ``output_outlier_ratio``: the shadow outlier, weight and output-side shadow settings (see
       ``quantkit.outlier_shadow.ShadowConfig``), percentile = ``outlier_quantile``.
     * ``accuracy_budget=0.01``: the validation perplexity of the deployed arithmetic
       must stay within 1% of FP; graphs are promoted to A16, then blocks move to the CPU
@@ -64,6 +64,8 @@ class CalibrationConfig:
     prune_fraction: float = _SHADOW_DEFAULTS.prune_fraction
     pruned_scale_rule: str = _SHADOW_DEFAULTS.pruned_scale_rule
     weight_scale_rule: str = _SHADOW_DEFAULTS.weight_scale_rule
+    max_output_channels: int = _SHADOW_DEFAULTS.max_output_channels
+    output_outlier_ratio: float = _SHADOW_DEFAULTS.output_outlier_ratio
     accuracy_budget: float = 0.01
     activation_bits: str = "auto"
     sensitivity_num_sequences: int = 4
@@ -110,6 +112,8 @@ class CalibrationConfig:
             prune_fraction=self.prune_fraction,
             pruned_scale_rule=self.pruned_scale_rule,
             weight_scale_rule=self.weight_scale_rule,
+            max_output_channels=self.max_output_channels,
+            output_outlier_ratio=self.output_outlier_ratio,
         )
 
     def to_dict(self) -> dict:

@@ -97,9 +97,9 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
     sensitivity_ids = validation_ids[: config.sensitivity_num_sequences, : config.sensitivity_seq_len]
     with _timed(timings, "output_ranges"):
         plan = build_shadow_plan(statistics, layout, config.shadow_config())
-        plan.save(staging / PLAN_FILE)
         weights = quantized_weights(layout, layout.linear_names(), plan.config.weight_scale_rule)
-        precision = calibrated_precision(layout, plan, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], config.activation_bits, weights=weights)
+        precision = calibrated_precision(layout, plan, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], config.activation_bits, weights=weights)  # also sets the output-side shadow channels
+        plan.save(staging / PLAN_FILE)
 
     def deployed_perplexity(precision: PrecisionPlan, cpu_blocks: frozenset[int] = frozenset(), desc: str = "quantkit PPL") -> float:
         with simulated_quantization(layout, plan, precision, blocks=set(range(layout.num_blocks)) - cpu_blocks, weights=weights):

@@ -143,11 +143,12 @@ def export_bundle(
             raise QuantkitError("--naive-w8a8 is the INT8 baseline: pass --activation-bits 8")
         for site in plan.sites.values():
             site.threshold_, site.pruned = site.absmax_, True  # min/max range, no shadow path
+            site.output_channels_ = {}
         plan.config = dataclasses.replace(plan.config, weight_scale_rule="max")  # min/max weights too
         placement.placement = ["npu"] * len(placement.placement)
         # the baseline's own output ranges: min/max over its own (unclipped INT8) inputs
         recorded = record_npu_outputs(layout, plan, sequences, input_bits=8)
-        precision = initial_precision(layout, plan, {name: output_clips(*values, rule="max") for name, values in recorded.items()}, "8")
+        precision = initial_precision(layout, plan, {name: output_clips(absmax, histogram, "max") for name, (absmax, histogram, _) in recorded.items()}, "8")
     elif activation_bits is not None:
         precision = precision.with_uniform_bits(activation_bits)
     npu_blocks = placement.npu_block_indices
@@ -202,7 +203,7 @@ def export_bundle(
         )
         save_file(_capture_site_inputs(layout, plan, precision, npu_sites, sequences[:1], chunk_size), str(staging / CALIBRATION_INPUTS_FILE))
         shadow = plan.shadow_weights(layout, blocks=npu_blocks)
-        save_file({k: v for k, v in shadow.items() if k.endswith(".hot")}, str(staging / "shadow.safetensors"))
+        save_file({k: v for k, v in shadow.items() if not k.endswith(".cold")}, str(staging / "shadow.safetensors"))  # hot columns, output-side rows
         save_file({k: v for k, v in shadow.items() if k.endswith(".cold")}, str(staging / "shadow_cold.safetensors"))
         npu_linears = {f"{name}.{p}" for site in npu_sites for name in site.linear_names for p in ("weight", "bias")}
         cpu_state = {k: v.detach().float().cpu().contiguous() for k, v in loaded.model.state_dict().items() if k not in npu_linears}

@@ -37,6 +37,11 @@ class ShadowConfig:
       ``"mse"`` (per row, the clip minimising rounding + clipping error; on SmolLM2 it
       lowers weight MSE ~3% and the last-word NLL gap to FP by ~13%) or ``"max"``
       (min/max, what plain PTQ does). See ``quant_primitives.weight_scales_per_channel``.
+    * ``max_output_channels``, ``output_outlier_ratio``: the output-side shadow. Of each
+      NPU Linear's ``max_output_channels`` largest output channels (by max |y| of the NPU
+      part over calibration text), those above ``output_outlier_ratio`` × the next
+      largest are computed in FP on the CPU (their NPU weight rows are zero), so the
+      graph's per-tensor output range covers only the rest. 0 disables it.
     """
 
     scale_rule: str = "paper"
@@ -47,6 +52,8 @@ class ShadowConfig:
     prune_fraction: float = 0.5
     pruned_scale_rule: str = "max"
     weight_scale_rule: str = "mse"
+    max_output_channels: int = 4
+    output_outlier_ratio: float = 2.0
 
     def __post_init__(self) -> None:
         if self.scale_rule not in SCALE_RULES:
@@ -63,6 +70,10 @@ class ShadowConfig:
             raise ValueError(f"hot_coverage: got {self.hot_coverage}, expected a share in (0, 1]")
         if not 0.0 <= self.max_resident_fraction <= 1.0:
             raise ValueError(f"max_resident_fraction: got {self.max_resident_fraction}, expected a share in [0, 1], e.g. 0.02")
+        if not isinstance(self.max_output_channels, int) or self.max_output_channels < 0:
+            raise ValueError(f"max_output_channels: got {self.max_output_channels!r}, expected an integer ≥ 0 (0 disables the output-side shadow)")
+        if self.output_outlier_ratio < 1.0:
+            raise ValueError(f"output_outlier_ratio: got {self.output_outlier_ratio}, expected ≥ 1 (a channel's max is compared with ratio × the next largest)")
         if not 0.0 <= self.prune_fraction <= 1.0:
             raise ValueError(f"prune_fraction: got {self.prune_fraction}, expected a share in [0, 1]")
 

@@ -34,6 +34,7 @@ class SiteShadowPlan:
     pruned: bool  # outlier handling dropped: values beyond t are clipped
     outlier_channels_: list[int] = field(default_factory=list)  # channels that exceeded t in calibration
     hot_channels_: list[int] = field(default_factory=list)  # resident FP columns (⊆ outlier_channels_)
+    output_channels_: dict[str, list[int]] = field(default_factory=dict)  # per Linear: output channels computed in FP on the CPU
     # At run time an outlier may appear in any channel; the columns of the channels that
     # are not hot ("cold") are read from the bundle when one does (§3.3).
 
@@ -65,9 +66,12 @@ class ShadowPlan:
         return [site for site in self.sites.values() if site.shadowed and (blocks is None or site.block_index in blocks)]
 
     def resident_shadow_parameters(self, out_features: dict[str, int], blocks: set[int] | None = None) -> int:
-        """Number of FP weights kept in memory: hot columns of every shadowed Linear
-        (of ``blocks`` only, e.g. those placed on the NPU; default all)."""
-        return sum(len(site.hot_channels_) * out_features[name] for site in self._shadowed_sites(blocks) for name in site.linear_names)
+        """Number of FP weights kept in memory: hot columns of every shadowed Linear and the
+        rows of the output-side shadow channels (of ``blocks`` only, e.g. those placed on
+        the NPU; default all)."""
+        hot = sum(len(site.hot_channels_) * out_features[name] for site in self._shadowed_sites(blocks) for name in site.linear_names)
+        rows = sum(len(channels) * site.num_channels for site in self.sites.values() if blocks is None or site.block_index in blocks for channels in site.output_channels_.values())
+        return hot + rows
 
     def cold_shadow_parameters(self, out_features: dict[str, int], blocks: set[int] | None = None) -> int:
         return sum(len(site.cold_channels_) * out_features[name] for site in self._shadowed_sites(blocks) for name in site.linear_names)
@@ -100,9 +104,18 @@ class ShadowPlan:
 
     def shadow_weights(self, layout, blocks: set[int] | None = None) -> dict[str, torch.Tensor]:
         """FP weight columns ``{"<linear>.hot": W[:, hot], "<linear>.cold": W[:, cold]ᵀ}``
-        of every shadowed Linear (of ``blocks`` only; default all). Cold columns are stored
+        of every shadowed Linear, and the output-side rows ``"<linear>.out_rows"`` W[C, :]
+        (+ ``"<linear>.out_bias"``) of every Linear with output channels (of ``blocks`` only; default all). Cold columns are stored
         channel-major ([channels, out]) so the runtime reads just the rows it needs from disk."""
         weights = {}
+        for site in self.sites.values():
+            if blocks is not None and site.block_index not in blocks:
+                continue
+            for name, channels in site.output_channels_.items():  # the output-side shadow: rows W[C, :] and b[C]
+                linear = layout.linear(name)
+                weights[f"{name}.out_rows"] = linear.weight.detach().float().cpu()[channels].contiguous()
+                if linear.bias is not None:
+                    weights[f"{name}.out_bias"] = linear.bias.detach().float().cpu()[channels].contiguous()
         for site in self._shadowed_sites(blocks):
             for name in site.linear_names:
                 weight = layout.linear(name).weight.detach().float().cpu()

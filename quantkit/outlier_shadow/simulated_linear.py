@@ -37,33 +37,46 @@ def quantized_weights(layout: DecoderLayout, names: Iterable[str], rule: str) ->
     return codes
 
 
-def deployed_record(linear: nn.Linear, site: SiteShadowPlan, bits: int, output_clip: float | None, weight_codes: tuple[torch.Tensor, torch.Tensor]) -> QdqLinear:
-    """The NPU graph's arithmetic for ``linear``: input scale from the site's clip, weight
-    codes, INT32 bias, output scale from ``output_clip`` (None: float output, used only
-    while the output ranges are being recorded)."""
+def deployed_record(linear: nn.Linear, name: str, site: SiteShadowPlan, bits: int, output_clip: float | None, weight_codes: tuple[torch.Tensor, torch.Tensor]) -> QdqLinear:
+    """The NPU graph's arithmetic for ``linear`` (module ``name``): input scale from the
+    site's clip, weight codes, INT32 bias, output scale from ``output_clip`` (None: float
+    output, used only while the output ranges are being recorded). The rows of the
+    site's output-side shadow channels are zero: the CPU computes those outputs."""
     codes, weight_scales = weight_codes
+    output_channels = site.output_channels_.get(name, [])
+    if output_channels:
+        codes = codes.clone()
+        codes[output_channels] = 0
     input_scale = activation_scale(site.threshold_, bits)
     bias_codes = bias_scales = None
     if linear.bias is not None:
         bias_scales = int32_bias_scales(input_scale, weight_scales)
         bias_codes = int32_bias_codes(linear.bias, bias_scales)
+        if output_channels:
+            bias_codes[output_channels] = 0
     output_scale = None if output_clip is None else activation_scale(output_clip, bits)
     return QdqLinear(codes, weight_scales, input_scale, output_scale, bits, bias_codes, bias_scales)
 
 
 class DeployedLinear(nn.Module):
-    """clip(x) through the NPU record, plus — unless the site is pruned — the clipped
-    excess times the FP weight columns (the shadow path; every channel, as the runtime
-    reads cold columns on demand). ``observer``, when set, sees the NPU accumulator
-    before output requantization (the calibration of the output ranges)."""
+    """clip(x) through the NPU record; the output-side shadow channels C computed in FP,
+    clip(x)·W[C]ᵀ + b[C]; and — unless the site is pruned — the clipped excess times the
+    FP weight columns (the shadow path; every channel, as the runtime reads cold columns
+    on demand). ``observer``, when set, sees the NPU accumulator before output
+    requantization (the calibration of the output ranges)."""
 
-    def __init__(self, linear: nn.Linear, site: SiteShadowPlan, record: QdqLinear):
+    def __init__(self, linear: nn.Linear, site: SiteShadowPlan, record: QdqLinear, name: str = ""):
         super().__init__()
         device = linear.weight.device
         self.record = record.to(device)
+        self.in_features, self.out_features = linear.in_features, linear.out_features
         self.threshold = site.threshold_
         self.shadowed = site.shadowed
         self.shadow_columns = linear.weight.detach()  # W_fp itself (no copy)
+        channels = site.output_channels_.get(name, [])
+        self.output_channels = torch.tensor(channels, dtype=torch.long, device=device)
+        self.output_rows = linear.weight.detach()[channels] if channels else None
+        self.output_bias = linear.bias.detach()[channels] if channels and linear.bias is not None else None
         self.observer: Callable[[torch.Tensor], None] | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -73,6 +86,8 @@ class DeployedLinear(nn.Module):
             self.observer(y.detach())
         if self.record.output_scale is not None:
             y = self.record.requantize_output(y)
+        if self.output_rows is not None:  # output-side shadow: these channels' NPU rows are zero
+            y = y.index_add(-1, self.output_channels, nn.functional.linear(clipped, self.output_rows, self.output_bias))
         if self.shadowed:  # Eq. 1: NPU part + FP shadow part
             y = y + excess @ self.shadow_columns.T
         return y
@@ -98,8 +113,8 @@ def simulated_quantization(
     def swap(name: str, linear: nn.Linear) -> DeployedLinear:
         site = plan.site_of(name)
         if precision is None:
-            return DeployedLinear(linear, site, deployed_record(linear, site, input_bits or 16, None, codes[name]))
+            return DeployedLinear(linear, site, deployed_record(linear, name, site, input_bits or 16, None, codes[name]), name)
         graph = precision.of(name)
-        return DeployedLinear(linear, site, deployed_record(linear, site, graph.activation_bits, graph.output_clip(name), codes[name]))
+        return DeployedLinear(linear, site, deployed_record(linear, name, site, graph.activation_bits, graph.output_clip(name), codes[name]), name)
 
     return replaced_linears(layout, names, swap)

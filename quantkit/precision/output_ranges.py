@@ -7,34 +7,44 @@ import torch
 
 from quantkit.calibration.quantiles import NUM_BINS, log_histogram
 from quantkit.models.architecture import DecoderLayout
-from quantkit.outlier_shadow.math import mse_clip_threshold
+from quantkit.outlier_shadow.math import mse_clip_threshold, output_outlier_channels
 from quantkit.outlier_shadow.plan import ShadowPlan
 from quantkit.outlier_shadow.simulated_linear import WeightCodes, simulated_quantization
 from quantkit.precision.plan import GraphPrecision, PrecisionPlan
 from quantkit.runtime.qdq import ACTIVATION_BITS
 
-__all__ = ["record_npu_outputs", "output_clips", "initial_precision", "calibrated_precision", "OUTPUT_RANGE_RULES"]
+__all__ = ["record_npu_outputs", "choose_output_channels", "output_clips", "initial_precision", "calibrated_precision", "OUTPUT_RANGE_RULES"]
 
 OUTPUT_RANGE_RULES = ("mse", "max")
 
 
 @torch.no_grad()
-def record_npu_outputs(layout: DecoderLayout, plan: ShadowPlan, sequences: torch.Tensor, input_bits: int = 16, batch_size: int = 4, weights: WeightCodes | None = None) -> dict[str, tuple[float, torch.Tensor]]:
-    """Per Linear: (max |y_npu|, log-histogram of |y_npu|) of its NPU part
-    y_npu = Q(clip(x)) Wqᵀ + b over ``sequences``, every block quantized with float
-    outputs. The shadow part is added after, in FP, so the massive values it carries do
-    not stretch these ranges."""
+def record_npu_outputs(
+    layout: DecoderLayout, plan: ShadowPlan, sequences: torch.Tensor, input_bits: int = 16, batch_size: int = 4, weights: WeightCodes | None = None
+) -> dict[str, tuple[float, torch.Tensor, torch.Tensor]]:
+    """Per Linear: (max |y_npu|, log-histogram of |y_npu|, per-channel max |y_npu|) of its
+    NPU part y_npu = Q(clip(x)) Wqᵀ + b over ``sequences``, every block quantized with
+    float outputs. The shadow part is added after, in FP, so the massive values it carries
+    do not stretch these ranges; nor do the plan's output-side shadow channels (left out)."""
     device = next(layout.model.parameters()).device
     absmax: dict[str, torch.Tensor] = {}
+    channel_absmax: dict[str, torch.Tensor] = {}
     histograms: dict[str, torch.Tensor] = {}
 
     def observer_for(name: str):
+        out_features = layout.linear(name).out_features
+        keep = torch.ones(out_features, dtype=torch.bool, device=device)
+        keep[plan.site_of(name).output_channels_.get(name, [])] = False
         absmax[name] = torch.zeros((), device=device)
+        channel_absmax[name] = torch.zeros(out_features, device=device)
         histograms[name] = torch.zeros(NUM_BINS, dtype=torch.int64, device=device)
 
         def observe(y: torch.Tensor) -> None:
-            torch.maximum(absmax[name], y.abs().max(), out=absmax[name])
-            histograms[name] += log_histogram(y)
+            per_channel = y.abs().flatten(0, -2).amax(dim=0)
+            torch.maximum(channel_absmax[name], per_channel, out=channel_absmax[name])
+            kept = y[..., keep]
+            torch.maximum(absmax[name], kept.abs().max(), out=absmax[name])
+            histograms[name] += log_histogram(kept)
 
         return observe
 
@@ -43,7 +53,19 @@ def record_npu_outputs(layout: DecoderLayout, plan: ShadowPlan, sequences: torch
             layout.linear(name).observer = observer_for(name)
         for batch in sequences.split(batch_size):
             layout.model(input_ids=batch.to(device), use_cache=False)
-    return {name: (float(absmax[name]), histograms[name].cpu()) for name in absmax}
+    return {name: (float(absmax[name]), histograms[name].cpu(), channel_absmax[name].cpu()) for name in absmax}
+
+
+def choose_output_channels(plan: ShadowPlan, channel_absmax: dict[str, torch.Tensor]) -> None:
+    """Set each site's output-side shadow channels (``plan.config.max_output_channels``,
+    ``output_outlier_ratio``) from the per-channel max |y_npu| of its Linears."""
+    config = plan.config
+    for site in plan.sites.values():
+        site.output_channels_ = {}
+        for name in site.linear_names:
+            channels = output_outlier_channels(channel_absmax[name], config.max_output_channels, config.output_outlier_ratio)
+            if channels:
+                site.output_channels_[name] = channels
 
 
 def output_clips(absmax: float, histogram: torch.Tensor, rule: str = "mse") -> dict[str, float]:
@@ -71,7 +93,10 @@ def initial_precision(layout: DecoderLayout, plan: ShadowPlan, output_clips: dic
 
 
 def calibrated_precision(layout: DecoderLayout, plan: ShadowPlan, sequences: torch.Tensor, mode: str = "16", rule: str = "mse", weights: WeightCodes | None = None) -> PrecisionPlan:
-    """Record the output ranges over ``sequences`` and return the precision plan with every
-    graph at A8 (``mode`` "auto" / "8") or A16 ("16")."""
+    """Choose the output-side shadow channels (set in ``plan``), record the output ranges
+    over ``sequences`` without them, and return the precision plan with every graph at A8
+    (``mode`` "auto" / "8") or A16 ("16")."""
+    if plan.config.max_output_channels > 0:  # first pass: which output channels dwarf the rest
+        choose_output_channels(plan, {name: values[2] for name, values in record_npu_outputs(layout, plan, sequences, weights=weights).items()})
     recorded = record_npu_outputs(layout, plan, sequences, weights=weights)
-    return initial_precision(layout, plan, {name: output_clips(*values, rule=rule) for name, values in recorded.items()}, mode)
+    return initial_precision(layout, plan, {name: output_clips(absmax, histogram, rule) for name, (absmax, histogram, _) in recorded.items()}, mode)

@@ -26,11 +26,13 @@ CHUNK = 16
 
 @pytest.fixture(scope="module")
 def tiny_bundle(tmp_path_factory, tiny_tokenizer):
-    from tests.conftest import tiny_model
+    from tests.conftest import plant_output_outliers, tiny_model
 
     root = tmp_path_factory.mktemp("export")
     model_folder = root / "tiny-qwen2"
-    tiny_model("qwen2", planted_outliers=True).save_pretrained(model_folder)
+    model = tiny_model("qwen2", planted_outliers=True)
+    plant_output_outliers(model)
+    model.save_pretrained(model_folder)
     tiny_tokenizer.save_pretrained(model_folder)
     config = CalibrationConfig(model=str(model_folder), num_sequences=4, seq_len=32, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=32, sensitivity_num_sequences=1, sensitivity_seq_len=32)
     calibrate(root / "calib", config, progress=False)
@@ -96,7 +98,7 @@ def test_graphs_serialise_the_records_calibration_measured_with(tiny_bundle):
         x = inputs[site.linear_names[0]].float() * read_back[0].input_scale
         outputs = cpu_session(bundle / graph["file"]).run(None, {graph["input"]: x.numpy()})
         for name, record, got in zip(site.linear_names, read_back, outputs):
-            built = deployed_record(loaded.layout.linear(name), site, graph_precision.activation_bits, graph_precision.output_clip(name), weights[name])
+            built = deployed_record(loaded.layout.linear(name), name, site, graph_precision.activation_bits, graph_precision.output_clip(name), weights[name])
             assert torch.equal(built.weight_codes, record.weight_codes) and torch.equal(built.weight_scales, record.weight_scales)
             assert (built.input_scale, built.output_scale, built.bits) == (record.input_scale, record.output_scale, record.bits)
             assert (built.bias_codes is None) == (record.bias_codes is None)

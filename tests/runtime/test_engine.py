@@ -11,7 +11,7 @@ from quantkit.precision import PRECISION_FILE, PrecisionPlan
 from quantkit.runtime.bundle import BundleError
 from quantkit.runtime.engine import BundleModel
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
-from tests.conftest import TINY_VOCAB, tiny_model
+from tests.conftest import PLANTED_OUTPUT_CHANNELS, TINY_VOCAB, plant_output_outliers, tiny_model
 
 CHUNK = 16
 
@@ -20,7 +20,9 @@ CHUNK = 16
 def bundle(request, tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp(f"runtime-{request.param}")
     folder = root / "model"
-    tiny_model(request.param, planted_outliers=True).save_pretrained(folder)
+    model = tiny_model(request.param, planted_outliers=True)
+    plant_output_outliers(model)
+    model.save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
     config = CalibrationConfig(model=str(folder), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64, sensitivity_num_sequences=1, sensitivity_seq_len=32)
     calibrate(root / "calib", config, progress=False)
@@ -191,3 +193,32 @@ def test_qnn_htp_executor_agrees_with_the_cpu_provider(bundle):
     # more than the margin below CPU (A8 graphs: the two round some outputs one step apart)
     assert sqnr_db(fp, on_htp) >= sqnr_db(fp, on_cpu) - SQNR_MARGIN_DB
     assert (on_htp.argmax(-1) == on_cpu.argmax(-1)).float().mean() >= 0.95
+
+
+def test_output_side_shadow_computes_the_massive_output_channels_on_the_cpu(bundle):
+    """The planted up_proj rows make two output channels dwarf the rest: calibration sends
+    them to the CPU (FP rows in the bundle), the graph's rows for them are zero, and its
+    output range no longer has to cover them."""
+    from quantkit.runtime.npu import records_from_graph
+
+    plan = ShadowPlan.load(bundle / "bundle" / "shadow_plan.json")
+    site = plan.sites["model.layers.0.mlp.gate_proj"]
+    assert site.output_channels_.get("model.layers.0.mlp.up_proj") == list(PLANTED_OUTPUT_CHANNELS)
+    runtime = BundleModel(bundle / "bundle")
+    entry = runtime._graph_entries[(0, "gate_up")]
+    gate, up = records_from_graph(runtime.folder, entry)
+    assert up.weight_codes[list(PLANTED_OUTPUT_CHANNELS)].abs().sum() == 0 and up.weight_codes.abs().sum() > 0
+    loaded = load_model(str(bundle / "model"))
+    weight = loaded.layout.linear("model.layers.0.mlp.up_proj").weight
+    rows_absmax = weight.abs().amax(dim=1)
+    assert rows_absmax[list(PLANTED_OUTPUT_CHANNELS)].min() > 10 * rows_absmax.median()
+    # the range is set by the channels left on the NPU, far below the planted ones
+    precision = PrecisionPlan.load(bundle / "bundle" / "precision.json")
+    clip = precision.of("model.layers.0.mlp.up_proj").output_clip("model.layers.0.mlp.up_proj")
+    ids = _prompt(16)
+    with torch.no_grad():
+        captured = {}
+        handle = loaded.layout.linear("model.layers.0.mlp.up_proj").register_forward_hook(lambda m, a, y: captured.setdefault("y", y))
+        loaded.model(input_ids=ids[None], use_cache=False)
+        handle.remove()
+    assert captured["y"][..., list(PLANTED_OUTPUT_CHANNELS)].abs().max() > 3 * clip
