@@ -20,21 +20,22 @@ from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.plan import ShadowPlan
 from quantkit.outlier_shadow.simulated_linear import WeightCodes, simulated_quantization
 from quantkit.precision.plan import PrecisionPlan
-from quantkit.sensitivity.measure import nll_and_kl
+from quantkit.sensitivity.measure import fp_reference, nll_and_kl
 
 __all__ = ["graph_sensitivity", "promotion_order", "search_activation_bits"]
 
 
 @torch.no_grad()
 def graph_sensitivity(layout: DecoderLayout, plan: ShadowPlan, precision: PrecisionPlan, sequences: torch.Tensor, weights: WeightCodes, progress: bool = True) -> dict[str, float]:
-    """KL(P_fp ‖ P) per token with only that graph quantized at A8, by graph site name."""
-    _, _, fp_log_probs = nll_and_kl(layout, sequences, None)
+    """KL(P_fp ‖ P) per token with only that graph quantized at A8, by graph site name
+    (each run starts at the graph's block: the blocks before it are FP)."""
+    _, fp_log_probs, block_inputs = fp_reference(layout, sequences)
     at_a8 = precision.with_uniform_bits(8)
     sensitivity = {}
     for name, graph in tqdm(precision.graphs.items(), desc="graph sensitivity (A8)", unit="graph", disable=not progress):
         single = ShadowPlan(config=plan.config, sites={name: plan.sites[name]}, hot_coverage_=plan.hot_coverage_)
         with simulated_quantization(layout, single, at_a8, weights=weights):
-            _, kl, _ = nll_and_kl(layout, sequences, fp_log_probs)
+            _, kl, _ = nll_and_kl(layout, sequences, fp_log_probs, 1, graph.block_index, block_inputs)
         sensitivity[name] = max(kl, 0.0)
     return sensitivity
 

@@ -21,8 +21,9 @@ from tqdm.auto import tqdm
 from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.plan import ShadowPlan
 from quantkit.outlier_shadow.simulated_linear import simulated_quantization
+from quantkit.sensitivity.truncated import record_block_inputs, starting_at_block
 
-__all__ = ["BlockSensitivity", "block_sensitivity", "nll_and_kl"]
+__all__ = ["BlockSensitivity", "block_sensitivity", "nll_and_kl", "fp_reference"]
 
 
 @dataclass(frozen=True)
@@ -36,18 +37,33 @@ class BlockSensitivity:
 
 
 @torch.no_grad()
-def _log_probs(layout: DecoderLayout, batch: torch.Tensor) -> torch.Tensor:
-    return F.log_softmax(layout.model(input_ids=batch, use_cache=False).logits.float(), dim=-1)
+def _log_probs(layout: DecoderLayout, batch: torch.Tensor, start: tuple[int, torch.Tensor] | None = None) -> torch.Tensor:
+    if start is None:
+        return F.log_softmax(layout.model(input_ids=batch, use_cache=False).logits.float(), dim=-1)
+    block, hidden = start
+    with starting_at_block(layout, block):
+        return F.log_softmax(layout.model(inputs_embeds=hidden, use_cache=False).logits.float(), dim=-1)
 
 
 @torch.no_grad()
-def nll_and_kl(layout: DecoderLayout, sequences: torch.Tensor, reference_log_probs: list[torch.Tensor] | None, batch_size: int = 1) -> tuple[float, float, list[torch.Tensor]]:
-    """Mean next-token NLL, mean KL from ``reference_log_probs`` (0 if None), and the log-probs."""
+def nll_and_kl(
+    layout: DecoderLayout,
+    sequences: torch.Tensor,
+    reference_log_probs: list[torch.Tensor] | None,
+    batch_size: int = 1,
+    start_block: int = 0,
+    block_inputs: list[list[torch.Tensor]] | None = None,
+) -> tuple[float, float, list[torch.Tensor]]:
+    """Mean next-token NLL, mean KL from ``reference_log_probs`` (0 if None), and the
+    log-probs. With ``start_block`` > 0 the model runs from that block on, fed the FP
+    hidden states ``block_inputs[batch][start_block]`` (valid when only blocks ≥
+    ``start_block`` differ from FP; see ``truncated.py``)."""
     device = next(layout.model.parameters()).device
     total_nll, total_kl, count, all_log_probs = 0.0, 0.0, 0, []
     for index, batch in enumerate(sequences.split(batch_size)):
         batch = batch.to(device)
-        log_probs = _log_probs(layout, batch)
+        start = (start_block, block_inputs[index][start_block]) if start_block > 0 else None
+        log_probs = _log_probs(layout, batch, start)
         targets = batch[:, 1:]
         total_nll += float(-log_probs[:, :-1].gather(-1, targets.unsqueeze(-1)).sum())
         if reference_log_probs is not None:
@@ -58,14 +74,21 @@ def nll_and_kl(layout: DecoderLayout, sequences: torch.Tensor, reference_log_pro
     return total_nll / count, total_kl / count, all_log_probs
 
 
+def fp_reference(layout: DecoderLayout, sequences: torch.Tensor, batch_size: int = 1) -> tuple[float, list[torch.Tensor], list[list[torch.Tensor]]]:
+    """FP mean NLL, log-probs and the hidden states entering each block, per batch."""
+    fp_nll, _, fp_log_probs = nll_and_kl(layout, sequences, None, batch_size)
+    block_inputs = [record_block_inputs(layout, batch.to(next(layout.model.parameters()).device)) for batch in sequences.split(batch_size)]
+    return fp_nll, fp_log_probs, block_inputs
+
+
 def block_sensitivity(layout: DecoderLayout, plan: ShadowPlan, precision, sequences: torch.Tensor, batch_size: int = 1, progress: bool = True, weights=None) -> list[BlockSensitivity]:
     """Sensitivity of every block, measured on ``sequences`` against the FP model, with
     the block's graphs at the bit-widths and output ranges of ``precision`` (the
-    deployed arithmetic)."""
-    fp_nll, _, fp_log_probs = nll_and_kl(layout, sequences, None, batch_size)
+    deployed arithmetic). Each run starts at its block (the ones before are FP)."""
+    fp_nll, fp_log_probs, block_inputs = fp_reference(layout, sequences, batch_size)
     results = []
     for block in tqdm(range(layout.num_blocks), desc="block sensitivity", unit="block", disable=not progress):
         with simulated_quantization(layout, plan, precision, blocks={block}, weights=weights):
-            nll, kl, _ = nll_and_kl(layout, sequences, fp_log_probs, batch_size)
+            nll, kl, _ = nll_and_kl(layout, sequences, fp_log_probs, batch_size, block, block_inputs)
         results.append(BlockSensitivity(block=block, delta_nll=nll - fp_nll, kl=kl))
     return results
