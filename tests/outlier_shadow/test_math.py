@@ -108,3 +108,16 @@ def test_per_channel_weight_quantization_error_bound():
     weight = torch.randn(8, 64) * torch.logspace(-2, 1, 8).unsqueeze(1)
     dequantized, scales = quantize_weight_per_channel(weight)
     assert ((dequantized - weight).abs() <= scales.unsqueeze(1) / 2 + 1e-7).all()
+
+
+def test_output_outlier_channels_take_only_the_few_that_dwarf_the_rest():
+    from quantkit.outlier_shadow.math import output_outlier_channels
+
+    absmax = torch.full((64,), 2.0)
+    absmax[[7, 30]] = torch.tensor([60.0, 30.0])  # massive channels (SmolLM2 block 11's shape)
+    absmax[[1, 2, 3]] = torch.tensor([9.0, 8.0, 7.0])
+    assert output_outlier_channels(absmax, max_channels=4, ratio=2.0) == [7, 30]  # the 5th largest is 7: bound 14
+    assert output_outlier_channels(absmax, max_channels=0, ratio=2.0) == []  # disabled
+    assert output_outlier_channels(torch.full((64,), 3.0), max_channels=4, ratio=2.0) == []  # flat: none
+    assert output_outlier_channels(absmax, max_channels=1, ratio=2.0) == []  # 60 is not 2 × 30
+    assert output_outlier_channels(absmax[:3], max_channels=4, ratio=2.0) == []  # fewer channels than the cap

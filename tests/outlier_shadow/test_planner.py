@@ -99,3 +99,30 @@ def test_resident_cap_lowers_coverage_until_the_hot_columns_fit(planted):
             continue
         counts = statistics[f"{name}:input"].channel_outlier_count
         assert counts[site.hot_channels_].sum() >= capped.hot_coverage_ * counts.sum() - 1e-9
+
+
+@pytest.mark.parametrize(
+    "field, value, message",
+    [("max_output_channels", -1, "max_output_channels: got -1, expected an integer ≥ 0"), ("output_outlier_ratio", 0.5, "output_outlier_ratio: got 0.5, expected ≥ 1"), ("weight_scale_rule", "minmax", "weight_scale_rule: got 'minmax'")],
+)
+def test_shadow_config_rejects_bad_values(field, value, message):
+    with pytest.raises(ValueError, match=message):
+        ShadowConfig(**{field: value})
+
+
+def test_output_channels_are_chosen_and_disabled_by_the_settings(planted):
+    from quantkit.precision import calibrated_precision
+
+    layout, statistics, sequences = planted
+    with torch.no_grad():  # plant two massive output channels in block 1's up_proj
+        layout.linear("model.layers.1.mlp.up_proj").weight[[4, 11]] *= 30
+    try:
+        plan = build_shadow_plan(statistics, layout, ShadowConfig(percentile=0.99))
+        calibrated_precision(layout, plan, sequences[:2], "8")
+        assert plan.sites["model.layers.1.mlp.gate_proj"].output_channels_["model.layers.1.mlp.up_proj"] == [4, 11]
+        off = build_shadow_plan(statistics, layout, ShadowConfig(percentile=0.99, max_output_channels=0))
+        calibrated_precision(layout, off, sequences[:2], "8")
+        assert all(not site.output_channels_ for site in off.sites.values())
+    finally:
+        with torch.no_grad():
+            layout.linear("model.layers.1.mlp.up_proj").weight[[4, 11]] /= 30
