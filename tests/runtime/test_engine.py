@@ -222,3 +222,27 @@ def test_output_side_shadow_computes_the_massive_output_channels_on_the_cpu(bund
         loaded.model(input_ids=ids[None], use_cache=False)
         handle.remove()
     assert captured["y"][..., list(PLANTED_OUTPUT_CHANNELS)].abs().max() > 3 * clip
+
+
+def test_mixed_precision_bundle_declares_and_lints_each_graphs_bits(bundle):
+    """Block 0's qkv and gate_up graphs are A16, o and down A8 (the fixture's plan): the
+    manifest, the graphs' zero-point types and the encodings say so, and every graph runs
+    on QNN HTP with CPU fallback disabled."""
+    import json
+
+    import onnx
+
+    from quantkit.export.lint import lint_bundle
+
+    runtime = BundleModel(bundle / "bundle")
+    assert runtime.manifest["quantization"]["activation_bits"] == "mixed"
+    encodings = {e["name"]: e for e in json.loads((bundle / "bundle" / "encodings.json").read_text())["activation_encodings"]}
+    for entry in runtime.manifest["graphs"]:
+        expected = 16 if entry["name"].endswith(("qkv", "gate_up")) else 8
+        assert entry["activation_bits"] == expected
+        graph = onnx.load(str(bundle / "bundle" / entry["file"]))
+        zero_point = next(i for i in graph.graph.initializer if i.name == f"{entry['input']}.zero_point")
+        assert zero_point.data_type == (onnx.TensorProto.INT16 if expected == 16 else onnx.TensorProto.INT8)
+        assert encodings[entry["input"]]["bw"] == expected
+    report = lint_bundle(bundle / "bundle", qnn=True)
+    assert report.ok, report.problems
