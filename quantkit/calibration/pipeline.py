@@ -47,6 +47,7 @@ from quantkit.outlier_shadow.plan import PLAN_FILE
 from quantkit.report import write_report
 from quantkit.sensitivity import block_sensitivity, plan_placement
 from quantkit.sensitivity.placement import PLACEMENT_FILE
+from quantkit.sensitivity.realizations import perplexity_realizations
 
 __all__ = ["calibrate", "CalibrationResult", "SUMMARY_JSON", "SUMMARY_TEXT", "HEATMAP_FILE"]
 
@@ -57,6 +58,7 @@ HEATMAP_FILE = "report/outlier_heatmap.png"
 SENSITIVITY_FILE = "sensitivity.json"
 _TOP_LAYERS = 10
 _OUTPUT_RANGE_SEQUENCES = 4  # calibration sequences the NPU output ranges are recorded on
+_REALIZATIONS = 3  # rounding realizations of the chosen arithmetic (see sensitivity/realizations.py)
 
 
 @dataclass
@@ -116,7 +118,9 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
     with _timed(timings, "placement"):
         placement = plan_placement(sensitivities, lambda cpu: deployed_perplexity(precision, cpu, f"quantkit PPL ({len(cpu)} CPU blocks)"), fp_ppl, config.accuracy_budget)
         placement.save(staging / PLACEMENT_FILE)
-    return plan, precision, sensitivities, placement
+    with _timed(timings, "realizations"), simulated_quantization(layout, plan, precision, blocks=placement.npu_block_indices, weights=weights):
+        realizations = perplexity_realizations(layout, validation_ids, _REALIZATIONS, progress=progress)
+    return plan, precision, sensitivities, placement, realizations
 
 
 def _aimet_baseline(loaded, calibration_ids: torch.Tensor, validation_ids: torch.Tensor, config: CalibrationConfig, staging: Path, timings: dict, progress: bool) -> tuple[dict, float]:
@@ -182,7 +186,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     with _timed(timings, "fp_eval"):
         fp_model = LogitsModel(loaded.model)
         perplexities = {"fp": perplexity(lambda ids: fp_model(ids.to(device)), validation_ids, desc="FP perplexity", progress=progress)}
-    plan, precision, sensitivities, placement = _plan_quantization(loaded, statistics, calibration_ids, validation_ids, perplexities["fp"], config, staging, timings, progress)
+    plan, precision, sensitivities, placement, realizations = _plan_quantization(loaded, statistics, calibration_ids, validation_ids, perplexities["fp"], config, staging, timings, progress)
     perplexities["quantkit"] = placement.ppl_
     encodings, perplexities["aimet_w8a8_per_tensor"] = _aimet_baseline(loaded, calibration_ids, validation_ids, config, staging, timings, progress)
 
@@ -194,7 +198,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     out_features = {name: loaded.layout.linear(name).out_features for name in loaded.layout.linear_names()}
     resident = plan.resident_shadow_parameters(out_features, blocks=placement.npu_block_indices)
     model_parameters = sum(p.numel() for p in loaded.model.parameters())
-    summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak, placement, resident / model_parameters, precision)
+    summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak, placement, resident / model_parameters, precision, realizations)
     (staging / SUMMARY_TEXT).write_text(summary + "\n")
     (staging / SUMMARY_JSON).write_text(
         json.dumps(
@@ -204,6 +208,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
                 "validation_tokens": list(validation_ids.shape),
                 "calibration_tokens": list(calibration_ids.shape),
                 "perplexity": perplexities,
+                "quantkit_rounding_realizations": realizations,
                 "npu_blocks": placement.npu_blocks,
                 "activation_bits": precision.mode,
                 "a8_mac_share": precision.a8_mac_share(placement.npu_block_indices),

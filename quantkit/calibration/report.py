@@ -84,12 +84,19 @@ def plot_outlier_heatmap(statistics: ActivationStatistics, layout: DecoderLayout
     plt.close(figure)
 
 
-def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None, precision=None) -> str:
+def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None, precision=None, realizations: list[float] | None = None) -> str:
     lines = [f"quantkit calibrate — {model_id}", "", "Validation perplexity"]
     fp = perplexities.get("fp")
     for method, value in perplexities.items():
         delta = f"  ({100 * (value / fp - 1):+.1f}% vs FP)" if fp and method != "fp" else ""
         lines.append(f"  {method:<28} {value:10.2f}{delta}")
+    if realizations and fp:
+        spread = ", ".join(f"{v:.2f}" for v in realizations)
+        lines.append(
+            f"  quantkit over {len(realizations)} rounding realizations (inputs × (1 + 1e-6·noise)): {spread} "
+            f"({100 * (min(realizations) / fp - 1):+.1f}% … {100 * (max(realizations) / fp - 1):+.1f}%): executors that round "
+            "differently (ONNX Runtime, QNN HTP) land in this range, not on one value"
+        )
     if placement is not None:
         lines += [
             "",

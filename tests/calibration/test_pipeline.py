@@ -122,7 +122,10 @@ def test_summary_perplexity_is_the_exported_bundles(tmp_path, tiny_model_folder)
     summary = json.loads((result.out / "summary.json").read_text())
     assert precision.mode == "auto" and precision.search_ and precision.sensitivity_
     assert summary["a8_mac_share"] == pytest.approx(precision.a8_mac_share({b for b, p in enumerate(json.loads((result.out / "placement.json").read_text())["placement"]) if p == "npu"}))
-    assert "NPU graphs at A8" in result.summary
+    assert "NPU graphs at A8" in result.summary and "rounding realizations" in result.summary
+    realizations = summary["quantkit_rounding_realizations"]
+    assert len(realizations) == 3 and len(set(realizations)) > 1  # perturbed draws differ
+    assert all(abs(v / result.perplexities["quantkit"] - 1) < 0.05 for v in realizations)
     bundle = export_bundle(result.out, tmp_path / "bundle", chunk_size=16, progress=False)
     loaded = load_model(config.model)
     validation = token_sequences(loaded.tokenizer, load_documents(config.data, "validation"), config.eval_num_sequences, config.eval_seq_len)
