@@ -54,7 +54,8 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     calib = Path(args.calib) if args.calib else out / f"calib-{Path(args.model).name}"
     if not args.calib:
-        calibrate(calib, CalibrationConfig(model=args.model, device=args.device), overwrite=True)
+        # the defaults, but the per-graph precision search on: its all-A8 and all-A16 variants come from the same calibration
+        calibrate(calib, CalibrationConfig(model=args.model, device=args.device, activation_bits="auto"), overwrite=True)
     config = CalibrationConfig.load(calib / "config.json")
     if config.model != args.model:
         raise SystemExit(f"{calib} was calibrated for {config.model}, not {args.model}")
@@ -111,8 +112,9 @@ def main(argv=None) -> int:
     npu = placement.npu_block_indices
     shadow_bytes = plan.resident_shadow_parameters(out_features, blocks=npu) * 4  # float32 columns
     weights = quantized_weights(layout, layout.linear_names(), plan.config.weight_scale_rule)
-    calibrated = f"quantkit_{precision.mode}"
-    variants = {"quantkit_w8a16": precision.with_uniform_bits(16), "quantkit_w8a8": precision.with_uniform_bits(8), calibrated: precision}
+    calibrated = {"16": "quantkit_w8a16", "8": "quantkit_w8a8"}.get(precision.mode, f"quantkit_{precision.mode}")
+    variants = {"quantkit_w8a16": precision.with_uniform_bits(16), "quantkit_w8a8": precision.with_uniform_bits(8)}
+    variants[calibrated] = precision  # a uniform calibration is its own row, measured once
     for method, bits in variants.items():
         with simulated_quantization(layout, plan, bits, blocks=npu, weights=weights):
             rows.append(

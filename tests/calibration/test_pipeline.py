@@ -116,7 +116,7 @@ def test_summary_perplexity_is_the_exported_bundles(tmp_path, tiny_model_folder)
     from quantkit.precision import PrecisionPlan
     from quantkit.runtime.engine import BundleModel
 
-    config = _config(tiny_model_folder, accuracy_budget=0.0)  # the search promotes graphs, then places blocks
+    config = _config(tiny_model_folder, accuracy_budget=0.0, activation_bits="auto")  # the search promotes graphs, then places blocks
     result = calibrate(tmp_path / "calib", config, progress=False)
     precision = PrecisionPlan.load(result.out / "precision.json")
     summary = json.loads((result.out / "summary.json").read_text())
