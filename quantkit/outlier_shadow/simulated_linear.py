@@ -9,7 +9,7 @@ bundle's, up to float summation order (a test proves it).
 
 from __future__ import annotations
 
-from typing import Callable, Iterable
+from typing import TYPE_CHECKING, Callable, Iterable
 
 import torch
 from torch import nn
@@ -20,6 +20,9 @@ from quantkit.outlier_shadow.math import split_outliers
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
 from quantkit.quant_primitives import quantize_symmetric, weight_scales_per_channel
 from quantkit.runtime.qdq import QdqLinear, activation_scale, int32_bias_codes, int32_bias_scales
+
+if TYPE_CHECKING:
+    from quantkit.precision.plan import PrecisionPlan
 
 __all__ = ["DeployedLinear", "deployed_record", "quantized_weights", "simulated_quantization"]
 
@@ -96,7 +99,7 @@ class DeployedLinear(nn.Module):
 def simulated_quantization(
     layout: DecoderLayout,
     plan: ShadowPlan,
-    precision,
+    precision: PrecisionPlan | None,
     blocks: Iterable[int] | None = None,
     weights: WeightCodes | None = None,
     input_bits: int | None = None,

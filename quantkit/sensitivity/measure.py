@@ -13,6 +13,7 @@ The method is the same (quantize one unit, compare with FP), applied to our simu
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -20,8 +21,11 @@ from tqdm.auto import tqdm
 
 from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.plan import ShadowPlan
-from quantkit.outlier_shadow.simulated_linear import simulated_quantization
+from quantkit.outlier_shadow.simulated_linear import WeightCodes, simulated_quantization
 from quantkit.sensitivity.truncated import record_block_inputs, starting_at_block
+
+if TYPE_CHECKING:
+    from quantkit.precision.plan import PrecisionPlan
 
 __all__ = ["BlockSensitivity", "block_sensitivity", "nll_and_kl", "fp_reference"]
 
@@ -81,7 +85,7 @@ def fp_reference(layout: DecoderLayout, sequences: torch.Tensor, batch_size: int
     return fp_nll, fp_log_probs, block_inputs
 
 
-def block_sensitivity(layout: DecoderLayout, plan: ShadowPlan, precision, sequences: torch.Tensor, batch_size: int = 1, progress: bool = True, weights=None) -> list[BlockSensitivity]:
+def block_sensitivity(layout: DecoderLayout, plan: ShadowPlan, precision: PrecisionPlan, sequences: torch.Tensor, batch_size: int = 1, progress: bool = True, weights: WeightCodes | None = None) -> list[BlockSensitivity]:
     """Sensitivity of every block, measured on ``sequences`` against the FP model, with
     the block's graphs at the bit-widths and output ranges of ``precision`` (the
     deployed arithmetic). Each run starts at its block (the ones before are FP)."""
