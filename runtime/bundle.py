@@ -14,11 +14,23 @@ from pathlib import Path
 from quantkit.errors import QuantkitError
 from quantkit.hashing import file_sha256
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MANIFEST_FILE", "BundleError", "file_sha256", "bundle_problems", "load_manifest"]
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MANIFEST_FILE", "GRAPH_KINDS", "BundleError", "file_sha256", "bundle_problems", "load_manifest", "graph_kind", "graph_name"]
 
 BUNDLE_FORMAT = "quantkit-bundle"
 BUNDLE_VERSION = 2  # 2: cold shadow columns stored channel-major
 MANIFEST_FILE = "manifest.json"
+# The NPU graph kinds of a block, by the first Linear of the activation they read.
+GRAPH_KINDS = {"q_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up", "down_proj": "down"}
+
+
+def graph_kind(first_linear: str) -> str:
+    """qkv | o | gate_up | down for the first Linear of a site, e.g. "model.layers.3.mlp.gate_proj"."""
+    return GRAPH_KINDS[first_linear.rsplit(".", 1)[-1]]
+
+
+def graph_name(block_index: int, first_linear: str) -> str:
+    """The graph's name in the bundle, e.g. "block03.gate_up"."""
+    return f"block{block_index:02d}.{graph_kind(first_linear)}"
 
 
 class BundleError(QuantkitError):

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from quantkit.runtime.bundle import BundleError, load_manifest
+from quantkit.runtime.bundle import BundleError, graph_kind, load_manifest
 from quantkit.runtime.cpu_ops import rope_cos_sin
 from quantkit.runtime.npu import OrtGraph, QdqGraph
 from quantkit.runtime.sampling import SamplingConfig, next_token
@@ -32,7 +32,6 @@ __all__ = ["BundleModel", "RuntimeCounters", "PrefillResult", "SUPPORTED_MODEL_T
 
 SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 SCHEDULES = ("ooo", "inorder")
-_KIND_OF = {"q_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up", "down_proj": "down"}
 
 
 @dataclass
@@ -86,10 +85,10 @@ class BundleModel:
         self.cpu = load_file(str(self.folder / "cpu.safetensors"))
         sites = {}
         for site in plan["sites"].values():
-            key = (site["block_index"], _KIND_OF[site["linear_names"][0].rsplit(".", 1)[-1]])
+            key = (site["block_index"], graph_kind(site["linear_names"][0]))
             if self.placement[key[0]] == "npu":
                 sites[key] = ShadowSite(site, hot, cold, self.counters, enabled=shadow)
-        self._graph_entries = {(g["block"], _KIND_OF[g["linears"][0].rsplit(".", 1)[-1]]): g for g in self.manifest["graphs"]}
+        self._graph_entries = {(g["block"], graph_kind(g["linears"][0])): g for g in self.manifest["graphs"]}
         npu_graphs = {key: OrtGraph(self.folder, entry, npu, npu_threads) for key, entry in self._graph_entries.items()}
         self._parts = ModelParts(self.arch, self.cpu, self.placement, sites, npu_graphs, self._count_npu_run)
         self._decode_parts: ModelParts | None = None

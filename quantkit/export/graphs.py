@@ -32,12 +32,12 @@ from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
 from quantkit.outlier_shadow.simulated_linear import WeightCodes, deployed_record, quantized_weights
 from quantkit.precision.plan import GraphPrecision
+from quantkit.runtime.bundle import graph_name
 
-__all__ = ["NpuGraph", "OPSET", "IR_VERSION", "build_site_graph", "graph_name", "SITE_KINDS"]
+__all__ = ["NpuGraph", "OPSET", "IR_VERSION", "build_site_graph"]
 
 OPSET = 21  # QDQ with int16/int4 and per-axis DQ; accepted by ONNX Runtime and onnxruntime-qnn
 IR_VERSION = 10
-SITE_KINDS = {"q_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up", "down_proj": "down"}
 
 
 @dataclass
@@ -50,10 +50,6 @@ class NpuGraph:
     output_names: list[str]
     activation_encodings: list[dict]  # AIMET 1.0.0 entries, names = tensors of this graph
     param_encodings: list[dict]
-
-
-def graph_name(block_index: int, site: str) -> str:
-    return f"block{block_index:02d}.{SITE_KINDS[site.rsplit('.', 1)[-1]]}"
 
 
 _ACTIVATION_DTYPES = {8: np.int8, 16: np.int16}

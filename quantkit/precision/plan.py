@@ -9,19 +9,14 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from quantkit.runtime.bundle import graph_kind, graph_name
 from quantkit.runtime.qdq import ACTIVATION_BITS
 
-__all__ = ["GraphPrecision", "PrecisionPlan", "PRECISION_FILE", "PRECISION_VERSION", "PRECISION_MODES", "graph_kind"]
+__all__ = ["GraphPrecision", "PrecisionPlan", "PRECISION_FILE", "PRECISION_VERSION", "PRECISION_MODES"]
 
 PRECISION_FILE = "precision.json"
 PRECISION_VERSION = 1
 PRECISION_MODES = ("auto", "8", "16")
-_KINDS = {"q_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up", "down_proj": "down"}
-
-
-def graph_kind(first_linear: str) -> str:
-    """qkv | o | gate_up | down for the first Linear of a site, e.g. "model.layers.3.mlp.gate_proj"."""
-    return _KINDS[first_linear.rsplit(".", 1)[-1]]
 
 
 @dataclass
@@ -40,7 +35,7 @@ class GraphPrecision:
 
     @property
     def name(self) -> str:
-        return f"block{self.block_index:02d}.{self.kind}"
+        return graph_name(self.block_index, self.linear_names[0])
 
     def output_clip(self, linear_name: str, bits: int | None = None) -> float:
         return self.output_clips_[linear_name][str(bits or self.activation_bits)]
