@@ -21,6 +21,7 @@ __all__ = [
     "fake_quantize_symmetric",
     "quantize_weight_per_channel",
     "weight_scales_per_channel",
+    "lpbq_scales",
     "WEIGHT_SCALE_RULES",
     "sqnr_db",
 ]
@@ -92,6 +93,26 @@ def weight_scales_per_channel(weight: torch.Tensor, num_bits: int = 8, rule: str
             better = errors < best_errors
             best_scales, best_errors = torch.where(better, scales, best_scales), torch.where(better, errors, best_errors)
     return best_scales
+
+
+def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: str = "max", max_block_scale: int = 16) -> tuple[torch.Tensor, torch.Tensor]:
+    """Low-power blockwise (LPBQ) scales of a [out, in] weight, blocks of ``block_size``
+    inputs: (per-channel float32 scales s [out], uint8 block scales k [out, in / B]).
+
+    Each block first gets its own scale b_jk by ``rule`` (as a row of
+    :func:`weight_scales_per_channel`); then s_j = max_k b_jk / K and
+    k_jk = clamp(round(b_jk / s_j), 1, K), K = ``max_block_scale`` (16: 4-bit codes on an
+    8-bit grid), so the block's scale is s_j · k_jk — AIMET's grouped blockwise
+    quantization (``decompressed_bw = 8``), the form QNN HTP runs.
+    """
+    out_features, in_features = weight.shape
+    if block_size < 1 or in_features % block_size:
+        raise ValueError(f"block size: got {block_size}, expected a divisor of the {in_features} input features")
+    blocks = weight.detach().float().reshape(out_features * (in_features // block_size), block_size)
+    block_scales = weight_scales_per_channel(blocks, num_bits, rule).reshape(out_features, -1)
+    channel_scales = torch.clamp(block_scales.amax(dim=1) / max_block_scale, min=_MIN_SCALE)
+    integers = torch.clamp(torch.round(block_scales / channel_scales[:, None]), 1, max_block_scale).to(torch.uint8)
+    return channel_scales, integers
 
 
 def quantize_weight_per_channel(weight: torch.Tensor, num_bits: int = 8, rule: str = "max") -> tuple[torch.Tensor, torch.Tensor]:

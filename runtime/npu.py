@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from quantkit.runtime.qdq import QdqLinear
+from quantkit.runtime.qdq import QdqLinear, QuantizedWeight
 
 __all__ = ["OrtGraph", "QdqGraph", "records_from_graph", "ort_cpu_session"]
 
@@ -66,6 +66,19 @@ class OrtGraph:
 _BITS_OF_ZERO_POINT = {np.dtype(np.int8): 8, np.dtype(np.int16): 16}
 
 
+def _weight_from_graph(values: dict[str, np.ndarray], weight_name: str) -> QuantizedWeight:
+    """The QuantizedWeight a graph's weight initializers hold (int8, int4 per channel or
+    LPBQ int4 — see ``quantkit.export.graphs``); int4 arrays read back as int4 dtype."""
+    stored = values[weight_name]
+    bits = 8 if stored.dtype == np.int8 else 4
+    codes = torch.from_numpy(stored.astype(np.int8).T.copy())  # stored [in, out]
+    if f"{weight_name}.block_scales" in values:
+        block_scales = torch.from_numpy(values[f"{weight_name}.block_scales"].T.copy())  # stored [in / B, out]
+        block_size = codes.shape[1] // block_scales.shape[1]
+        return QuantizedWeight(codes, torch.from_numpy(values[f"{weight_name}.channel_scale"].copy()), bits, block_size, block_scales)
+    return QuantizedWeight(codes, torch.from_numpy(values[f"{weight_name}.scale"].copy()), bits)
+
+
 def records_from_graph(folder: Path, entry: dict) -> list[QdqLinear]:
     """The deployed records of a bundle graph, read back from its initializers (the bit
     width from the input zero point's type)."""
@@ -81,8 +94,7 @@ def records_from_graph(folder: Path, entry: dict) -> list[QdqLinear]:
         bias = f"{name}.bias"
         records.append(
             QdqLinear(
-                weight_codes=torch.from_numpy(values[f"{name}.weight"].T.copy()),  # stored [in, out]
-                weight_scales=torch.from_numpy(values[f"{name}.weight.scale"].copy()),
+                weight=_weight_from_graph(values, f"{name}.weight"),
                 input_scale=float(values[f"{input_name}.scale"]),
                 output_scale=float(values[f"{name}.output.scale"]),
                 bits=bits,

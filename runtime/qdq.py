@@ -10,14 +10,22 @@ Per Linear, for an input x already clipped on the CPU at the site's threshold t
 (the excess x − clip(x) goes to the FP shadow path, Eq. 1):
 
     q_x = clamp(round(x / s_x), −2^(b−1), 2^(b−1)−1) · s_x          s_x = t / (2^(b−1) − 1)
-    W   = codes_W · s_W            (int8 codes, per output channel)
+    W   = codes_W · s_W            (int8 or int4 codes, per output channel)
+    W   = codes_W · s_W[j] · k[j, i // B]                               (LPBQ, blockwise INT4)
     y   = q_x · Wᵀ + codes_b · (s_x · s_W)                          (INT32 bias)
     out = clamp(round(y / s_y), −2^(b−1), 2^(b−1)−1) · s_y          s_y = output clip / (2^(b−1) − 1)
 
 ``round`` is half to even and the clamp is the full signed range, as ONNX
 QuantizeLinear defines them (QNN HTP and ONNX Runtime implement that operator); b is
 the graph's activation bit-width (8 or 16; HTP runs int8-in/int8-out and
-int16-in/int16-out graphs with int8 weights). Scales are float32, as the graph stores them.
+int16-in/int16-out graphs with int8 weights, and 4-bit weights only with 16-bit
+activations). Scales are float32, as the graph stores them.
+
+4-bit weights come per output channel or blockwise along the input dimension in the form
+the HTP runs, low-power blockwise quantization (LPBQ, as AIMET's grouped blockwise
+quantization defines it): each block of B inputs of row j has the scale s_W[j] · k[j, blk],
+a float per-channel scale times an integer k in 1…16 = 2^(8−4), so the block grid is a
+sub-grid of one 8-bit per-channel grid.
 """
 
 from __future__ import annotations
@@ -26,9 +34,11 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ACTIVATION_BITS", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
+__all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "QuantizedWeight", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
 
 ACTIVATION_BITS = (8, 16)
+WEIGHT_BITS = (4, 8)
+LPBQ_MAX_BLOCK_SCALE = 2 ** (8 - 4)  # LPBQ block scales k ∈ 1…16 expand 4-bit codes onto an 8-bit grid
 _MIN_SCALE = 1e-8  # an all-zero range still gets a usable encoding
 
 
@@ -65,13 +75,55 @@ def int32_bias_codes(bias: torch.Tensor, bias_scales: torch.Tensor) -> torch.Ten
 
 
 @dataclass(frozen=True)
-class QdqLinear:
-    """Everything one NPU Linear computes with: int8 weight codes [out, in] and their
-    per-channel scales, optional INT32 bias codes and scales, the input and output
-    scales and the activation bit-width."""
+class QuantizedWeight:
+    """A Linear's NPU weight: signed integer codes [out, in] (stored int8, within
+    ±(2^(b−1) − 1) for b = ``bits``), float32 per-output-channel scales [out] and, for
+    LPBQ blocks of ``block_size`` inputs, uint8 block scales [out, in / block_size] in
+    1…16 multiplying them."""
 
-    weight_codes: torch.Tensor  # int8 [out, in]
-    weight_scales: torch.Tensor  # float32 [out]
+    codes: torch.Tensor  # int8 [out, in]
+    scales: torch.Tensor  # float32 [out]
+    bits: int = 8
+    block_size: int | None = None
+    block_scales: torch.Tensor | None = None  # uint8 [out, in // block_size]
+
+    def __post_init__(self) -> None:
+        if self.bits not in WEIGHT_BITS:
+            raise ValueError(f"weight bits: got {self.bits!r}, expected one of {WEIGHT_BITS}")
+        if (self.block_size is None) != (self.block_scales is None):
+            raise ValueError("QuantizedWeight: a block size and block scales come together")
+        if self.block_size is not None:
+            out_features, in_features = self.codes.shape
+            if self.bits != 4 or in_features % self.block_size or tuple(self.block_scales.shape) != (out_features, in_features // self.block_size):
+                raise ValueError(f"QuantizedWeight: LPBQ needs 4-bit codes and block scales [{out_features}, {in_features} / {self.block_size}], got {self.bits}-bit, {tuple(self.block_scales.shape)}")
+
+    def element_scales(self) -> torch.Tensor:
+        """The scale of every weight, [out, in] (blockwise) or [out, 1] (per channel)."""
+        if self.block_scales is None:
+            return self.scales.float()[:, None]
+        per_block = self.scales.float()[:, None] * self.block_scales.float()  # s_W[j] · k[j, blk], exact in float32
+        return per_block.repeat_interleave(self.block_size, dim=1)
+
+    def dequantize(self) -> torch.Tensor:
+        return self.codes.float() * self.element_scales()
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the weight takes packed: codes at ``bits`` each, float32 scales, uint8 block scales."""
+        block_bytes = 0 if self.block_scales is None else self.block_scales.numel()
+        return self.codes.numel() * self.bits // 8 + 4 * self.scales.numel() + block_bytes
+
+    def to(self, device: torch.device | str) -> "QuantizedWeight":
+        blocks = None if self.block_scales is None else self.block_scales.to(device)
+        return QuantizedWeight(self.codes.to(device), self.scales.to(device), self.bits, self.block_size, blocks)
+
+
+@dataclass(frozen=True)
+class QdqLinear:
+    """Everything one NPU Linear computes with: its quantized weight, optional INT32 bias
+    codes and scales, the input and output scales and the activation bit-width."""
+
+    weight: QuantizedWeight
     input_scale: float
     output_scale: float | None  # None only while calibration records the output ranges: float output
     bits: int
@@ -82,19 +134,21 @@ class QdqLinear:
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
+        if self.weight.bits == 4 and self.bits != 16:
+            raise ValueError(f"QdqLinear: the HTP runs 4-bit weights only with 16-bit activations, got {self.bits}-bit activations")
         if (self.bias_codes is None) != (self.bias_scales is None):
             raise ValueError("QdqLinear: bias codes and bias scales come together")
-        object.__setattr__(self, "_weight", self.weight_codes.float() * self.weight_scales.float()[:, None])
+        object.__setattr__(self, "_weight", self.weight.dequantize())
         object.__setattr__(self, "_bias", None if self.bias_codes is None else self.bias_codes.float() * self.bias_scales.float())
 
     @property
     def out_features(self) -> int:
-        return self.weight_codes.shape[0]
+        return self.weight.codes.shape[0]
 
     def to(self, device: torch.device | str) -> "QdqLinear":
         """The same record with its tensors on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return QdqLinear(move(self.weight_codes), move(self.weight_scales), self.input_scale, self.output_scale, self.bits, move(self.bias_codes), move(self.bias_scales))
+        return QdqLinear(self.weight.to(device), self.input_scale, self.output_scale, self.bits, move(self.bias_codes), move(self.bias_scales))
 
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
         """y = Q(x) · Wᵀ + b before output requantization (the graph's MatMul + Add)."""

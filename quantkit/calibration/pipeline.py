@@ -39,8 +39,8 @@ from quantkit.errors import QuantkitError
 from quantkit.eval.perplexity import perplexity
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import build_shadow_plan, simulated_quantization
-from quantkit.outlier_shadow.simulated_linear import quantized_weights
-from quantkit.precision.output_ranges import calibrated_precision
+from quantkit.outlier_shadow.plan import ShadowPlan
+from quantkit.precision.output_ranges import calibrated_precision, recalibrate_output_clips
 from quantkit.precision.plan import PRECISION_FILE, PrecisionPlan
 from quantkit.precision.search import graph_sensitivity, search_activation_bits
 from quantkit.outlier_shadow.plan import PLAN_FILE
@@ -48,6 +48,7 @@ from quantkit.report import write_report
 from quantkit.sensitivity import block_sensitivity, plan_placement
 from quantkit.sensitivity.placement import PLACEMENT_FILE
 from quantkit.sensitivity.realizations import perplexity_realizations
+from quantkit.weights import WEIGHTS_FILE, WeightCodes, collect_input_hessians, quantized_weights, save_weights
 
 __all__ = ["calibrate", "CalibrationResult", "SUMMARY_JSON", "SUMMARY_TEXT", "HEATMAP_FILE"]
 
@@ -89,6 +90,21 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = time.perf_counter() - started
 
 
+def _four_bit_weights(loaded, plan: ShadowPlan, precision: PrecisionPlan, calibration_ids: torch.Tensor, config: CalibrationConfig, weights: WeightCodes, progress: bool) -> WeightCodes:
+    """4-bit weights for every 16-bit graph (the HTP runs INT4 only with A16), rounded by
+    ``config.weight_rounding``; the output ranges are recorded again with them."""
+    layout = loaded.layout
+    sixteen = [graph for graph in precision.graphs.values() if graph.activation_bits == 16]
+    names = [name for graph in sixteen for name in graph.linear_names]
+    hessians = collect_input_hessians(layout, plan, calibration_ids, config.batch_size, progress) if config.weight_rounding == "gptq" else None
+    four = quantized_weights(layout, names, plan.config.weight_scale_rule, 4, config.weight_block_size or None, config.weight_rounding, hessians, progress)
+    for graph in sixteen:
+        graph.weight_bits, graph.weight_block_size = 4, four[graph.linear_names[0]].block_size
+    merged = {**weights, **four}
+    recalibrate_output_clips(layout, plan, precision, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], merged)
+    return merged
+
+
 def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, validation_ids: torch.Tensor, fp_ppl: float, config: CalibrationConfig, staging: Path, timings: dict, progress: bool):
     """Shadow plan (§3.3), NPU output ranges, per-graph activation bits, per-block
     sensitivity and placement under the budget (§3.4) — every measurement on the
@@ -99,7 +115,7 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
     sensitivity_ids = validation_ids[: config.sensitivity_num_sequences, : config.sensitivity_seq_len]
     with _timed(timings, "output_ranges"):
         plan = build_shadow_plan(statistics, layout, config.shadow_config())
-        weights = quantized_weights(layout, layout.linear_names(), plan.config.weight_scale_rule)
+        weights: WeightCodes = quantized_weights(layout, layout.linear_names(), plan.config.weight_scale_rule)
         precision = calibrated_precision(layout, plan, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], config.activation_bits, weights=weights)  # also sets the output-side shadow channels
         plan.save(staging / PLAN_FILE)
 
@@ -111,6 +127,10 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
         with _timed(timings, "precision_search"):
             sensitivity = graph_sensitivity(layout, plan, precision, sensitivity_ids, weights, progress=progress)
             search_activation_bits(precision, sensitivity, lambda p: deployed_perplexity(p, desc=f"quantkit PPL (A8 share {p.a8_mac_share():.0%})"), fp_ppl, config.accuracy_budget)
+    if config.weight_bits == "4":
+        with _timed(timings, "weights_4bit"):
+            weights = _four_bit_weights(loaded, plan, precision, calibration_ids, config, weights, progress)
+    save_weights({name: weights[name] for name in layout.linear_names()}, staging / WEIGHTS_FILE)  # export serialises exactly these
     precision.save(staging / PRECISION_FILE)
     with _timed(timings, "sensitivity"):
         sensitivities = block_sensitivity(layout, plan, precision, sensitivity_ids, progress=progress, weights=weights)

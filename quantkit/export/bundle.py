@@ -20,7 +20,7 @@ from quantkit.errors import QuantkitError
 from quantkit.export.graphs import build_site_graph
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow.plan import PLAN_FILE, ShadowPlan
-from quantkit.outlier_shadow.simulated_linear import quantized_weights
+from quantkit.weights.quantize import WEIGHTS_FILE, load_weights, quantized_weights
 from quantkit.precision.output_ranges import output_clips, record_npu_outputs, initial_precision
 from quantkit.precision.plan import PRECISION_FILE, PrecisionPlan
 from quantkit.runtime.qdq import activation_scale, quantize_activation
@@ -51,6 +51,16 @@ def _architecture(config) -> dict:
         "max_position_embeddings": text.max_position_embeddings,
         "tie_word_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
     }
+
+
+def _weights_description(bits: list[int], block_sizes: list[int], rule: str, rounding: str) -> str:
+    parts = []
+    if 8 in bits:
+        parts.append(f"int8 symmetric per output channel ({rule} scales, nearest)")
+    if 4 in bits:
+        layout = f"LPBQ blocks of {', '.join(map(str, block_sizes))} inputs" if block_sizes else "per output channel"
+        parts.append(f"int4 symmetric, {layout} ({rule} scales, {rounding} rounding)")
+    return "; ".join(parts)
 
 
 def _converter_command(graph_file: str, input_name: str, shape: list[int]) -> str:
@@ -150,7 +160,10 @@ def export_bundle(
         recorded = record_npu_outputs(layout, plan, sequences, input_bits=8)
         precision = initial_precision(layout, plan, {name: output_clips(absmax, histogram, "max") for name, (absmax, histogram, _) in recorded.items()}, "8")
     elif activation_bits is not None:
-        precision = precision.with_uniform_bits(activation_bits)
+        try:
+            precision = precision.with_uniform_bits(activation_bits)
+        except ValueError as error:
+            raise QuantkitError(f"--activation-bits {activation_bits}: {error}") from None
     npu_blocks = placement.npu_block_indices
     npu_sites = [site for site in plan.sites.values() if site.block_index in npu_blocks]
     architecture = _architecture(loaded.model.config)
@@ -158,7 +171,11 @@ def export_bundle(
     with atomic_directory(out) as staging:
         (staging / "npu").mkdir()
         graphs, activation_encodings, param_encodings = [], [], []
-        weights = quantized_weights(layout, [n for site in npu_sites for n in site.linear_names], plan.config.weight_scale_rule)
+        npu_linears = [n for site in npu_sites for n in site.linear_names]
+        if (calib / WEIGHTS_FILE).is_file() and not naive_w8a8:
+            weights = load_weights(calib / WEIGHTS_FILE)  # calibration's weights (e.g. GPTQ-rounded INT4), serialised as they are
+        else:  # the naive baseline (min/max) or a calibration made before weights were stored: round to nearest
+            weights = quantized_weights(layout, npu_linears, plan.config.weight_scale_rule)
         for site in tqdm(npu_sites, desc="NPU graphs", unit="graph", disable=not progress):
             graph_precision = precision.graphs[site.linear_names[0]]
             graph = build_site_graph(layout, plan, graph_precision, site, chunk_size, weights)
@@ -175,6 +192,9 @@ def export_bundle(
                 "input_shape": [1, chunk_size, site.num_channels],
                 "outputs": graph.output_names,
                 "activation_bits": graph_precision.activation_bits,
+                "weight_bits": graph_precision.weight_bits,
+                "weight_block_size": graph_precision.weight_block_size,
+                "weight_bytes": sum(weights[n].nbytes for n in site.linear_names),
                 "macs_per_token": graph_precision.macs_per_token,
                 "converter_command": _converter_command(graph_file, graph.input_name, [1, chunk_size, site.num_channels]),
             }
@@ -187,6 +207,10 @@ def export_bundle(
             graphs.append(entry)
         all_bits = sorted({g["activation_bits"] for g in graphs}) or [16]
         bundle_bits = all_bits[0] if len(all_bits) == 1 else "mixed"
+        weight_bits = sorted({g["weight_bits"] for g in graphs}) or [8]
+        block_sizes = sorted({g["weight_block_size"] for g in graphs if g["weight_block_size"]})
+        npu_weight_bytes = sum(g["weight_bytes"] for g in graphs)
+        w8_weight_bytes = sum(g["macs_per_token"] + 4 * sum(layout.linear(n).out_features for n in g["linears"]) for g in graphs)  # int8 codes + float32 scales
         (staging / "encodings.json").write_text(
             json.dumps(
                 {
@@ -196,7 +220,7 @@ def export_bundle(
                     "param_encodings": param_encodings,
                     "excluded_layers": [],
                     # one bit-width per bundle only when every graph has it (per-tensor entries carry their own "bw")
-                    "quantizer_args": {"activation_bitwidth": bundle_bits if isinstance(bundle_bits, int) else max(all_bits), "param_bitwidth": 8, "dtype": "int", "per_channel_quantization": True, "is_symmetric": True},
+                    "quantizer_args": {"activation_bitwidth": bundle_bits if isinstance(bundle_bits, int) else max(all_bits), "param_bitwidth": max(weight_bits), "dtype": "int", "per_channel_quantization": True, "is_symmetric": True},
                 },
                 indent=1,
             )
@@ -205,8 +229,8 @@ def export_bundle(
         shadow = plan.shadow_weights(layout, blocks=npu_blocks)
         save_file({k: v for k, v in shadow.items() if not k.endswith(".cold")}, str(staging / "shadow.safetensors"))  # hot columns, output-side rows
         save_file({k: v for k, v in shadow.items() if k.endswith(".cold")}, str(staging / "shadow_cold.safetensors"))
-        npu_linears = {f"{name}.{p}" for site in npu_sites for name in site.linear_names for p in ("weight", "bias")}
-        cpu_state = {k: v.detach().float().cpu().contiguous() for k, v in loaded.model.state_dict().items() if k not in npu_linears}
+        npu_parameters = {f"{name}.{p}" for name in npu_linears for p in ("weight", "bias")}
+        cpu_state = {k: v.detach().float().cpu().contiguous() for k, v in loaded.model.state_dict().items() if k not in npu_parameters}
         if architecture["tie_word_embeddings"]:
             cpu_state.pop("lm_head.weight", None)  # the same tensor as the embeddings
         save_file(cpu_state, str(staging / "cpu.safetensors"))
@@ -223,7 +247,10 @@ def export_bundle(
             "chunk_size": chunk_size,
             "context_length": architecture["max_position_embeddings"],
             "quantization": {
-                "weights": f"int8 symmetric per output channel ({plan.config.weight_scale_rule} scales)",
+                "weights": _weights_description(weight_bits, block_sizes, plan.config.weight_scale_rule, config.weight_rounding),
+                "weight_bits": weight_bits[0] if len(weight_bits) == 1 else "mixed",  # each graph entry has its own
+                "npu_weight_bytes": npu_weight_bytes,
+                "npu_weight_bytes_vs_w8": npu_weight_bytes / w8_weight_bytes if w8_weight_bytes else 1.0,
                 "activation_bits": bundle_bits,  # 8, 16, or "mixed": each graph entry has its own
                 "a8_mac_share": sum(g["macs_per_token"] for g in graphs if g["activation_bits"] == 8) / npu_macs if npu_macs else 0.0,
                 "activations": "symmetric per tensor at each graph's bit-width (int8 or int16 in and out), clipped inputs (shadow outliers in FP on the CPU)",

@@ -8,7 +8,9 @@ serialisation of ``quantkit.runtime.qdq.QdqLinear`` records (b = 8 shown):
 
     input (float, already clipped at t on the CPU)
       → QuantizeLinear/DequantizeLinear  int8, scale t/127, zero point 0   (per tensor)
-      → MatMul with DequantizeLinear(int8 weight [in, out], per-channel scales, axis 1)
+      → MatMul with DequantizeLinear(int8 or int4 weight [in, out], per-channel scales, axis 1)
+               or, LPBQ: DequantizeLinear(int4 weight [in, out], block scales, axis 0, block_size B)
+                         whose block scales = DequantizeLinear(uint8 k [in/B, out], per-channel s, axis 1)
       → [+ DequantizeLinear(int32 bias, scale s_x·s_w)]
       → QuantizeLinear/DequantizeLinear  int8, scale = NPU-output clip / 127 (calibrated)
       → output (float; the CPU adds the shadow result, Eq. 1)
@@ -26,16 +28,23 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
+import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
-from quantkit.outlier_shadow.simulated_linear import WeightCodes, deployed_record, quantized_weights
+from quantkit.outlier_shadow.simulated_linear import WeightCodes, deployed_record
 from quantkit.precision.plan import GraphPrecision
 from quantkit.runtime.bundle import graph_name
+from quantkit.runtime.qdq import QuantizedWeight
+from quantkit.weights.quantize import quantized_weights
 
 __all__ = ["NpuGraph", "OPSET", "IR_VERSION", "build_site_graph"]
 
+# The LPBQ weight form above is the one onnxruntime-qnn's HTP backend fuses into a
+# blockwise-expansion MatMul (probed on 2.7.0: with 16-bit activations it loads with CPU
+# fallback off; a plain blocked DequantizeLinear, INT4 with 8-bit activations, and LPBQ
+# followed by a bias Add are all refused).
 OPSET = 21  # QDQ with int16/int4 and per-axis DQ; accepted by ONNX Runtime and onnxruntime-qnn
 IR_VERSION = 10
 
@@ -63,6 +72,56 @@ def _per_channel_encoding(name: str, scales: np.ndarray, bits: int) -> dict:
     return {"name": name, "dtype": "INT", "bw": bits, "is_sym": True, "enc_type": "PER_CHANNEL", "scale": [float(s) for s in scales], "offset": [-(2 ** (bits - 1))] * len(scales)}
 
 
+def _int4_tensor(values: np.ndarray, name: str) -> onnx.TensorProto:
+    """An ONNX INT4 initializer: two signed 4-bit values a byte, the first in the low nibble."""
+    flat = values.astype(np.int8).flatten()
+    nibbles = (flat & 0x0F).astype(np.uint8)
+    if nibbles.size % 2:
+        nibbles = np.append(nibbles, np.uint8(0))
+    packed = nibbles[0::2] | (nibbles[1::2] << 4)
+    return helper.make_tensor(name, TensorProto.INT4, values.shape, packed.tobytes(), raw=True)
+
+
+def _weight_nodes(weight_name: str, weight: QuantizedWeight) -> tuple[list, list, dict]:
+    """DequantizeLinear node(s) producing ``<weight_name>.dq`` [in, out], their
+    initializers, and the weight's AIMET 1.0.0 encoding."""
+    codes = weight.codes.T.contiguous().numpy()  # [in, out]
+    scales = weight.scales.numpy().astype(np.float32)
+    out_features = codes.shape[1]
+    if weight.bits == 8:
+        initializers = [numpy_helper.from_array(codes, weight_name), numpy_helper.from_array(np.zeros(out_features, dtype=np.int8), f"{weight_name}.zero_point")]
+    else:
+        zero_shape = [out_features] if weight.block_size is None else [codes.shape[0] // weight.block_size, out_features]
+        initializers = [_int4_tensor(codes, weight_name), _int4_tensor(np.zeros(zero_shape, dtype=np.int8), f"{weight_name}.zero_point")]
+    if weight.block_size is None:
+        initializers.append(numpy_helper.from_array(scales, f"{weight_name}.scale"))
+        nodes = [helper.make_node("DequantizeLinear", [weight_name, f"{weight_name}.scale", f"{weight_name}.zero_point"], [f"{weight_name}.dq"], axis=1)]
+        return nodes, initializers, _per_channel_encoding(weight_name, scales, weight.bits)
+    block_integers = weight.block_scales.T.contiguous().numpy().astype(np.uint8)  # [in / B, out]
+    initializers += [
+        numpy_helper.from_array(block_integers, f"{weight_name}.block_scales"),
+        numpy_helper.from_array(scales, f"{weight_name}.channel_scale"),
+        numpy_helper.from_array(np.zeros(out_features, dtype=np.uint8), f"{weight_name}.block_scales.zero_point"),
+    ]
+    nodes = [
+        helper.make_node("DequantizeLinear", [f"{weight_name}.block_scales", f"{weight_name}.channel_scale", f"{weight_name}.block_scales.zero_point"], [f"{weight_name}.scale"], axis=1),
+        helper.make_node("DequantizeLinear", [weight_name, f"{weight_name}.scale", f"{weight_name}.zero_point"], [f"{weight_name}.dq"], axis=0, block_size=weight.block_size),
+    ]
+    encoding = {
+        "name": weight_name,
+        "dtype": "INT",
+        "bw": 8,  # AIMET's LPBQ entry: the decompressed grid, 4-bit codes
+        "compressed_bw": 4,
+        "is_sym": True,
+        "enc_type": "LPBQ",
+        "block_size": weight.block_size,
+        "scale": [float(v) for v in scales],
+        "offset": [-128] * out_features,
+        "per_block_int_scale": weight.block_scales.to(torch.int32).flatten().tolist(),  # [out, in / B]
+    }
+    return nodes, initializers, encoding
+
+
 def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPrecision, site: SiteShadowPlan, chunk_size: int, weights: WeightCodes | None = None) -> NpuGraph:
     """The QDQ graph of one shadow site (Linears sharing an input) for ``chunk_size``
     tokens: a serialisation of the deployed records (``quantkit.runtime.qdq.QdqLinear``)
@@ -71,7 +130,7 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
     input_name = f"{site.linear_names[0]}.input"  # shared by every Linear of the site
     bits = precision.activation_bits
     activation_dtype = _ACTIVATION_DTYPES[bits]
-    codes = weights if weights is not None else quantized_weights(layout, site.linear_names, plan.config.weight_scale_rule)
+    codes = weights if weights is not None else quantized_weights(layout, site.linear_names, plan.config.weight_scale_rule, precision.weight_bits, precision.weight_block_size)
     records = {n: deployed_record(layout.linear(n), n, site, bits, precision.output_clip(n), codes[n]) for n in site.linear_names}
     input_scale = records[site.linear_names[0]].input_scale
     nodes, initializers = [], []
@@ -86,16 +145,11 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
     nodes.append(helper.make_node("DequantizeLinear", [f"{input_name}.q", f"{input_name}.scale", f"{input_name}.zero_point"], [f"{input_name}.dq"]))
     outputs = []
     for linear_name, record in records.items():
-        weight_codes = record.weight_codes.T.contiguous().numpy()  # [in, out]
-        weight_scales = record.weight_scales.numpy().astype(np.float32)
         weight_name = f"{linear_name}.weight"
-        initializers += [
-            numpy_helper.from_array(weight_codes, weight_name),
-            numpy_helper.from_array(weight_scales, f"{weight_name}.scale"),
-            numpy_helper.from_array(np.zeros(weight_codes.shape[1], dtype=np.int8), f"{weight_name}.zero_point"),
-        ]
-        param_encodings.append(_per_channel_encoding(weight_name, weight_scales, 8))
-        nodes.append(helper.make_node("DequantizeLinear", [weight_name, f"{weight_name}.scale", f"{weight_name}.zero_point"], [f"{weight_name}.dq"], axis=1))
+        weight_nodes, weight_initializers, weight_encoding = _weight_nodes(weight_name, record.weight)
+        nodes += weight_nodes
+        initializers += weight_initializers
+        param_encodings.append(weight_encoding)
         product = f"{linear_name}.matmul"
         nodes.append(helper.make_node("MatMul", [f"{input_name}.dq", f"{weight_name}.dq"], [product]))
         if record.bias_codes is not None:

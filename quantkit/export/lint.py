@@ -30,7 +30,7 @@ SQNR_MARGIN_DB = 3.0
 EXACT_SQNR_DB = 40.0
 MIN_SQNR_DB = {8: 20.0, 16: 40.0}
 _SUPPORTED_OPSETS = range(13, 24)
-_DTYPE_BITS = {3: 8, 2: 8, 6: 32, 5: 16, 4: 16}  # onnx TensorProto: INT8, UINT8, INT32, INT16, UINT16
+_DTYPE_BITS = {3: 8, 2: 8, 6: 32, 5: 16, 4: 16, 22: 4, 21: 4}  # onnx TensorProto: INT8, UINT8, INT32, INT16, UINT16, INT4, UINT4
 _REL_TOLERANCE = 1e-6
 
 
@@ -73,6 +73,26 @@ def _check_encoding(problems: list[str], where: str, encoding: dict | None, scal
         problems.append(f"{where}: {len(offsets)} offsets for {scales.size} scales")
 
 
+def _check_lpbq_encoding(problems: list[str], where: str, encoding: dict | None, channel_scales: np.ndarray, block_integers: np.ndarray, block_size: int) -> None:
+    """An LPBQ weight (int4 codes, block scales = uint8 k [in / B, out] × per-channel s)
+    against AIMET's 1.0.0 LPBQ entry: bw 8 (decompressed), compressed_bw 4, scale = s,
+    per_block_int_scale = k as [out, in / B], block_size = B."""
+    if encoding is None:
+        problems.append(f"{where}: no encoding in encodings.json")
+        return
+    expected = {"enc_type": "LPBQ", "bw": 8, "compressed_bw": 4, "is_sym": True, "dtype": "INT", "block_size": block_size}
+    for key, value in expected.items():
+        if encoding.get(key) != value:
+            problems.append(f"{where}: LPBQ encoding {key} {encoding.get(key)!r}, the graph needs {value!r}")
+    encoded_scales = np.asarray(encoding.get("scale", []), dtype=np.float64).reshape(-1)
+    if encoded_scales.size != channel_scales.size or not all(_close(a, b) for a, b in zip(encoded_scales, channel_scales.reshape(-1))):
+        problems.append(f"{where}: LPBQ per-channel scales differ from the graph's")
+    if list(encoding.get("per_block_int_scale", [])) != block_integers.T.astype(np.int64).reshape(-1).tolist():
+        problems.append(f"{where}: LPBQ per-block integer scales differ from the graph's")
+    if encoding.get("offset") and any(o != -128 for o in encoding["offset"]):
+        problems.append(f"{where}: symmetric LPBQ encoding must have offset -128")
+
+
 def _lint_graph(path: Path, entry: dict, activations: dict, params: dict, used: set, problems: list[str]) -> None:
     import onnx
     from onnx import numpy_helper
@@ -100,6 +120,9 @@ def _lint_graph(path: Path, entry: dict, activations: dict, params: dict, used: 
     initializers = {init.name: numpy_helper.to_array(init) for init in graph.initializer}
     element_types = {init.name: init.data_type for init in graph.initializer}
     scale_of = {}
+    # LPBQ: a DequantizeLinear of uint8 block integers whose output is another DequantizeLinear's scale
+    consumers_scale = {n.input[1] for n in graph.node if n.op_type == "DequantizeLinear"}
+    block_scale_producers = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in consumers_scale and n.input[0] in initializers}
     for node in graph.node:
         if node.op_type == "QuantizeLinear":
             tensor = node.input[0]
@@ -108,7 +131,15 @@ def _lint_graph(path: Path, entry: dict, activations: dict, params: dict, used: 
             used.add(tensor)
             scale_of[node.output[0]] = scales
             _check_encoding(problems, f"{name}: activation {tensor}", activations.get(tensor), np.asarray(scales), np.asarray(zero_points), bits)
-        elif node.op_type == "DequantizeLinear" and node.input[0] in initializers:
+        elif node.op_type == "DequantizeLinear" and node.input[0] in initializers and node.input[1] in block_scale_producers:
+            tensor = node.input[0]  # an LPBQ weight: its scale comes from the block-scale DequantizeLinear
+            producer = block_scale_producers[node.input[1]]
+            used.add(tensor)
+            if _DTYPE_BITS.get(element_types.get(tensor)) != 4:
+                problems.append(f"{name}: LPBQ weight {tensor} is not 4-bit")
+            block_size = next((a.i for a in node.attribute if a.name == "block_size"), 0)
+            _check_lpbq_encoding(problems, f"{name}: parameter {tensor}", params.get(tensor), np.asarray(initializers[producer.input[1]]), np.asarray(initializers[producer.input[0]]), block_size)
+        elif node.op_type == "DequantizeLinear" and node.input[0] in initializers and node.output[0] not in block_scale_producers:
             tensor = node.input[0]
             scales, zero_points = initializers.get(node.input[1]), initializers.get(node.input[2])
             bits = _DTYPE_BITS.get(element_types.get(tensor), 0)

@@ -18,47 +18,33 @@ from quantkit.models.architecture import DecoderLayout
 from quantkit.models.swap import replaced_linears
 from quantkit.outlier_shadow.math import split_outliers
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
-from quantkit.quant_primitives import quantize_symmetric, weight_scales_per_channel
-from quantkit.runtime.qdq import QdqLinear, activation_scale, int32_bias_codes, int32_bias_scales
+from quantkit.runtime.qdq import QdqLinear, QuantizedWeight, activation_scale, int32_bias_codes, int32_bias_scales
+from quantkit.weights.quantize import WeightCodes, quantized_weights
 
 if TYPE_CHECKING:
     from quantkit.precision.plan import PrecisionPlan
 
-__all__ = ["DeployedLinear", "deployed_record", "quantized_weights", "simulated_quantization"]
+__all__ = ["DeployedLinear", "deployed_record", "simulated_quantization", "WeightCodes"]
 
-# name → (int8 codes [out, in], float32 scales [out]); computed once per calibration
-WeightCodes = dict[str, tuple[torch.Tensor, torch.Tensor]]
-
-
-def quantized_weights(layout: DecoderLayout, names: Iterable[str], rule: str) -> WeightCodes:
-    """INT8 per-output-channel codes and scales of the named Linears (scales by ``rule``)."""
-    codes = {}
-    for name in names:
-        weight = layout.linear(name).weight.detach().float().cpu()
-        scales = weight_scales_per_channel(weight, rule=rule)
-        codes[name] = (quantize_symmetric(weight, scales, axis=0).to(torch.int8), scales)
-    return codes
-
-
-def deployed_record(linear: nn.Linear, name: str, site: SiteShadowPlan, bits: int, output_clip: float | None, weight_codes: tuple[torch.Tensor, torch.Tensor]) -> QdqLinear:
+def deployed_record(linear: nn.Linear, name: str, site: SiteShadowPlan, bits: int, output_clip: float | None, weight: QuantizedWeight) -> QdqLinear:
     """The NPU graph's arithmetic for ``linear`` (module ``name``): input scale from the
-    site's clip, weight codes, INT32 bias, output scale from ``output_clip`` (None: float
-    output, used only while the output ranges are being recorded). The rows of the
-    site's output-side shadow channels are zero: the CPU computes those outputs."""
-    codes, weight_scales = weight_codes
+    site's clip, the quantized weight, INT32 bias, output scale from ``output_clip``
+    (None: float output, used only while the output ranges are being recorded). The rows
+    of the site's output-side shadow channels are zero: the CPU computes those outputs."""
     output_channels = site.output_channels_.get(name, [])
     if output_channels:
-        codes = codes.clone()
+        codes = weight.codes.clone()
         codes[output_channels] = 0
+        weight = QuantizedWeight(codes, weight.scales, weight.bits, weight.block_size, weight.block_scales)
     input_scale = activation_scale(site.threshold_, bits)
     bias_codes = bias_scales = None
     if linear.bias is not None:
-        bias_scales = int32_bias_scales(input_scale, weight_scales)
+        bias_scales = int32_bias_scales(input_scale, weight.scales)
         bias_codes = int32_bias_codes(linear.bias, bias_scales)
         if output_channels:
             bias_codes[output_channels] = 0
     output_scale = None if output_clip is None else activation_scale(output_clip, bits)
-    return QdqLinear(codes, weight_scales, input_scale, output_scale, bits, bias_codes, bias_scales)
+    return QdqLinear(weight, input_scale, output_scale, bits, bias_codes, bias_scales)
 
 
 class DeployedLinear(nn.Module):
@@ -107,11 +93,16 @@ def simulated_quantization(
     """Context manager: within it, the Linears of ``blocks`` (default: all) run as
     DeployedLinear with the bit-widths and output ranges of ``precision`` (a
     ``PrecisionPlan``; None: float outputs at ``input_bits`` — the output-range recording
-    pass); the FP Linears are put back afterwards. ``weights`` caches the weight codes."""
+    pass); the FP Linears are put back afterwards. ``weights`` holds the NPU weights
+(calibration's, e.g. GPTQ-rounded); a Linear missing from it is rounded to nearest."""
     selected = set(range(layout.num_blocks)) if blocks is None else set(blocks)
     names = [name for site in plan.sites.values() if site.block_index in selected for name in site.linear_names]
-    missing = [n for n in names if weights is None or n not in weights]
-    codes = {**(weights or {}), **quantized_weights(layout, missing, plan.config.weight_scale_rule)}
+    codes = dict(weights or {})
+    for name in names:  # not given: round to nearest in the graph's weight format
+        if name not in codes:
+            graph = None if precision is None else precision.of(name)
+            formats = (8, None) if graph is None else (graph.weight_bits, graph.weight_block_size)
+            codes.update(quantized_weights(layout, [name], plan.config.weight_scale_rule, *formats))
 
     def swap(name: str, linear: nn.Linear) -> DeployedLinear:
         site = plan.site_of(name)

@@ -13,7 +13,7 @@ from quantkit.outlier_shadow.simulated_linear import WeightCodes, simulated_quan
 from quantkit.precision.plan import GraphPrecision, PrecisionPlan
 from quantkit.runtime.qdq import ACTIVATION_BITS
 
-__all__ = ["record_npu_outputs", "choose_output_channels", "output_clips", "initial_precision", "calibrated_precision", "OUTPUT_RANGE_RULES"]
+__all__ = ["record_npu_outputs", "choose_output_channels", "output_clips", "initial_precision", "calibrated_precision", "recalibrate_output_clips", "OUTPUT_RANGE_RULES"]
 
 OUTPUT_RANGE_RULES = ("mse", "max")
 
@@ -100,3 +100,12 @@ def calibrated_precision(layout: DecoderLayout, plan: ShadowPlan, sequences: tor
         choose_output_channels(plan, {name: values[2] for name, values in record_npu_outputs(layout, plan, sequences, weights=weights).items()})
     recorded = record_npu_outputs(layout, plan, sequences, weights=weights)
     return initial_precision(layout, plan, {name: output_clips(absmax, histogram, rule) for name, (absmax, histogram, _) in recorded.items()}, mode)
+
+
+def recalibrate_output_clips(layout: DecoderLayout, plan: ShadowPlan, precision: PrecisionPlan, sequences: torch.Tensor, weights: WeightCodes, rule: str = "mse") -> None:
+    """Record the output ranges again with ``weights`` (after the weights changed format,
+    e.g. to INT4) and replace every graph's clips in ``precision``; the output-side shadow
+    channels stay as chosen."""
+    recorded = record_npu_outputs(layout, plan, sequences, weights=weights)
+    for graph in precision.graphs.values():
+        graph.output_clips_ = {name: output_clips(*recorded[name][:2], rule) for name in graph.linear_names}

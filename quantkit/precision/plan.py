@@ -1,5 +1,5 @@
-"""The per-graph quantization plan: the activation bit-width of every NPU graph and the
-output ranges of its Linears at each bit-width, decided in calibration and only
+"""The per-graph quantization plan: the activation and weight bit-widths of every NPU
+graph (and its LPBQ block size) and the output ranges of its Linears at each bit-width, decided in calibration and only
 serialised by the export (``precision.json``). The outlier data (clips, shadow channels)
 stay in the shadow plan."""
 
@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from quantkit.runtime.bundle import graph_kind, graph_name
-from quantkit.runtime.qdq import ACTIVATION_BITS
+from quantkit.runtime.qdq import ACTIVATION_BITS, WEIGHT_BITS
 
 __all__ = ["GraphPrecision", "PrecisionPlan", "PRECISION_FILE", "PRECISION_VERSION", "PRECISION_MODES"]
 
@@ -28,6 +28,8 @@ class GraphPrecision:
     macs_per_token: int  # Σ in × out of its Linears
     activation_bits: int  # 8 or 16, inputs and outputs of the graph
     output_clips_: dict[str, dict[str, float]] = field(default_factory=dict)  # Linear → {"8": clip, "16": clip}
+    weight_bits: int = 8  # 4 only with 16-bit activations (the HTP refuses W4A8 graphs)
+    weight_block_size: int | None = None  # LPBQ blocks of this many inputs; None: per output channel
 
     @property
     def kind(self) -> str:
@@ -55,6 +57,10 @@ class PrecisionPlan:
         for graph in self.graphs.values():
             if graph.activation_bits not in ACTIVATION_BITS:
                 raise ValueError(f"{graph.name}: activation_bits {graph.activation_bits}, expected one of {ACTIVATION_BITS}")
+            if graph.weight_bits not in WEIGHT_BITS:
+                raise ValueError(f"{graph.name}: weight_bits {graph.weight_bits}, expected one of {WEIGHT_BITS}")
+            if graph.weight_bits == 4 and graph.activation_bits != 16:
+                raise ValueError(f"{graph.name}: 4-bit weights with {graph.activation_bits}-bit activations; the HTP runs 4-bit weights only with 16-bit activations")
 
     def of(self, linear_name: str) -> GraphPrecision:
         for graph in self.graphs.values():
@@ -67,8 +73,15 @@ class PrecisionPlan:
         values = self.to_dict()
         values["mode"] = str(bits)
         for graph in values["graphs"].values():
+            if bits == 8 and graph["weight_bits"] == 4:
+                raise ValueError(f"{graph_name(graph['block_index'], graph['linear_names'][0])} has 4-bit weights, which the HTP runs only with 16-bit activations; export it at 16 bits or recalibrate with --weight-bits 8")
             graph["activation_bits"] = bits
         return PrecisionPlan.from_dict(values)
+
+    def weight_bits(self) -> int | str:
+        """4 or 8 when every graph has it, else "mixed"."""
+        bits = {g.weight_bits for g in self.graphs.values()}
+        return bits.pop() if len(bits) == 1 else "mixed"
 
     def a8_mac_share(self, blocks: set[int] | None = None) -> float:
         """Share of the NPU Linears' MACs (of ``blocks``; default all) whose graph runs at A8."""

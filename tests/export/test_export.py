@@ -77,7 +77,8 @@ def test_graphs_serialise_the_records_calibration_measured_with(tiny_bundle):
     """One definition: the records the export built each graph from (the ones calibration's
     DeployedLinear runs) come back bit for bit from the graph's initializers, and ONNX
     Runtime computes them up to float summation order (at most one output step, rarely)."""
-    from quantkit.outlier_shadow.simulated_linear import deployed_record, quantized_weights
+    from quantkit.outlier_shadow.simulated_linear import deployed_record
+    from quantkit.weights import WEIGHTS_FILE, load_weights
     from quantkit.precision import PrecisionPlan
     from quantkit.runtime.npu import records_from_graph
 
@@ -85,9 +86,9 @@ def test_graphs_serialise_the_records_calibration_measured_with(tiny_bundle):
     manifest = load_manifest(bundle)
     plan = ShadowPlan.load(bundle / "shadow_plan.json")
     precision = PrecisionPlan.load(bundle / "precision.json")
-    assert plan.config.weight_scale_rule == "mse" and "(mse scales)" in manifest["quantization"]["weights"]  # the default
+    assert plan.config.weight_scale_rule == "mse" and "(mse scales" in manifest["quantization"]["weights"]  # the default
     loaded = load_model(json.loads((tiny_bundle / "calib" / "config.json").read_text())["model"])
-    weights = quantized_weights(loaded.layout, loaded.layout.linear_names(), plan.config.weight_scale_rule)
+    weights = load_weights(tiny_bundle / "calib" / WEIGHTS_FILE)  # what calibration measured with
     inputs = load_file(str(bundle / "calibration_inputs.safetensors"))
     exact, total = 0, 0
     for graph in manifest["graphs"]:
@@ -99,7 +100,7 @@ def test_graphs_serialise_the_records_calibration_measured_with(tiny_bundle):
         outputs = cpu_session(bundle / graph["file"]).run(None, {graph["input"]: x.numpy()})
         for name, record, got in zip(site.linear_names, read_back, outputs):
             built = deployed_record(loaded.layout.linear(name), name, site, graph_precision.activation_bits, graph_precision.output_clip(name), weights[name])
-            assert torch.equal(built.weight_codes, record.weight_codes) and torch.equal(built.weight_scales, record.weight_scales)
+            assert torch.equal(built.weight.dequantize(), record.weight.dequantize()) and (built.weight.bits, built.weight.block_size) == (record.weight.bits, record.weight.block_size)
             assert (built.input_scale, built.output_scale, built.bits) == (record.input_scale, record.output_scale, record.bits)
             assert (built.bias_codes is None) == (record.bias_codes is None)
             if built.bias_codes is not None:
@@ -235,7 +236,7 @@ def test_naive_w8a8_baseline_bundle(tiny_bundle, tmp_path):
     assert set(manifest["placement"]) == {"npu"} and manifest["quantization"]["scheme"].startswith("naive-w8a8")
     plan = ShadowPlan.load(bundle / "shadow_plan.json")
     assert all(site.pruned and site.threshold_ == site.absmax_ for site in plan.sites.values())
-    assert plan.config.weight_scale_rule == "max" and "(max scales)" in manifest["quantization"]["weights"]  # min/max weights too
+    assert plan.config.weight_scale_rule == "max" and "(max scales" in manifest["quantization"]["weights"]  # min/max weights too
     loaded = load_model(json.loads((tiny_bundle / "calib" / "config.json").read_text())["model"])
     graph = onnx.load(bundle / manifest["graphs"][0]["file"])
     name = manifest["graphs"][0]["linears"][0]

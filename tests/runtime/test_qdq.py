@@ -8,7 +8,7 @@ import torch
 from onnx import TensorProto, helper, numpy_helper
 
 from quantkit.export.qnn import cpu_session
-from quantkit.runtime.qdq import QdqLinear, activation_scale, fake_quantize_activation, int32_bias_codes, int32_bias_scales, quantize_activation
+from quantkit.runtime.qdq import QdqLinear, QuantizedWeight, activation_scale, fake_quantize_activation, int32_bias_codes, int32_bias_scales, quantize_activation
 
 
 def _quantize_linear_model(scale: float, bits: int, length: int) -> onnx.ModelProto:
@@ -54,7 +54,7 @@ def test_qdq_linear_computes_the_documented_steps():
     input_scale, output_scale = activation_scale(2.0, 8), activation_scale(1.5, 8)
     bias_scales = int32_bias_scales(input_scale, weight_scales)
     bias_codes = torch.randint(-1000, 1000, (5,), generator=generator, dtype=torch.int32)
-    record = QdqLinear(codes, weight_scales, input_scale, output_scale, 8, bias_codes, bias_scales)
+    record = QdqLinear(QuantizedWeight(codes, weight_scales), input_scale, output_scale, 8, bias_codes, bias_scales)
     x = torch.randn(3, 7, generator=generator).clamp(-2, 2)
     q = torch.clamp(torch.round(x / input_scale), -128, 127) * input_scale
     y = q @ (codes.float() * weight_scales[:, None]).T + bias_codes.float() * bias_scales
@@ -62,6 +62,53 @@ def test_qdq_linear_computes_the_documented_steps():
     assert torch.allclose(record(x), expected, atol=1e-6)
     assert torch.allclose(record.accumulate(x), y, atol=1e-6)
     with pytest.raises(ValueError, match="expected one of"):
-        QdqLinear(codes, weight_scales, input_scale, output_scale, 4)
+        QdqLinear(QuantizedWeight(codes, weight_scales), input_scale, output_scale, 4)
     with pytest.raises(ValueError, match="no output range"):
-        QdqLinear(codes, weight_scales, input_scale, None, 8)(x)
+        QdqLinear(QuantizedWeight(codes, weight_scales), input_scale, None, 8)(x)
+    with pytest.raises(ValueError, match="only with 16-bit activations"):
+        QdqLinear(QuantizedWeight(codes.clamp(-7, 7), weight_scales, bits=4), input_scale, output_scale, 8)
+
+
+def _weight_dequantize_model(weight_name: str, weight: QuantizedWeight) -> onnx.ModelProto:
+    from quantkit.export.graphs import _weight_nodes
+
+    nodes, initializers, _ = _weight_nodes(weight_name, weight)
+    nodes.append(helper.make_node("Identity", [f"{weight_name}.dq"], ["w"]))
+    graph = helper.make_graph(nodes, "dq", [], [helper.make_tensor_value_info("w", TensorProto.FLOAT, list(weight.codes.T.shape))], initializers)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
+    model.ir_version = 10
+    return model
+
+
+@pytest.mark.parametrize("block_size", [None, 32])
+def test_int4_weights_dequantize_as_onnx_does_and_read_back(tmp_path, block_size):
+    """INT4 per channel and LPBQ blocks: the graph's DequantizeLinear chain gives exactly
+    QuantizedWeight.dequantize(), and the records read the same weight back."""
+    from quantkit.runtime.npu import _weight_from_graph
+    from quantkit.weights.quantize import quantize_weight
+
+    weight = torch.randn(24, 96, generator=torch.Generator().manual_seed(1)) * torch.linspace(0.1, 3.0, 96)
+    quantized = quantize_weight(weight, bits=4, rule="mse", block_size=block_size)
+    assert int(quantized.codes.abs().max()) <= 7
+    if block_size:
+        assert quantized.block_scales.dtype == torch.uint8 and 1 <= int(quantized.block_scales.min()) and int(quantized.block_scales.max()) == 16
+    model = _weight_dequantize_model("lin.weight", quantized)
+    path = tmp_path / "w.onnx"
+    path.write_bytes(model.SerializeToString())
+    (expected,) = cpu_session(path).run(None, {})
+    assert torch.equal(quantized.dequantize(), torch.from_numpy(expected).T)
+    values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
+    back = _weight_from_graph(values, "lin.weight")
+    assert back.bits == 4 and back.block_size == block_size and torch.equal(back.dequantize(), quantized.dequantize())
+    assert quantized.nbytes == weight.numel() // 2 + 4 * 24 + (24 * 96 // block_size if block_size else 0)  # packed nibbles, scales, uint8 k
+
+
+def test_lpbq_scales_are_a_sub_grid_of_one_8_bit_grid():
+    from quantkit.quant_primitives import lpbq_scales
+
+    weight = torch.randn(8, 128, generator=torch.Generator().manual_seed(2))
+    weight[:, :64] *= 10  # one large block per row: the small block gets a small integer multiple
+    channel, blocks = lpbq_scales(weight, 64, rule="max")
+    assert blocks[:, 0].tolist() == [16] * 8 and (blocks[:, 1] <= 4).all()
+    block_max = weight.abs().reshape(8, 2, 64).amax(dim=2) / 7
+    assert torch.allclose(channel, block_max[:, 0] / 16)

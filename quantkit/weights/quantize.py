@@ -1,0 +1,99 @@
+"""The NPU weights of a calibration: scales by rule, codes by rounding (orchestration;
+the math is ``quant_primitives`` and ``weights.gptq``).
+
+Formats (``runtime.qdq.QuantizedWeight``): INT8 or INT4 symmetric per output channel, or
+LPBQ blockwise INT4 (``block_size`` inputs a block). Rounding: ``"nearest"`` (every code
+the nearest grid point) or ``"gptq"`` (error-compensating, against the calibration
+Hessians of the sites' clipped inputs; see ``weights.gptq``).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from quantkit.models.architecture import DecoderLayout
+from quantkit.quant_primitives import lpbq_scales, quantize_symmetric, weight_scales_per_channel
+from quantkit.runtime.qdq import LPBQ_MAX_BLOCK_SCALE, QuantizedWeight
+from quantkit.weights.gptq import gptq_codes
+
+__all__ = ["WeightCodes", "WEIGHT_ROUNDINGS", "WEIGHTS_FILE", "quantize_weight", "quantized_weights", "save_weights", "load_weights"]
+
+WeightCodes = dict[str, QuantizedWeight]  # Linear name → its NPU weight
+WEIGHT_ROUNDINGS = ("nearest", "gptq")
+WEIGHTS_FILE = "weights.safetensors"
+
+
+def quantize_weight(weight: torch.Tensor, bits: int = 8, rule: str = "mse", block_size: int | None = None, rounding: str = "nearest", hessian: torch.Tensor | None = None) -> QuantizedWeight:
+    """One [out, in] weight on the NPU grid: scales by ``rule`` (per channel, or LPBQ per
+    block of ``block_size``), codes by ``rounding`` (``"gptq"`` needs the ``hessian``)."""
+    if rounding not in WEIGHT_ROUNDINGS:
+        raise ValueError(f"weight rounding: got {rounding!r}, expected one of {WEIGHT_ROUNDINGS}")
+    weight = weight.detach().float().cpu()
+    block_scales = None
+    if block_size:
+        scales, block_scales = lpbq_scales(weight, block_size, bits, rule, LPBQ_MAX_BLOCK_SCALE)
+        grid = QuantizedWeight(torch.zeros_like(weight, dtype=torch.int8), scales, bits, block_size, block_scales).element_scales()
+    else:
+        scales = weight_scales_per_channel(weight, bits, rule)
+        grid = scales[:, None]
+    if rounding == "gptq":
+        if hessian is None:
+            raise ValueError("GPTQ rounding needs the calibration Hessian of the layer's inputs")
+        codes = gptq_codes(weight, hessian, grid, bits)
+    else:
+        qmax = 2 ** (bits - 1) - 1
+        codes = torch.clamp(torch.round(weight / grid), -qmax, qmax).to(torch.int8)
+    return QuantizedWeight(codes, scales, bits, block_size or None, block_scales)
+
+
+def quantized_weights(
+    layout: DecoderLayout,
+    names: Iterable[str],
+    rule: str,
+    bits: int = 8,
+    block_size: int | None = None,
+    rounding: str = "nearest",
+    hessians: dict[str, torch.Tensor] | None = None,
+    progress: bool = False,
+) -> WeightCodes:
+    """The NPU weights of the named Linears, all in one format (see :func:`quantize_weight`).
+    A Linear with a bias keeps per-channel scales under ``block_size``: the HTP loads an
+    LPBQ MatMul only without a bias Add (probed on onnxruntime-qnn 2.7)."""
+    names = list(names)
+    codes = {}
+    for name in tqdm(names, desc=f"W{bits} weights ({rounding})", unit="linear", disable=not progress):
+        linear = layout.linear(name)
+        blocks = block_size if block_size and linear.bias is None else None
+        codes[name] = quantize_weight(linear.weight, bits, rule, blocks, rounding, None if hessians is None else hessians.get(name))
+    return codes
+
+
+def save_weights(weights: WeightCodes, path: Path) -> None:
+    """The weights as safetensors: ``<name>.codes`` / ``.scales`` / ``.block_scales``, bits
+    and block sizes in the metadata."""
+    tensors, metadata = {}, {}
+    for name, weight in weights.items():
+        tensors[f"{name}.codes"] = weight.codes.contiguous()
+        tensors[f"{name}.scales"] = weight.scales.contiguous()
+        if weight.block_scales is not None:
+            tensors[f"{name}.block_scales"] = weight.block_scales.contiguous()
+        metadata[name] = f"{weight.bits}:{weight.block_size or 0}"
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def load_weights(path: Path) -> WeightCodes:
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as handle:
+        metadata = handle.metadata() or {}
+    tensors = load_file(str(path))
+    weights = {}
+    for name, value in metadata.items():
+        bits, block = (int(v) for v in value.split(":"))
+        weights[name] = QuantizedWeight(tensors[f"{name}.codes"], tensors[f"{name}.scales"], bits, block or None, tensors.get(f"{name}.block_scales"))
+    return weights

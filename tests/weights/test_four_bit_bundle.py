@@ -1,0 +1,136 @@
+"""4-bit weights end to end on tiny models: calibrate --weight-bits 4 → export → lint
+--qnn → runtime prefill and decode equal the simulated deployed arithmetic."""
+
+import json
+
+import onnx
+import pytest
+import torch
+
+from quantkit.calibration import CalibrationConfig, calibrate
+from quantkit.export import export_bundle
+from quantkit.export.lint import lint_bundle
+from quantkit.models.loading import load_model
+from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
+from quantkit.precision import PrecisionPlan
+from quantkit.runtime.engine import BundleModel
+from quantkit.runtime.npu import records_from_graph
+from quantkit.weights import WEIGHTS_FILE, load_weights
+from tests.conftest import TINY_VOCAB, plant_output_outliers, tiny_model
+
+CHUNK = 16
+BLOCK = 32
+
+
+@pytest.fixture(scope="module", params=["llama", "qwen2"])
+def w4_bundle(request, tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp(f"w4-{request.param}")
+    model = tiny_model(request.param, planted_outliers=True)
+    plant_output_outliers(model)
+    model.save_pretrained(root / "model")
+    tiny_tokenizer.save_pretrained(root / "model")
+    config = CalibrationConfig(
+        model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
+        sensitivity_num_sequences=1, sensitivity_seq_len=32, weight_bits="4", weight_block_size=BLOCK,
+    )
+    calibrate(root / "calib", config, progress=False)
+    export_bundle(root / "calib", root / "bundle", chunk_size=CHUNK, progress=False)
+    return root
+
+
+def test_manifest_graphs_and_encodings_declare_the_4_bit_weights(w4_bundle):
+    bundle = w4_bundle / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    quantization = manifest["quantization"]
+    assert quantization["weight_bits"] == 4 and quantization["activation_bits"] == 16
+    assert quantization["npu_weight_bytes_vs_w8"] < 0.6  # packed nibbles + scales (tiny rows: the scales weigh more)
+    params = {e["name"]: e for e in json.loads((bundle / "encodings.json").read_text())["param_encodings"]}
+    model = load_model(str(w4_bundle / "model"))
+    for entry in manifest["graphs"]:
+        graph = onnx.load(str(bundle / entry["file"]))
+        initializers = {i.name: i for i in graph.graph.initializer}
+        for name in entry["linears"]:
+            assert initializers[f"{name}.weight"].data_type == onnx.TensorProto.INT4
+            encoding = params[f"{name}.weight"]
+            if model.layout.linear(name).bias is None:  # LPBQ; a biased Linear stays per channel (the HTP refuses LPBQ + bias Add)
+                assert encoding["enc_type"] == "LPBQ" and encoding["block_size"] == BLOCK and encoding["compressed_bw"] == 4
+            else:
+                assert encoding["enc_type"] == "PER_CHANNEL" and encoding["bw"] == 4
+        assert entry["weight_bits"] == 4
+
+
+def test_graphs_hold_the_weights_calibration_measured_with(w4_bundle):
+    """One definition: the GPTQ-rounded weights calibration stored come back bit for bit."""
+    bundle = w4_bundle / "bundle"
+    stored = load_weights(w4_bundle / "calib" / WEIGHTS_FILE)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    plan = ShadowPlan.load(bundle / "shadow_plan.json")
+    for entry in manifest["graphs"]:
+        for name, record in zip(entry["linears"], records_from_graph(bundle, entry)):
+            expected = stored[name]
+            codes = expected.codes.clone()
+            codes[plan.site_of(name).output_channels_.get(name, [])] = 0  # output-side shadow rows
+            assert torch.equal(record.weight.codes, codes) and torch.equal(record.weight.scales, expected.scales)
+            assert (record.weight.block_scales is None) == (expected.block_scales is None)
+
+
+def test_prefill_and_decode_equal_the_simulated_model(w4_bundle):
+    bundle = w4_bundle / "bundle"
+    runtime = BundleModel(bundle)
+    loaded = load_model(str(w4_bundle / "model"))
+    plan = ShadowPlan.load(bundle / "shadow_plan.json")
+    precision = PrecisionPlan.load(bundle / "precision.json")
+    weights = load_weights(w4_bundle / "calib" / WEIGHTS_FILE)
+    npu = {b for b, where in enumerate(runtime.placement) if where == "npu"}
+    ids = torch.randint(0, TINY_VOCAB, (50,), generator=torch.Generator().manual_seed(0))  # 4 chunks, the last padded
+    with torch.no_grad():
+        with simulated_quantization(loaded.layout, plan, precision, blocks=npu, weights=weights):
+            reference = loaded.model(input_ids=ids[None], use_cache=False).logits[0]
+            tokens = ids.tolist()
+            for _ in range(6):
+                tokens.append(int(loaded.model(input_ids=torch.tensor([tokens]), use_cache=False).logits[0, -1].argmax()))
+        fp = loaded.model(input_ids=ids[None], use_cache=False).logits[0]
+    got = runtime.prefill(ids)
+    assert (got - reference).abs().max() < 0.05 * (reference - fp).abs().max()  # A16: float summation order only
+    assert list(runtime.generate(ids, max_new_tokens=6)) == tokens[len(ids):]
+
+
+def test_lint_qnn_runs_every_4_bit_graph_on_the_htp(w4_bundle):
+    report = lint_bundle(w4_bundle / "bundle", qnn=True)
+    assert report.ok, report.problems
+    assert min(report.sqnr_db.values()) >= 40.0
+
+
+def test_lint_catches_a_wrong_lpbq_encoding(w4_bundle, tmp_path):
+    import shutil
+
+    from quantkit.runtime.bundle import file_sha256
+
+    bundle = tmp_path / "bundle"
+    shutil.copytree(w4_bundle / "bundle", bundle)
+    encodings = json.loads((bundle / "encodings.json").read_text())
+    lpbq = next((e for e in encodings["param_encodings"] if e["enc_type"] == "LPBQ"), None)
+    if lpbq is None:
+        pytest.skip("every Linear of this family has a bias: no LPBQ weight")
+    lpbq["per_block_int_scale"][0] = 17 - lpbq["per_block_int_scale"][0]
+    (bundle / "encodings.json").write_text(json.dumps(encodings))
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["files"]["encodings.json"] = file_sha256(bundle / "encodings.json")
+    (bundle / "manifest.json").write_text(json.dumps(manifest))
+    report = lint_bundle(bundle)
+    assert any("per-block integer scales differ" in p for p in report.problems), report.problems
+
+
+def test_export_refuses_a8_for_4_bit_weights(w4_bundle, tmp_path):
+    from quantkit.errors import QuantkitError
+
+    with pytest.raises(QuantkitError, match="only with 16-bit activations"):
+        export_bundle(w4_bundle / "calib", tmp_path / "b8", chunk_size=CHUNK, activation_bits=8, progress=False)
+    assert not (tmp_path / "b8").exists()
+
+
+def test_config_rejects_4_bit_weights_with_8_bit_activations():
+    with pytest.raises(ValueError, match="only with 16-bit activations"):
+        CalibrationConfig(weight_bits="4", activation_bits="8")
+    with pytest.raises(ValueError, match="weight_block_size"):
+        CalibrationConfig(weight_bits="4", weight_block_size=20)

@@ -1,0 +1,46 @@
+"""GPTQ rounding (weights/gptq.py) against round-to-nearest on the same grid."""
+
+import torch
+
+from quantkit.weights.gptq import gptq_codes
+from quantkit.weights.quantize import quantize_weight
+
+
+def _correlated_inputs(tokens: int = 2048, features: int = 64, seed: int = 0) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    mixing = torch.randn(features, features, generator=generator) / features**0.5
+    scales = torch.linspace(0.2, 4.0, features)  # a few large input channels, as in LLMs
+    return (torch.randn(tokens, features, generator=generator) @ mixing) * scales
+
+
+def _output_error(weight, dequantized, x):
+    return float(((x @ weight.T - x @ dequantized.T) ** 2).mean())
+
+
+def test_gptq_keeps_the_grid_and_lowers_the_output_error():
+    x = _correlated_inputs()
+    weight = torch.randn(32, 64, generator=torch.Generator().manual_seed(1)) * 0.1
+    hessian = (x.T @ x).double()
+    for block_size in (None, 32):
+        nearest = quantize_weight(weight, bits=4, rule="mse", block_size=block_size)
+        gptq = quantize_weight(weight, bits=4, rule="mse", block_size=block_size, rounding="gptq", hessian=hessian)
+        assert torch.equal(gptq.scales, nearest.scales)  # same grid, other codes
+        assert (gptq.block_scales is None) == (block_size is None)
+        assert int(gptq.codes.abs().max()) <= 7 and gptq.codes.dtype == torch.int8
+        assert _output_error(weight, gptq.dequantize(), x) < 0.7 * _output_error(weight, nearest.dequantize(), x)
+
+
+def test_gptq_with_an_identity_hessian_is_round_to_nearest():
+    """With uncorrelated, equal inputs no error can be compensated: GPTQ rounds to nearest."""
+    weight = torch.randn(16, 48, generator=torch.Generator().manual_seed(2))
+    scales = weight.abs().amax(dim=1, keepdim=True) / 7
+    codes = gptq_codes(weight, torch.eye(48, dtype=torch.float64), scales, 4, damping=0.0)
+    assert torch.equal(codes, torch.clamp(torch.round(weight / scales), -7, 7).to(torch.int8))
+
+
+def test_unseen_inputs_do_not_break_the_factorisation():
+    x = _correlated_inputs(features=32)
+    x[:, 3] = 0  # an input channel that never fires
+    weight = torch.randn(8, 32, generator=torch.Generator().manual_seed(3))
+    codes = gptq_codes(weight, (x.T @ x).double(), weight.abs().amax(dim=1, keepdim=True) / 7, 4)
+    assert codes.shape == weight.shape and torch.isfinite(codes.float()).all()
