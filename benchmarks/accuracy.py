@@ -1,12 +1,13 @@
-"""Accuracy benchmark: FP, naive W8A8 and W8A16 (AIMET), SmoothQuant with static
+"""Accuracy benchmark: FP, naive W8A8, W8A16 and W4A16 (AIMET), SmoothQuant with static
 activations, LLM.int8() and quantkit at all-A16, all-A8 and its calibrated per-graph
-activation bits, measured side by side in one run on the held-out enwiki test split
-(articles in neither the calibration nor the validation split).
+activation bits, with INT8 weights and with 4-bit weights (per channel, LPBQ blocks of
+64 and 32, and on the A16 graphs of the calibrated mix), measured side by side in one run on the
+held-out enwiki test split (articles in neither the calibration nor the validation split).
 
     python benchmarks/accuracy.py [--model smollm2-135m] [--out benchmarks/results]
 
 Writes OUT/accuracy.json ({"model", "rows": [{"method", "ppl", "npu_blocks",
-"shadow_bytes", "a8_mac_share"}, ...]}) and OUT/accuracy.md. ``a8_mac_share`` is the
+"shadow_bytes", "a8_mac_share", "weight_bits", "npu_weight_bytes"}, ...]}) and OUT/accuracy.md. ``a8_mac_share`` is the
 share of the NPU Linears' MACs whose activations are INT8 (None where nothing runs as a
 static NPU graph). The calibration it needs is made by ``quantkit.calibration.calibrate``
 (default settings) into OUT/calib-<model>, or reused with --calib.
@@ -28,8 +29,8 @@ from quantkit.eval.perplexity import perplexity
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.outlier_shadow.plan import PLAN_FILE
-from quantkit.outlier_shadow.simulated_linear import quantized_weights
-from quantkit.precision import PRECISION_FILE, PrecisionPlan
+from quantkit.precision import PRECISION_FILE, PrecisionPlan, assign_four_bit_weights
+from quantkit.weights import collect_input_hessians, int8_weight_bytes, quantized_weights
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
 
 DEFAULT_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -94,6 +95,11 @@ def main(argv=None) -> int:
     compute_w8a8_encodings(w8a16, aimet_ids)
     rows.append({"method": "naive_w8a16", "ppl": quantsim_ppl("naive_w8a16", w8a16), "npu_blocks": num_blocks, "shadow_bytes": 0, "a8_mac_share": 0.0})
     del w8a16
+    # The AI Hub-style w4a16: AIMET QuantSim, 4-bit per-channel weights, 16-bit activations, min/max.
+    w4a16 = build_quantsim(loaded.model, aimet_ids[:1].to(device), config.aimet_config, activation_bits=16, weight_bits=4)
+    compute_w8a8_encodings(w4a16, aimet_ids)
+    rows.append({"method": "naive_w4a16", "ppl": quantsim_ppl("naive_w4a16", w4a16), "npu_blocks": num_blocks, "shadow_bytes": 0, "a8_mac_share": 0.0, "weight_bits": 4, "npu_weight_bytes": int8_weight_bytes(layout, layout.linear_names()) // 2})
+    del w4a16
 
     alphas = [float(a) for a in args.alphas.split(",")]
     sweep = {}
@@ -111,11 +117,23 @@ def main(argv=None) -> int:
     # quantkit: the deployed arithmetic (runtime/qdq.py) of the bundle's NPU graphs, on the placement's NPU blocks.
     npu = placement.npu_block_indices
     shadow_bytes = plan.resident_shadow_parameters(out_features, blocks=npu) * 4  # float32 columns
-    weights = quantized_weights(layout, layout.linear_names(), plan.config.weight_scale_rule)
+    w8 = quantized_weights(layout, layout.linear_names(), plan.config.weight_scale_rule)
+    npu_linears = [name for site in plan.sites.values() if site.block_index in npu for name in site.linear_names]
     calibrated = {"16": "quantkit_w8a16", "8": "quantkit_w8a8"}.get(precision.mode, f"quantkit_{precision.mode}")
-    variants = {"quantkit_w8a16": precision.with_uniform_bits(16), "quantkit_w8a8": precision.with_uniform_bits(8)}
-    variants[calibrated] = precision  # a uniform calibration is its own row, measured once
-    for method, bits in variants.items():
+    variants = {"quantkit_w8a16": (precision.with_uniform_bits(16), w8), "quantkit_w8a8": (precision.with_uniform_bits(8), w8)}
+    variants[calibrated] = (precision, w8)  # a uniform calibration is its own row, measured once
+    # 4-bit weights on every A16 graph (GPTQ against one set of calibration Hessians), the output ranges recorded again
+    calibration_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), config.num_sequences, config.seq_len, source="calibration split")
+    hessians = collect_input_hessians(layout, plan, calibration_ids, config.batch_size)
+    four_bit = {"quantkit_w4a16": (16, None), "quantkit_w4a16_block64": (16, 64), "quantkit_w4a16_block32": (16, 32)}
+    if precision.mode == "auto":  # the calibrated A8/A16 mix, INT4 on its A16 graphs
+        four_bit[f"quantkit_w4_{calibrated.removeprefix('quantkit_')}_block32"] = ("calibrated", 32)
+    for method, (bits, block) in four_bit.items():
+        four = precision if bits == "calibrated" else precision.with_uniform_bits(bits)
+        four = PrecisionPlan.from_dict(four.to_dict())  # a copy: the rows above keep INT8 weights
+        weights = assign_four_bit_weights(layout, plan, four, w8, calibration_ids, calibration_ids[:4], block, "gptq", config.batch_size, hessians)
+        variants[method] = (four, weights)
+    for method, (bits, weights) in variants.items():
         with simulated_quantization(layout, plan, bits, blocks=npu, weights=weights):
             rows.append(
                 {
@@ -125,6 +143,8 @@ def main(argv=None) -> int:
                     "shadow_bytes": shadow_bytes,
                     "a8_mac_share": bits.a8_mac_share(npu),
                     "activation_bits": bits.mode,
+                    "weight_bits": bits.weight_bits(),
+                    "npu_weight_bytes": sum(weights[n].nbytes for n in npu_linears),
                     "calibrated": method == calibrated,
                     "cpu_fp_blocks": sorted(set(range(num_blocks)) - npu),
                     "hot_coverage": plan.hot_coverage_,
@@ -159,23 +179,28 @@ def _markdown(result: dict) -> str:
     lines = [
         f"# Accuracy — {result['model']}, enwiki test split ({result['test_tokens'][0]}×{result['test_tokens'][1]} tokens)",
         "",
-        "| method | test PPL | ΔPPL vs FP | blocks on NPU | NPU MACs at A8 | resident shadow weights |",
-        "|---|---:|---:|---:|---:|---:|",
+        "| method | test PPL | ΔPPL vs FP | blocks on NPU | NPU MACs at A8 | NPU weight bytes | resident shadow weights |",
+        "|---|---:|---:|---:|---:|---:|---:|",
     ]
     for row in result["rows"]:
         blocks = "n/a (dynamic)" if row["npu_blocks"] is None else f"{row['npu_blocks']}/{result['num_blocks']}"
         shadow = "n/a" if row["shadow_bytes"] is None else f"{row['shadow_bytes'] / 1e6:.2f} MB ({100 * row['shadow_bytes'] / result['model_bytes']:.2f}%)"
         extra = f" (α={row['alpha']})" if "alpha" in row else " (calibrated)" if row.get("calibrated") else ""
-        lines.append(f"| {row['method']}{extra} | {row['ppl']:.3f} | {row['delta_ppl_percent']:+.2f}% | {blocks} | {_share(row)} | {shadow} |")
+        weight = f"{row['npu_weight_bytes'] / 1e6:.1f} MB (W{row['weight_bits']})" if row.get("npu_weight_bytes") else "n/a" if row["npu_blocks"] is None or not row["npu_blocks"] else "W8"
+        lines.append(f"| {row['method']}{extra} | {row['ppl']:.3f} | {row['delta_ppl_percent']:+.2f}% | {blocks} | {_share(row)} | {weight} | {shadow} |")
     lines += [
         "",
         "NPU MACs at A8: share of the NPU-placed Linears' multiply-accumulates whose activations are INT8 (the rest A16); "
-        "n/a where nothing runs as a static NPU graph. naive_w8a16 is AIMET QuantSim with 16-bit activations and min/max ranges.",
+        "n/a where nothing runs as a static NPU graph. naive_w8a16 / naive_w4a16 are AIMET QuantSim with 16-bit activations, "
+        "INT8 / INT4 per-channel weights and min/max ranges (naive_w4a16: AI Hub's w4a16 recipe). NPU weight bytes: codes packed at their "
+        "bit-width plus scales (LPBQ: uint8 block scales too).",
         "",
         "The quantkit rows are the deployed arithmetic: a torch twin of the bundle's NPU graphs (runtime/qdq.py) that "
         "tests/calibration/test_pipeline.py::test_summary_perplexity_is_the_exported_bundles proves gives the exported "
         "bundle runtime's perplexity. quantkit_w8a16 / quantkit_w8a8 put every NPU graph at A16 / A8; the calibrated row "
-        "has the per-graph bits of the calibration's precision.json.",
+        "has the per-graph bits of the calibration's precision.json. quantkit_w4* rows: INT4 weights (GPTQ-rounded on the "
+        "calibration split) on every A16 graph — per output channel, or LPBQ blocks of 64 / 32 inputs — INT8 on A8 graphs "
+        "(the HTP runs INT4 only with A16).",
         "",
         f"Model weights: {result['model_bytes'] / 1e6:.1f} MB (float32). Measured in one run of benchmarks/accuracy.py in {result['seconds']:.0f} s.",
     ]

@@ -55,13 +55,16 @@ class LogitsModel(nn.Module):
         return self.model(input_ids=input_ids, use_cache=False).logits
 
 
-def build_quantsim(model: nn.Module, dummy_input_ids: torch.Tensor, config_file: str = "default", activation_bits: int = 8):
-    """A QuantizationSimModel of ``model`` (deep-copied; the FP model is untouched): INT8
-    weights and min/max activation quantizers of ``activation_bits`` — 8 for the naive
-    W8A8 baseline, 16 for the W8A16 a user gets from AIMET by asking for 16-bit
-    activations. Calibrate it with :func:`compute_w8a8_encodings`."""
+def build_quantsim(model: nn.Module, dummy_input_ids: torch.Tensor, config_file: str = "default", activation_bits: int = 8, weight_bits: int = 8):
+    """A QuantizationSimModel of ``model`` (deep-copied; the FP model is untouched):
+    per-channel weights of ``weight_bits`` and min/max activation quantizers of
+    ``activation_bits`` — W8A8 for the naive baseline, W8A16 / W4A16 for what a user gets
+    from AIMET by asking for 16-bit activations (and 4-bit weights: the AI Hub-style
+    w4a16). Calibrate it with :func:`compute_w8a8_encodings`."""
     if activation_bits not in ACTIVATION_BITS:
         raise ValueError(f"activation_bits: got {activation_bits!r}, expected one of {ACTIVATION_BITS}")
+    if weight_bits not in (4, 8):
+        raise ValueError(f"weight_bits: got {weight_bits!r}, expected 4 or 8")
     import aimet_torch.nn.transformers.models  # noqa: F401  registers AIMET's Llama/Qwen2/Gemma3/Mistral modules
     from aimet_torch.common.defs import QuantScheme
     from aimet_torch.quantsim import QuantizationSimModel
@@ -71,7 +74,7 @@ def build_quantsim(model: nn.Module, dummy_input_ids: torch.Tensor, config_file:
         dummy_input=dummy_input_ids,
         quant_scheme=QuantScheme.min_max,
         default_output_bw=activation_bits,
-        default_param_bw=8,
+        default_param_bw=weight_bits,
         config_file=config_file,
     )
 

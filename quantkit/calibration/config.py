@@ -81,7 +81,7 @@ class CalibrationConfig:
     accuracy_budget: float = 0.01
     activation_bits: str = "16"
     weight_bits: str = "8"
-    weight_block_size: int = 64
+    weight_block_size: int = 32
     weight_rounding: str = "gptq"
     sensitivity_num_sequences: int = 4
     sensitivity_seq_len: int = 256

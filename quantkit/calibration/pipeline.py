@@ -39,8 +39,8 @@ from quantkit.errors import QuantkitError
 from quantkit.eval.perplexity import perplexity
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import build_shadow_plan, simulated_quantization
-from quantkit.outlier_shadow.plan import ShadowPlan
-from quantkit.precision.output_ranges import calibrated_precision, recalibrate_output_clips
+from quantkit.precision.output_ranges import calibrated_precision
+from quantkit.precision.weight_bits import assign_four_bit_weights
 from quantkit.precision.plan import PRECISION_FILE, PrecisionPlan
 from quantkit.precision.search import graph_sensitivity, search_activation_bits
 from quantkit.outlier_shadow.plan import PLAN_FILE
@@ -48,7 +48,7 @@ from quantkit.report import write_report
 from quantkit.sensitivity import block_sensitivity, plan_placement
 from quantkit.sensitivity.placement import PLACEMENT_FILE
 from quantkit.sensitivity.realizations import perplexity_realizations
-from quantkit.weights import WEIGHTS_FILE, WeightCodes, collect_input_hessians, quantized_weights, save_weights
+from quantkit.weights import WEIGHTS_FILE, WeightCodes, int8_weight_bytes, quantized_weights, save_weights
 
 __all__ = ["calibrate", "CalibrationResult", "SUMMARY_JSON", "SUMMARY_TEXT", "HEATMAP_FILE"]
 
@@ -90,21 +90,6 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = time.perf_counter() - started
 
 
-def _four_bit_weights(loaded, plan: ShadowPlan, precision: PrecisionPlan, calibration_ids: torch.Tensor, config: CalibrationConfig, weights: WeightCodes, progress: bool) -> WeightCodes:
-    """4-bit weights for every 16-bit graph (the HTP runs INT4 only with A16), rounded by
-    ``config.weight_rounding``; the output ranges are recorded again with them."""
-    layout = loaded.layout
-    sixteen = [graph for graph in precision.graphs.values() if graph.activation_bits == 16]
-    names = [name for graph in sixteen for name in graph.linear_names]
-    hessians = collect_input_hessians(layout, plan, calibration_ids, config.batch_size, progress) if config.weight_rounding == "gptq" else None
-    four = quantized_weights(layout, names, plan.config.weight_scale_rule, 4, config.weight_block_size or None, config.weight_rounding, hessians, progress)
-    for graph in sixteen:
-        graph.weight_bits, graph.weight_block_size = 4, four[graph.linear_names[0]].block_size
-    merged = {**weights, **four}
-    recalibrate_output_clips(layout, plan, precision, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], merged)
-    return merged
-
-
 def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, validation_ids: torch.Tensor, fp_ppl: float, config: CalibrationConfig, staging: Path, timings: dict, progress: bool):
     """Shadow plan (§3.3), NPU output ranges, per-graph activation bits, per-block
     sensitivity and placement under the budget (§3.4) — every measurement on the
@@ -129,7 +114,8 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
             search_activation_bits(precision, sensitivity, lambda p: deployed_perplexity(p, desc=f"quantkit PPL (A8 share {p.a8_mac_share():.0%})"), fp_ppl, config.accuracy_budget)
     if config.weight_bits == "4":
         with _timed(timings, "weights_4bit"):
-            weights = _four_bit_weights(loaded, plan, precision, calibration_ids, config, weights, progress)
+            block_size = config.weight_block_size or None
+            weights = assign_four_bit_weights(layout, plan, precision, weights, calibration_ids, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], block_size, config.weight_rounding, config.batch_size, progress=progress)
     save_weights({name: weights[name] for name in layout.linear_names()}, staging / WEIGHTS_FILE)  # export serialises exactly these
     precision.save(staging / PRECISION_FILE)
     with _timed(timings, "sensitivity"):
@@ -140,7 +126,9 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
         placement.save(staging / PLACEMENT_FILE)
     with _timed(timings, "realizations"), simulated_quantization(layout, plan, precision, blocks=placement.npu_block_indices, weights=weights):
         realizations = perplexity_realizations(layout, validation_ids, _REALIZATIONS, progress=progress)
-    return plan, precision, sensitivities, placement, realizations
+    npu_linears = [name for graph in precision.graphs.values() if graph.block_index in placement.npu_block_indices for name in graph.linear_names]
+    weight_bytes = (sum(weights[name].nbytes for name in npu_linears), int8_weight_bytes(layout, npu_linears))
+    return plan, precision, sensitivities, placement, realizations, weight_bytes
 
 
 def _aimet_baseline(loaded, calibration_ids: torch.Tensor, validation_ids: torch.Tensor, config: CalibrationConfig, staging: Path, timings: dict, progress: bool) -> tuple[dict, float]:
@@ -206,7 +194,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     with _timed(timings, "fp_eval"):
         fp_model = LogitsModel(loaded.model)
         perplexities = {"fp": perplexity(lambda ids: fp_model(ids.to(device)), validation_ids, desc="FP perplexity", progress=progress)}
-    plan, precision, sensitivities, placement, realizations = _plan_quantization(loaded, statistics, calibration_ids, validation_ids, perplexities["fp"], config, staging, timings, progress)
+    plan, precision, sensitivities, placement, realizations, weight_bytes = _plan_quantization(loaded, statistics, calibration_ids, validation_ids, perplexities["fp"], config, staging, timings, progress)
     perplexities["quantkit"] = placement.ppl_
     encodings, perplexities["aimet_w8a8_per_tensor"] = _aimet_baseline(loaded, calibration_ids, validation_ids, config, staging, timings, progress)
 
@@ -218,7 +206,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     out_features = {name: loaded.layout.linear(name).out_features for name in loaded.layout.linear_names()}
     resident = plan.resident_shadow_parameters(out_features, blocks=placement.npu_block_indices)
     model_parameters = sum(p.numel() for p in loaded.model.parameters())
-    summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak, placement, resident / model_parameters, precision, realizations)
+    summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak, placement, resident / model_parameters, precision, realizations, weight_bytes)
     (staging / SUMMARY_TEXT).write_text(summary + "\n")
     (staging / SUMMARY_JSON).write_text(
         json.dumps(
@@ -233,6 +221,10 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
                 "activation_bits": precision.mode,
                 "a8_mac_share": precision.a8_mac_share(placement.npu_block_indices),
                 "graph_activation_bits": {g.name: g.activation_bits for g in precision.graphs.values() if g.block_index in placement.npu_block_indices},
+                "weight_bits": precision.weight_bits(),
+                "graph_weight_bits": {g.name: g.weight_bits for g in precision.graphs.values() if g.block_index in placement.npu_block_indices},
+                "npu_weight_bytes": weight_bytes[0],
+                "npu_weight_bytes_vs_int8": weight_bytes[1] and weight_bytes[0] / weight_bytes[1],
                 "num_blocks": loaded.layout.num_blocks,
                 "resident_shadow_parameters": resident,
                 "model_parameters": model_parameters,

@@ -84,7 +84,7 @@ def plot_outlier_heatmap(statistics: ActivationStatistics, layout: DecoderLayout
     plt.close(figure)
 
 
-def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None, precision=None, realizations: list[float] | None = None) -> str:
+def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None, precision=None, realizations: list[float] | None = None, weight_bytes: tuple[int, int] | None = None) -> str:
     lines = [f"quantkit calibrate — {model_id}", "", "Validation perplexity"]
     fp = perplexities.get("fp")
     for method, value in perplexities.items():
@@ -115,6 +115,14 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
         if precision.search_:
             points = ", ".join(f"{100 * p['a8_mac_share']:.0f}% A8 → {p['ppl']:.2f}" for p in precision.search_)
             lines.append(f"  measured (A8 MAC share → PPL): {points}")
+        four = [g for g in graphs if g.weight_bits == 4]
+        if four:
+            blocks = sorted({g.weight_block_size for g in four if g.weight_block_size})
+            form = f"LPBQ blocks of {', '.join(map(str, blocks))}" if blocks else "per output channel"
+            lines.append(f"Weights: {len(four)}/{len(graphs)} NPU graphs INT4 ({form}), the rest INT8")
+    if weight_bytes is not None:
+        npu_bytes, int8_bytes = weight_bytes
+        lines.append(f"NPU weight bytes: {npu_bytes / 1e6:.1f} MB = {100 * npu_bytes / int8_bytes:.1f}% of the same graphs with INT8 weights ({int8_bytes / 1e6:.1f} MB)")
     if resident_shadow_share is not None:
         lines.append(f"Resident shadow weights: {100 * resident_shadow_share:.2f}% of the model's parameters")
     lines += ["", f"Top {len(top_layers)} outlier layers (clip = p{100 * quantile:g} of |x|, scale s = clip/127)"]

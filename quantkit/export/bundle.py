@@ -20,7 +20,7 @@ from quantkit.errors import QuantkitError
 from quantkit.export.graphs import build_site_graph
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow.plan import PLAN_FILE, ShadowPlan
-from quantkit.weights.quantize import WEIGHTS_FILE, load_weights, quantized_weights
+from quantkit.weights.quantize import WEIGHTS_FILE, int8_weight_bytes, load_weights, quantized_weights
 from quantkit.precision.output_ranges import output_clips, record_npu_outputs, initial_precision
 from quantkit.precision.plan import PRECISION_FILE, PrecisionPlan
 from quantkit.runtime.qdq import activation_scale, quantize_activation
@@ -210,7 +210,7 @@ def export_bundle(
         weight_bits = sorted({g["weight_bits"] for g in graphs}) or [8]
         block_sizes = sorted({g["weight_block_size"] for g in graphs if g["weight_block_size"]})
         npu_weight_bytes = sum(g["weight_bytes"] for g in graphs)
-        w8_weight_bytes = sum(g["macs_per_token"] + 4 * sum(layout.linear(n).out_features for n in g["linears"]) for g in graphs)  # int8 codes + float32 scales
+        w8_weight_bytes = int8_weight_bytes(layout, npu_linears)
         (staging / "encodings.json").write_text(
             json.dumps(
                 {

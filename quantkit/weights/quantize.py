@@ -21,7 +21,7 @@ from quantkit.quant_primitives import lpbq_scales, quantize_symmetric, weight_sc
 from quantkit.runtime.qdq import LPBQ_MAX_BLOCK_SCALE, QuantizedWeight
 from quantkit.weights.gptq import gptq_codes
 
-__all__ = ["WeightCodes", "WEIGHT_ROUNDINGS", "WEIGHTS_FILE", "quantize_weight", "quantized_weights", "save_weights", "load_weights"]
+__all__ = ["WeightCodes", "WEIGHT_ROUNDINGS", "WEIGHTS_FILE", "quantize_weight", "quantized_weights", "save_weights", "load_weights", "int8_weight_bytes"]
 
 WeightCodes = dict[str, QuantizedWeight]  # Linear name → its NPU weight
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
@@ -71,6 +71,12 @@ def quantized_weights(
         blocks = block_size if block_size and linear.bias is None else None
         codes[name] = quantize_weight(linear.weight, bits, rule, blocks, rounding, None if hessians is None else hessians.get(name))
     return codes
+
+
+def int8_weight_bytes(layout: DecoderLayout, names: Iterable[str]) -> int:
+    """Bytes of the named Linears as INT8 per-channel weights (codes + float32 scales): the
+    reference a 4-bit bundle's weight bytes are compared with."""
+    return sum(layout.linear(n).in_features * layout.linear(n).out_features + 4 * layout.linear(n).out_features for n in names)
 
 
 def save_weights(weights: WeightCodes, path: Path) -> None:

@@ -28,7 +28,10 @@ def test_accuracy_benchmark_writes_every_method(tmp_path, tiny_model_folder):
     assert code == 0
     result = json.loads((out / "accuracy.json").read_text())
     rows = {row["method"]: row for row in result["rows"]}
-    assert list(rows) == ["fp", "naive_w8a8", "naive_w8a16", "smoothquant_static", "llm_int8", "quantkit_w8a16", "quantkit_w8a8", "quantkit_auto"]
+    assert list(rows) == [
+        "fp", "naive_w8a8", "naive_w8a16", "naive_w4a16", "smoothquant_static", "llm_int8", "quantkit_w8a16", "quantkit_w8a8", "quantkit_auto",
+        "quantkit_w4a16", "quantkit_w4a16_block64", "quantkit_w4a16_block32", "quantkit_w4_auto_block32",
+    ]
     for row in result["rows"]:
         assert row["ppl"] > 1 and set(row) >= {"method", "ppl", "npu_blocks", "shadow_bytes", "a8_mac_share"}
     assert rows["fp"]["delta_ppl_percent"] == 0
@@ -47,6 +50,15 @@ def test_accuracy_benchmark_writes_every_method(tmp_path, tiny_model_folder):
     assert rows["quantkit_w8a16"]["ppl"] != rows["quantkit_w8a8"]["ppl"]
     if 0 < shares["quantkit_auto"] < 1:
         assert rows["quantkit_auto"]["ppl"] not in (rows["quantkit_w8a8"]["ppl"], rows["quantkit_w8a16"]["ppl"])
+    # 4-bit weights: half the INT8 bytes plus scales, a different measurement from INT8; the mix keeps INT8 on its A8 graphs
+    w8_bytes = rows["quantkit_w8a16"]["npu_weight_bytes"]
+    for method in ("quantkit_w4a16", "quantkit_w4a16_block64", "quantkit_w4a16_block32"):
+        assert rows[method]["weight_bits"] == 4 and rows[method]["a8_mac_share"] == 0.0
+        assert 0.5 * w8_bytes < rows[method]["npu_weight_bytes"] < 0.6 * w8_bytes
+        assert rows[method]["ppl"] != rows["quantkit_w8a16"]["ppl"]
+    assert rows["naive_w4a16"]["ppl"] != rows["naive_w8a16"]["ppl"]
+    assert rows["quantkit_w4_auto_block32"]["a8_mac_share"] == shares["quantkit_auto"]
+    assert rows["quantkit_w4_auto_block32"]["weight_bits"] == (4 if shares["quantkit_auto"] == 0 else 8 if shares["quantkit_auto"] == 1 else "mixed")
     markdown = (out / "accuracy.md").read_text()
     assert "| NPU MACs at A8 |" in markdown and "| quantkit_auto (calibrated) |" in markdown
     assert "| naive_w8a16 | " in markdown and " | 0% | " in markdown.split("| naive_w8a16 |")[1].split("\n")[0]
