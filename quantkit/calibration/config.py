@@ -14,7 +14,7 @@ from quantkit.weights.quantize import WEIGHT_ROUNDINGS
 
 __all__ = ["CalibrationConfig", "CONFIG_VERSION", "WEIGHT_MODES"]
 
-WEIGHT_MODES = ("4", "8")
+WEIGHT_MODES = ("4", "8", "auto")
 
 CONFIG_VERSION = 1
 # The shadow settings are ShadowConfig's, flattened into CLI flags: one source of defaults.
@@ -54,7 +54,9 @@ class CalibrationConfig:
       gets 4-bit weights (the HTP runs 4-bit weights only with 16-bit activations; A8
       graphs keep INT8), ``weight_block_size`` inputs per LPBQ block (0: per output
       channel), rounded by ``weight_rounding`` (``"gptq"`` against the calibration
-      Hessians of the clipped inputs, or ``"nearest"``).
+      Hessians of the clipped inputs, or ``"nearest"``). ``"auto"``: start from that and
+      give INT8 weights back to the graphs that buy the most accuracy per weight byte
+      until the deployed arithmetic is within ``accuracy_budget`` (before block placement).
     * ``sensitivity_num_sequences=4`` × 256 tokens: per-block sensitivity runs the model
       once per block (30× for SmolLM2); a ranking needs less text than a perplexity.
     """
@@ -115,8 +117,8 @@ class CalibrationConfig:
             raise ValueError(f"activation_bits: got {self.activation_bits!r}, expected one of {', '.join(PRECISION_MODES)}")
         if self.weight_bits not in WEIGHT_MODES:
             raise ValueError(f"weight_bits: got {self.weight_bits!r}, expected one of {', '.join(WEIGHT_MODES)}")
-        if self.weight_bits == "4" and self.activation_bits == "8":
-            raise ValueError("weight_bits 4 with activation_bits 8: the HTP runs 4-bit weights only with 16-bit activations; use --activation-bits 16 or auto (A8 graphs keep INT8 weights)")
+        if self.weight_bits != "8" and self.activation_bits == "8":
+            raise ValueError(f"weight_bits {self.weight_bits} with activation_bits 8: the HTP runs 4-bit weights only with 16-bit activations; use --activation-bits 16 or auto (A8 graphs keep INT8 weights)")
         if not isinstance(self.weight_block_size, int) or self.weight_block_size < 0 or (self.weight_block_size and self.weight_block_size % 16):
             raise ValueError(f"weight_block_size: got {self.weight_block_size!r}, expected 0 (per output channel) or a multiple of 16 dividing the input features, e.g. 64")
         if self.weight_rounding not in WEIGHT_ROUNDINGS:

@@ -42,7 +42,7 @@ from quantkit.outlier_shadow import build_shadow_plan, simulated_quantization
 from quantkit.precision.output_ranges import calibrated_precision
 from quantkit.precision.weight_bits import assign_four_bit_weights
 from quantkit.precision.plan import PRECISION_FILE, PrecisionPlan
-from quantkit.precision.search import graph_sensitivity, search_activation_bits
+from quantkit.precision.search import graph_sensitivity, search_activation_bits, search_weight_bits
 from quantkit.outlier_shadow.plan import PLAN_FILE
 from quantkit.report import write_report
 from quantkit.sensitivity import block_sensitivity, plan_placement
@@ -104,18 +104,31 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
         precision = calibrated_precision(layout, plan, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], config.activation_bits, weights=weights)  # also sets the output-side shadow channels
         plan.save(staging / PLAN_FILE)
 
-    def deployed_perplexity(precision: PrecisionPlan, cpu_blocks: frozenset[int] = frozenset(), desc: str = "quantkit PPL") -> float:
-        with simulated_quantization(layout, plan, precision, blocks=set(range(layout.num_blocks)) - cpu_blocks, weights=weights):
+    def deployed_perplexity(precision: PrecisionPlan, cpu_blocks: frozenset[int] = frozenset(), desc: str = "quantkit PPL", candidate_weights: WeightCodes | None = None) -> float:
+        with simulated_quantization(layout, plan, precision, blocks=set(range(layout.num_blocks)) - cpu_blocks, weights=weights if candidate_weights is None else candidate_weights):
             return perplexity(lambda ids: logits(ids.to(device)), validation_ids, desc=desc, progress=progress)
 
     if config.activation_bits == "auto":
         with _timed(timings, "precision_search"):
             sensitivity = graph_sensitivity(layout, plan, precision, sensitivity_ids, weights, progress=progress)
             search_activation_bits(precision, sensitivity, lambda p: deployed_perplexity(p, desc=f"quantkit PPL (A8 share {p.a8_mac_share():.0%})"), fp_ppl, config.accuracy_budget)
-    if config.weight_bits == "4":
+    if config.weight_bits in ("4", "auto"):
+        int8_weights, int8_clips = weights, {name: dict(graph.output_clips_) for name, graph in precision.graphs.items()}
         with _timed(timings, "weights_4bit"):
             block_size = config.weight_block_size or None
             weights = assign_four_bit_weights(layout, plan, precision, weights, calibration_ids, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], block_size, config.weight_rounding, config.batch_size, progress=progress)
+        if config.weight_bits == "auto":
+            four_bit = weights
+            with _timed(timings, "weight_search"):
+                candidates = [name for name, graph in precision.graphs.items() if graph.weight_bits == 4]
+                sensitivity = graph_sensitivity(layout, plan, precision, sensitivity_ids, four_bit, progress=progress, graphs=candidates, label="W4")
+
+                def weights_of(p: PrecisionPlan) -> WeightCodes:
+                    return {name: (four_bit if p.of(name).weight_bits == 4 else int8_weights)[name] for name in layout.linear_names()}
+
+                evaluate = lambda p: deployed_perplexity(p, desc=f"quantkit PPL (W4 share {p.w4_mac_share():.0%})", candidate_weights=weights_of(p))  # noqa: E731
+                search_weight_bits(precision, sensitivity, int8_clips, evaluate, fp_ppl, config.accuracy_budget)
+                weights = weights_of(precision)
     save_weights({name: weights[name] for name in layout.linear_names()}, staging / WEIGHTS_FILE)  # export serialises exactly these
     precision.save(staging / PRECISION_FILE)
     with _timed(timings, "sensitivity"):

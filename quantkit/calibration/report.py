@@ -120,6 +120,9 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
             blocks = sorted({g.weight_block_size for g in four if g.weight_block_size})
             form = f"LPBQ blocks of {', '.join(map(str, blocks))}" if blocks else "per output channel"
             lines.append(f"Weights: {len(four)}/{len(graphs)} NPU graphs INT4 ({form}), the rest INT8")
+        if precision.weight_search_:
+            points = ", ".join(f"{100 * p['w4_mac_share']:.0f}% W4 → {p['ppl']:.2f}" for p in precision.weight_search_)
+            lines.append(f"  measured (share of NPU weights at W4 → PPL): {points}")
     if weight_bytes is not None:
         npu_bytes, int8_bytes = weight_bytes
         lines.append(f"NPU weight bytes: {npu_bytes / 1e6:.1f} MB = {100 * npu_bytes / int8_bytes:.1f}% of the same graphs with INT8 weights ({int8_bytes / 1e6:.1f} MB)")

@@ -4,7 +4,7 @@ deployed arithmetic under the accuracy budget."""
 
 from quantkit.precision.plan import PRECISION_FILE, PRECISION_MODES, GraphPrecision, PrecisionPlan  # first: calibration's config imports it
 from quantkit.precision.output_ranges import calibrated_precision, initial_precision, output_clips, record_npu_outputs
-from quantkit.precision.search import graph_sensitivity, promotion_order, search_activation_bits
+from quantkit.precision.search import graph_sensitivity, promotion_order, search_activation_bits, search_weight_bits
 from quantkit.precision.weight_bits import assign_four_bit_weights
 
 __all__ = [
@@ -19,5 +19,6 @@ __all__ = [
     "graph_sensitivity",
     "promotion_order",
     "search_activation_bits",
+    "search_weight_bits",
     "assign_four_bit_weights",
 ]

@@ -49,6 +49,8 @@ class PrecisionPlan:
     graphs: dict[str, GraphPrecision]  # keyed by the first Linear of the site (as ShadowPlan.sites)
     search_: list[dict] = field(default_factory=list)  # the auto search's measured points: a8_mac_share, ppl
     sensitivity_: dict[str, float] = field(default_factory=dict)  # auto: KL to FP with only this graph at A8, by graph name
+    weight_search_: list[dict] = field(default_factory=list)  # --weight-bits auto: w4_mac_share, ppl of each measured point
+    weight_sensitivity_: dict[str, float] = field(default_factory=dict)  # KL to FP with only this graph at W4, by graph name
     version: int = PRECISION_VERSION
 
     def __post_init__(self) -> None:
@@ -83,6 +85,12 @@ class PrecisionPlan:
         bits = {g.weight_bits for g in self.graphs.values()}
         return bits.pop() if len(bits) == 1 else "mixed"
 
+    def w4_mac_share(self, blocks: set[int] | None = None) -> float:
+        """Share of the NPU Linears' MACs (∝ their weights) with 4-bit weights."""
+        graphs = [g for g in self.graphs.values() if blocks is None or g.block_index in blocks]
+        total = sum(g.macs_per_token for g in graphs)
+        return sum(g.macs_per_token for g in graphs if g.weight_bits == 4) / total if total else 0.0
+
     def a8_mac_share(self, blocks: set[int] | None = None) -> float:
         """Share of the NPU Linears' MACs (of ``blocks``; default all) whose graph runs at A8."""
         graphs = [g for g in self.graphs.values() if blocks is None or g.block_index in blocks]
@@ -90,7 +98,7 @@ class PrecisionPlan:
         return sum(g.macs_per_token for g in graphs if g.activation_bits == 8) / total if total else 0.0
 
     def to_dict(self) -> dict:
-        return {"version": self.version, "mode": self.mode, "graphs": {k: asdict(g) for k, g in self.graphs.items()}, "search_": self.search_, "sensitivity_": self.sensitivity_}
+        return {"version": self.version, "mode": self.mode, "graphs": {k: asdict(g) for k, g in self.graphs.items()}, "search_": self.search_, "sensitivity_": self.sensitivity_, "weight_search_": self.weight_search_, "weight_sensitivity_": self.weight_sensitivity_}
 
     @classmethod
     def from_dict(cls, values: dict) -> "PrecisionPlan":
@@ -101,6 +109,8 @@ class PrecisionPlan:
             graphs={k: GraphPrecision(**g) for k, g in values["graphs"].items()},
             search_=values.get("search_", []),
             sensitivity_=values.get("sensitivity_", {}),
+            weight_search_=values.get("weight_search_", []),
+            weight_sensitivity_=values.get("weight_sensitivity_", {}),
         )
 
     def save(self, path: Path) -> None:

@@ -1,5 +1,6 @@
-"""Per-graph activation precision under an accuracy budget: INT8 wherever it holds,
-16-bit only where it must (``--activation-bits auto``).
+"""Per-graph precision under an accuracy budget: INT8 activations wherever they hold,
+16-bit only where they must (``--activation-bits auto``); 4-bit weights wherever they
+hold, INT8 only where they must (``--weight-bits auto``).
 
 Start with every NPU graph at A8; measure, for each graph alone at A8 (the rest of the
 model in FP), the KL divergence of the output distribution from FP's; promote to A16
@@ -7,6 +8,10 @@ the graphs that buy the most accuracy per NPU MAC (KL / MACs, largest first) unt
 deployed arithmetic's validation perplexity is within the budget. The count promoted is
 found by bisection on measured perplexities. What the search measured is kept for the
 report's Pareto curve (A8 MAC share against perplexity).
+
+The weight search is the same with W4 in place of A8 (on the A16 graphs, the only ones
+the HTP runs with 4-bit weights): each graph's KL with only it at W4, graphs promoted back
+to INT8 weights in order of KL per weight byte (∝ MACs), the count found by bisection.
 """
 
 from __future__ import annotations
@@ -22,19 +27,25 @@ from quantkit.outlier_shadow.simulated_linear import WeightCodes, simulated_quan
 from quantkit.precision.plan import PrecisionPlan
 from quantkit.sensitivity.measure import fp_reference, nll_and_kl
 
-__all__ = ["graph_sensitivity", "promotion_order", "search_activation_bits"]
+__all__ = ["graph_sensitivity", "promotion_order", "search_activation_bits", "search_weight_bits"]
 
 
 @torch.no_grad()
-def graph_sensitivity(layout: DecoderLayout, plan: ShadowPlan, precision: PrecisionPlan, sequences: torch.Tensor, weights: WeightCodes, progress: bool = True) -> dict[str, float]:
-    """KL(P_fp ‖ P) per token with only that graph quantized at A8, by graph site name
-    (each run starts at the graph's block: the blocks before it are FP)."""
+def graph_sensitivity(
+    layout: DecoderLayout, plan: ShadowPlan, precision: PrecisionPlan, sequences: torch.Tensor, weights: WeightCodes, progress: bool = True, graphs: list[str] | None = None, label: str = "A8"
+) -> dict[str, float]:
+    """KL(P_fp ‖ P) per token with only that graph quantized, by graph site name (each run
+    starts at the graph's block: the blocks before it are FP). ``label`` "A8": at A8 (the
+    activation search); otherwise as ``precision`` and ``weights`` have it (e.g. "W4").
+    ``graphs``: the site names to measure (default all)."""
     _, fp_log_probs, block_inputs = fp_reference(layout, sequences)
-    at_a8 = precision.with_uniform_bits(8)
+    measured = precision.with_uniform_bits(8) if label == "A8" else precision
     sensitivity = {}
-    for name, graph in tqdm(precision.graphs.items(), desc="graph sensitivity (A8)", unit="graph", disable=not progress):
+    names = list(precision.graphs) if graphs is None else graphs
+    for name in tqdm(names, desc=f"graph sensitivity ({label})", unit="graph", disable=not progress):
+        graph = precision.graphs[name]
         single = ShadowPlan(config=plan.config, sites={name: plan.sites[name]}, hot_coverage_=plan.hot_coverage_)
-        with simulated_quantization(layout, single, at_a8, weights=weights):
+        with simulated_quantization(layout, single, measured, weights=weights):
             _, kl, _ = nll_and_kl(layout, sequences, fp_log_probs, 1, graph.block_index, block_inputs)
         sensitivity[name] = max(kl, 0.0)
     return sensitivity
@@ -45,13 +56,26 @@ def promotion_order(precision: PrecisionPlan, sensitivity: dict[str, float]) -> 
     return sorted(precision.graphs, key=lambda name: (-sensitivity[name] / precision.graphs[name].macs_per_token, name))
 
 
+def _fewest_promotions(count: int, measure: Callable[[int], float], limit: float) -> int:
+    """The smallest n in 0…count with measure(n) ≤ limit, by bisection (measure is taken
+    to fall with n); ``count`` when even that is over the limit."""
+    low, high = 0, count
+    if measure(low) <= limit:
+        return low
+    if measure(high) > limit:
+        return high
+    while high - low > 1:  # invariant: measure(low) > limit ≥ measure(high)
+        middle = (low + high) // 2
+        low, high = (low, middle) if measure(middle) <= limit else (middle, high)
+    return high
+
+
 def search_activation_bits(precision: PrecisionPlan, sensitivity: dict[str, float], evaluate: Callable[[PrecisionPlan], float], fp_ppl: float, budget_relative_ppl: float) -> float:
     """Set ``precision``'s bits in place: the fewest graphs promoted to A16, in
     :func:`promotion_order`, whose measured ``evaluate(precision)`` is within
     fp_ppl × (1 + budget). Returns that perplexity; when even all-A16 is over budget,
     every graph stays A16 (block placement on the CPU is the last resort)."""
     order = promotion_order(precision, sensitivity)
-    limit = fp_ppl * (1 + budget_relative_ppl)
     measured: dict[int, float] = {}
 
     def apply(count: int) -> None:
@@ -66,14 +90,48 @@ def search_activation_bits(precision: PrecisionPlan, sensitivity: dict[str, floa
             precision.search_.append({"promoted": count, "a8_mac_share": precision.a8_mac_share(), "ppl": measured[count]})
         return measured[count]
 
-    low, high = 0, len(order)
-    if measure(low) <= limit:
-        high = low
-    elif measure(high) <= limit:
-        while high - low > 1:  # invariant: measure(low) > limit ≥ measure(high)
-            middle = (low + high) // 2
-            low, high = (low, middle) if measure(middle) <= limit else (middle, high)
-    apply(high)
+    chosen = _fewest_promotions(len(order), measure, fp_ppl * (1 + budget_relative_ppl))
+    apply(chosen)
     precision.sensitivity_ = {precision.graphs[name].name: value for name, value in sensitivity.items()}
     precision.search_.sort(key=lambda point: point["promoted"])
-    return measure(high)
+    return measure(chosen)
+
+
+def search_weight_bits(
+    precision: PrecisionPlan,
+    sensitivity: dict[str, float],
+    int8_clips: dict[str, dict[str, dict[str, float]]],
+    evaluate: Callable[[PrecisionPlan], float],
+    fp_ppl: float,
+    budget_relative_ppl: float,
+) -> float:
+    """Set ``precision``'s weight bits in place: of the 4-bit graphs in ``sensitivity``,
+    the fewest promoted back to INT8 weights (most KL per MAC first) whose measured
+    ``evaluate(precision)`` is within budget; a promoted graph gets back its INT8 output
+    clips (``int8_clips``: site → its ``output_clips_`` recorded with INT8 weights).
+    ``evaluate`` must pick each Linear's weights by its graph's ``weight_bits``."""
+    order = promotion_order(precision, sensitivity)
+    four = {name: (precision.graphs[name].weight_block_size, precision.graphs[name].output_clips_) for name in order}
+    measured: dict[int, float] = {}
+
+    def apply(count: int) -> None:
+        promoted = set(order[:count])
+        for name in order:
+            graph = precision.graphs[name]
+            if name in promoted:
+                graph.weight_bits, graph.weight_block_size, graph.output_clips_ = 8, None, int8_clips[name]
+            else:
+                graph.weight_bits, (graph.weight_block_size, graph.output_clips_) = 4, four[name]
+
+    def measure(count: int) -> float:
+        if count not in measured:
+            apply(count)
+            measured[count] = evaluate(precision)
+            precision.weight_search_.append({"promoted": count, "w4_mac_share": precision.w4_mac_share(), "ppl": measured[count]})
+        return measured[count]
+
+    chosen = _fewest_promotions(len(order), measure, fp_ppl * (1 + budget_relative_ppl))
+    apply(chosen)
+    precision.weight_sensitivity_ = {precision.graphs[name].name: value for name, value in sensitivity.items()}
+    precision.weight_search_.sort(key=lambda point: point["promoted"])
+    return measure(chosen)

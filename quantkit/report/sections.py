@@ -49,11 +49,16 @@ _ACCURACY_LABELS = {
     "naive_w8a8": "naive W8A8 (AIMET, per-tensor)",
     "smoothquant_static": "SmoothQuant, static W8A8",
     "naive_w8a16": "naive W8A16 (AIMET, per-tensor)",
+    "naive_w4a16": "naive W4A16 (AIMET, per-channel INT4, min/max)",
     "llm_int8": "LLM.int8() (dynamic, CPU)",
     "quantkit": "quantkit",
     "quantkit_w8a16": "quantkit, every NPU graph A16",
     "quantkit_w8a8": "quantkit, every NPU graph A8",
     "quantkit_auto": "quantkit, per-graph A8/A16 (auto)",
+    "quantkit_w4a16": "quantkit W4A16, INT4 per channel (GPTQ)",
+    "quantkit_w4a16_block64": "quantkit W4A16, LPBQ blocks of 64 (GPTQ)",
+    "quantkit_w4a16_block32": "quantkit W4A16, LPBQ blocks of 32 (GPTQ)",
+    "quantkit_w4_auto_block32": "quantkit auto A8/A16, INT4 (LPBQ 32) on the A16 graphs",
 }
 _GRAPH_KINDS = ("qkv", "o", "gate_up", "down")  # the NPU graphs of a block, in the block's order
 _PREFILL_LABELS = {
@@ -318,7 +323,7 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
         return None
     from quantkit.precision.plan import PrecisionPlan
 
-    title = "Activation precision"
+    title = "Precision: activations and weights"
     try:
         precision = PrecisionPlan.from_dict(inputs.precision)
     except (ValueError, KeyError, TypeError) as error:
@@ -334,6 +339,12 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
         ("NPU MACs at A8", f"{100 * share:.1f}% (the rest A16)" if on_npu else "none: every block is on the CPU"),
         ("NPU graphs at A16", f"{len(a16)} of {len(on_npu)}" + (f": {', '.join(a16[:12])}" + (", …" if len(a16) > 12 else "") if a16 else "")),
     ]
+    four = [g for g in on_npu if g.weight_bits == 4]
+    weights = f"{len(four)} of {len(on_npu)} NPU graphs INT4" + (f" (LPBQ blocks of {', '.join(map(str, sorted({g.weight_block_size for g in four if g.weight_block_size})))})" if any(g.weight_block_size for g in four) else " (per output channel)" if four else "") + ", the rest INT8"
+    ratio = (inputs.summary or {}).get("npu_weight_bytes_vs_int8")
+    if isinstance(ratio, (int, float)):
+        weights += f"; NPU weight bytes {100 * ratio:.1f}% of INT8's"
+    items.append(("NPU weights", weights))
     body = facts(items)
 
     fp = (inputs.summary or {}).get("perplexity", {}).get("fp") or (inputs.placement or {}).get("fp_ppl_")
@@ -366,13 +377,14 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
     elif precision.mode == "auto":
         body += note("No search points in precision.json (or no FP perplexity in summary.json), so no Pareto curve.")
 
-    by_cell = {(g.block_index, g.kind): g.activation_bits for g in precision.graphs.values()}
-    cells = [
-        ["CPU-FP" if b not in npu else f"A{by_cell[b, kind]}" if (b, kind) in by_cell else "" for b in range(num_blocks)]
-        for kind in _GRAPH_KINDS
-    ]
+    by_cell = {(g.block_index, g.kind): "W4A16" if g.weight_bits == 4 else f"A{g.activation_bits}" for g in precision.graphs.values()}
+    cells = [["CPU-FP" if b not in npu else by_cell.get((b, kind), "") for b in range(num_blocks)] for kind in _GRAPH_KINDS]
     plot_precision_map(cells, _GRAPH_KINDS, folder / PRECISION_MAP_PNG)
-    body += figure(PRECISION_MAP_PNG, "map of activation bits per block and graph", "Activation bits of each NPU graph per block (A8 dark, A16 light); red blocks run on the CPU in FP32.")
+    body += figure(
+        PRECISION_MAP_PNG,
+        "map of weight and activation bits per block and graph",
+        "Bits of each NPU graph per block (W8A8 dark blue, W8A16 light blue, W4A16 green); red blocks run on the CPU in FP32.",
+    )
     return Section("precision", title, body)
 
 
@@ -382,12 +394,18 @@ def _size(folder: Path, relatives) -> str:
 
 
 def _bundle_bits(quantization: dict) -> str:
-    """W8A8, W8A16, or W8A8/A16 mixed with the share of NPU MACs at A8."""
+    """W8A8, W8A16, W4A16, or a mix with the share of NPU MACs at A8 (and the weight bytes against INT8's)."""
     bits = quantization.get("activation_bits", 8)
-    if bits != "mixed":
-        return f"W8A{bits}"
+    weight_bits = quantization.get("weight_bits", 8)
+    weights = "W4/W8" if weight_bits == "mixed" else f"W{weight_bits}"
+    text = f"{weights}A{bits}" if bits != "mixed" else f"{weights}A8/A16 mixed"
     share = quantization.get("a8_mac_share")
-    return "W8A8/A16 mixed" + (f" ({100 * share:.0f}% of NPU MACs at A8)" if isinstance(share, (int, float)) else "")
+    if bits == "mixed" and isinstance(share, (int, float)):
+        text += f" ({100 * share:.0f}% of NPU MACs at A8)"
+    ratio = quantization.get("npu_weight_bytes_vs_w8")
+    if weight_bits != 8 and isinstance(ratio, (int, float)):
+        text += f", weight bytes {100 * ratio:.1f}% of W8's"
+    return text
 
 
 def bundle_section(inputs: ReportInputs, folder: Path) -> Section | None:

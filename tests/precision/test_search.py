@@ -2,7 +2,7 @@
 
 import pytest
 
-from quantkit.precision import GraphPrecision, PrecisionPlan, promotion_order, search_activation_bits
+from quantkit.precision import GraphPrecision, PrecisionPlan, promotion_order, search_activation_bits, search_weight_bits
 
 
 def _plan(macs=(100, 100, 400, 200)) -> PrecisionPlan:
@@ -80,3 +80,27 @@ def test_search_keeps_every_graph_a16_when_even_that_is_over_budget():
 
     ppl = search_activation_bits(plan, dict.fromkeys(names, 0.1), evaluate, 10.0, 0.01)
     assert ppl == 11.0 and plan.a8_mac_share() == 0.0
+
+
+@pytest.mark.parametrize("budget, promoted", [(0.10, 0), (0.05, 1), (0.02, 2), (0.004, 3)])
+def test_weight_search_gives_int8_back_to_the_fewest_graphs_that_meet_the_budget(budget, promoted):
+    plan = _plan().with_uniform_bits(16)
+    names = list(plan.graphs)
+    for graph in plan.graphs.values():
+        graph.weight_bits, graph.weight_block_size = 4, 32
+        graph.output_clips_ = {n: {"8": 1.0, "16": 4.0} for n in graph.linear_names}  # recorded with the W4 weights
+    int8_clips = {name: {name: {"8": 1.0, "16": 3.0}} for name in names}
+    cost = {names[0]: 0.004, names[1]: 0.03, names[2]: 0.04, names[3]: 0.001}  # W4 costs, additive
+
+    def evaluate(candidate):
+        return 10.0 * (1 + sum(cost[n] for n, g in candidate.graphs.items() if g.weight_bits == 4))
+
+    ppl = search_weight_bits(plan, dict(cost), int8_clips, evaluate, 10.0, budget)
+    order = promotion_order(plan, cost)
+    back = set(order[:promoted])
+    for name, graph in plan.graphs.items():
+        assert (graph.weight_bits, graph.weight_block_size) == ((8, None) if name in back else (4, 32))
+        assert graph.output_clip(name) == (3.0 if name in back else 4.0)  # the clips recorded with its weights
+    assert ppl <= 10.0 * (1 + budget) and plan.w4_mac_share() == pytest.approx(sum(g.macs_per_token for n, g in plan.graphs.items() if n not in back) / 800)
+    assert plan.weight_search_ and plan.search_ == [] and set(plan.weight_sensitivity_) == {g.name for g in plan.graphs.values()}
+    assert PrecisionPlan.from_dict(plan.to_dict()).to_dict() == plan.to_dict()

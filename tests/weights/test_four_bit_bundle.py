@@ -134,3 +134,20 @@ def test_config_rejects_4_bit_weights_with_8_bit_activations():
         CalibrationConfig(weight_bits="4", activation_bits="8")
     with pytest.raises(ValueError, match="weight_block_size"):
         CalibrationConfig(weight_bits="4", weight_block_size=20)
+
+
+def test_weight_bits_auto_keeps_int8_where_4_bits_cost_the_budget(tmp_path, tiny_model_folder):
+    """--weight-bits auto: measured points, each graph's stored weights in its graph's format."""
+    config = CalibrationConfig(
+        model=str(tiny_model_folder), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
+        sensitivity_num_sequences=1, sensitivity_seq_len=32, weight_bits="auto", weight_block_size=BLOCK, accuracy_budget=0.002,
+    )
+    calibrate(tmp_path / "calib", config, progress=False)
+    precision = PrecisionPlan.load(tmp_path / "calib" / "precision.json")
+    stored = load_weights(tmp_path / "calib" / WEIGHTS_FILE)
+    assert precision.weight_search_ and len(precision.weight_sensitivity_) == len(precision.graphs)
+    assert precision.weight_search_[0]["w4_mac_share"] == 1.0  # the search starts from every A16 graph at W4
+    for graph in precision.graphs.values():
+        assert all(stored[name].bits == graph.weight_bits for name in graph.linear_names)
+    summary = json.loads((tmp_path / "calib" / "summary.json").read_text())
+    assert summary["weight_bits"] == precision.weight_bits()
