@@ -104,6 +104,12 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
             f"{placement.cpu_block_indices} "
             f"({'within' if placement.within_budget else 'OVER'} the +{100 * placement.budget_relative_ppl:g}% budget)",
         ]
+        all_npu = next((e["ppl"] for e in placement.evaluations_ if not e["cpu_blocks"]), None)
+        if placement.cpu_block_indices and all_npu is not None and fp:
+            lines.append(
+                f"  every block on the NPU measured {all_npu:.2f} ({100 * (all_npu / fp - 1):+.1f}% vs FP); to keep them all there, "
+                "raise --accuracy-budget (or edit placement.json before export)"
+            )
     if precision is not None:
         npu = placement.npu_block_indices if placement is not None else None
         graphs = [g for g in precision.graphs.values() if npu is None or g.block_index in npu]
