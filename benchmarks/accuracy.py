@@ -186,13 +186,14 @@ def _markdown(result: dict) -> str:
         blocks = "n/a (dynamic)" if row["npu_blocks"] is None else f"{row['npu_blocks']}/{result['num_blocks']}"
         shadow = "n/a" if row["shadow_bytes"] is None else f"{row['shadow_bytes'] / 1e6:.2f} MB ({100 * row['shadow_bytes'] / result['model_bytes']:.2f}%)"
         extra = f" (α={row['alpha']})" if "alpha" in row else " (calibrated)" if row.get("calibrated") else ""
-        weight = f"{row['npu_weight_bytes'] / 1e6:.1f} MB (W{row['weight_bits']})" if row.get("npu_weight_bytes") else "n/a" if row["npu_blocks"] is None or not row["npu_blocks"] else "W8"
+        bits = "W4/W8" if row.get("weight_bits") == "mixed" else f"W{row.get('weight_bits')}"
+        weight = f"{row['npu_weight_bytes'] / 1e6:.1f} MB ({bits})" if row.get("npu_weight_bytes") else "n/a" if row["npu_blocks"] is None or not row["npu_blocks"] else "W8"
         lines.append(f"| {row['method']}{extra} | {row['ppl']:.3f} | {row['delta_ppl_percent']:+.2f}% | {blocks} | {_share(row)} | {weight} | {shadow} |")
     lines += [
         "",
         "NPU MACs at A8: share of the NPU-placed Linears' multiply-accumulates whose activations are INT8 (the rest A16); "
         "n/a where nothing runs as a static NPU graph. naive_w8a16 / naive_w4a16 are AIMET QuantSim with 16-bit activations, "
-        "INT8 / INT4 per-channel weights and min/max ranges (naive_w4a16: AI Hub's w4a16 recipe). NPU weight bytes: codes packed at their "
+        "INT8 / INT4 per-channel weights and min/max ranges on every Linear, the LM head included (naive_w4a16: AI Hub's w4a16 recipe). NPU weight bytes: codes packed at their "
         "bit-width plus scales (LPBQ: uint8 block scales too).",
         "",
         "The quantkit rows are the deployed arithmetic: a torch twin of the bundle's NPU graphs (runtime/qdq.py) that "

@@ -343,7 +343,7 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
     weights = f"{len(four)} of {len(on_npu)} NPU graphs INT4" + (f" (LPBQ blocks of {', '.join(map(str, sorted({g.weight_block_size for g in four if g.weight_block_size})))})" if any(g.weight_block_size for g in four) else " (per output channel)" if four else "") + ", the rest INT8"
     ratio = (inputs.summary or {}).get("npu_weight_bytes_vs_int8")
     if isinstance(ratio, (int, float)):
-        weights += f"; NPU weight bytes {100 * ratio:.1f}% of INT8's"
+        weights += f"; NPU weight bytes {100 * ratio:.1f}% of INT8 weights"
     items.append(("NPU weights", weights))
     body = facts(items)
 
@@ -404,7 +404,7 @@ def _bundle_bits(quantization: dict) -> str:
         text += f" ({100 * share:.0f}% of NPU MACs at A8)"
     ratio = quantization.get("npu_weight_bytes_vs_w8")
     if weight_bits != 8 and isinstance(ratio, (int, float)):
-        text += f", weight bytes {100 * ratio:.1f}% of W8's"
+        text += f", weight bytes {100 * ratio:.1f}% of W8"
     return text
 
 

@@ -85,3 +85,23 @@ def test_accuracy_section_shows_the_a8_share_when_rows_have_it(tmp_path, calib_f
     assert "<td>naive W8A16 (AIMET, per-tensor)</td><td class=\"num\">10.300</td><td class=\"num\">+3.00%</td><td class=\"num\">4/4</td><td class=\"num\">0%</td>" in new
     assert '<tr class="highlight"><td>quantkit, per-graph A8/A16 (auto)</td>' in new and new.count('<tr class="highlight">') == 1
     assert "<td class=\"num\">75%</td>" in new and "<td class=\"num\">n/a</td>" in new
+
+
+def test_four_bit_weights_show_in_the_map_the_facts_and_the_bundle(tmp_path, calib_folder):
+    plan = precision_plan("16")
+    for graph in plan.graphs.values():
+        if graph.kind != "down":
+            graph.weight_bits, graph.weight_block_size = 4, 32
+    plan.save(calib_folder / "precision.json")
+    summary = json.loads((calib_folder / "summary.json").read_text())
+    write_json(calib_folder / "summary.json", {**summary, "npu_weight_bytes_vs_int8": 0.62})
+    index = write_report(tmp_path / "report", calib=calib_folder)
+    section = _section(index.read_text(), "precision")
+    assert "9 of 12 NPU graphs INT4 (LPBQ blocks of 32), the rest INT8; NPU weight bytes 62.0% of INT8 weights" in section
+    assert "W4A16 green" in section
+    bundle = _bundle(tmp_path, calib_folder, with_data=True)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    manifest["quantization"].update(activation_bits=16, weight_bits=4, npu_weight_bytes_vs_w8=0.534)
+    write_json(bundle / "manifest.json", manifest)
+    html = write_report(tmp_path / "report2", bundle=bundle).read_text()
+    assert "1 QDQ ONNX graphs, W4A16, weight bytes 53.4% of W8, 2.0 MB" in _section(html, "bundle")
