@@ -56,18 +56,30 @@ def promotion_order(precision: PrecisionPlan, sensitivity: dict[str, float]) -> 
     return sorted(precision.graphs, key=lambda name: (-sensitivity[name] / precision.graphs[name].macs_per_token, name))
 
 
-def _fewest_promotions(count: int, measure: Callable[[int], float], limit: float) -> int:
-    """The smallest n in 0…count with measure(n) ≤ limit, by bisection (measure is taken
-    to fall with n); ``count`` when even that is over the limit."""
+def _promote_within_budget(count: int, apply: Callable[[int], None], evaluate: Callable[[], float], describe: Callable[[], dict], points: list[dict], limit: float) -> float:
+    """Apply the smallest n in 0…count whose measured ``evaluate()`` after ``apply(n)`` is
+    ≤ ``limit``, by bisection (taken to fall with n; ``count`` when even that is over),
+    and return its value. Every measured point goes into ``points`` (sorted by n) with
+    ``describe()``'s fields."""
+    measured: dict[int, float] = {}
+
+    def measure(n: int) -> float:
+        if n not in measured:
+            apply(n)
+            measured[n] = evaluate()
+            points.append({"promoted": n, **describe(), "ppl": measured[n]})
+        return measured[n]
+
     low, high = 0, count
     if measure(low) <= limit:
-        return low
-    if measure(high) > limit:
-        return high
-    while high - low > 1:  # invariant: measure(low) > limit ≥ measure(high)
-        middle = (low + high) // 2
-        low, high = (low, middle) if measure(middle) <= limit else (middle, high)
-    return high
+        high = low
+    elif measure(high) <= limit:
+        while high - low > 1:  # invariant: measure(low) > limit ≥ measure(high)
+            middle = (low + high) // 2
+            low, high = (low, middle) if measure(middle) <= limit else (middle, high)
+    apply(high)
+    points.sort(key=lambda point: point["promoted"])
+    return measure(high)
 
 
 def search_activation_bits(precision: PrecisionPlan, sensitivity: dict[str, float], evaluate: Callable[[PrecisionPlan], float], fp_ppl: float, budget_relative_ppl: float) -> float:
@@ -76,25 +88,15 @@ def search_activation_bits(precision: PrecisionPlan, sensitivity: dict[str, floa
     fp_ppl × (1 + budget). Returns that perplexity; when even all-A16 is over budget,
     every graph stays A16 (block placement on the CPU is the last resort)."""
     order = promotion_order(precision, sensitivity)
-    measured: dict[int, float] = {}
 
     def apply(count: int) -> None:
         promoted = set(order[:count])
         for name, graph in precision.graphs.items():
             graph.activation_bits = 16 if name in promoted else 8
 
-    def measure(count: int) -> float:
-        if count not in measured:
-            apply(count)
-            measured[count] = evaluate(precision)
-            precision.search_.append({"promoted": count, "a8_mac_share": precision.a8_mac_share(), "ppl": measured[count]})
-        return measured[count]
-
-    chosen = _fewest_promotions(len(order), measure, fp_ppl * (1 + budget_relative_ppl))
-    apply(chosen)
     precision.sensitivity_ = {precision.graphs[name].name: value for name, value in sensitivity.items()}
-    precision.search_.sort(key=lambda point: point["promoted"])
-    return measure(chosen)
+    describe = lambda: {"a8_mac_share": precision.a8_mac_share()}  # noqa: E731
+    return _promote_within_budget(len(order), apply, lambda: evaluate(precision), describe, precision.search_, fp_ppl * (1 + budget_relative_ppl))
 
 
 def search_weight_bits(
@@ -112,7 +114,6 @@ def search_weight_bits(
     ``evaluate`` must pick each Linear's weights by its graph's ``weight_bits``."""
     order = promotion_order(precision, sensitivity)
     four = {name: (precision.graphs[name].weight_block_size, precision.graphs[name].output_clips_) for name in order}
-    measured: dict[int, float] = {}
 
     def apply(count: int) -> None:
         promoted = set(order[:count])
@@ -123,15 +124,6 @@ def search_weight_bits(
             else:
                 graph.weight_bits, (graph.weight_block_size, graph.output_clips_) = 4, four[name]
 
-    def measure(count: int) -> float:
-        if count not in measured:
-            apply(count)
-            measured[count] = evaluate(precision)
-            precision.weight_search_.append({"promoted": count, "w4_mac_share": precision.w4_mac_share(), "ppl": measured[count]})
-        return measured[count]
-
-    chosen = _fewest_promotions(len(order), measure, fp_ppl * (1 + budget_relative_ppl))
-    apply(chosen)
     precision.weight_sensitivity_ = {precision.graphs[name].name: value for name, value in sensitivity.items()}
-    precision.weight_search_.sort(key=lambda point: point["promoted"])
-    return measure(chosen)
+    describe = lambda: {"w4_mac_share": precision.w4_mac_share()}  # noqa: E731
+    return _promote_within_budget(len(order), apply, lambda: evaluate(precision), describe, precision.weight_search_, fp_ppl * (1 + budget_relative_ppl))
