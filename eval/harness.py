@@ -50,6 +50,7 @@ def evaluate(
     bootstrap_iters: int = 1000,
     output: str | Path | None = None,
     task_config: TaskDataConfig | None = None,
+    include_paths: Sequence[str | Path] = (),
 ) -> dict:
     """lm-eval results of ``model`` on ``tasks`` (a list or a comma-separated string).
 
@@ -59,7 +60,8 @@ def evaluate(
     ``smollm2-135m``, a Hugging Face folder, a ``.gguf`` file), run in float32 by
     lm-eval's ``hf`` model: the FP reference. ``limit`` caps the items per task (a
     fraction when below 1). ``output`` also writes the results as JSON. ``task_config``
-    sets the offline tasks' sizes (default :class:`quantkit.eval.tasks.TaskDataConfig`).
+    sets the offline tasks' sizes (default :class:`quantkit.eval.tasks.TaskDataConfig`);
+    ``include_paths`` adds folders of the user's own lm-eval task YAMLs (``--include_path``).
 
     >>> results = evaluate("bundle", "quantkit_lastword,quantkit_choice", limit=20)   # doctest: +SKIP
     >>> results["results"]["quantkit_lastword"]["acc,none"]                            # doctest: +SKIP
@@ -79,7 +81,9 @@ def evaluate(
     offline = {OFFLINE_GROUP, *OFFLINE_TASKS}
     # Indexing lm-eval's own tasks takes seconds: only when a non-offline task is asked
     # for. The quantkit_ prefix is ours, so a misspelt offline task fails at once.
-    manager = task_manager(task_config, include_defaults=not all(n in offline or n.startswith("quantkit") for n in names))
+    manager = task_manager(task_config, include_defaults=False, include_paths=include_paths)
+    if not all(n in offline or n.startswith("quantkit") or n in set(manager.all_tasks) for n in names):
+        manager = task_manager(task_config, include_defaults=True, include_paths=include_paths)
     check_task_names(manager, names)
     kind, model_args = _model_spec(model, npu, shadow, max_length)
     results = lm_eval.simple_evaluate(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,17 +180,22 @@ def build_task_data(config: TaskDataConfig | None = None, folder: str | Path | N
 _MANAGERS: dict[tuple[str, bool], object] = {}
 
 
-def task_manager(config: TaskDataConfig | None = None, include_defaults: bool = True, folder: str | Path | None = None):
+def task_manager(config: TaskDataConfig | None = None, include_defaults: bool = True, folder: str | Path | None = None, include_paths: Sequence[str | Path] = ()):
     """An ``lm_eval.tasks.TaskManager`` that knows the offline tasks (building their data
-    if missing) and, with ``include_defaults``, every task lm-eval ships (indexing those
-    takes ~10 s, so a manager is kept per folder). Standard tasks work through it wherever
-    their data can be loaded."""
+    if missing), the task YAMLs under ``include_paths`` (lm-eval's ``--include_path``: a
+    user's own tasks) and, with ``include_defaults``, every task lm-eval ships (indexing
+    those takes ~10 s, so a manager is kept per folder). Standard tasks work through it
+    wherever their data can be loaded."""
     from lm_eval.tasks import TaskManager
 
+    extra = [Path(p).expanduser() for p in include_paths]
+    for path in extra:
+        if not path.is_dir():
+            raise EvaluationError(f"include path {str(path)!r} is not a folder; pass a folder of lm-eval task YAML files")
     folder = build_task_data(config, folder)
-    key = (str(folder), include_defaults)
+    key = (str(folder), include_defaults, *map(str, extra))
     if key not in _MANAGERS:
-        _MANAGERS[key] = TaskManager(include_path=str(folder), include_defaults=include_defaults)
+        _MANAGERS[key] = TaskManager(include_path=[str(folder), *map(str, extra)], include_defaults=include_defaults)
     return _MANAGERS[key]
 
 

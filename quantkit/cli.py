@@ -63,6 +63,7 @@ def _add_eval(subparsers) -> None:
     parser.add_argument("--no-shadow", action="store_true", help="bundle: clip outliers instead of running the shadow path (for comparison)")
     parser.add_argument("--max-length", type=int, default=None, help="longest input in tokens (default: the bundle's context length / the model's)")
     parser.add_argument("--output", default=None, help="also write lm-eval's results as JSON to this file")
+    parser.add_argument("--include-path", action="append", default=[], metavar="DIR", help="a folder of your own lm-eval task YAML files (lm-eval's --include_path; repeatable)")
     parser.set_defaults(handler=_run_eval)
 
 
@@ -70,10 +71,40 @@ def _run_eval(args) -> int:
     from quantkit.eval import evaluate, results_table
 
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-    results = evaluate(args.model, args.tasks, limit=limit, npu=args.npu, shadow=not args.no_shadow, max_length=args.max_length, output=args.output)
+    results = evaluate(args.model, args.tasks, limit=limit, npu=args.npu, shadow=not args.no_shadow, max_length=args.max_length, output=args.output, include_paths=args.include_path)
     print(results_table(results))
     if args.output:
         print(f"\nwrote {args.output}")
+    return 0
+
+
+LM_EVAL_COMMAND = "lm-eval"
+
+
+def _add_lm_eval(subparsers) -> None:
+    # Listed for --help only: main() hands everything after `lm-eval` to lm-eval untouched.
+    subparsers.add_parser(
+        LM_EVAL_COMMAND,
+        help="lm-eval's own command line with the `quantkit` model registered (e.g. --model quantkit --model_args bundle=B)",
+        description="Exactly lm-eval's command-line arguments (`lm-eval --help`), run with quantkit's lm-eval model registered: "
+        "`quantkit lm-eval --model quantkit --model_args bundle=BUNDLE,npu=cpu --tasks TASKS --include_path DIR`.",
+    )
+
+
+def run_lm_eval(arguments: list[str]) -> int:
+    """``lm-eval ARGUMENTS`` with the ``quantkit`` model registered (lm-eval 0.4 has no
+    plugin entry point, so its CLI cannot load it by itself)."""
+    import quantkit.eval.lm  # noqa: F401  registers the "quantkit" lm-eval model
+    from lm_eval.__main__ import cli_evaluate
+
+    saved = sys.argv
+    sys.argv = [LM_EVAL_COMMAND, *arguments]
+    try:
+        cli_evaluate()
+    except SystemExit as exit_:
+        return exit_.code if isinstance(exit_.code, int) else (0 if exit_.code is None else 1)
+    finally:
+        sys.argv = saved
     return 0
 
 
@@ -285,10 +316,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report(subparsers)
     _add_run(subparsers)
     _add_regress(subparsers)
+    _add_lm_eval(subparsers)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == [LM_EVAL_COMMAND]:
+        return run_lm_eval(argv[1:])
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")

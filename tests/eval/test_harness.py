@@ -62,3 +62,38 @@ def test_errors(tiny_bundle, tmp_path, capsys):
         evaluate(tiny_bundle, "quantkit_lastword", npu="gpu")
     with pytest.raises(EvaluationError, match="no task given"):
         evaluate(tiny_bundle, " , ")
+
+
+def _own_task(folder, data):
+    """A user's lm-eval task YAML (a rolling-loglikelihood task over their own JSONL)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = [{"text": "The quick brown fox jumps over the lazy dog. " * 3}, {"text": "A second document of plain English text for the test."}]
+    data.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    (folder / "my_text.yaml").write_text(
+        "task: my_own_text\ndataset_path: json\ndataset_kwargs:\n  data_files:\n    test: " + str(data) + "\n"
+        "test_split: test\noutput_type: loglikelihood_rolling\ndoc_to_text: ''\ndoc_to_target: '{{text}}'\n"
+        "metric_list:\n  - metric: word_perplexity\n  - metric: bits_per_byte\n"
+    )
+    return folder
+
+
+def test_include_path_runs_a_users_own_task(tiny_bundle, tmp_path, capsys):
+    tasks = _own_task(tmp_path / "my_tasks", tmp_path / "my_text.jsonl")
+    results = evaluate(tiny_bundle, "my_own_text", include_paths=[tasks])
+    assert results["results"]["my_own_text"]["word_perplexity,none"] > 1
+    assert main(["eval", str(tiny_bundle), "--tasks", "my_own_text", "--include-path", str(tasks)]) == 0
+    assert "my_own_text  word_perplexity" in capsys.readouterr().out
+    with pytest.raises(EvaluationError, match="is not a folder"):
+        evaluate(tiny_bundle, "my_own_text", include_paths=[tmp_path / "missing"])
+
+
+def test_lm_eval_command_line_runs_the_quantkit_model(tiny_bundle, tmp_path):
+    """`quantkit lm-eval` takes exactly lm-eval's arguments and gives evaluate()'s numbers."""
+    tasks = _own_task(tmp_path / "my_tasks", tmp_path / "my_text.jsonl")
+    out = tmp_path / "lm_eval_out"
+    code = main(["lm-eval", "--model", "quantkit", "--model_args", f"bundle={tiny_bundle}", "--tasks", "my_own_text", "--include_path", str(tasks), "--output_path", str(out)])
+    assert code == 0
+    written = [json.loads(p.read_text()) for p in out.rglob("results_*.json")]
+    assert written, list(out.rglob("*"))
+    expected = evaluate(tiny_bundle, "my_own_text", include_paths=[tasks])["results"]["my_own_text"]["word_perplexity,none"]
+    assert written[0]["results"]["my_own_text"]["word_perplexity,none"] == pytest.approx(expected, rel=1e-9)
