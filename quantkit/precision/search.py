@@ -52,8 +52,9 @@ def graph_sensitivity(
 
 
 def promotion_order(precision: PrecisionPlan, sensitivity: dict[str, float]) -> list[str]:
-    """Graphs in the order they are promoted to A16: most KL per MAC first."""
-    return sorted(precision.graphs, key=lambda name: (-sensitivity[name] / precision.graphs[name].macs_per_token, name))
+    """The graphs ``sensitivity`` measured, in the order they are promoted (to A16, or back
+    to INT8 weights): most KL per MAC first."""
+    return sorted(sensitivity, key=lambda name: (-sensitivity[name] / precision.graphs[name].macs_per_token, name))
 
 
 def _promote_within_budget(count: int, apply: Callable[[int], None], evaluate: Callable[[], float], describe: Callable[[], dict], points: list[dict], limit: float) -> float:

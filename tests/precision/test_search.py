@@ -104,3 +104,21 @@ def test_weight_search_gives_int8_back_to_the_fewest_graphs_that_meet_the_budget
     assert ppl <= 10.0 * (1 + budget) and plan.w4_mac_share() == pytest.approx(sum(g.macs_per_token for n, g in plan.graphs.items() if n not in back) / 800)
     assert plan.weight_search_ and plan.search_ == [] and set(plan.weight_sensitivity_) == {g.name for g in plan.graphs.values()}
     assert PrecisionPlan.from_dict(plan.to_dict()).to_dict() == plan.to_dict()
+
+
+def test_weight_search_leaves_the_graphs_it_did_not_measure_alone():
+    """With --activation-bits auto, A8 graphs keep INT8 weights and are not candidates."""
+    plan = _plan().with_uniform_bits(16)
+    names = list(plan.graphs)
+    plan.graphs[names[1]].activation_bits = 8
+    for name in (names[0], names[2], names[3]):
+        plan.graphs[name].weight_bits, plan.graphs[name].weight_block_size = 4, 32
+    cost = {names[0]: 0.004, names[2]: 0.04, names[3]: 0.001}  # no entry for the A8 graph
+
+    def evaluate(candidate):
+        return 10.0 * (1 + sum(cost[n] for n, g in candidate.graphs.items() if g.weight_bits == 4))
+
+    int8_clips = {name: dict(plan.graphs[name].output_clips_) for name in cost}
+    search_weight_bits(plan, dict(cost), int8_clips, evaluate, 10.0, 0.02)
+    assert (plan.graphs[names[1]].activation_bits, plan.graphs[names[1]].weight_bits) == (8, 8)
+    assert {n for n, g in plan.graphs.items() if g.weight_bits == 4} == {names[0], names[3]}
