@@ -34,7 +34,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "QuantizedWeight", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
+__all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "QuantizedWeight", "weight_grid", "packed_weight_bytes", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
 
 ACTIVATION_BITS = (8, 16)
 WEIGHT_BITS = (4, 8)
@@ -74,6 +74,20 @@ def int32_bias_codes(bias: torch.Tensor, bias_scales: torch.Tensor) -> torch.Ten
     return torch.round(bias.detach().float().cpu() / bias_scales).to(torch.int32)
 
 
+def weight_grid(scales: torch.Tensor, block_scales: torch.Tensor | None = None, block_size: int | None = None) -> torch.Tensor:
+    """The scale of every weight: [out, 1] per channel, or [out, in] for LPBQ blocks,
+    s_W[j] · k[j, blk] (exact in float32)."""
+    if block_scales is None:
+        return scales.float()[:, None]
+    return (scales.float()[:, None] * block_scales.float()).repeat_interleave(block_size, dim=1)
+
+
+def packed_weight_bytes(out_features: int, in_features: int, bits: int = 8, block_size: int | None = None) -> int:
+    """Bytes of a weight packed: codes at ``bits`` each, float32 per-channel scales, uint8 LPBQ block scales."""
+    block_bytes = 0 if block_size is None else out_features * (in_features // block_size)
+    return out_features * in_features * bits // 8 + 4 * out_features + block_bytes
+
+
 @dataclass(frozen=True)
 class QuantizedWeight:
     """A Linear's NPU weight: signed integer codes [out, in] (stored int8, within
@@ -97,21 +111,13 @@ class QuantizedWeight:
             if self.bits != 4 or in_features % self.block_size or tuple(self.block_scales.shape) != (out_features, in_features // self.block_size):
                 raise ValueError(f"QuantizedWeight: LPBQ needs 4-bit codes and block scales [{out_features}, {in_features} / {self.block_size}], got {self.bits}-bit, {tuple(self.block_scales.shape)}")
 
-    def element_scales(self) -> torch.Tensor:
-        """The scale of every weight, [out, in] (blockwise) or [out, 1] (per channel)."""
-        if self.block_scales is None:
-            return self.scales.float()[:, None]
-        per_block = self.scales.float()[:, None] * self.block_scales.float()  # s_W[j] · k[j, blk], exact in float32
-        return per_block.repeat_interleave(self.block_size, dim=1)
-
     def dequantize(self) -> torch.Tensor:
-        return self.codes.float() * self.element_scales()
+        return self.codes.float() * weight_grid(self.scales, self.block_scales, self.block_size)
 
     @property
     def nbytes(self) -> int:
-        """Bytes the weight takes packed: codes at ``bits`` each, float32 scales, uint8 block scales."""
-        block_bytes = 0 if self.block_scales is None else self.block_scales.numel()
-        return self.codes.numel() * self.bits // 8 + 4 * self.scales.numel() + block_bytes
+        """Bytes the weight takes packed (:func:`packed_weight_bytes`)."""
+        return packed_weight_bytes(*self.codes.shape, self.bits, self.block_size)
 
     def to(self, device: torch.device | str) -> "QuantizedWeight":
         blocks = None if self.block_scales is None else self.block_scales.to(device)

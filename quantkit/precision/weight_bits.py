@@ -39,7 +39,7 @@ def assign_four_bit_weights(
     sixteen = [graph for graph in precision.graphs.values() if graph.activation_bits == 16]
     names = [name for graph in sixteen for name in graph.linear_names]
     if rounding == "gptq" and hessians is None:
-        hessians = collect_input_hessians(layout, plan, calibration_ids, batch_size, progress)
+        hessians = collect_input_hessians(layout, plan, calibration_ids, batch_size, progress, sites=[graph.linear_names[0] for graph in sixteen])
     four = quantized_weights(layout, names, plan.config.weight_scale_rule, 4, block_size, rounding, hessians, progress)
     for graph in sixteen:
         graph.weight_bits, graph.weight_block_size = 4, four[graph.linear_names[0]].block_size

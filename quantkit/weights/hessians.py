@@ -5,6 +5,8 @@ with FP weights (Eq. 1), so the weight error only ever multiplies the clipped in
 
 from __future__ import annotations
 
+from typing import Iterable
+
 import torch
 from tqdm.auto import tqdm
 
@@ -15,13 +17,15 @@ __all__ = ["collect_input_hessians"]
 
 
 @torch.no_grad()
-def collect_input_hessians(layout: DecoderLayout, plan: ShadowPlan, sequences: torch.Tensor, batch_size: int = 4, progress: bool = True) -> dict[str, torch.Tensor]:
+def collect_input_hessians(layout: DecoderLayout, plan: ShadowPlan, sequences: torch.Tensor, batch_size: int = 4, progress: bool = True, sites: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
     """Per NPU Linear name: the float64 Σ clip(x)ᵀ clip(x) [in, in] of its site's input over
-    ``sequences`` (the FP model; the Linears of a site share one tensor)."""
+    ``sequences`` (the FP model; the Linears of a site share one tensor). ``sites``: the
+    site names (first Linears) to collect, default all."""
     device = next(layout.model.parameters()).device
+    chosen = {name: plan.sites[name] for name in (plan.sites if sites is None else sites)}
     sums: dict[str, torch.Tensor] = {}
     handles = []
-    for name, site in plan.sites.items():
+    for name, site in chosen.items():
         sums[name] = torch.zeros(site.num_channels, site.num_channels, dtype=torch.float64)
 
         def accumulate(module, args, name=name, threshold=site.threshold_):
@@ -35,4 +39,4 @@ def collect_input_hessians(layout: DecoderLayout, plan: ShadowPlan, sequences: t
     finally:
         for handle in handles:
             handle.remove()
-    return {linear: sums[name] for name, site in plan.sites.items() for linear in site.linear_names}
+    return {linear: sums[name] for name, site in chosen.items() for linear in site.linear_names}

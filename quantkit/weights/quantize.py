@@ -13,12 +13,13 @@ from pathlib import Path
 from typing import Iterable
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors import safe_open
+from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from quantkit.models.architecture import DecoderLayout
 from quantkit.quant_primitives import lpbq_scales, quantize_symmetric, weight_scales_per_channel
-from quantkit.runtime.qdq import LPBQ_MAX_BLOCK_SCALE, QuantizedWeight
+from quantkit.runtime.qdq import LPBQ_MAX_BLOCK_SCALE, QuantizedWeight, packed_weight_bytes, weight_grid
 from quantkit.weights.gptq import gptq_codes
 
 __all__ = ["WeightCodes", "WEIGHT_ROUNDINGS", "WEIGHTS_FILE", "quantize_weight", "quantized_weights", "save_weights", "load_weights", "int8_weight_bytes"]
@@ -37,17 +38,15 @@ def quantize_weight(weight: torch.Tensor, bits: int = 8, rule: str = "mse", bloc
     block_scales = None
     if block_size:
         scales, block_scales = lpbq_scales(weight, block_size, bits, rule, LPBQ_MAX_BLOCK_SCALE)
-        grid = QuantizedWeight(torch.zeros_like(weight, dtype=torch.int8), scales, bits, block_size, block_scales).element_scales()
     else:
         scales = weight_scales_per_channel(weight, bits, rule)
-        grid = scales[:, None]
+    grid = weight_grid(scales, block_scales, block_size or None)
     if rounding == "gptq":
         if hessian is None:
             raise ValueError("GPTQ rounding needs the calibration Hessian of the layer's inputs")
         codes = gptq_codes(weight, hessian, grid, bits)
     else:
-        qmax = 2 ** (bits - 1) - 1
-        codes = torch.clamp(torch.round(weight / grid), -qmax, qmax).to(torch.int8)
+        codes = quantize_symmetric(weight, grid, bits).to(torch.int8)
     return QuantizedWeight(codes, scales, bits, block_size or None, block_scales)
 
 
@@ -76,7 +75,7 @@ def quantized_weights(
 def int8_weight_bytes(layout: DecoderLayout, names: Iterable[str]) -> int:
     """Bytes of the named Linears as INT8 per-channel weights (codes + float32 scales): the
     reference a 4-bit bundle's weight bytes are compared with."""
-    return sum(layout.linear(n).in_features * layout.linear(n).out_features + 4 * layout.linear(n).out_features for n in names)
+    return sum(packed_weight_bytes(layout.linear(n).out_features, layout.linear(n).in_features) for n in names)
 
 
 def save_weights(weights: WeightCodes, path: Path) -> None:
@@ -93,13 +92,12 @@ def save_weights(weights: WeightCodes, path: Path) -> None:
 
 
 def load_weights(path: Path) -> WeightCodes:
-    from safetensors import safe_open
-
+    """The weights :func:`save_weights` wrote."""
     with safe_open(str(path), "pt") as handle:
-        metadata = handle.metadata() or {}
-    tensors = load_file(str(path))
-    weights = {}
-    for name, value in metadata.items():
-        bits, block = (int(v) for v in value.split(":"))
-        weights[name] = QuantizedWeight(tensors[f"{name}.codes"], tensors[f"{name}.scales"], bits, block or None, tensors.get(f"{name}.block_scales"))
+        stored = set(handle.keys())
+        weights = {}
+        for name, value in (handle.metadata() or {}).items():
+            bits, block = (int(v) for v in value.split(":"))
+            block_scales = handle.get_tensor(f"{name}.block_scales") if f"{name}.block_scales" in stored else None
+            weights[name] = QuantizedWeight(handle.get_tensor(f"{name}.codes"), handle.get_tensor(f"{name}.scales"), bits, block or None, block_scales)
     return weights
