@@ -30,7 +30,8 @@ from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.outlier_shadow.plan import PLAN_FILE
 from quantkit.precision import PRECISION_FILE, PrecisionPlan, assign_four_bit_weights
-from quantkit.weights import collect_input_hessians, int8_weight_bytes, quantized_weights
+from quantkit.runtime.qdq import packed_weight_bytes
+from quantkit.weights import collect_input_hessians, quantized_weights
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
 
 DEFAULT_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -98,7 +99,7 @@ def main(argv=None) -> int:
     # The AI Hub-style w4a16: AIMET QuantSim, 4-bit per-channel weights, 16-bit activations, min/max.
     w4a16 = build_quantsim(loaded.model, aimet_ids[:1].to(device), config.aimet_config, activation_bits=16, weight_bits=4)
     compute_w8a8_encodings(w4a16, aimet_ids)
-    rows.append({"method": "naive_w4a16", "ppl": quantsim_ppl("naive_w4a16", w4a16), "npu_blocks": num_blocks, "shadow_bytes": 0, "a8_mac_share": 0.0, "weight_bits": 4, "npu_weight_bytes": int8_weight_bytes(layout, layout.linear_names()) // 2})
+    rows.append({"method": "naive_w4a16", "ppl": quantsim_ppl("naive_w4a16", w4a16), "npu_blocks": num_blocks, "shadow_bytes": 0, "a8_mac_share": 0.0, "weight_bits": 4, "npu_weight_bytes": sum(packed_weight_bytes(layout.linear(n).out_features, layout.linear(n).in_features, 4) for n in layout.linear_names())})
     del w4a16
 
     alphas = [float(a) for a in args.alphas.split(",")]
