@@ -17,10 +17,10 @@ from quantkit.hashing import file_sha256
 __all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MANIFEST_FILE", "GRAPH_KINDS", "BundleError", "file_sha256", "bundle_problems", "load_manifest", "graph_kind", "graph_name"]
 
 BUNDLE_FORMAT = "quantkit-bundle"
-BUNDLE_VERSION = 2  # 2: cold shadow columns stored channel-major
+BUNDLE_VERSION = 3  # 2: cold shadow columns stored channel-major; 3: the architecture description (architecture.py)
 MANIFEST_FILE = "manifest.json"
 # The NPU graph kinds of a block, by the first Linear of the activation they read.
-GRAPH_KINDS = {"q_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up", "down_proj": "down"}
+GRAPH_KINDS = {"q_proj": "qkv", "qkv_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up", "gate_up_proj": "gate_up", "down_proj": "down"}
 
 
 def graph_kind(first_linear: str) -> str:

@@ -1,44 +1,91 @@
-"""FP work on the CPU (torch): RMSNorm, RoPE, causal attention over a KV cache.
+"""FP work on the CPU (torch): RMSNorm, RoPE, causal attention over a KV cache, the MLP
+activations.
 
-Written against the bundle's architecture numbers only — no transformers import, so the
-deployment side does not depend on model classes. Formulas follow the Llama family as
-transformers implements it (RMSNorm weight × x / rms, rotate-half RoPE, grouped-query
-attention scaled by 1/√head_dim).
+Written against the bundle's architecture description only (``architecture``) — no
+transformers import, so the deployment side does not depend on model classes. Formulas
+follow the families as transformers implements them: RMSNorm (w or Gemma's 1 + w) × x /
+rms, rotate-half RoPE on the first rotary dims, grouped-query attention with the model's
+scale, window and optional logit soft-capping.
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["rms_norm", "rope_cos_sin", "apply_rope", "causal_attention"]
+from quantkit.runtime.architecture import RopeTable
+
+__all__ = ["rms_norm", "rope_cos_sin", "apply_rope", "causal_attention", "activation", "softcap"]
 
 
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
+    """x / √(mean(x²) + eps) · (offset + weight) — offset 1 is Gemma's RMSNorm."""
     variance = x.float().pow(2).mean(-1, keepdim=True)
-    return weight * (x.float() * torch.rsqrt(variance + eps))
+    return (weight + offset if offset else weight) * (x.float() * torch.rsqrt(variance + eps))
 
 
-def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos, sin [T, head_dim] of the default RoPE (θ^(-2i/d) frequencies, duplicated halves)."""
-    inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
+def rope_cos_sin(positions: torch.Tensor, table: RopeTable) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [T, rotary_dim] of ``table`` at ``positions`` (angles p·θ_i, halves duplicated),
+    scaled by the table's attention scaling."""
+    inv_freq = torch.tensor(table.inv_freq, dtype=torch.float32)
     angles = positions.float()[:, None] * inv_freq[None, :]
     emb = torch.cat([angles, angles], dim=-1)
-    return emb.cos(), emb.sin()
+    cos, sin = emb.cos(), emb.sin()
+    if table.attention_scaling != 1.0:
+        cos, sin = cos * table.attention_scaling, sin * table.attention_scaling
+    return cos, sin
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x [heads, T, head_dim] rotated by position (rotate-half convention)."""
-    half = x.shape[-1] // 2
+    """x [heads, T, head_dim] rotated by position (rotate-half convention) on its first
+    cos.shape[-1] dims; the remaining dims pass through (partial rotary)."""
+    rotary = cos.shape[-1]
+    if rotary < x.shape[-1]:
+        return torch.cat([apply_rope(x[..., :rotary], cos, sin), x[..., rotary:]], dim=-1)
+    half = rotary // 2
     rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
     return x * cos + rotated * sin
 
 
-def causal_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, first_position: int) -> torch.Tensor:
+def softcap(x: torch.Tensor, cap: float | None) -> torch.Tensor:
+    """cap · tanh(x / cap) (Gemma's logit soft-capping); x itself when cap is None."""
+    return x if cap is None else torch.tanh(x / cap) * cap
+
+
+def causal_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    first_position: int,
+    *,
+    scale: float,
+    window: int | None = None,
+    logit_softcap: float | None = None,
+) -> torch.Tensor:
     """q [heads, T, d] of positions first_position.., keys/values [kv_heads, P, d] of
-    positions 0..P-1 (P = first_position + T): each query sees keys at or before it;
-    softmax(q·kᵀ/√d)·v with grouped-query heads (query head h reads kv head h // (heads/kv_heads))."""
+    positions 0..P-1 (P = first_position + T): each query at p sees the keys at j ≤ p,
+    and with a window W only those with j > p − W; softmax(s · q·kᵀ)·v with grouped-query
+    heads (query head h reads kv head h // (heads/kv_heads))."""
     length = q.shape[1]
-    hidden = torch.arange(k_cache.shape[1])[None, :] > torch.arange(first_position, first_position + length)[:, None]
+    keys = torch.arange(k_cache.shape[1])[None, :]
+    queries = torch.arange(first_position, first_position + length)[:, None]
+    hidden = keys > queries
+    if window is not None:
+        hidden |= keys <= queries - window
     # An additive float mask: PyTorch's CPU attention takes a much slower path for a boolean one.
     mask = torch.zeros(hidden.shape).masked_fill(hidden, float("-inf"))
-    return torch.nn.functional.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, enable_gqa=k_cache.shape[0] != q.shape[0])
+    groups = q.shape[0] // k_cache.shape[0]
+    if logit_softcap is None:
+        return torch.nn.functional.scaled_dot_product_attention(q, k_cache, v_cache, attn_mask=mask, scale=scale, enable_gqa=groups != 1)
+    # scaled_dot_product_attention cannot cap the scores: the same computation written out
+    keys_, values_ = k_cache.repeat_interleave(groups, dim=0), v_cache.repeat_interleave(groups, dim=0)
+    scores = softcap(q @ keys_.transpose(-1, -2) * scale, logit_softcap) + mask
+    return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ values_
+
+
+def activation(name: str, x: torch.Tensor) -> torch.Tensor:
+    """The MLP activation of the description: SiLU, or GELU with the tanh approximation."""
+    if name == "silu":
+        return torch.nn.functional.silu(x)
+    if name == "gelu_tanh":
+        return torch.nn.functional.gelu(x, approximate="tanh")
+    raise ValueError(f"activation: got {name!r}, expected 'silu' or 'gelu_tanh'")

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import torch
 
+from quantkit.runtime.architecture import ArchitectureDescription, ArchitectureError
 from quantkit.runtime.bundle import BundleError, graph_kind, load_manifest
 from quantkit.runtime.cpu_ops import rope_cos_sin
 from quantkit.runtime.npu import OrtGraph, QdqGraph
@@ -28,9 +29,8 @@ from quantkit.runtime.scheduler import DurationEstimates, Schedule, run_in_order
 from quantkit.runtime.shadow import ColdColumns, RuntimeCounters, ShadowSite
 from quantkit.runtime.subgraphs import ChunkState, KVCache, ModelParts, chunk_subgraphs
 
-__all__ = ["BundleModel", "RuntimeCounters", "PrefillResult", "SUPPORTED_MODEL_TYPES", "SCHEDULES"]
+__all__ = ["BundleModel", "RuntimeCounters", "PrefillResult", "SCHEDULES"]
 
-SUPPORTED_MODEL_TYPES = ("llama", "mistral", "qwen2")
 SCHEDULES = ("ooo", "inorder")
 
 
@@ -60,9 +60,10 @@ class BundleModel:
     def __init__(self, folder: str | Path, npu: str = "cpu", shadow: bool = True, schedule: str = "ooo", npu_threads: int = 1, cpu_threads: int = 1):
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)
-        self.arch = self.manifest["architecture"]
-        if self.arch["model_type"] not in SUPPORTED_MODEL_TYPES:
-            raise BundleError(f"the runtime executes {', '.join(SUPPORTED_MODEL_TYPES)} bundles; this one is {self.arch['model_type']!r}")
+        try:
+            self.arch = ArchitectureDescription.from_dict(self.manifest["architecture"])
+        except ArchitectureError as error:
+            raise BundleError(f"{self.folder}: {error}") from None
         if npu not in ("cpu", "qnn"):
             raise BundleError(f"npu: got {npu!r}, expected 'cpu' (ONNX Runtime CPU provider) or 'qnn' (QNN HTP)")
         if schedule not in SCHEDULES:
@@ -113,13 +114,15 @@ class BundleModel:
             raise BundleError("the prompt is empty")
         if input_ids.numel() > self.context_length:
             raise BundleError(f"the prompt has {input_ids.numel()} tokens; this bundle's context is {self.context_length} — shorten the prompt")
-        vocab = self.cpu["model.embed_tokens.weight"].shape[0]
+        vocab = self.cpu[self.arch.embed_weight].shape[0]
         if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
             raise BundleError(f"token ids must lie in [0, {vocab}); got {int(input_ids.min())}..{int(input_ids.max())} — was the prompt tokenized with another model's tokenizer?")
         return input_ids
 
-    def _cos_sin(self, start: int, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return rope_cos_sin(torch.arange(start, start + length), self.arch["head_dim"], self.arch["rope_parameters"]["rope_theta"])
+    def _rope(self, start: int, length: int) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+        """cos, sin of every RoPE table of the model at positions start..start+length-1."""
+        positions = torch.arange(start, start + length)
+        return {name: rope_cos_sin(positions, table) for name, table in self.arch.ropes.items()}
 
     @torch.no_grad()
     def run_prefill(self, input_ids, logits: str = "all", schedule: str | None = None) -> PrefillResult:
@@ -128,12 +131,12 @@ class BundleModel:
         schedule = schedule or self.schedule
         if schedule not in SCHEDULES:
             raise BundleError(f"schedule: got {schedule!r}, expected one of {', '.join(SCHEDULES)}")
-        cache = KVCache(self.arch["num_hidden_layers"])
+        cache = KVCache(self.arch.num_blocks)
         states, tasks, last_attention = [], [], {}
         starts = range(0, input_ids.numel(), self.chunk_size)
         for chunk, start in enumerate(starts):
             ids = input_ids[start : start + self.chunk_size]
-            state = ChunkState(ids, start, *self._cos_sin(start, ids.numel()))
+            state = ChunkState(ids, start, self._rope(start, ids.numel()))
             wanted = logits if logits == "all" or chunk == len(starts) - 1 else "none"
             chunk_subgraphs(self._parts, state, cache, chunk, last_attention, tasks, wanted)
             states.append(state)
@@ -162,7 +165,7 @@ class BundleModel:
         position = cache.length
         if position >= self.context_length:
             raise BundleError(f"the context is full ({self.context_length} tokens); generate fewer tokens or shorten the prompt")
-        state = ChunkState(torch.tensor([token]), position, *self._cos_sin(position, 1))
+        state = ChunkState(torch.tensor([token]), position, self._rope(position, 1))
         tasks = []
         chunk_subgraphs(self._decode_model(), state, cache, 0, {}, tasks, "last")
         with self._torch_threads():

@@ -1,19 +1,22 @@
 """The subgraphs G[c, k] of one prefill chunk (arXiv 2407.05858 §3.4), as scheduler tasks.
 
-Per decoder block placed on the NPU (graph boundaries as in the bundle, DESIGN.md):
+Per decoder block placed on the NPU (graph boundaries as in the bundle, DESIGN.md; the
+block's steps — norms, q/k norms, RoPE table, window, activation — come from the bundle's
+architecture description, ``architecture.ArchitectureDescription``):
 
-    CPU  attn_in     h += previous down output; x = RMSNorm(h); split x (Eq. 1)
+    CPU  attn_in     h += previous down output; x = N_pre_attn(h); split x (Eq. 1)
     NPU  qkv         ║ CPU qkv_shadow   (the NPU graph and the shadow product in parallel)
-    CPU  attention   q,k,v = NPU + shadow; RoPE; append to the KV cache; causal attention; split
+    CPU  attention   q,k,v = NPU + shadow; q/k norms; RoPE; append to the KV cache;
+                     causal (windowed) attention; split
     NPU  o           ║ CPU o_shadow
-    CPU  mlp_in      h += o; x = RMSNorm(h); split
+    CPU  mlp_in      h += N_post_attn(o); x = N_pre_mlp(h); split
     NPU  gate_up     ║ CPU gate_up_shadow
-    CPU  act         SiLU(gate) · up; split
+    CPU  act         act(gate) · up; split
     NPU  down        ║ CPU down_shadow
 
-A block placed on the CPU is one CPU subgraph in FP. The chunk ends with the final norm
-and the LM head. Edges: program order within the chunk, and attention(c, b) after
-attention(c−1, b) — it reads the KV cache the earlier chunk appended.
+A block placed on the CPU is one CPU subgraph computing the same steps in FP. The chunk
+ends with the final norm and the LM head. Edges: program order within the chunk, and
+attention(c, b) after attention(c−1, b) — it reads the KV cache the earlier chunk appended.
 """
 
 from __future__ import annotations
@@ -23,13 +26,12 @@ from dataclasses import dataclass, field
 
 import torch
 
-from quantkit.runtime.cpu_ops import apply_rope, causal_attention, rms_norm
+from quantkit.runtime.architecture import ArchitectureDescription, Norm
+from quantkit.runtime.cpu_ops import activation, apply_rope, causal_attention, rms_norm, softcap
 from quantkit.runtime.scheduler import CPU, NPU, Subgraph
 from quantkit.runtime.shadow import ShadowSite
 
-__all__ = ["KVCache", "ChunkState", "chunk_subgraphs"]
-
-_SITE_KINDS = ("qkv", "o", "gate_up", "down")
+__all__ = ["KVCache", "ChunkState", "ModelParts", "chunk_subgraphs"]
 
 
 class KVCache:
@@ -56,8 +58,7 @@ class ChunkState:
 
     ids: torch.Tensor
     start: int
-    cos: torch.Tensor
-    sin: torch.Tensor
+    rope: dict[str, tuple[torch.Tensor, torch.Tensor]]  # RoPE table name → cos, sin at the chunk's positions
     h: torch.Tensor | None = None
     pending: torch.Tensor | None = None  # last down output, added at the next residual
     clipped: torch.Tensor | None = None
@@ -65,7 +66,6 @@ class ChunkState:
     npu_out: list[torch.Tensor] = field(default_factory=list)
     shadow_out: list[torch.Tensor] | None = None
     output_out: list | None = None  # output-side shadow: per Linear (channels, FP values) or None
-    gate_up: list[torch.Tensor] = field(default_factory=list)
     logits: torch.Tensor | None = None
 
 
@@ -73,7 +73,7 @@ class ChunkState:
 class ModelParts:
     """What the subgraphs compute with (filled by the engine from the bundle)."""
 
-    arch: dict
+    arch: ArchitectureDescription
     cpu: dict[str, torch.Tensor]
     placement: list[str]
     sites: dict[tuple[int, str], ShadowSite]  # (block, kind) → shadow site
@@ -85,12 +85,17 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
     """Append the subgraphs of one chunk to ``tasks``. ``last_attention[b]`` is the index of
     the previous chunk's attention subgraph of block b (updated here)."""
     arch = parts.arch
-    eps = arch["rms_norm_eps"]
-    heads, kv_heads, head_dim = arch["num_attention_heads"], arch["num_key_value_heads"], arch["head_dim"]
+    heads, kv_heads, head_dim = arch.num_heads, arch.num_kv_heads, arch.head_dim
 
     def add(name: str, processor: str, run: Callable[[], None], deps: list[int], kind: str, block: int | None = None) -> int:
         tasks.append(Subgraph(f"c{chunk}.{name}", processor, run, tuple(deps), kind, {"chunk": chunk, "block": block}))
         return len(tasks) - 1
+
+    def norm(x: torch.Tensor, spec: Norm | None, block: int | None = None) -> torch.Tensor:
+        if spec is None:
+            return x
+        weight = parts.cpu[spec.weight if block is None else arch.block_tensor(block, spec.weight)]
+        return rms_norm(x, weight, spec.eps, spec.offset)
 
     def residual() -> torch.Tensor:
         if state.pending is not None:
@@ -99,7 +104,9 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
         return state.h
 
     def embed() -> None:
-        state.h = parts.cpu["model.embed_tokens.weight"][state.ids]
+        state.h = parts.cpu[arch.embed_weight][state.ids]
+        if arch.embed_scale != 1.0:  # Gemma: √hidden, in the weights' dtype as transformers does
+            state.h = state.h * torch.tensor(arch.embed_scale, dtype=state.h.dtype)
 
     previous = [add("embed", CPU, embed, [], "embed")]
 
@@ -124,35 +131,42 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
             waits.append(add(f"b{block}.{kind}_shadow", CPU, run_shadow, deps, f"{kind}_shadow", block))
         return waits
 
-    def site_outputs() -> list[torch.Tensor]:
+    def site_outputs(kind: str) -> list[torch.Tensor]:
+        """The site's outputs (NPU + shadow), split into its parts (q, k, v / gate, up)."""
         outputs = state.npu_out
         if state.output_out is not None:  # output-side shadow channels, computed in FP
             outputs = [y if part is None else y.index_add(-1, part[0], part[1]) for y, part in zip(outputs, state.output_out)]
         if state.shadow_out is not None:  # Eq. 1: NPU part + CPU shadow part
             outputs = [y + s for y, s in zip(outputs, state.shadow_out)]
         state.npu_out, state.shadow_out, state.output_out, state.clipped, state.excess = [], None, None, None, None
-        return outputs
+        return arch.split_outputs(kind, outputs)
+
+    def fp_site(block: int, kind: str, x: torch.Tensor) -> list[torch.Tensor]:
+        """A CPU-FP block's site: its Linears in FP, split into parts like an NPU site."""
+        return arch.split_outputs(kind, [_fp_linear(parts.cpu, arch.block_tensor(block, name), x) for name in arch.linears[kind]])
 
     def attend(block: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        length = q.shape[0]
-        q = apply_rope(q.view(length, heads, head_dim).transpose(0, 1), state.cos, state.sin)
-        k = apply_rope(k.view(length, kv_heads, head_dim).transpose(0, 1), state.cos, state.sin)
+        length, layer = q.shape[0], arch.layers[block]
+        q = norm(q.view(length, heads, head_dim), arch.q_norm, block).transpose(0, 1)
+        k = norm(k.view(length, kv_heads, head_dim), arch.k_norm, block).transpose(0, 1)
+        cos, sin = state.rope[layer.rope]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = v.view(length, kv_heads, head_dim).transpose(0, 1)
         keys, values = cache.append(block, k, v)
-        return causal_attention(q, keys, values, state.start).transpose(0, 1).reshape(length, heads * head_dim)
+        out = causal_attention(q, keys, values, state.start, scale=arch.attention_scale, window=layer.window, logit_softcap=arch.attention_softcap)
+        return out.transpose(0, 1).reshape(length, heads * head_dim)
 
-    for block in range(arch["num_hidden_layers"]):
-        prefix = f"model.layers.{block}"
+    for block in range(arch.num_blocks):
         if parts.placement[block] != "npu":
 
-            def cpu_block(block=block, prefix=prefix) -> None:
+            def cpu_block(block=block) -> None:
                 h = residual()
-                x = rms_norm(h, parts.cpu[f"{prefix}.input_layernorm.weight"], eps)
-                q, k, v = (_fp_linear(parts.cpu, f"{prefix}.self_attn.{n}", x) for n in ("q_proj", "k_proj", "v_proj"))
-                h = h + _fp_linear(parts.cpu, f"{prefix}.self_attn.o_proj", attend(block, q, k, v))
-                x = rms_norm(h, parts.cpu[f"{prefix}.post_attention_layernorm.weight"], eps)
-                gate, up = _fp_linear(parts.cpu, f"{prefix}.mlp.gate_proj", x), _fp_linear(parts.cpu, f"{prefix}.mlp.up_proj", x)
-                state.h = h + _fp_linear(parts.cpu, f"{prefix}.mlp.down_proj", torch.nn.functional.silu(gate) * up)
+                q, k, v = fp_site(block, "qkv", norm(h, arch.pre_attention_norm, block))
+                (o,) = fp_site(block, "o", attend(block, q, k, v))
+                h = h + norm(o, arch.post_attention_norm, block)
+                gate, up = fp_site(block, "gate_up", norm(h, arch.pre_mlp_norm, block))
+                (down,) = fp_site(block, "down", activation(arch.activation, gate) * up)
+                state.h = h + norm(down, arch.post_mlp_norm, block)
 
             deps = previous + ([last_attention[block]] if block in last_attention else [])
             index = add(f"b{block}.cpu_block", CPU, cpu_block, deps, "cpu_block", block)
@@ -160,13 +174,13 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
             previous = [index]
             continue
 
-        def attn_in(block=block, prefix=prefix) -> None:
-            split_for(block, "qkv", rms_norm(residual(), parts.cpu[f"{prefix}.input_layernorm.weight"], eps))
+        def attn_in(block=block) -> None:
+            split_for(block, "qkv", norm(residual(), arch.pre_attention_norm, block))
 
         previous = npu_site(block, "qkv", [add(f"b{block}.attn_in", CPU, attn_in, previous, "attn_in", block)])
 
         def attention(block=block) -> None:
-            q, k, v = site_outputs()
+            q, k, v = site_outputs("qkv")
             split_for(block, "o", attend(block, q, k, v))
 
         deps = previous + ([last_attention[block]] if block in last_attention else [])
@@ -174,21 +188,22 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
         last_attention[block] = index
         previous = npu_site(block, "o", [index])
 
-        def mlp_in(block=block, prefix=prefix) -> None:
-            (o,) = site_outputs()
-            state.h = state.h + o
-            split_for(block, "gate_up", rms_norm(state.h, parts.cpu[f"{prefix}.post_attention_layernorm.weight"], eps))
+        def mlp_in(block=block) -> None:
+            (o,) = site_outputs("o")
+            state.h = state.h + norm(o, arch.post_attention_norm, block)
+            split_for(block, "gate_up", norm(state.h, arch.pre_mlp_norm, block))
 
         previous = npu_site(block, "gate_up", [add(f"b{block}.mlp_in", CPU, mlp_in, previous, "mlp_in", block)])
 
         def act(block=block) -> None:
-            gate, up = site_outputs()
-            split_for(block, "down", torch.nn.functional.silu(gate) * up)
+            gate, up = site_outputs("gate_up")
+            split_for(block, "down", activation(arch.activation, gate) * up)
 
         previous = npu_site(block, "down", [add(f"b{block}.act", CPU, act, previous, "act", block)])
 
-        def down_out() -> None:
-            (state.pending,) = site_outputs()
+        def down_out(block=block) -> None:
+            (down,) = site_outputs("down")
+            state.pending = norm(down, arch.post_mlp_norm, block)
 
         previous = [add(f"b{block}.down_out", CPU, down_out, previous, "down_out", block)]
 
@@ -196,8 +211,8 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
         h = residual()
         if logits == "last":
             h = h[-1:]
-        h = rms_norm(h, parts.cpu["model.norm.weight"], eps)
-        state.logits = h @ parts.cpu.get("lm_head.weight", parts.cpu["model.embed_tokens.weight"]).T
+        h = norm(h, arch.final_norm)
+        state.logits = softcap(h @ parts.cpu[arch.lm_head_weight].T, arch.final_logit_softcap)
 
     if logits != "none":
         add("head", CPU, head, previous, "head")

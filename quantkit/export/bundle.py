@@ -35,24 +35,6 @@ CALIBRATION_INPUTS_FILE = "calibration_inputs.safetensors"
 _OUTPUT_RANGE_SEQUENCES = 4
 
 
-def _architecture(config) -> dict:
-    text = getattr(config, "text_config", config)
-    return {
-        "model_type": text.model_type,
-        "hidden_size": text.hidden_size,
-        "intermediate_size": text.intermediate_size,
-        "num_hidden_layers": text.num_hidden_layers,
-        "num_attention_heads": text.num_attention_heads,
-        "num_key_value_heads": text.num_key_value_heads,
-        "head_dim": getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads,
-        "vocab_size": text.vocab_size,
-        "rms_norm_eps": text.rms_norm_eps,
-        "rope_parameters": getattr(text, "rope_parameters", None),
-        "max_position_embeddings": text.max_position_embeddings,
-        "tie_word_embeddings": bool(getattr(config, "tie_word_embeddings", False)),
-    }
-
-
 def _weights_description(bits: list[int], block_sizes: list[int], rule: str, rounding: str) -> str:
     parts = []
     if 8 in bits:
@@ -166,7 +148,7 @@ def export_bundle(
             raise QuantkitError(f"--activation-bits {activation_bits}: {error}") from None
     npu_blocks = placement.npu_block_indices
     npu_sites = [site for site in plan.sites.values() if site.block_index in npu_blocks]
-    architecture = _architecture(loaded.model.config)
+    architecture = loaded.architecture
 
     with atomic_directory(out) as staging:
         (staging / "npu").mkdir()
@@ -231,8 +213,8 @@ def export_bundle(
         save_file({k: v for k, v in shadow.items() if k.endswith(".cold")}, str(staging / "shadow_cold.safetensors"))
         npu_parameters = {f"{name}.{p}" for name in npu_linears for p in ("weight", "bias")}
         cpu_state = {k: v.detach().float().cpu().contiguous() for k, v in loaded.model.state_dict().items() if k not in npu_parameters}
-        if architecture["tie_word_embeddings"]:
-            cpu_state.pop("lm_head.weight", None)  # the same tensor as the embeddings
+        if architecture.tied_embeddings:  # the LM head is the embeddings tensor: stored once
+            cpu_state = {k: v for k, v in cpu_state.items() if k == architecture.embed_weight or not k.endswith("lm_head.weight")}
         save_file(cpu_state, str(staging / "cpu.safetensors"))
         loaded.tokenizer.save_pretrained(staging / "tokenizer")
         write_report(staging / "report", calib=calib)  # hashed in the manifest like every file
@@ -243,9 +225,9 @@ def export_bundle(
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
             "source_model": {"id": config.model, "sha256": loaded.source_sha256},
-            "architecture": architecture,
+            "architecture": architecture.to_dict(),  # what each block computes (runtime/architecture.py)
             "chunk_size": chunk_size,
-            "context_length": architecture["max_position_embeddings"],
+            "context_length": architecture.max_positions,
             "quantization": {
                 "weights": _weights_description(weight_bits, block_sizes, plan.config.weight_scale_rule, config.weight_rounding),
                 "weight_bits": weight_bits[0] if len(weight_bits) == 1 else "mixed",  # each graph entry has its own

@@ -1,9 +1,11 @@
 """Find the decoder blocks of a causal LM by module structure, not by model name.
 
 Supported: the Llama family as transformers implements it — Llama, Mistral, Qwen2,
-Gemma3 (text) and anything else shaped the same way: a backbone with ``embed_tokens``,
-a ``layers`` ModuleList of blocks, each with ``self_attn.{q,k,v,o}_proj`` and
-``mlp.{gate,up,down}_proj`` as ``nn.Linear``.
+Qwen3, Gemma3 (text), Phi-3 and anything else shaped the same way: a backbone with
+``embed_tokens``, a ``layers`` ModuleList of blocks, each with ``self_attn.{q,k,v,o}_proj``
+(or a fused ``qkv_proj`` beside ``o_proj``, Phi-3) and ``mlp.{gate,up,down}_proj`` (or a
+fused ``gate_up_proj`` beside ``down_proj``) as ``nn.Linear``. What each block computes
+around its Linears is described by ``quantkit.models.description``.
 """
 
 from __future__ import annotations
@@ -24,17 +26,19 @@ __all__ = [
     "find_decoder_layout",
 ]
 
-SUPPORTED_FAMILIES = ("Llama", "Mistral", "Qwen2", "Gemma3 (text)")
+SUPPORTED_FAMILIES = ("Llama", "Mistral", "Qwen2", "Qwen3", "Gemma3 (text)", "Phi-3")
 ATTENTION_LINEARS = ("q_proj", "k_proj", "v_proj", "o_proj")
 MLP_LINEARS = ("gate_proj", "up_proj", "down_proj")
 
 # Linears of a block that read the same input tensor, in forward order: the paper's
-# NPU subgraphs quantize each such input once (arXiv 2407.05858 §3.4, Fig. 8).
+# NPU subgraphs quantize each such input once (arXiv 2407.05858 §3.4, Fig. 8). Each site
+# is either separate Linears or one fused Linear whose output holds the parts side by
+# side (Phi-3's qkv_proj and gate_up_proj); both map onto the same NPU graph kinds.
 _SHARED_INPUT_GROUPS = (
-    ("self_attn", ("q_proj", "k_proj", "v_proj")),
-    ("self_attn", ("o_proj",)),
-    ("mlp", ("gate_proj", "up_proj")),
-    ("mlp", ("down_proj",)),
+    ("self_attn", (("q_proj", "k_proj", "v_proj"), ("qkv_proj",))),
+    ("self_attn", (("o_proj",),)),
+    ("mlp", (("gate_proj", "up_proj"), ("gate_up_proj",))),
+    ("mlp", (("down_proj",),)),
 )
 
 
@@ -82,8 +86,9 @@ class DecoderLayout:
         # Read once, from the FP model: later the Linears may be swapped for simulated ones.
         sites = []
         for index, block in enumerate(self.blocks):
-            for parent_name, linear_names in _SHARED_INPUT_GROUPS:
+            for parent_name, forms in _SHARED_INPUT_GROUPS:
                 parent = getattr(block, parent_name)
+                linear_names = _present_form(parent, forms)
                 first = getattr(parent, linear_names[0])
                 sites.append(
                     InputSite(
@@ -95,14 +100,20 @@ class DecoderLayout:
         return tuple(sites)
 
 
+def _present_form(parent: nn.Module, forms: tuple[tuple[str, ...], ...]) -> tuple[str, ...] | None:
+    """The first of a site's forms (separate or fused Linears) that ``parent`` has."""
+    for names in forms:
+        if all(isinstance(getattr(parent, n, None), nn.Linear) for n in names):
+            return names
+    return None
+
+
 def _is_decoder_block(module: nn.Module) -> bool:
-    attention = getattr(module, "self_attn", None)
-    mlp = getattr(module, "mlp", None)
-    if attention is None or mlp is None:
-        return False
-    return all(isinstance(getattr(attention, n, None), nn.Linear) for n in ATTENTION_LINEARS) and all(
-        isinstance(getattr(mlp, n, None), nn.Linear) for n in MLP_LINEARS
-    )
+    for parent_name, forms in _SHARED_INPUT_GROUPS:
+        parent = getattr(module, parent_name, None)
+        if parent is None or _present_form(parent, forms) is None:
+            return False
+    return True
 
 
 def find_decoder_layout(model: nn.Module) -> DecoderLayout:
@@ -122,6 +133,6 @@ def find_decoder_layout(model: nn.Module) -> DecoderLayout:
     raise UnsupportedArchitectureError(
         f"{type(model).__name__} is not a supported decoder architecture. quantkit supports the Llama "
         f"family as transformers implements it: {', '.join(SUPPORTED_FAMILIES)} — a backbone with "
-        "embed_tokens and a `layers` list of blocks, each with self_attn.{q,k,v,o}_proj and "
-        "mlp.{gate,up,down}_proj Linear layers. Convert the model to one of these architectures."
+        "embed_tokens and a `layers` list of blocks, each with self_attn.{q,k,v,o}_proj (or qkv_proj + o_proj) and "
+        "mlp.{gate,up,down}_proj (or gate_up_proj + down_proj) Linear layers. Convert the model to one of these architectures."
     )

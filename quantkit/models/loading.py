@@ -21,6 +21,8 @@ from quantkit.errors import ModelLoadError
 from quantkit.hashing import file_sha256
 from quantkit.models.architecture import DecoderLayout, find_decoder_layout
 from quantkit.models.builtin import BUILTIN_MODELS, builtin_gguf_path
+from quantkit.models.description import describe_architecture
+from quantkit.runtime.architecture import ArchitectureDescription
 
 __all__ = ["LoadedModel", "prepare_model_folder", "load_model", "file_sha256", "resolve_device"]
 
@@ -34,6 +36,7 @@ class LoadedModel:
     model: torch.nn.Module
     tokenizer: object
     layout: DecoderLayout
+    architecture: ArchitectureDescription  # what the runtime will execute, checked against the model
     model_id: str  # what the user passed (built-in name or path)
     source_sha256: str  # of the GGUF file, or of the folder's weight files
     folder: Path  # the Hugging Face folder actually loaded
@@ -90,7 +93,8 @@ def load_model(model: str, device: str = "cpu") -> LoadedModel:
         ) from error
     hf_model.eval().to(torch_device)
     layout = find_decoder_layout(hf_model)
-    return LoadedModel(model=hf_model, tokenizer=tokenizer, layout=layout, model_id=model, source_sha256=sha, folder=folder)
+    architecture = describe_architecture(layout)  # refuses a block the runtime could not execute, now rather than after calibration
+    return LoadedModel(model=hf_model, tokenizer=tokenizer, layout=layout, architecture=architecture, model_id=model, source_sha256=sha, folder=folder)
 
 
 def _check_hf_folder(folder: Path) -> None:
