@@ -30,7 +30,7 @@ from quantkit.quant_primitives import fake_quantize_symmetric, symmetric_scale
 
 __all__ = ["smoothing_factors", "SmoothQuantLinear", "smoothquant_simulation", "SMOOTHED_LINEARS"]
 
-SMOOTHED_LINEARS = ("q_proj", "k_proj", "v_proj", "gate_proj", "up_proj", "down_proj")
+SMOOTHED_LINEARS = ("q_proj", "k_proj", "v_proj", "qkv_proj", "gate_proj", "up_proj", "gate_up_proj", "down_proj")
 
 
 def smoothing_factors(activation_channel_absmax: torch.Tensor, weights: list[torch.Tensor], alpha: float) -> torch.Tensor:

@@ -10,11 +10,12 @@ import torch
 from quantkit.calibration.statistics import ActivationStatistics
 from quantkit.models.architecture import DecoderLayout
 from quantkit.quant_primitives import INT8_QMAX
+from quantkit.runtime.bundle import graph_kind
 
 __all__ = ["OutlierLayer", "rank_outlier_layers", "plot_outlier_heatmap", "format_summary"]
 
-_SITE_KINDS = ("q_proj", "o_proj", "gate_proj", "down_proj")
-_SITE_TITLES = {"q_proj": "q/k/v_proj input", "o_proj": "o_proj input", "gate_proj": "gate/up_proj input", "down_proj": "down_proj input"}
+_SITE_KINDS = ("qkv", "o", "gate_up", "down")
+_SITE_TITLES = {"qkv": "q/k/v_proj input", "o": "o_proj input", "gate_up": "gate/up_proj input", "down": "down_proj input"}
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,7 @@ def plot_outlier_heatmap(statistics: ActivationStatistics, layout: DecoderLayout
 
     sites_by_kind: dict[str, list] = {kind: [] for kind in _SITE_KINDS}
     for site in layout.input_sites():
-        sites_by_kind[site.name.rsplit(".", 1)[-1]].append(site)
+        sites_by_kind[graph_kind(site.name)].append(site)
     figure, axes = plt.subplots(len(_SITE_KINDS), 1, figsize=(12, 3.2 * len(_SITE_KINDS)), constrained_layout=True)
     image = None
     for axis, kind in zip(axes, _SITE_KINDS):

@@ -155,6 +155,8 @@ def describe_architecture(layout: DecoderLayout, check: bool = True) -> Architec
         _check_children(model, block.mlp, "mlp", f"{where}.mlp")
     block = layout.blocks[0]
     attention = block.self_attn
+    if not hasattr(block, "input_layernorm"):
+        raise _unsupported(model, "its blocks have no input_layernorm (no norm before attention, as OLMo-2's post-norm blocks)")
     gemma_norms = hasattr(block, "pre_feedforward_layernorm")  # norms around each sub-layer's output too
     if gemma_norms != hasattr(block, "post_feedforward_layernorm"):
         raise _unsupported(model, "a block has only one of pre_feedforward_layernorm and post_feedforward_layernorm")
@@ -162,11 +164,16 @@ def describe_architecture(layout: DecoderLayout, check: bool = True) -> Architec
     def norm(attribute: str, owner: nn.Module = block, path: str = "") -> Norm:
         return _norm(model, getattr(owner, attribute), f"{path}{attribute}.weight")
 
+    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    for name in ("q_norm", "k_norm"):
+        weight = getattr(getattr(attention, name, None), "weight", None)
+        if weight is not None and weight.numel() != head_dim:
+            raise _unsupported(model, f"self_attn.{name} normalises {weight.numel()} channels, not one head ({head_dim}): a q/k norm over the whole projection")
+
     sites = layout.input_sites()[:4]
     block_prefix = f"{layout.blocks_prefix}.0."
     linears = {kind: tuple(name[len(block_prefix) :] for name in site.linear_names) for kind, site in zip(("qkv", "o", "gate_up", "down"), sites)}
-    heads, kv_heads = config.num_attention_heads, config.num_key_value_heads
-    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
     gate_up_width = sum(layout.linear(name).out_features for name in sites[2].linear_names)
     embed = backbone.embed_tokens
     head = model.get_output_embeddings()
@@ -212,7 +219,7 @@ def describe_architecture(layout: DecoderLayout, check: bool = True) -> Architec
 
 
 @torch.no_grad()
-def check_description(layout: DecoderLayout, description: ArchitectureDescription, tolerance: float = 1e-3) -> float:
+def check_description(layout: DecoderLayout, description: ArchitectureDescription, tolerance: float = 1e-3, tokens: int = _PROBE_TOKENS) -> float:
     """Run the runtime's FP interpretation of ``description`` (every block on the CPU, the
     probe prompt in chunks) against the model's forward; raise if the logits differ beyond
     float tolerance. Returns the largest difference relative to the logits' range."""
@@ -222,12 +229,12 @@ def check_description(layout: DecoderLayout, description: ArchitectureDescriptio
 
     model = layout.model
     device = next(model.parameters()).device
-    ids = torch.randint(0, description.vocab_size, (_PROBE_TOKENS,), generator=torch.Generator().manual_seed(0))
+    ids = torch.randint(0, description.vocab_size, (tokens,), generator=torch.Generator().manual_seed(0))
     reference = model(input_ids=ids[None].to(device), use_cache=False).logits[0].float().cpu()
     weights = {name: tensor.detach().float().cpu() for name, tensor in model.state_dict().items()}
     parts = ModelParts(description, weights, ["cpu-fp"] * description.num_blocks, {}, {}, lambda: None)
     cache, tasks, last_attention, states = KVCache(description.num_blocks), [], {}, []
-    for chunk, start in enumerate(range(0, _PROBE_TOKENS, _PROBE_CHUNK)):
+    for chunk, start in enumerate(range(0, tokens, _PROBE_CHUNK)):
         chunk_ids = ids[start : start + _PROBE_CHUNK]
         positions = torch.arange(start, start + chunk_ids.numel())
         state = ChunkState(chunk_ids, start, {name: rope_cos_sin(positions, table) for name, table in description.ropes.items()})

@@ -27,3 +27,15 @@ def test_unsupported_architecture_lists_the_supported_ones():
     assert "GPT2LMHeadModel" in message
     for family in SUPPORTED_FAMILIES:
         assert family in message
+
+
+def test_fused_projections_are_one_site_each():
+    """Phi-3's qkv_proj and gate_up_proj: one Linear per site, mapped onto the qkv and
+    gate_up graph kinds."""
+    from quantkit.runtime.bundle import graph_kind
+    from tests.conftest import architecture_case_model
+
+    layout = find_decoder_layout(architecture_case_model("phi3"))
+    sites = layout.input_sites()[:4]
+    assert [s.linear_names for s in sites] == [(f"model.layers.0.{n}",) for n in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")]
+    assert [graph_kind(s.name) for s in sites] == ["qkv", "o", "gate_up", "down"]

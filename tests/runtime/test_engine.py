@@ -11,6 +11,7 @@ from quantkit.precision import PRECISION_FILE, PrecisionPlan
 from quantkit.runtime.bundle import BundleError
 from quantkit.runtime.engine import BundleModel
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
+from tests.runtime.simulation import simulated_greedy
 from tests.conftest import PLANTED_OUTPUT_CHANNELS, TINY_VOCAB, plant_output_outliers, tiny_model
 
 CHUNK = 16
@@ -118,25 +119,11 @@ def test_qdq_twin_of_each_graph_matches_onnx_runtime(bundle):
             assert (got - expected).abs().max() <= step * 1.001, entry["name"]
 
 
-def _simulated_greedy(bundle, ids, steps):
-    loaded = load_model(str(bundle / "model"))
-    plan = ShadowPlan.load(bundle / "bundle" / "shadow_plan.json")
-    precision = PrecisionPlan.load(bundle / "bundle" / "precision.json")
-    manifest_placement = BundleModel(bundle / "bundle").placement
-    npu = {b for b, where in enumerate(manifest_placement) if where == "npu"}
-    tokens = ids.tolist()
-    with torch.no_grad(), simulated_quantization(loaded.layout, plan, precision, blocks=npu):
-        for _ in range(steps):
-            logits = loaded.model(input_ids=torch.tensor([tokens]), use_cache=False).logits[0, -1]
-            tokens.append(int(logits.argmax()))
-    return tokens[len(ids) :]
-
-
 def test_greedy_decode_equals_the_simulated_model(bundle):
     ids = _prompt(20)
     runtime = BundleModel(bundle / "bundle")
     got = list(runtime.generate(ids, max_new_tokens=8))
-    assert got == _simulated_greedy(bundle, ids, 8)
+    assert got == simulated_greedy(bundle / "model", bundle / "bundle", ids, 8)
     assert runtime.last_generation["new_tokens"] == 8 and runtime.last_generation["decode_seconds"] > 0
 
 
