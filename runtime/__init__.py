@@ -5,7 +5,8 @@ AIMET or transformers' model classes (a test checks this). ``engine.BundleModel`
 executor; ``subgraphs`` cuts a prefill chunk into NPU/CPU subgraphs, ``scheduler`` runs
 them (out-of-order or in order), ``npu`` holds the graph executors, ``shadow`` the
 outlier path, ``generate`` the prompt-to-text loop of ``quantkit run``, ``bundle`` the
-format checks.
+format checks, ``architecture`` the description of what each block computes (read
+from the manifest; every family is one of its shapes).
 """
 
 __all__: list[str] = []

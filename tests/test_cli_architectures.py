@@ -20,14 +20,21 @@ def test_calibrate_export_lint_run_eval(case, tmp_path, tiny_tokenizer, capsys):
     tiny_tokenizer.save_pretrained(model)
     calib, bundle, results = tmp_path / "calib", tmp_path / "bundle", tmp_path / "wikitext.json"
 
-    assert main(["calibrate", "--model", str(model), "--out", str(calib), *CALIBRATE_SETTINGS]) == 0
-    assert main(["export", str(calib), "--out", str(bundle), "--chunk-size", "32"]) == 0
-    assert main(["lint", str(bundle), "--qnn"]) == 0
-    assert "graphs on QNN HTP, no CPU fallback" in capsys.readouterr().out
-    assert main(["run", str(bundle), "--prompt", "The history of the city begins", "--max-new-tokens", "12"]) == 0
-    assert main(["eval", str(bundle), "--tasks", "quantkit_wikitext", "--output", str(results)]) == 0
-    printed = capsys.readouterr().out
-    print(printed)  # the closing note quotes what each command printed (pytest -s)
+    transcript = []
+
+    def command(*argv: str) -> str:
+        assert main(list(argv)) == 0, argv
+        printed = capsys.readouterr().out
+        transcript.append(f"$ quantkit {' '.join(argv)}\n{printed}")
+        return printed
+
+    command("calibrate", "--model", str(model), "--out", str(calib), *CALIBRATE_SETTINGS)
+    command("export", str(calib), "--out", str(bundle), "--chunk-size", "32")
+    assert "graphs on QNN HTP, no CPU fallback" in command("lint", str(bundle), "--qnn")
+    command("run", str(bundle), "--prompt", "The history of the city begins", "--max-new-tokens", "12")
+    command("eval", str(bundle), "--tasks", "quantkit_wikitext", "--output", str(results))
+    with capsys.disabled():  # the closing note quotes what each command printed (pytest -s)
+        print("\n".join(transcript))
     metrics = json.loads(results.read_text())["results"]["quantkit_wikitext"]
     word_perplexity = next(value for key, value in metrics.items() if key.startswith("word_perplexity"))
     assert 1.0 < word_perplexity < float("inf")

@@ -128,3 +128,36 @@ def test_a_post_norm_block_is_refused_naming_the_missing_norm():
     model = AutoModelForCausalLM.from_config(Olmo2Config(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=0, eos_token_id=0))
     with pytest.raises(UnsupportedArchitectureError, match="no input_layernorm"):
         describe_architecture(find_decoder_layout(model))
+
+
+def _rope_scaled_model(kind: str):
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import sharpen_attention
+
+    config = tiny_config("llama" if kind == "yarn" else "phi3")
+    if kind == "yarn":
+        config.rope_parameters = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 128}
+    else:  # LongRoPE as Phi-3-128k configures it: short factors up to the original context, long beyond
+        config = type(config)(**{**config.to_dict(), "original_max_position_embeddings": 128, "rope_parameters": {
+            "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "original_max_position_embeddings": 128,
+            "short_factor": [1.0, 1.1, 1.2, 1.3], "long_factor": [2.0, 3.0, 4.0, 5.0]}})
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(config).eval()
+    sharpen_attention(model)
+    return model
+
+
+@pytest.mark.parametrize("kind", ["yarn", "longrope"])
+def test_static_rope_scaling_is_described_exactly_within_its_context(kind):
+    from quantkit.models.architecture import find_decoder_layout
+    from quantkit.models.description import describe_architecture
+
+    layout = find_decoder_layout(_rope_scaled_model(kind))
+    description = describe_architecture(layout)
+    assert description.ropes["default"].attention_scaling > 1.0  # YaRN's / LongRoPE's cos-sin factor
+    assert check_description(layout, description, tokens=128) < 1e-5
+    if kind == "longrope":  # past its original context the model switches to the long factors: the bundle stops there
+        assert description.max_positions == 128
+        with pytest.raises(UnsupportedArchitectureError):
+            check_description(layout, description, tokens=140)
