@@ -59,6 +59,18 @@ def tiny_config(family: str):
     raise ValueError(family)
 
 
+def tiny_model(family: str = "llama", seed: int = 0, planted_outliers: bool = False) -> torch.nn.Module:
+    """A 2-block random decoder; with ``planted_outliers`` a few input channels of the
+    first block's MLP input are scaled up (random weights have no natural outliers)."""
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_config(tiny_config(family), dtype=torch.float32).eval()
+    if planted_outliers:
+        plant_outliers(model)
+    return model
+
+
 # The architecture cases' configs (the plain names stay the plain families above).
 _CASE_CONFIGS = {"llama3": "llama3", "mistral": "mistral-windowed", "qwen2": "qwen2-windowed", "qwen3": "qwen3", "gemma3": "gemma3-full", "phi3": "phi3"}
 
