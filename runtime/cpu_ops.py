@@ -57,16 +57,18 @@ def causal_attention(
     v_cache: torch.Tensor,
     first_position: int,
     *,
+    key_start: int = 0,
     scale: float,
     window: int | None = None,
     logit_softcap: float | None = None,
 ) -> torch.Tensor:
     """q [heads, T, d] of positions first_position.., keys/values [kv_heads, P, d] of
-    positions 0..P-1 (P = first_position + T): each query at p sees the keys at j ≤ p,
+    positions key_start..first_position + T − 1 (key_start > 0 once a windowed cache was
+    trimmed): each query at p sees the keys at j ≤ p,
     and with a window W only those with j > p − W; softmax(s · q·kᵀ)·v with grouped-query
     heads (query head h reads kv head h // (heads/kv_heads))."""
     length = q.shape[1]
-    keys = torch.arange(k_cache.shape[1])[None, :]
+    keys = torch.arange(key_start, key_start + k_cache.shape[1])[None, :]
     queries = torch.arange(first_position, first_position + length)[:, None]
     hidden = keys > queries
     if window is not None:

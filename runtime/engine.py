@@ -131,7 +131,7 @@ class BundleModel:
         schedule = schedule or self.schedule
         if schedule not in SCHEDULES:
             raise BundleError(f"schedule: got {schedule!r}, expected one of {', '.join(SCHEDULES)}")
-        cache = KVCache(self.arch.num_blocks)
+        cache = KVCache(self.arch.num_blocks, [layer.window for layer in self.arch.layers])
         states, tasks, last_attention = [], [], {}
         starts = range(0, input_ids.numel(), self.chunk_size)
         for chunk, start in enumerate(starts):

@@ -35,21 +35,37 @@ __all__ = ["KVCache", "ChunkState", "ModelParts", "chunk_subgraphs"]
 
 
 class KVCache:
-    """Keys/values [kv_heads, positions, head_dim] per block, appended chunk by chunk."""
+    """Keys/values [kv_heads, positions, head_dim] per block, appended chunk by chunk. A block
+    with an attention window W keeps only its last W − 1 positions between steps: no later
+    query sees further back (the phone's memory for a local layer stays bounded)."""
 
-    def __init__(self, num_blocks: int):
+    def __init__(self, num_blocks: int, windows: list[int | None] | None = None):
         self.keys: list[torch.Tensor | None] = [None] * num_blocks
         self.values: list[torch.Tensor | None] = [None] * num_blocks
+        self.first_position = [0] * num_blocks  # position of each block's first cached key
+        self.windows = windows or [None] * num_blocks
+        self._appended = [0] * num_blocks
 
     def append(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        self._appended[block] += k.shape[1]
         if self.keys[block] is not None:
             k, v = torch.cat([self.keys[block], k], dim=1), torch.cat([self.values[block], v], dim=1)
         self.keys[block], self.values[block] = k, v
         return k, v
 
+    def trim(self, block: int) -> None:
+        """Drop the keys no later query of a windowed block can see."""
+        window = self.windows[block]
+        if window is None or self.keys[block].shape[1] <= window - 1:
+            return
+        dropped = self.keys[block].shape[1] - (window - 1)
+        self.keys[block], self.values[block] = self.keys[block][:, dropped:], self.values[block][:, dropped:]
+        self.first_position[block] += dropped
+
     @property
     def length(self) -> int:
-        return 0 if self.keys[0] is None else self.keys[0].shape[1]
+        """Positions appended so far (the next token's position)."""
+        return self._appended[0]
 
 
 @dataclass
@@ -153,7 +169,8 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = v.view(length, kv_heads, head_dim).transpose(0, 1)
         keys, values = cache.append(block, k, v)
-        out = causal_attention(q, keys, values, state.start, scale=arch.attention_scale, window=layer.window, logit_softcap=arch.attention_softcap)
+        out = causal_attention(q, keys, values, state.start, key_start=cache.first_position[block], scale=arch.attention_scale, window=layer.window, logit_softcap=arch.attention_softcap)
+        cache.trim(block)
         return out.transpose(0, 1).reshape(length, heads * head_dim)
 
     for block in range(arch.num_blocks):

@@ -233,7 +233,7 @@ def check_description(layout: DecoderLayout, description: ArchitectureDescriptio
     reference = model(input_ids=ids[None].to(device), use_cache=False).logits[0].float().cpu()
     weights = {name: tensor.detach().float().cpu() for name, tensor in model.state_dict().items()}
     parts = ModelParts(description, weights, ["cpu-fp"] * description.num_blocks, {}, {}, lambda: None)
-    cache, tasks, last_attention, states = KVCache(description.num_blocks), [], {}, []
+    cache, tasks, last_attention, states = KVCache(description.num_blocks, [layer.window for layer in description.layers]), [], {}, []
     for chunk, start in enumerate(range(0, tokens, _PROBE_CHUNK)):
         chunk_ids = ids[start : start + _PROBE_CHUNK]
         positions = torch.arange(start, start + chunk_ids.numel())

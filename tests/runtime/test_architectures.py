@@ -161,3 +161,13 @@ def test_static_rope_scaling_is_described_exactly_within_its_context(kind):
         assert description.max_positions == 128
         with pytest.raises(UnsupportedArchitectureError):
             check_description(layout, description, tokens=140)
+
+
+def test_windowed_blocks_keep_only_the_window_in_their_kv_cache(case):
+    runtime = BundleModel(case / "bundle")
+    result = runtime.run_prefill(_prompt())
+    for block, layer in enumerate(runtime.arch.layers):
+        cached = result.cache.keys[block].shape[1]
+        assert cached == (PROMPT if layer.window is None else layer.window - 1)
+        assert result.cache.first_position[block] == PROMPT - cached
+    assert result.cache.length == PROMPT
