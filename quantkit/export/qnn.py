@@ -19,14 +19,11 @@ class QnnUnavailableError(QuantkitError):
 
 
 def cpu_session(model_path: Path):
-    """ONNX Runtime CPU session. Basic graph optimizations only: ONNX Runtime 1.31's
-    extended QDQ fusions turn a QDQ MatMul + INT32 bias Add into a Gemm whose inserted
-    QuantizeLinear has mismatched types and fails to load."""
-    import onnxruntime as ort
+    """ONNX Runtime CPU session of a graph exactly as written (no weight folding), with
+    ONNX Runtime's default threads: the reference executor of ``lint``."""
+    from quantkit.runtime.npu import ort_cpu_session
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
-    return ort.InferenceSession(str(model_path), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort_cpu_session(model_path, threads=0, fold_weights=False)
 
 
 def _qnn_devices():

@@ -233,3 +233,32 @@ def test_mixed_precision_bundle_declares_and_lints_each_graphs_bits(bundle):
         assert encodings[entry["input"]]["bw"] == expected
     report = lint_bundle(bundle / "bundle", qnn=True)
     assert report.ok, report.problems
+
+
+def test_folded_weights_change_only_the_float_summation_order(bundle, tmp_path):
+    """The runtime's ONNX Runtime sessions fold each weight's DequantizeLinear into a float
+    constant (prepacked by MatMul). Against the graph run as written: the float products
+    agree to float32 rounding, and an output moves by at most one quantization step, on
+    the few values that sat on a rounding boundary."""
+    import numpy as np
+    import onnx
+
+    from quantkit.runtime.npu import ort_cpu_session
+
+    manifest = BundleModel(bundle / "bundle").manifest
+    x = np.random.default_rng(0).standard_normal((1, CHUNK, 1)).astype(np.float32)
+    for entry in manifest["graphs"]:
+        model = onnx.load(str(bundle / "bundle" / entry["file"]))
+        products = [n.output[0] for n in model.graph.node if n.op_type == "MatMul"]
+        model.graph.output.extend(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None) for name in products)
+        path = tmp_path / f"{entry['name']}.onnx"
+        onnx.save(model, str(path))
+        feed = {entry["input"]: np.repeat(x, entry["input_shape"][-1], axis=2) * np.linspace(-2, 2, entry["input_shape"][-1], dtype=np.float32)}
+        as_written, folded = (ort_cpu_session(path, fold_weights=fold).run(None, feed) for fold in (False, True))
+        outputs = len(entry["outputs"])
+        for reference, got in zip(as_written[outputs:], folded[outputs:]):  # the float MatMul products
+            assert np.abs(got - reference).max() <= 1e-5 * np.abs(reference).max(), entry["name"]
+        for reference, got in zip(as_written[:outputs], folded[:outputs]):
+            step = np.diff(np.unique(reference)).min()
+            moved = np.abs(got - reference) > step / 2
+            assert np.abs(got - reference).max() <= step * 1.001 and moved.mean() <= 0.005, entry["name"]
