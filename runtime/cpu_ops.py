@@ -55,21 +55,18 @@ def causal_attention(
     q: torch.Tensor,
     k_cache: torch.Tensor,
     v_cache: torch.Tensor,
-    first_position: int,
+    query_positions: torch.Tensor,
+    key_positions: torch.Tensor,
     *,
-    key_start: int = 0,
     scale: float,
     window: int | None = None,
     logit_softcap: float | None = None,
 ) -> torch.Tensor:
-    """q [heads, T, d] of positions first_position.., keys/values [kv_heads, P, d] of
-    positions key_start..first_position + T − 1 (key_start > 0 once a windowed cache was
-    trimmed): each query at p sees the keys at j ≤ p,
-    and with a window W only those with j > p − W; softmax(s · q·kᵀ)·v with grouped-query
-    heads (query head h reads kv head h // (heads/kv_heads))."""
-    length = q.shape[1]
-    keys = torch.arange(key_start, key_start + k_cache.shape[1])[None, :]
-    queries = torch.arange(first_position, first_position + length)[:, None]
+    """q [heads, T, d] of positions ``query_positions`` [T], keys/values [kv_heads, P, d] of
+    positions ``key_positions`` [P] (one sequence's context): each query at p sees the keys
+    at j ≤ p, and with a window W only those with j > p − W; softmax(s · q·kᵀ)·v with
+    grouped-query heads (query head h reads kv head h // (heads/kv_heads))."""
+    keys, queries = key_positions[None, :], query_positions[:, None]
     hidden = keys > queries
     if window is not None:
         hidden |= keys <= queries - window

@@ -49,7 +49,9 @@ def ort_cpu_session(path: Path, threads: int = 1, fold_weights: bool = True):
 
 
 class OrtGraph:
-    def __init__(self, folder: Path, entry: dict, npu: str, threads: int = 1):
+    """One bundle graph run with ONNX Runtime (see :func:`ort_cpu_session` for ``fold_weights``)."""
+
+    def __init__(self, folder: Path, entry: dict, npu: str, threads: int = 1, fold_weights: bool = False):
         self.entry = entry
         self.input_name = entry["input"]
         self.chunk_size = entry["input_shape"][1]
@@ -59,7 +61,7 @@ class OrtGraph:
 
             self.session = qnn_htp_session(path)
         else:
-            self.session = ort_cpu_session(path, threads)
+            self.session = ort_cpu_session(path, threads, fold_weights)
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         length = x.shape[0]

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 import torch
 
 from quantkit.runtime.architecture import ArchitectureDescription, Norm
+from quantkit.runtime.packing import ChunkRun
 from quantkit.runtime.cpu_ops import activation, apply_rope, causal_attention, rms_norm, softcap
 from quantkit.runtime.scheduler import CPU, NPU, Subgraph
 from quantkit.runtime.shadow import ShadowSite
@@ -35,46 +36,80 @@ __all__ = ["KVCache", "ChunkState", "ModelParts", "chunk_subgraphs"]
 
 
 class KVCache:
-    """Keys/values [kv_heads, positions, head_dim] per block, appended chunk by chunk. A block
-    with an attention window W keeps only its last W − 1 positions between steps: no later
-    query sees further back (the phone's memory for a local layer stays bounded)."""
+    """Keys/values [kv_heads, positions, head_dim] per block and segment (runtime/packing.py:
+    a sequence, or a continuation of a parent segment), appended chunk by chunk. A query of
+    a segment sees its ancestors' keys and its own. A block with an attention window W
+    keeps only each segment's last W − 1 positions between steps: no later query sees
+    further back (the phone's memory for a local layer stays bounded)."""
 
-    def __init__(self, num_blocks: int, windows: list[int | None] | None = None):
-        self.keys: list[torch.Tensor | None] = [None] * num_blocks
-        self.values: list[torch.Tensor | None] = [None] * num_blocks
-        self.first_position = [0] * num_blocks  # position of each block's first cached key
+    def __init__(self, num_blocks: int, windows: list[int | None] | None = None, parents: dict[int, int | None] | None = None):
+        self.keys: list[dict[int, torch.Tensor]] = [{} for _ in range(num_blocks)]
+        self.values: list[dict[int, torch.Tensor]] = [{} for _ in range(num_blocks)]
+        self.first_position: list[dict[int, int]] = [{} for _ in range(num_blocks)]  # of each segment's first cached key
         self.windows = windows or [None] * num_blocks
-        self._appended = [0] * num_blocks
+        self.parents = parents or {}
+        self._ends: dict[int, int] = {}  # position after each segment's last token
 
-    def append(self, block: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        self._appended[block] += k.shape[1]
-        if self.keys[block] is not None:
-            k, v = torch.cat([self.keys[block], k], dim=1), torch.cat([self.values[block], v], dim=1)
-        self.keys[block], self.values[block] = k, v
-        return k, v
+    def append(self, block: int, segment: int, k: torch.Tensor, v: torch.Tensor, position: int) -> None:
+        """Add keys/values of ``segment`` whose first row is at ``position``."""
+        if block == 0:
+            self._ends[segment] = position + k.shape[1]
+        if segment in self.keys[block]:
+            k, v = torch.cat([self.keys[block][segment], k], dim=1), torch.cat([self.values[block][segment], v], dim=1)
+        else:
+            self.first_position[block][segment] = position
+        self.keys[block][segment], self.values[block][segment] = k, v
 
-    def trim(self, block: int) -> None:
-        """Drop the keys no later query of a windowed block can see."""
+    def context(self, block: int, segment: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Keys, values and their positions that a query of ``segment`` may see: its
+        ancestors' (root first) and its own."""
+        chain = [segment]
+        while self.parents.get(chain[-1]) is not None:
+            chain.append(self.parents[chain[-1]])
+        chain = [s for s in reversed(chain) if s in self.keys[block]]
+        positions = [torch.arange(self.first_position[block][s], self.first_position[block][s] + self.keys[block][s].shape[1]) for s in chain]
+        if len(chain) == 1:
+            return self.keys[block][segment], self.values[block][segment], positions[0]
+        return torch.cat([self.keys[block][s] for s in chain], dim=1), torch.cat([self.values[block][s] for s in chain], dim=1), torch.cat(positions)
+
+    def trim(self, block: int, segment: int) -> None:
+        """Drop the keys of ``segment`` no later query of a windowed block can see."""
         window = self.windows[block]
-        if window is None or self.keys[block].shape[1] <= window - 1:
+        if window is None or self.keys[block][segment].shape[1] <= window - 1:
             return
-        dropped = self.keys[block].shape[1] - (window - 1)
-        self.keys[block], self.values[block] = self.keys[block][:, dropped:], self.values[block][:, dropped:]
-        self.first_position[block] += dropped
+        dropped = self.keys[block][segment].shape[1] - (window - 1)
+        self.keys[block][segment], self.values[block][segment] = self.keys[block][segment][:, dropped:], self.values[block][segment][:, dropped:]
+        self.first_position[block][segment] += dropped
+
+    def release(self, block: int, segments) -> None:
+        """Forget segments no later chunk reads (their own queries and their children's are done)."""
+        for segment in segments:
+            self.keys[block].pop(segment, None)
+            self.values[block].pop(segment, None)
+            self.first_position[block].pop(segment, None)
+
+    def end(self, segment: int = 0) -> int:
+        """The position after ``segment``'s last token (the next token's position)."""
+        return self._ends.get(segment, 0)
 
     @property
     def length(self) -> int:
-        """Positions appended so far (the next token's position)."""
-        return self._appended[0]
+        """Positions of sequence 0 so far (the single sequence of ``prefill``/``generate``)."""
+        return self.end(0)
 
 
 @dataclass
 class ChunkState:
-    """The values one chunk's subgraphs hand each other."""
+    """The values one chunk's subgraphs hand each other. ``runs`` say which rows belong to
+    which segment (one run: a plain prompt chunk); ``logit_rows`` which rows' logits are
+    wanted (None: every row); ``released`` the segments whose keys are dropped after it."""
 
     ids: torch.Tensor
-    start: int
-    rope: dict[str, tuple[torch.Tensor, torch.Tensor]]  # RoPE table name → cos, sin at the chunk's positions
+    positions: torch.Tensor
+    runs: list[ChunkRun]
+    rope: dict[str, tuple[torch.Tensor, torch.Tensor]]  # RoPE table name → cos, sin at the rows' positions
+    logit_rows: torch.Tensor | None = None
+    released: tuple[int, ...] = ()
     h: torch.Tensor | None = None
     pending: torch.Tensor | None = None  # last down output, added at the next residual
     clipped: torch.Tensor | None = None
@@ -97,9 +132,10 @@ class ModelParts:
     count_npu_run: Callable[[], None]
 
 
-def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk: int, last_attention: dict[int, int], tasks: list[Subgraph], logits: str) -> None:
+def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk: int, last_attention: dict[int, int], tasks: list[Subgraph], logits: bool = True) -> None:
     """Append the subgraphs of one chunk to ``tasks``. ``last_attention[b]`` is the index of
-    the previous chunk's attention subgraph of block b (updated here)."""
+    the previous chunk's attention subgraph of block b (updated here). ``logits``: whether
+    the chunk ends with the LM head (for ``state.logit_rows``)."""
     arch = parts.arch
     heads, kv_heads, head_dim = arch.num_heads, arch.num_kv_heads, arch.head_dim
 
@@ -168,9 +204,21 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
         cos, sin = state.rope[layer.rope]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         v = v.view(length, kv_heads, head_dim).transpose(0, 1)
-        keys, values = cache.append(block, k, v)
-        out = causal_attention(q, keys, values, state.start, key_start=cache.first_position[block], scale=arch.attention_scale, window=layer.window, logit_softcap=arch.attention_softcap)
-        cache.trim(block)
+        outputs = []
+        for run in state.runs:  # each segment's rows see only its own context
+            rows = slice(run.begin, run.end)
+            single = len(state.runs) == 1
+            cache.append(block, run.segment, k if single else k[:, rows], v if single else v[:, rows], int(state.positions[run.begin]))
+            keys, values, key_positions = cache.context(block, run.segment)
+            outputs.append(
+                causal_attention(
+                    q if single else q[:, rows], keys, values, state.positions if single else state.positions[rows], key_positions,
+                    scale=arch.attention_scale, window=layer.window, logit_softcap=arch.attention_softcap,
+                )
+            )
+            cache.trim(block, run.segment)
+        cache.release(block, state.released)
+        out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
         return out.transpose(0, 1).reshape(length, heads * head_dim)
 
     for block in range(arch.num_blocks):
@@ -226,12 +274,12 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
 
     def head() -> None:
         h = residual()
-        if logits == "last":
-            h = h[-1:]
+        if state.logit_rows is not None:  # only the rows asked for: the LM head is the largest matmul
+            h = h[state.logit_rows]
         h = norm(h, arch.final_norm)
         state.logits = softcap(h @ parts.cpu[arch.lm_head_weight].T, arch.final_logit_softcap)
 
-    if logits != "none":
+    if logits:
         add("head", CPU, head, previous, "head")
 
 

@@ -226,6 +226,7 @@ def check_description(layout: DecoderLayout, description: ArchitectureDescriptio
     from quantkit.runtime.scheduler import run_in_order
     from quantkit.runtime.subgraphs import ChunkState, KVCache, ModelParts, chunk_subgraphs
     from quantkit.runtime.cpu_ops import rope_cos_sin
+    from quantkit.runtime.packing import ChunkRun
 
     model = layout.model
     device = next(model.parameters()).device
@@ -237,8 +238,9 @@ def check_description(layout: DecoderLayout, description: ArchitectureDescriptio
     for chunk, start in enumerate(range(0, tokens, _PROBE_CHUNK)):
         chunk_ids = ids[start : start + _PROBE_CHUNK]
         positions = torch.arange(start, start + chunk_ids.numel())
-        state = ChunkState(chunk_ids, start, {name: rope_cos_sin(positions, table) for name, table in description.ropes.items()})
-        chunk_subgraphs(parts, state, cache, chunk, last_attention, tasks, "all")
+        rope = {name: rope_cos_sin(positions, table) for name, table in description.ropes.items()}
+        state = ChunkState(chunk_ids, positions, [ChunkRun(0, 0, chunk_ids.numel(), start)], rope)
+        chunk_subgraphs(parts, state, cache, chunk, last_attention, tasks)
         states.append(state)
     run_in_order(tasks)
     got = torch.cat([state.logits for state in states])

@@ -167,7 +167,7 @@ def test_windowed_blocks_keep_only_the_window_in_their_kv_cache(case):
     runtime = BundleModel(case / "bundle")
     result = runtime.run_prefill(_prompt())
     for block, layer in enumerate(runtime.arch.layers):
-        cached = result.cache.keys[block].shape[1]
+        cached = result.cache.keys[block][0].shape[1]
         assert cached == (PROMPT if layer.window is None else layer.window - 1)
-        assert result.cache.first_position[block] == PROMPT - cached
+        assert result.cache.first_position[block][0] == PROMPT - cached
     assert result.cache.length == PROMPT
