@@ -9,18 +9,25 @@ entry point for models, so the import is what makes ``model="quantkit"`` known;
 - ``npu``: ``cpu`` (ONNX Runtime CPU provider, default) or ``qnn`` (QNN HTP backend);
 - ``shadow``: ``True`` (default) or ``False`` to drop the shadow outlier path;
 - ``max_length``: the longest input in tokens (default: the bundle's context length);
-- ``max_gen_toks``: default generation length (256), as lm-eval's ``hf`` model.
+- ``max_gen_toks``: default generation length (256), as lm-eval's ``hf`` model;
+- ``pack_tokens``: tokens per packed prefill (2048); 0 runs one prefill per input.
 
 Tokenization is the bundle's ``tokenizer/`` folder, used the way lm-eval's ``hf`` model
 uses the same tokenizer, so scores compare one to one with
 ``model="hf", model_args="pretrained=<FP folder>,dtype=float32"``.
 
-Cost. Every ``prefill`` costs about one chunk even for a short input, so requests are
-planned before anything runs: an input that is a prefix of a longer input (the same
-context scored with a one-token and a longer continuation, identical requests, a
-multiple-choice option repeated) is read off the longer one's logits, which are exact
-for it because the runtime is causal and quantizes with static scales. Every distinct
-input runs once.
+Cost. Requests are planned before anything runs: an input that is a prefix of a longer
+input (the same context scored with a one-token and a longer continuation, identical
+requests) is read off the longer one's logits, which are exact for it because the
+runtime is causal and quantizes with static scales. The remaining inputs become a radix
+tree of segments (``quantkit.runtime.packing``): a context shared by several inputs
+(multiple-choice options) is computed once and its continuations continue from its KV
+cache; segments are packed several to a static chunk, ``pack_tokens`` tokens to one
+packed prefill, and only the rows whose log-probabilities are asked for go through the
+LM head. ``pack_tokens=0`` runs one prefill per distinct input (the unpacked reference).
+Under ``accelerate launch`` lm-eval hands each process its share of the requests
+(``rank`` / ``world_size`` from the environment, as its ``hf`` model) and gathers the
+results itself.
 
 >>> import quantkit.eval.lm, lm_eval                                     # doctest: +SKIP
 >>> lm_eval.simple_evaluate(model="quantkit", model_args="bundle=bundle", tasks=["quantkit_lastword"],
@@ -29,6 +36,7 @@ input runs once.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 from pathlib import Path
@@ -42,12 +50,14 @@ from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
 from tqdm import tqdm
 
 from quantkit.errors import EvaluationError
+from quantkit.runtime.packing import prefix_tree
 
 __all__ = ["QuantkitLM", "plan_prefixes"]
 
 logger = logging.getLogger(__name__)
 
 _DEFAULT_MAX_GEN_TOKS = 256
+_DEFAULT_PACK_TOKENS = 2048  # tokens per packed prefill: a few dozen chunks in flight for the out-of-order schedule
 
 
 def plan_prefixes(inputs: list[tuple[int, ...]]) -> list[tuple[tuple[int, ...], list[int]]]:
@@ -98,6 +108,7 @@ class QuantkitLM(TemplateLM):
         shadow: bool | str = True,
         max_length: int | None = None,
         max_gen_toks: int = _DEFAULT_MAX_GEN_TOKS,
+        pack_tokens: int | str = _DEFAULT_PACK_TOKENS,
         batch_size: int | str | None = 1,
         max_batch_size: int | None = None,
         device: str | None = None,
@@ -118,6 +129,9 @@ class QuantkitLM(TemplateLM):
         if not 1 <= self._max_length <= context_length:
             raise EvaluationError(f"model argument max_length: got {max_length}, expected 1 to {context_length} (the bundle's context length)")
         self.max_gen_toks = int(max_gen_toks)
+        self.pack_tokens = int(pack_tokens)
+        if self.pack_tokens < 0:
+            raise EvaluationError(f"model argument pack_tokens: got {pack_tokens}, expected ≥ 0 (0: one prefill per input)")
         self.batch_size = batch_size  # the runtime reads one sequence at a time; kept for lm-eval's records
         tokenizer_folder = self.bundle / "tokenizer"
         if not tokenizer_folder.is_dir():
@@ -172,19 +186,67 @@ class QuantkitLM(TemplateLM):
             continuations.append(continuation)
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         progress = tqdm(total=len(requests), disable=disable_tqdm or self.rank != 0, desc="Running loglikelihood requests")
-        for sequence, members in plan_prefixes(inputs):
-            logits = self.model.prefill(torch.tensor(sequence, dtype=torch.long))
-            for index in members:
-                end, length = len(inputs[index]), len(continuations[index])
-                logprobs = F.log_softmax(logits[end - length : end].float(), dim=-1)
-                targets = torch.tensor(continuations[index], dtype=torch.long)
-                answer = (float(logprobs.gather(1, targets[:, None]).sum()), bool((logprobs.argmax(-1) == targets).all()))
-                results[index] = answer
-                if requests[index][0] is not None:
-                    self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
-                progress.update(1)
+
+        def score(index: int, logits: torch.Tensor) -> None:
+            """``logits``: the rows predicting request ``index``'s continuation tokens."""
+            logprobs = F.log_softmax(logits.float(), dim=-1)
+            targets = torch.tensor(continuations[index], dtype=torch.long)
+            answer = (float(logprobs.gather(1, targets[:, None]).sum()), bool((logprobs.argmax(-1) == targets).all()))
+            results[index] = answer
+            if requests[index][0] is not None:
+                self.cache_hook.add_partial("loglikelihood", requests[index][0], answer)
+            progress.update(1)
+
+        groups = plan_prefixes(inputs)
+        if self.pack_tokens == 0:  # one prefill per distinct input: the unpacked reference
+            for sequence, members in groups:
+                logits = self.model.prefill(torch.tensor(sequence, dtype=torch.long))
+                for index in members:
+                    end, length = len(inputs[index]), len(continuations[index])
+                    score(index, logits[end - length : end])
+        else:
+            self._score_packed(groups, inputs, continuations, score)
         progress.close()
         return results
+
+    def _score_packed(self, groups, inputs, continuations, score) -> None:
+        """Every distinct input as a path of a prefix tree (shared contexts once), packed
+        into prefills of about ``pack_tokens`` tokens; each request's continuation rows."""
+        tree = prefix_tree([sequence for sequence, _ in groups])
+        roots = [index for index, segment in enumerate(tree.segments) if segment.parent is None] + [len(tree.segments)]
+        subtree_of = {}  # root segment → the groups whose path starts there
+        for group, path in enumerate(tree.paths):
+            subtree_of.setdefault(path[0], []).append(group)
+        batch: list[int] = []  # root positions in ``roots`` of the subtrees gathered so far
+        tokens = 0
+        for position, root in enumerate(roots[:-1]):
+            batch.append(position)
+            tokens += sum(len(tree.segments[s].tokens) for s in range(root, roots[position + 1]))
+            if tokens >= self.pack_tokens or position == len(roots) - 2:
+                self._run_batch(tree, roots, batch, subtree_of, groups, inputs, continuations, score)
+                batch, tokens = [], 0
+
+    def _run_batch(self, tree, roots, batch, subtree_of, groups, inputs, continuations, score) -> None:
+        first = roots[batch[0]]
+        last = roots[batch[-1] + 1]
+        local = lambda segment: segment - first  # the batch's segments are contiguous (depth-first)
+        segments = [dataclasses.replace(tree.segments[s], parent=None if tree.segments[s].parent is None else local(tree.segments[s].parent)) for s in range(first, last)]
+        wanted: dict[int, set[int]] = {}
+        asks = []  # (request index, [(local segment, offset), ...])
+        for position in batch:
+            for group in subtree_of[roots[position]]:
+                for index in groups[group][1]:
+                    end, length = len(inputs[index]), len(continuations[index])
+                    places = [tree.locate(group, p) for p in range(end - length, end)]
+                    places = [(local(segment), offset) for segment, offset in places]
+                    for segment, offset in places:
+                        wanted.setdefault(segment, set()).add(offset)
+                    asks.append((index, places))
+        ordered = {segment: sorted(offsets) for segment, offsets in wanted.items()}
+        logits = self.model.run_packed(segments, ordered)
+        row_of = {segment: {offset: row for row, offset in enumerate(offsets)} for segment, offsets in ordered.items()}
+        for index, places in asks:
+            score(index, torch.stack([logits[segment][row_of[segment][offset]] for segment, offset in places]))
 
     def loglikelihood_rolling(self, requests, disable_tqdm: bool = False) -> list[float]:
         """Log-likelihood of each whole string, in disjoint windows of ``max_length`` tokens

@@ -14,7 +14,7 @@ import torch
 
 from quantkit.runtime.architecture import RopeTable
 
-__all__ = ["rms_norm", "rope_cos_sin", "apply_rope", "causal_attention", "activation", "softcap"]
+__all__ = ["rms_norm", "rope_cos_sin", "apply_rope", "causal_attention", "linear", "activation", "softcap", "ROW_TILE"]
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float, offset: float = 0.0) -> torch.Tensor:
@@ -79,6 +79,21 @@ def causal_attention(
     keys_, values_ = k_cache.repeat_interleave(groups, dim=0), v_cache.repeat_interleave(groups, dim=0)
     scores = softcap(q @ keys_.transpose(-1, -2) * scale, logit_softcap) + mask
     return torch.softmax(scores.float(), dim=-1).to(q.dtype) @ values_
+
+
+ROW_TILE = 16  # row counts padded to a multiple of this: no row lands in a GEMM's remainder tile
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x·Wᵀ + b with every row computed the same way whatever the number of rows: the CPU
+    GEMM rounds the rows of a remainder tile differently (measured: the last T mod 4 rows
+    of a [T, 576]·[576, 49152] product), so a row's result would depend on how many
+    tokens share its call — on packing. Rows are padded to a multiple of ROW_TILE."""
+    rows = x.shape[0]
+    padded = -rows % ROW_TILE
+    if padded:
+        x = torch.cat([x, x.new_zeros(padded, *x.shape[1:])])
+    return torch.nn.functional.linear(x, weight, bias)[:rows]
 
 
 def activation(name: str, x: torch.Tensor) -> torch.Tensor:

@@ -98,7 +98,7 @@ class BundleModel:
         # equal argmax), so such bundles run their graphs as written.
         fold_weights = all(entry["activation_bits"] == 16 for entry in self._graph_entries.values())
         npu_graphs = {key: OrtGraph(self.folder, entry, npu, npu_threads, fold_weights) for key, entry in self._graph_entries.items()}
-        self._parts = ModelParts(self.arch, self.cpu, self.placement, sites, npu_graphs, self._count_npu_run)
+        self._parts = ModelParts(self.arch, self.cpu, self.placement, sites, npu_graphs, self._count_npu_run, self.chunk_size)
         self._decode_parts: ModelParts | None = None
         self.cpu_threads = cpu_threads
 
@@ -208,7 +208,7 @@ class BundleModel:
     def _decode_model(self) -> ModelParts:
         if self._decode_parts is None:
             graphs = {key: QdqGraph(self.folder, entry) for key, entry in self._graph_entries.items()}
-            self._decode_parts = ModelParts(self.arch, self.cpu, self.placement, self._parts.sites, graphs, lambda: None)
+            self._decode_parts = ModelParts(self.arch, self.cpu, self.placement, self._parts.sites, graphs, lambda: None, self.chunk_size)
         return self._decode_parts
 
     @torch.no_grad()

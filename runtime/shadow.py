@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from quantkit.runtime.cpu_ops import linear
+
 __all__ = ["RuntimeCounters", "ShadowSite", "ColdColumns"]
 
 _NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None}
@@ -102,7 +104,7 @@ class ShadowSite:
                 products.append(None)
                 continue
             channels, rows, bias = self._output_rows[name]
-            products.append((channels, torch.nn.functional.linear(clipped, rows, bias)))
+            products.append((channels, linear(clipped, rows, bias)))
         return products
 
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:

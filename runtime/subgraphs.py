@@ -28,7 +28,7 @@ import torch
 
 from quantkit.runtime.architecture import ArchitectureDescription, Norm
 from quantkit.runtime.packing import ChunkRun
-from quantkit.runtime.cpu_ops import activation, apply_rope, causal_attention, rms_norm, softcap
+from quantkit.runtime.cpu_ops import activation, apply_rope, causal_attention, linear, rms_norm, softcap
 from quantkit.runtime.scheduler import CPU, NPU, Subgraph
 from quantkit.runtime.shadow import ShadowSite
 
@@ -130,6 +130,7 @@ class ModelParts:
     sites: dict[tuple[int, str], ShadowSite]  # (block, kind) → shadow site
     npu: dict[tuple[int, str], Callable[[torch.Tensor], list[torch.Tensor]]]  # (block, kind) → graph
     count_npu_run: Callable[[], None]
+    chunk_size: int = 256  # the bundle's static chunk: attention runs at the shapes of one chunked prefill
 
 
 def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk: int, last_attention: dict[int, int], tasks: list[Subgraph], logits: bool = True) -> None:
@@ -138,6 +139,7 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
     the chunk ends with the LM head (for ``state.logit_rows``)."""
     arch = parts.arch
     heads, kv_heads, head_dim = arch.num_heads, arch.num_kv_heads, arch.head_dim
+    chunk_size = parts.chunk_size
 
     def add(name: str, processor: str, run: Callable[[], None], deps: list[int], kind: str, block: int | None = None) -> int:
         tasks.append(Subgraph(f"c{chunk}.{name}", processor, run, tuple(deps), kind, {"chunk": chunk, "block": block}))
@@ -207,15 +209,10 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
         outputs = []
         for run in state.runs:  # each segment's rows see only its own context
             rows = slice(run.begin, run.end)
-            single = len(state.runs) == 1
-            cache.append(block, run.segment, k if single else k[:, rows], v if single else v[:, rows], int(state.positions[run.begin]))
+            cache.append(block, run.segment, k[:, rows], v[:, rows], int(state.positions[run.begin]))
             keys, values, key_positions = cache.context(block, run.segment)
-            outputs.append(
-                causal_attention(
-                    q if single else q[:, rows], keys, values, state.positions if single else state.positions[rows], key_positions,
-                    scale=arch.attention_scale, window=layer.window, logit_softcap=arch.attention_softcap,
-                )
-            )
+            for begin, end in _key_span_groups(state.positions[rows], chunk_size):
+                outputs.append(_attention_at_canonical_length(q[:, run.begin + begin : run.begin + end], keys, values, state.positions[run.begin + begin : run.begin + end], key_positions, chunk_size, arch, layer))
             cache.trim(block, run.segment)
         cache.release(block, state.released)
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
@@ -277,11 +274,44 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
         if state.logit_rows is not None:  # only the rows asked for: the LM head is the largest matmul
             h = h[state.logit_rows]
         h = norm(h, arch.final_norm)
-        state.logits = softcap(h @ parts.cpu[arch.lm_head_weight].T, arch.final_logit_softcap)
+        state.logits = softcap(linear(h, parts.cpu[arch.lm_head_weight]), arch.final_logit_softcap)
 
     if logits:
         add("head", CPU, head, previous, "head")
 
 
+def _key_span_groups(positions: torch.Tensor, chunk_size: int) -> list[tuple[int, int]]:
+    """Rows [begin, end) of one run whose positions lie in the same window of ``chunk_size``
+    positions (0..C−1, C..2C−1, …): the rows an unpacked prefill computes in one chunk."""
+    spans = torch.div(positions, chunk_size, rounding_mode="floor")
+    edges = [0] + [i for i in range(1, len(spans)) if spans[i] != spans[i - 1]] + [len(spans)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+def _attention_at_canonical_length(q, keys, values, query_positions, key_positions, chunk_size: int, arch: ArchitectureDescription, layer) -> torch.Tensor:
+    """Attention of queries at positions in [mC, (m+1)C), computed as a whole chunk: the
+    queries placed at rows p − mC of a C-row block (the other rows are filler, dropped),
+    the keys padded (masked) to end at (m+1)C. These are exactly the shapes of an unpacked
+    chunked prefill, so a packed or prefix-shared query is computed bit for bit as in one
+    prefill per request: scaled_dot_product_attention blocks its work by the query and
+    key lengths (measured: the same query row gives other float roundings in a 5-row and
+    a 35-row call), while masked keys add exact zeros."""
+    base = int(query_positions[0]) // chunk_size * chunk_size
+    span_end = base + chunk_size
+    if int(key_positions[-1]) >= span_end:  # keys of the run's later span: not there yet in a chunked prefill
+        keep = int((key_positions < span_end).sum())
+        keys, values, key_positions = keys[:, :keep], values[:, :keep], key_positions[:keep]
+    missing = span_end - int(key_positions[-1]) - 1
+    if missing > 0:
+        pad = keys.new_zeros(keys.shape[0], missing, keys.shape[2])
+        keys, values = torch.cat([keys, pad], dim=1), torch.cat([values, pad], dim=1)
+        key_positions = torch.cat([key_positions, torch.arange(int(key_positions[-1]) + 1, span_end)])
+    rows = query_positions - base
+    block = q.new_zeros(q.shape[0], chunk_size, q.shape[2])
+    block[:, rows] = q
+    out = causal_attention(block, keys, values, torch.arange(base, span_end), key_positions, scale=arch.attention_scale, window=layer.window, logit_softcap=arch.attention_softcap)
+    return out[:, rows]
+
+
 def _fp_linear(cpu: dict[str, torch.Tensor], name: str, x: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.linear(x, cpu[f"{name}.weight"], cpu.get(f"{name}.bias"))
+    return linear(x, cpu[f"{name}.weight"], cpu.get(f"{name}.bias"))

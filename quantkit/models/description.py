@@ -233,7 +233,7 @@ def check_description(layout: DecoderLayout, description: ArchitectureDescriptio
     ids = torch.randint(0, description.vocab_size, (tokens,), generator=torch.Generator().manual_seed(0))
     reference = model(input_ids=ids[None].to(device), use_cache=False).logits[0].float().cpu()
     weights = {name: tensor.detach().float().cpu() for name, tensor in model.state_dict().items()}
-    parts = ModelParts(description, weights, ["cpu-fp"] * description.num_blocks, {}, {}, lambda: None)
+    parts = ModelParts(description, weights, ["cpu-fp"] * description.num_blocks, {}, {}, lambda: None, _PROBE_CHUNK)
     cache, tasks, last_attention, states = KVCache(description.num_blocks, [layer.window for layer in description.layers]), [], {}, []
     for chunk, start in enumerate(range(0, tokens, _PROBE_CHUNK)):
         chunk_ids = ids[start : start + _PROBE_CHUNK]
