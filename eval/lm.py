@@ -211,37 +211,35 @@ class QuantkitLM(TemplateLM):
 
     def _score_packed(self, groups, inputs, continuations, score) -> None:
         """Every distinct input as a path of a prefix tree (shared contexts once), packed
-        into prefills of about ``pack_tokens`` tokens; each request's continuation rows."""
+        into prefills of about ``pack_tokens`` tokens — a context shared beyond one prefill
+        is computed again in the next — and each request's continuation rows read off."""
         tree = prefix_tree([sequence for sequence, _ in groups])
-        roots = [index for index, segment in enumerate(tree.segments) if segment.parent is None] + [len(tree.segments)]
-        subtree_of = {}  # root segment → the groups whose path starts there
-        for group, path in enumerate(tree.paths):
-            subtree_of.setdefault(path[0], []).append(group)
-        batch: list[int] = []  # root positions in ``roots`` of the subtrees gathered so far
-        tokens = 0
-        for position, root in enumerate(roots[:-1]):
-            batch.append(position)
-            tokens += sum(len(tree.segments[s].tokens) for s in range(root, roots[position + 1]))
-            if tokens >= self.pack_tokens or position == len(roots) - 2:
-                self._run_batch(tree, roots, batch, subtree_of, groups, inputs, continuations, score)
-                batch, tokens = [], 0
+        batch: list[int] = []
+        members: set[int] = set()
+        for group in sorted(range(len(groups)), key=lambda g: tree.paths[g]):  # depth-first: siblings together
+            path = tree.paths[group]
+            added = sum(len(tree.segments[s].tokens) for s in path if s not in members)
+            if batch and sum(len(tree.segments[s].tokens) for s in members) + added > self.pack_tokens:
+                self._run_batch(tree, batch, groups, inputs, continuations, score)
+                batch, members = [], set()
+            batch.append(group)
+            members.update(path)
+        if batch:
+            self._run_batch(tree, batch, groups, inputs, continuations, score)
 
-    def _run_batch(self, tree, roots, batch, subtree_of, groups, inputs, continuations, score) -> None:
-        first = roots[batch[0]]
-        last = roots[batch[-1] + 1]
-        local = lambda segment: segment - first  # the batch's segments are contiguous (depth-first)
-        segments = [dataclasses.replace(tree.segments[s], parent=None if tree.segments[s].parent is None else local(tree.segments[s].parent)) for s in range(first, last)]
+    def _run_batch(self, tree, batch: list[int], groups, inputs, continuations, score) -> None:
+        used = sorted({s for group in batch for s in tree.paths[group]})  # ancestors before descendants
+        local = {segment: index for index, segment in enumerate(used)}
+        segments = [dataclasses.replace(tree.segments[s], parent=None if tree.segments[s].parent is None else local[tree.segments[s].parent]) for s in used]
         wanted: dict[int, set[int]] = {}
         asks = []  # (request index, [(local segment, offset), ...])
-        for position in batch:
-            for group in subtree_of[roots[position]]:
-                for index in groups[group][1]:
-                    end, length = len(inputs[index]), len(continuations[index])
-                    places = [tree.locate(group, p) for p in range(end - length, end)]
-                    places = [(local(segment), offset) for segment, offset in places]
-                    for segment, offset in places:
-                        wanted.setdefault(segment, set()).add(offset)
-                    asks.append((index, places))
+        for group in batch:
+            for index in groups[group][1]:
+                end, length = len(inputs[index]), len(continuations[index])
+                places = [(local[segment], offset) for segment, offset in (tree.locate(group, p) for p in range(end - length, end))]
+                for segment, offset in places:
+                    wanted.setdefault(segment, set()).add(offset)
+                asks.append((index, places))
         ordered = {segment: sorted(offsets) for segment, offsets in wanted.items()}
         logits = self.model.run_packed(segments, ordered)
         row_of = {segment: {offset: row for row, offset in enumerate(offsets)} for segment, offsets in ordered.items()}

@@ -56,7 +56,8 @@ def test_plan_prefixes_runs_each_distinct_input_once():
         assert all(sequence[: len(inputs[i])] == inputs[i] for i in members)
 
 
-def test_loglikelihood_equals_direct_computation(lm, reference, monkeypatch):
+def test_loglikelihood_equals_direct_computation(tiny_bundle, reference, monkeypatch):
+    lm = QuantkitLM(bundle=str(tiny_bundle), pack_tokens=0)  # one prefill per distinct input, counted below
     context = TEXT[:120]
     requests = [
         (context, " frequency signal"),
@@ -143,4 +144,20 @@ def test_model_argument_errors(tiny_bundle, tmp_path):
         QuantkitLM(bundle=str(tiny_bundle), max_length=100_000)
     with pytest.raises(EvaluationError, match="shadow: got 'maybe'"):
         QuantkitLM(bundle=str(tiny_bundle), shadow="maybe")
+    with pytest.raises(EvaluationError, match="pack_tokens: got -1"):
+        QuantkitLM(bundle=str(tiny_bundle), pack_tokens=-1)
     assert QuantkitLM.create_from_arg_string(f"bundle={tiny_bundle},shadow=False", {"batch_size": 4, "device": "cpu"}).model.shadow is False
+
+
+def test_packed_scoring_equals_one_prefill_per_input(tiny_bundle):
+    """Multiple-choice-like requests (a context, several continuations) and unrelated ones:
+    the packed, prefix-shared scores are the unpacked ones exactly (pack_tokens=0)."""
+    contexts = [TEXT[:70], TEXT[40:130], "Time codes"]
+    continuations = [" frequency signal", " which is their estimate", " of TAI.", " UTC"]
+    requests = [(c, k) for c in contexts for k in continuations] + [("", TEXT[:50])]
+    packed = QuantkitLM(bundle=str(tiny_bundle), pack_tokens=40)  # several packed prefills
+    unpacked = QuantkitLM(bundle=str(tiny_bundle), pack_tokens=0)
+    got = packed.loglikelihood(_instances("loglikelihood", requests), disable_tqdm=True)
+    assert got == unpacked.loglikelihood(_instances("loglikelihood", requests), disable_tqdm=True)
+    rolling = [(TEXT,), (TEXT[30:],)]
+    assert packed.loglikelihood_rolling(_instances("loglikelihood_rolling", rolling), disable_tqdm=True) == unpacked.loglikelihood_rolling(_instances("loglikelihood_rolling", rolling), disable_tqdm=True)

@@ -262,3 +262,29 @@ def test_folded_weights_change_only_the_float_summation_order(bundle, tmp_path):
             step = np.diff(np.unique(reference)).min()
             moved = np.abs(got - reference) > step / 2
             assert np.abs(got - reference).max() <= step * 1.001 and moved.mean() <= 0.005, entry["name"]
+
+
+def test_packed_and_prefix_shared_logits_equal_one_prefill_per_request(bundle):
+    """Several sequences sharing contexts, packed into common chunks with the contexts
+    computed once: every logit equals, bit for bit, one prefill per sequence (mixed A8/A16
+    graphs, a CPU-FP block, the shadow paths)."""
+    from quantkit.runtime.packing import prefix_tree
+
+    runtime = BundleModel(bundle / "bundle")
+    generator = torch.Generator().manual_seed(3)
+    contexts = [torch.randint(0, TINY_VOCAB, (n,), generator=generator).tolist() for n in (5, 21, 40)]
+    sequences = [tuple(c + torch.randint(0, TINY_VOCAB, (k,), generator=generator).tolist()) for c in contexts for k in (1, 4, 9)]
+    sequences.append(tuple(torch.randint(0, TINY_VOCAB, (37,), generator=generator).tolist()))
+    tree = prefix_tree(sequences)
+    assert len(tree.segments) == 3 + 9 + 1  # each context once, one segment per continuation
+    wanted = {}
+    for index, sequence in enumerate(sequences):
+        for position in range(len(sequence)):
+            segment, offset = tree.locate(index, position)
+            wanted.setdefault(segment, set()).add(offset)
+    wanted = {segment: sorted(offsets) for segment, offsets in wanted.items()}
+    packed = runtime.run_packed(tree.segments, wanted)
+    for index, sequence in enumerate(sequences):
+        expected = runtime.prefill(torch.tensor(sequence))
+        got = torch.stack([packed[s][wanted[s].index(o)] for s, o in (tree.locate(index, p) for p in range(len(sequence)))])
+        assert torch.equal(got, expected), index
