@@ -1,0 +1,80 @@
+"""Evaluation speed benchmark: lm-eval requests per second on the shipped suite's tasks,
+measured side by side in one run on the same items.
+
+    python benchmarks/eval_speed.py --bundle bundle/ [--limit 100] [--out benchmarks/results]
+
+Rows:
+
+- ``runtime_packed``: the ``quantkit`` lm-eval model as shipped (packed requests, shared
+  contexts once, LM head only where scored; ``pack_tokens`` 2048);
+- ``runtime_unpacked``: the same bundle with one prefill per distinct input
+  (``pack_tokens=0``), the way it ran before packing;
+- ``fp_reference``: the FP model through lm-eval's ``hf`` model with lm-eval's batching
+  (``batch_size``, default 16; ``max_length`` 1024 as the suite's reference).
+
+Each row times ``lm_eval.simple_evaluate`` over the suite's three tasks (its
+``task_data`` sizes) limited to ``--limit`` items each, and records the metrics: the two
+runtime rows must agree exactly (the script says whether they do). Writes
+OUT/eval_speed.json and OUT/eval_speed.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+TASKS = ("quantkit_wikitext", "quantkit_lastword", "quantkit_choice")
+
+
+def _requests(results: dict) -> int:
+    return sum(int(n.get("effective", n.get("original", 0))) for n in results.get("n-samples", {}).values())
+
+
+def _run(model: str, model_args: str, limit: int, manager, batch_size) -> dict:
+    import lm_eval
+
+    began = time.perf_counter()
+    results = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=list(TASKS), limit=limit, batch_size=batch_size, device="cpu", task_manager=manager, bootstrap_iters=0, log_samples=False)
+    seconds = time.perf_counter() - began
+    metrics = {task: {k: v for k, v in values.items() if isinstance(v, float) and "stderr" not in k} for task, values in results["results"].items()}
+    return {"seconds": seconds, "items": _requests(results), "metrics": metrics}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--bundle", required=True, help="bundle folder (from `quantkit export`)")
+    parser.add_argument("--reference", default="smollm2-135m", help="FP model for the hf row (default: %(default)s)")
+    parser.add_argument("--limit", type=int, default=100, help="items per task (default: %(default)s)")
+    parser.add_argument("--batch-size", default="16", help="lm-eval batch size of the FP reference (default: %(default)s)")
+    parser.add_argument("--out", default="benchmarks/results")
+    args = parser.parse_args(argv)
+
+    import quantkit.eval.lm  # noqa: F401  (registers the quantkit lm-eval model)
+    from quantkit.eval.tasks import TaskDataConfig, task_manager
+    from quantkit.models.loading import prepare_model_folder
+
+    manager = task_manager(TaskDataConfig(num_lastword=2000), include_defaults=False)  # the shipped suite's sizes
+    folder, _ = prepare_model_folder(args.reference)
+    rows = {
+        "runtime_packed": _run("quantkit", f"bundle={args.bundle}", args.limit, manager, 1),
+        "runtime_unpacked": _run("quantkit", f"bundle={args.bundle},pack_tokens=0", args.limit, manager, 1),
+        "fp_reference": _run("hf", f"pretrained={folder},dtype=float32,max_length=1024", args.limit, manager, args.batch_size),
+    }
+    identical = rows["runtime_packed"]["metrics"] == rows["runtime_unpacked"]["metrics"]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    record = {"bundle": Path(args.bundle).name, "limit": args.limit, "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores", "packed_equals_unpacked": identical, "rows": rows}
+    (out / "eval_speed.json").write_text(json.dumps(record, indent=1) + "\n")
+    lines = ["| row | items | seconds | items/s |", "|---|---:|---:|---:|"]
+    for name, row in rows.items():
+        lines.append(f"| {name} | {row['items']} | {row['seconds']:.1f} | {row['items'] / row['seconds']:.2f} |")
+    lines.append(f"\npacked metrics identical to unpacked: {identical}")
+    (out / "eval_speed.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
