@@ -16,6 +16,8 @@ A suite file (see ``eval/suites/smollm2.yaml``)::
       naive_w8a8: {bundle: bundle-naive}
     baselines: smollm2.baselines.json  # optional, relative to the suite file
     baseline_tolerance: 0.005          # relative worsening allowed against a stored baseline
+    include_path: [my_tasks]           # optional: folders of your own lm-eval task YAMLs (relative to the suite file)
+    reference_batch_size: 16           # optional: lm-eval batch size of the FP reference (its hf model batches)
 
 Checks per candidate and task: ``min_ratio_to_reference`` (higher is better: candidate ≥
 r × FP), ``max_relative_increase`` (lower is better: candidate ≤ (1 + x) × FP),
@@ -39,7 +41,8 @@ __all__ = ["Suite", "TaskCheck", "CheckResult", "RegressionReport", "load_suite"
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 _LOWER_IS_BETTER = {"word_perplexity", "byte_perplexity", "bits_per_byte", "perplexity"}
 _TASK_KEYS = {"metric", "min_ratio_to_reference", "max_relative_increase", "min_value", "max_value"}
-_SUITE_KEYS = {"suite", "reference", "limit", "task_data", "tasks", "candidates", "baselines", "baseline_tolerance", "npu"}
+_SUITE_KEYS = {"suite", "reference", "limit", "task_data", "tasks", "candidates", "baselines", "baseline_tolerance", "npu", "include_path", "reference_batch_size"}
+_REFERENCE_MAX_LENGTH = 1024  # the hf model's window for the FP reference: the model's own 8192 needs far more memory here
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,8 @@ class Suite:
     npu: str = "cpu"
     path: Path | None = None
     task_data: dict = field(default_factory=dict)  # TaskDataConfig fields: the offline tasks' sizes
+    include_paths: tuple[Path, ...] = ()  # folders of the user's own lm-eval task YAMLs
+    reference_batch_size: int = 16
 
     def task_config(self):
         from quantkit.eval.tasks import TaskDataConfig
@@ -179,6 +184,17 @@ def load_suite(path: str | Path) -> Suite:
         limit = _number(f"{path}", "limit", limit, 0)
         limit = int(limit) if limit >= 1 else limit
     task_data = _task_data(path, data.get("task_data", {}))
+    include = data.get("include_path", [])
+    include = [include] if isinstance(include, str) else include
+    if not isinstance(include, list) or not all(isinstance(p, str) for p in include):
+        raise EvaluationError(f"{path}: include_path must be a folder or a list of folders of lm-eval task YAMLs, got {include!r}")
+    include_paths = tuple(path.parent / p for p in include)
+    for folder in include_paths:
+        if not folder.is_dir():
+            raise EvaluationError(f"{path}: include_path {folder} is not a folder (paths are relative to the suite file)")
+    batch = data.get("reference_batch_size", 16)
+    if isinstance(batch, bool) or not isinstance(batch, int) or batch < 1:
+        raise EvaluationError(f"{path}: reference_batch_size must be a positive integer, got {batch!r}")
     return Suite(
         name=str(data.get("suite", path.stem)),
         reference=str(data["reference"]),
@@ -190,6 +206,8 @@ def load_suite(path: str | Path) -> Suite:
         npu=str(data.get("npu", "cpu")),
         path=path,
         task_data=task_data,
+        include_paths=include_paths,
+        reference_batch_size=batch,
     )
 
 
@@ -258,7 +276,9 @@ def compare(suite: Suite, reference: dict[str, float], candidates: dict[str, dic
 def _reference_results(suite: Suite, tasks: list[str], task_settings: str, task_config, evaluate: Callable[..., dict], output: Path, fresh: bool) -> dict:
     """The FP reference's lm-eval results, cached in the quantkit cache under a key of
     everything they depend on: the model's source sha256, tasks, limit, the offline task
-    data settings and the lm-eval version. Candidates change between runs; FP does not."""
+    data settings, the user's task files and the lm-eval version. Candidates change
+    between runs; FP does not. The reference runs with lm-eval's batching
+    (``reference_batch_size``)."""
     import hashlib
     import os
 
@@ -273,12 +293,18 @@ def _reference_results(suite: Suite, tasks: list[str], task_settings: str, task_
     except ModelLoadError as error:
         raise EvaluationError(f"reference {suite.reference!r}: {error}") from None
     key = {"reference": suite.reference, "sha256": model_sha, "tasks": tasks, "limit": suite.limit, "task_settings": task_settings, "lm_eval": lm_eval.__version__}
+    if suite.include_paths:  # the user's own task files: their contents are part of what FP measured
+        digest = hashlib.sha256()
+        for path in sorted(p for folder in suite.include_paths for p in Path(folder).rglob("*") if p.is_file()):
+            digest.update(path.name.encode() + path.read_bytes())
+        key["include_path_sha256"] = digest.hexdigest()
     cached = cache_dir("eval", "reference", hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20] + ".json")
     if cached.is_file() and not fresh:
         results = json.loads(cached.read_text())
         output.write_text(json.dumps(results, indent=2) + "\n")
         return results
-    results = evaluate(suite.reference, tasks, limit=suite.limit, output=output, task_config=task_config)
+    extra = {"include_paths": suite.include_paths} if suite.include_paths else {}
+    results = evaluate(suite.reference, tasks, limit=suite.limit, output=output, task_config=task_config, batch_size=suite.reference_batch_size, max_length=_REFERENCE_MAX_LENGTH, **extra)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(".partial")
     partial.write_text(output.read_text() if output.is_file() else json.dumps(results))
@@ -356,7 +382,7 @@ def run_suite(
     tasks = [check.task for check in suite.tasks]
     offline = all(task.startswith("quantkit") for task in tasks)
     task_config = suite.task_config()
-    check_task_names(task_manager(task_config, include_defaults=not offline), tasks)
+    check_task_names(task_manager(task_config, include_defaults=not offline, include_paths=suite.include_paths), tasks)
     task_settings = (build_task_data(task_config) / "settings.json").read_text()  # what the offline task files were built from
     measured_under = _measurement_settings(suite, tasks, task_settings)
     baselines = _stored_baselines(suite, measured_under, update_baselines)
@@ -367,7 +393,8 @@ def run_suite(
     reference = {check.task: _metric(results, check.task, check.metric, f"reference {suite.reference}") for check in suite.tasks}
     measured = {}
     for name, bundle in candidates.items():
-        results = evaluate(bundle, tasks, limit=suite.limit, npu=suite.npu, output=out / f"{name}.lm_eval.json", task_config=task_config)
+        extra = {"include_paths": suite.include_paths} if suite.include_paths else {}
+        results = evaluate(bundle, tasks, limit=suite.limit, npu=suite.npu, output=out / f"{name}.lm_eval.json", task_config=task_config, **extra)
         measured[name] = {check.task: _metric(results, check.task, check.metric, f"candidate {name}") for check in suite.tasks}
     report = compare(suite, reference, measured, baselines)
     (out / "results.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")

@@ -143,7 +143,7 @@ def test_fp_reference_results_are_cached(tmp_path, tiny_bundle, monkeypatch):
     monkeypatch.setattr("quantkit.cache.cache_dir", lambda *parts: tmp_path.joinpath("cache", *parts))
     calls = []
 
-    def fake_evaluate(model, tasks, limit=None, npu="cpu", output=None, task_config=None):
+    def fake_evaluate(model, tasks, limit=None, npu="cpu", output=None, task_config=None, **settings):
         calls.append(str(model))
         return {"results": {"quantkit_lastword": {"acc,none": 0.5}, "quantkit_wikitext": {"word_perplexity,none": 10.0}}}
 
@@ -158,7 +158,7 @@ def test_fp_reference_results_are_cached(tmp_path, tiny_bundle, monkeypatch):
 def test_baselines_recorded_under_other_settings_are_refused(tmp_path, tiny_bundle, monkeypatch):
     monkeypatch.setattr("quantkit.cache.cache_dir", lambda *parts: tmp_path.joinpath("cache", *parts))
 
-    def fake_evaluate(model, tasks, limit=None, npu="cpu", output=None, task_config=None):
+    def fake_evaluate(model, tasks, limit=None, npu="cpu", output=None, task_config=None, **settings):
         return {"results": {"quantkit_lastword": {"acc,none": 0.5}, "quantkit_wikitext": {"word_perplexity,none": 10.0}}}
 
     path = _suite(tmp_path, reference=tiny_bundle.parent / "model", bundle=tiny_bundle, increase=0.5)
@@ -178,7 +178,7 @@ def test_task_data_sizes_reach_every_evaluation_and_key_the_cached_reference(tmp
     monkeypatch.setenv("QUANTKIT_CACHE", str(tmp_path / "cache"))
     seen = []
 
-    def fake_evaluate(model, tasks, limit=None, npu="cpu", output=None, task_config=None):
+    def fake_evaluate(model, tasks, limit=None, npu="cpu", output=None, task_config=None, **settings):
         seen.append((str(model), task_config.num_lastword))
         return {"results": {"quantkit_lastword": {"acc,none": 0.5}, "quantkit_wikitext": {"word_perplexity,none": 10.0}}}
 
@@ -192,3 +192,29 @@ def test_task_data_sizes_reach_every_evaluation_and_key_the_cached_reference(tmp
     path.write_text(sized.replace("num_lastword: 9", "num_lastword: 8"))
     run_suite(load_suite(path), tmp_path / "out", evaluate=fake_evaluate)
     assert seen[2:] == [(str(tiny_bundle.parent / "model"), 8), (str(tiny_bundle), 8)]  # other sizes: the reference runs again
+
+
+def test_include_path_and_reference_batching_reach_evaluate(tmp_path, tiny_bundle, monkeypatch):
+    """A suite's include_path (relative to the suite file) goes to every evaluation, the
+    FP reference runs with lm-eval's batching, and bad values are named."""
+    monkeypatch.setattr("quantkit.cache.cache_dir", lambda *parts: tmp_path.joinpath("cache", *parts))
+    (tmp_path / "my_tasks").mkdir()
+    (tmp_path / "my_tasks" / "mine.yaml").write_text("task: mine\n")
+    path = tmp_path / "suite.yaml"
+    reference_model = tiny_bundle.parent / "model"
+    path.write_text(f"reference: {reference_model}\ninclude_path: my_tasks\nreference_batch_size: 8\ntasks:\n  mine: {{metric: acc, min_value: 0.1}}\ncandidates:\n  q: {{bundle: {tiny_bundle}}}\n")
+    suite = load_suite(path)
+    assert suite.include_paths == (tmp_path / "my_tasks",) and suite.reference_batch_size == 8
+    calls = []
+
+    def fake_evaluate(model, tasks, limit=None, npu="cpu", output=None, task_config=None, **settings):
+        calls.append((model, settings))
+        return {"results": {"mine": {"acc,none": 0.5}}}
+
+    assert run_suite(suite, tmp_path / "out", evaluate=fake_evaluate).passed
+    (reference, reference_settings), (candidate, candidate_settings) = calls
+    assert str(reference) == str(reference_model) and reference_settings["batch_size"] == 8 and reference_settings["include_paths"] == (tmp_path / "my_tasks",)
+    assert candidate_settings == {"include_paths": (tmp_path / "my_tasks",)}
+    path.write_text(path.read_text().replace("include_path: my_tasks", "include_path: missing"))
+    with pytest.raises(EvaluationError, match="include_path .*missing is not a folder"):
+        load_suite(path)
