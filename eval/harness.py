@@ -62,6 +62,8 @@ def evaluate(
     fraction when below 1). ``output`` also writes the results as JSON. ``task_config``
     sets the offline tasks' sizes (default :class:`quantkit.eval.tasks.TaskDataConfig`);
     ``include_paths`` adds folders of the user's own lm-eval task YAMLs (``--include_path``).
+    Under ``accelerate launch`` each process scores its share of the requests; rank 0
+    returns the gathered results, the other ranks None.
 
     >>> results = evaluate("bundle", "quantkit_lastword,quantkit_choice", limit=20)   # doctest: +SKIP
     >>> results["results"]["quantkit_lastword"]["acc,none"]                            # doctest: +SKIP
@@ -97,6 +99,8 @@ def evaluate(
         bootstrap_iters=bootstrap_iters,
         log_samples=False,
     )
+    if results is None:  # not rank 0 of several processes (accelerate launch): rank 0 gathers and reports
+        return None
     if output is not None:
         from lm_eval.utils import handle_non_serializable
 

@@ -39,6 +39,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import os
+from datetime import timedelta
 from pathlib import Path
 
 import torch
@@ -122,6 +124,15 @@ class QuantkitLM(TemplateLM):
             raise EvaluationError("the quantkit model needs model_args bundle=<folder written by `quantkit export`>")
         if device not in (None, "cpu"):
             logger.warning("the quantkit runtime runs on the CPU and the NPU backend chosen by npu=; ignoring device=%s", device)
+        self._device = torch.device("cpu")
+        self.accelerator = None
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # under `accelerate launch`: lm-eval splits the requests by rank
+            from accelerate import Accelerator
+            from accelerate.utils import InitProcessGroupKwargs
+
+            self.accelerator = Accelerator(cpu=True, kwargs_handlers=[InitProcessGroupKwargs(timeout=timedelta(weeks=52))])
+            self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
+            logger.info("quantkit lm-eval model: process %d of %d", self._rank, self._world_size)
         self.bundle = Path(bundle)
         self.model = BundleModel(self.bundle, npu=npu, shadow=_as_bool("shadow", shadow))
         context_length = int(self.model.manifest["context_length"])
@@ -137,6 +148,21 @@ class QuantkitLM(TemplateLM):
         if not tokenizer_folder.is_dir():
             raise EvaluationError(f"{self.bundle}: no tokenizer/ folder; export the bundle again with this quantkit")
         self.tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder)
+
+    # -- several processes: lm-eval's collectives, as its hf model implements them --------
+    def all_gather(self, tensor):
+        return tensor if self.world_size <= 1 else self.accelerator.gather(tensor)
+
+    def gather_object(self, obj, dst=0):
+        if self.world_size <= 1:
+            return [obj]
+        result = [None] * self.world_size if self.rank == dst else None
+        torch.distributed.gather_object(obj=obj, object_gather_list=result, dst=dst)
+        return result
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            self.accelerator.wait_for_everyone()
 
     # -- what lm-eval asks of a model ---------------------------------------------------
     @property

@@ -72,6 +72,8 @@ def _run_eval(args) -> int:
 
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
     results = evaluate(args.model, args.tasks, limit=limit, npu=args.npu, shadow=not args.no_shadow, max_length=args.max_length, output=args.output, include_paths=args.include_path)
+    if results is None:  # a process other than rank 0 under `accelerate launch`: rank 0 reports
+        return 0
     print(results_table(results))
     if args.output:
         print(f"\nwrote {args.output}")
