@@ -26,9 +26,11 @@ def ort_cpu_session(path: Path, threads: int = 1, fold_weights: bool = True):
     the calling thread (the NPU worker): one session per graph, each with its own spinning
     thread pool, would starve the CPU worker's torch ops; 0 is ONNX Runtime's default.
 
-    Basic optimizations only: ONNX Runtime's (1.31, 1.32) extended QDQ fusions turn a QDQ
-    MatMul + INT32 bias Add into a Gemm whose inserted QuantizeLinear has mismatched types
-    and fails to load. ``fold_weights`` also turns its QDQ handling off
+    Basic optimizations only: ONNX Runtime 1.31's extended QDQ fusions turned a QDQ MatMul
+    + INT32 bias Add into a Gemm whose inserted QuantizeLinear had mismatched types and
+    failed to load (1.32 loads a tiny Qwen2 qkv graph at the extended level, its outputs
+    within about one int8 step of the basic level: integer kernels, another arithmetic
+    than the graph's). ``fold_weights`` also turns its QDQ handling off
     (``session.disable_quant_qdq``), so that constant folding replaces each weight's
     DequantizeLinear by its float result, once — the same values the node computes on
     every run — and MatMul prepacks that constant: about 3× faster per graph on this
