@@ -242,13 +242,16 @@ class QuantkitLM(TemplateLM):
         tree = prefix_tree([sequence for sequence, _ in groups])
         batch: list[int] = []
         members: set[int] = set()
+        tokens = 0  # of the batch's segments
         for group in sorted(range(len(groups)), key=lambda g: tree.paths[g]):  # depth-first: siblings together
             path = tree.paths[group]
             added = sum(len(tree.segments[s].tokens) for s in path if s not in members)
-            if batch and sum(len(tree.segments[s].tokens) for s in members) + added > self.pack_tokens:
+            if batch and tokens + added > self.pack_tokens:
                 self._run_batch(tree, batch, groups, inputs, continuations, score)
-                batch, members = [], set()
+                batch, members, tokens = [], set(), 0
+                added = sum(len(tree.segments[s].tokens) for s in path)
             batch.append(group)
+            tokens += added
             members.update(path)
         if batch:
             self._run_batch(tree, batch, groups, inputs, continuations, score)

@@ -22,13 +22,12 @@ import torch
 
 from quantkit.runtime.architecture import ArchitectureDescription, ArchitectureError
 from quantkit.runtime.bundle import BundleError, graph_kind, load_manifest
-from quantkit.runtime.cpu_ops import rope_cos_sin
 from quantkit.runtime.npu import OrtGraph, QdqGraph
 from quantkit.runtime.packing import ChunkRun, Segment, pack_chunks
 from quantkit.runtime.sampling import SamplingConfig, next_token
 from quantkit.runtime.scheduler import DurationEstimates, Schedule, run_in_order, run_out_of_order
 from quantkit.runtime.shadow import ColdColumns, RuntimeCounters, ShadowSite
-from quantkit.runtime.subgraphs import ChunkState, KVCache, ModelParts, chunk_subgraphs
+from quantkit.runtime.subgraphs import ChunkState, KVCache, ModelParts, chunk_state, chunk_subgraphs
 
 __all__ = ["BundleModel", "RuntimeCounters", "PrefillResult", "SCHEDULES"]
 
@@ -126,11 +125,6 @@ class BundleModel:
             raise BundleError(f"token ids must lie in [0, {vocab}); got {int(input_ids.min())}..{int(input_ids.max())} — was the prompt tokenized with another model's tokenizer?")
         return input_ids
 
-    def _state(self, ids, positions: torch.Tensor, runs: list[ChunkRun], logit_rows=None, released=()) -> ChunkState:
-        """A chunk's state with cos, sin of every RoPE table of the model at its positions."""
-        rope = {name: rope_cos_sin(positions, table) for name, table in self.arch.ropes.items()}
-        return ChunkState(torch.as_tensor(ids, dtype=torch.long), positions, runs, rope, logit_rows, tuple(released))
-
     def _run(self, states: list[ChunkState], cache: KVCache, schedule: str | None, logits: list[bool]) -> tuple[Schedule, float]:
         schedule = schedule or self.schedule
         if schedule not in SCHEDULES:
@@ -159,7 +153,7 @@ class BundleModel:
         for start in starts:
             ids = input_ids[start : start + self.chunk_size]
             last_row = torch.tensor([ids.numel() - 1]) if logits == "last" else None
-            states.append(self._state(ids, torch.arange(start, start + ids.numel()), [ChunkRun(0, 0, ids.numel(), start)], last_row))
+            states.append(chunk_state(self.arch, ids, torch.arange(start, start + ids.numel()), [ChunkRun(0, 0, ids.numel(), start)], last_row))
         cache = self._new_cache()
         schedule, seconds = self._run(states, cache, schedule, [logits == "all" or chunk == len(starts) - 1 for chunk in range(len(starts))])
         result = torch.cat([s.logits for s in states if s.logits is not None])
@@ -188,7 +182,7 @@ class BundleModel:
                 chunk_index, row = where[(segment, offset)]
                 rows_of[chunk_index].append(row)
         rows_of = [sorted(set(rows)) for rows in rows_of]
-        states = [self._state(c.ids, torch.tensor(c.positions), c.runs, torch.tensor(rows, dtype=torch.long), c.released) for c, rows in zip(chunks, rows_of)]
+        states = [chunk_state(self.arch, c.ids, torch.tensor(c.positions), c.runs, torch.tensor(rows, dtype=torch.long), c.released) for c, rows in zip(chunks, rows_of)]
         cache = self._new_cache({index: segment.parent for index, segment in enumerate(segments)})
         self._run(states, cache, schedule, [bool(rows) for rows in rows_of])
         result = {}
@@ -208,7 +202,7 @@ class BundleModel:
     def _decode_model(self) -> ModelParts:
         if self._decode_parts is None:
             graphs = {key: QdqGraph(self.folder, entry) for key, entry in self._graph_entries.items()}
-            self._decode_parts = ModelParts(self.arch, self.cpu, self.placement, self._parts.sites, graphs, lambda: None, self.chunk_size)
+            self._decode_parts = ModelParts(self.arch, self.cpu, self.placement, self._parts.sites, graphs, lambda: None, chunk_size=None)
         return self._decode_parts
 
     @torch.no_grad()
@@ -217,7 +211,7 @@ class BundleModel:
         position = cache.length
         if position >= self.context_length:
             raise BundleError(f"the context is full ({self.context_length} tokens); generate fewer tokens or shorten the prompt")
-        state = self._state([token], torch.tensor([position]), [ChunkRun(0, 0, 1, position)])
+        state = chunk_state(self.arch, [token], torch.tensor([position]), [ChunkRun(0, 0, 1, position)])
         tasks = []
         chunk_subgraphs(self._decode_model(), state, cache, 0, {}, tasks)
         with self._torch_threads():

@@ -21,7 +21,7 @@ from quantkit.runtime.qdq import QdqLinear, QuantizedWeight
 __all__ = ["OrtGraph", "QdqGraph", "records_from_graph", "ort_cpu_session"]
 
 
-def ort_cpu_session(path: Path, threads: int = 1, fold_weights: bool = True):
+def ort_cpu_session(path: Path, threads: int = 1, fold_weights: bool = False):
     """An ONNX Runtime CPU session standing in for the NPU. ``threads=1`` runs the graph on
     the calling thread (the NPU worker): one session per graph, each with its own spinning
     thread pool, would starve the CPU worker's torch ops; 0 is ONNX Runtime's default.
@@ -36,8 +36,9 @@ def ort_cpu_session(path: Path, threads: int = 1, fold_weights: bool = True):
     every run — and MatMul prepacks that constant: about 3× faster per graph on this
     machine (block05.gate_up, 256 tokens, one thread: 36.6 → 12.1 ms). Activations keep
     every QuantizeLinear / DequantizeLinear. The prepacked GEMM sums in another order,
-    so an output on a rounding boundary can land one step away; tests/runtime/test_npu.py
-    shows the float products agree to float32 rounding."""
+    so an output on a rounding boundary can land one step away; tests/runtime/test_engine.py
+    (test_folded_weights_change_only_the_float_summation_order) shows the float products
+    agree to float32 rounding."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

@@ -28,11 +28,11 @@ import torch
 
 from quantkit.runtime.architecture import ArchitectureDescription, Norm
 from quantkit.runtime.packing import ChunkRun
-from quantkit.runtime.cpu_ops import activation, apply_rope, causal_attention, linear, rms_norm, softcap
+from quantkit.runtime.cpu_ops import activation, apply_rope, causal_attention, linear, rms_norm, rope_cos_sin, softcap
 from quantkit.runtime.scheduler import CPU, NPU, Subgraph
 from quantkit.runtime.shadow import ShadowSite
 
-__all__ = ["KVCache", "ChunkState", "ModelParts", "chunk_subgraphs"]
+__all__ = ["KVCache", "ChunkState", "ModelParts", "chunk_state", "chunk_subgraphs"]
 
 
 class KVCache:
@@ -120,6 +120,12 @@ class ChunkState:
     logits: torch.Tensor | None = None
 
 
+def chunk_state(arch: ArchitectureDescription, ids, positions: torch.Tensor, runs: list[ChunkRun], logit_rows: torch.Tensor | None = None, released=()) -> ChunkState:
+    """A chunk's state, with cos, sin of every RoPE table of ``arch`` at its positions."""
+    rope = {name: rope_cos_sin(positions, table) for name, table in arch.ropes.items()}
+    return ChunkState(torch.as_tensor(ids, dtype=torch.long), positions, runs, rope, logit_rows, tuple(released))
+
+
 @dataclass
 class ModelParts:
     """What the subgraphs compute with (filled by the engine from the bundle)."""
@@ -130,7 +136,10 @@ class ModelParts:
     sites: dict[tuple[int, str], ShadowSite]  # (block, kind) → shadow site
     npu: dict[tuple[int, str], Callable[[torch.Tensor], list[torch.Tensor]]]  # (block, kind) → graph
     count_npu_run: Callable[[], None]
-    chunk_size: int = 256  # the bundle's static chunk: attention runs at the shapes of one chunked prefill
+    # The bundle's static chunk: prefill attention runs at the shapes of one chunked prefill
+    # (so packed == unpacked bit for bit). None: at the natural shapes (decode, one token
+    # at a time, has no chunked twin to match and would pay a whole chunk of queries).
+    chunk_size: int | None = 256
 
 
 def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk: int, last_attention: dict[int, int], tasks: list[Subgraph], logits: bool = True) -> None:
@@ -211,6 +220,9 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
             rows = slice(run.begin, run.end)
             cache.append(block, run.segment, k[:, rows], v[:, rows], int(state.positions[run.begin]))
             keys, values, key_positions = cache.context(block, run.segment)
+            if chunk_size is None:
+                outputs.append(causal_attention(q[:, rows], keys, values, state.positions[rows], key_positions, scale=arch.attention_scale, window=layer.window, logit_softcap=arch.attention_softcap))
+                continue
             for begin, end in _key_span_groups(state.positions[rows], chunk_size):
                 outputs.append(_attention_at_canonical_length(q[:, run.begin + begin : run.begin + end], keys, values, state.positions[run.begin + begin : run.begin + end], key_positions, chunk_size, arch, layer))
             cache.trim(block, run.segment)

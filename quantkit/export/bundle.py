@@ -214,7 +214,7 @@ def export_bundle(
         npu_parameters = {f"{name}.{p}" for name in npu_linears for p in ("weight", "bias")}
         cpu_state = {k: v.detach().float().cpu().contiguous() for k, v in loaded.model.state_dict().items() if k not in npu_parameters}
         if architecture.tied_embeddings:  # the LM head is the embeddings tensor: stored once
-            cpu_state = {k: v for k, v in cpu_state.items() if k == architecture.embed_weight or not k.endswith("lm_head.weight")}
+            cpu_state.pop("lm_head.weight", None)
         save_file(cpu_state, str(staging / "cpu.safetensors"))
         loaded.tokenizer.save_pretrained(staging / "tokenizer")
         write_report(staging / "report", calib=calib)  # hashed in the manifest like every file

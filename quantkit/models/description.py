@@ -223,10 +223,9 @@ def check_description(layout: DecoderLayout, description: ArchitectureDescriptio
     """Run the runtime's FP interpretation of ``description`` (every block on the CPU, the
     probe prompt in chunks) against the model's forward; raise if the logits differ beyond
     float tolerance. Returns the largest difference relative to the logits' range."""
-    from quantkit.runtime.scheduler import run_in_order
-    from quantkit.runtime.subgraphs import ChunkState, KVCache, ModelParts, chunk_subgraphs
-    from quantkit.runtime.cpu_ops import rope_cos_sin
     from quantkit.runtime.packing import ChunkRun
+    from quantkit.runtime.scheduler import run_in_order
+    from quantkit.runtime.subgraphs import KVCache, ModelParts, chunk_state, chunk_subgraphs
 
     model = layout.model
     device = next(model.parameters()).device
@@ -237,9 +236,7 @@ def check_description(layout: DecoderLayout, description: ArchitectureDescriptio
     cache, tasks, last_attention, states = KVCache(description.num_blocks, [layer.window for layer in description.layers]), [], {}, []
     for chunk, start in enumerate(range(0, tokens, _PROBE_CHUNK)):
         chunk_ids = ids[start : start + _PROBE_CHUNK]
-        positions = torch.arange(start, start + chunk_ids.numel())
-        rope = {name: rope_cos_sin(positions, table) for name, table in description.ropes.items()}
-        state = ChunkState(chunk_ids, positions, [ChunkRun(0, 0, chunk_ids.numel(), start)], rope)
+        state = chunk_state(description, chunk_ids, torch.arange(start, start + chunk_ids.numel()), [ChunkRun(0, 0, chunk_ids.numel(), start)])
         chunk_subgraphs(parts, state, cache, chunk, last_attention, tasks)
         states.append(state)
     run_in_order(tasks)
