@@ -10,6 +10,7 @@ from pathlib import Path
 from quantkit.outlier_shadow.config import ShadowConfig
 from quantkit.precision.plan import PRECISION_MODES
 from quantkit.settings import from_checked_dict
+from quantkit.transforms.rotation import ROTATIONS
 from quantkit.weights.quantize import WEIGHT_ROUNDINGS
 
 __all__ = ["CalibrationConfig", "CONFIG_VERSION", "WEIGHT_MODES"]
@@ -59,6 +60,10 @@ class CalibrationConfig:
       until the deployed arithmetic is within ``accuracy_budget`` (before block placement).
     * ``sensitivity_num_sequences=4`` × 256 tokens: per-block sensitivity runs the model
       once per block (30× for SmolLM2); a ranking needs less text than a perplexity.
+    * ``rotation="none"``: ``"hadamard"`` fuses a randomized Hadamard rotation of the
+      residual stream into the weights before statistics (QuaRot R1,
+      ``quantkit.transforms``); the function is unchanged, the q/k/v and gate/up inputs
+      lose their massive channels.
     """
 
     model: str = "smollm2-135m"
@@ -87,6 +92,7 @@ class CalibrationConfig:
     weight_rounding: str = "gptq"
     sensitivity_num_sequences: int = 4
     sensitivity_seq_len: int = 256
+    rotation: str = "none"
     device: str = "cpu"
     version: int = CONFIG_VERSION
 
@@ -121,6 +127,8 @@ class CalibrationConfig:
             raise ValueError(f"weight_bits {self.weight_bits} with activation_bits 8: the HTP runs 4-bit weights only with 16-bit activations; use --activation-bits 16 or auto (A8 graphs keep INT8 weights)")
         if not isinstance(self.weight_block_size, int) or self.weight_block_size < 0 or (self.weight_block_size and self.weight_block_size % 16):
             raise ValueError(f"weight_block_size: got {self.weight_block_size!r}, expected 0 (per output channel) or a multiple of 16 dividing the input features, e.g. 64")
+        if self.rotation not in ROTATIONS:
+            raise ValueError(f"rotation: got {self.rotation!r}, expected one of {', '.join(ROTATIONS)}")
         if self.weight_rounding not in WEIGHT_ROUNDINGS:
             raise ValueError(f"weight_rounding: got {self.weight_rounding!r}, expected one of {', '.join(WEIGHT_ROUNDINGS)}")
         self.shadow_config()  # validates the shadow settings

@@ -76,7 +76,7 @@ def _peak_memory_mb() -> float:
 
 def _fingerprint(config: CalibrationConfig, source_sha256: str, calibration_ids: torch.Tensor) -> str:
     """Identity of the statistics a run computes: a checkpoint only resumes the same run."""
-    relevant = {k: v for k, v in config.to_dict().items() if k in {"model", "data", "num_sequences", "seq_len", "batch_size", "outlier_quantile", "version"}}
+    relevant = {k: v for k, v in config.to_dict().items() if k in {"model", "data", "num_sequences", "seq_len", "batch_size", "outlier_quantile", "rotation", "version"}}
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
     digest.update(source_sha256.encode())
     digest.update(calibration_ids.numpy().tobytes())
@@ -185,7 +185,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
 
     with _timed(timings, "load"):
         log.info("loading model %s", config.model)
-        loaded = load_model(config.model, config.device)
+        loaded = load_model(config.model, config.device, rotation=config.rotation)
         device = next(loaded.model.parameters()).device
         calibration_ids = token_sequences(
             loaded.tokenizer, load_documents(config.data, "calibration"), config.num_sequences, config.seq_len, source=f"--data {config.data} (calibration split)"

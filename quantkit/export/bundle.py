@@ -127,7 +127,7 @@ def export_bundle(
     except (ValueError, KeyError, TypeError) as error:
         raise QuantkitError(f"{calib}: {error}") from error
     placement = PlacementPlan.load(calib / PLACEMENT_FILE)
-    loaded = load_model(config.model, device)
+    loaded = load_model(config.model, device, rotation=config.rotation)  # the basis calibration measured in
     layout = loaded.layout
     sequences = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), _OUTPUT_RANGE_SEQUENCES, config.seq_len, source="calibration split")
     if naive_w8a8:
@@ -226,6 +226,7 @@ def export_bundle(
             "version": BUNDLE_VERSION,
             "source_model": {"id": config.model, "sha256": loaded.source_sha256},
             "architecture": architecture.to_dict(),  # what each block computes (runtime/architecture.py)
+            "rotation": loaded.rotation.to_dict() if loaded.rotation else None,  # fused into the weights: the residual stream's basis
             "chunk_size": chunk_size,
             "context_length": architecture.max_positions,
             "quantization": {

@@ -23,6 +23,7 @@ from quantkit.models.architecture import DecoderLayout, find_decoder_layout
 from quantkit.models.builtin import BUILTIN_MODELS, builtin_gguf_path
 from quantkit.models.description import describe_architecture
 from quantkit.runtime.architecture import ArchitectureDescription
+from quantkit.transforms.rotation import ROTATIONS, ResidualRotation, rotate_residual_stream
 
 __all__ = ["LoadedModel", "prepare_model_folder", "load_model", "file_sha256", "resolve_device"]
 
@@ -40,6 +41,7 @@ class LoadedModel:
     model_id: str  # what the user passed (built-in name or path)
     source_sha256: str  # of the GGUF file, or of the folder's weight files
     folder: Path  # the Hugging Face folder actually loaded
+    rotation: ResidualRotation | None = None  # the offline rotation fused into the weights, if any
 
 
 def resolve_device(device: str) -> torch.device:
@@ -69,8 +71,10 @@ def prepare_model_folder(model: str) -> tuple[Path, str]:
     return path, _folder_weights_sha256(path)
 
 
-def load_model(model: str, device: str = "cpu") -> LoadedModel:
-    """Load ``model`` in float32 for calibration.
+def load_model(model: str, device: str = "cpu", rotation: str = "none") -> LoadedModel:
+    """Load ``model`` in float32 for calibration; ``rotation`` "hadamard" fuses the
+    residual-stream rotation into its weights (``quantkit.transforms``) — calibration and
+    export load the model the same way, so both see the same basis.
 
     >>> loaded = load_model("smollm2-135m")          # doctest: +SKIP
     >>> loaded.layout.num_blocks
@@ -93,8 +97,13 @@ def load_model(model: str, device: str = "cpu") -> LoadedModel:
         ) from error
     hf_model.eval().to(torch_device)
     layout = find_decoder_layout(hf_model)
+    record = None
+    if rotation != "none":
+        if rotation not in ROTATIONS:
+            raise ModelLoadError(f"--rotation: got {rotation!r}, expected one of {', '.join(ROTATIONS)}")
+        record = rotate_residual_stream(layout, describe_architecture(layout, check=False))
     architecture = describe_architecture(layout)  # refuses a block the runtime could not execute, now rather than after calibration
-    return LoadedModel(model=hf_model, tokenizer=tokenizer, layout=layout, architecture=architecture, model_id=model, source_sha256=sha, folder=folder)
+    return LoadedModel(model=hf_model, tokenizer=tokenizer, layout=layout, architecture=architecture, model_id=model, source_sha256=sha, folder=folder, rotation=record)
 
 
 def _check_hf_folder(folder: Path) -> None:
