@@ -85,7 +85,7 @@ def plot_outlier_heatmap(statistics: ActivationStatistics, layout: DecoderLayout
     plt.close(figure)
 
 
-def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None, precision=None, realizations: list[float] | None = None, weight_bytes: tuple[int, int] | None = None) -> str:
+def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None, precision=None, realizations: list[float] | None = None, weight_bytes: tuple[int, int] | None = None, rotation=None) -> str:
     lines = [f"quantkit calibrate — {model_id}", "", "Validation perplexity"]
     fp = perplexities.get("fp")
     for method, value in perplexities.items():
@@ -130,6 +130,8 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
         if precision.weight_search_:
             points = ", ".join(f"{100 * p['w4_mac_share']:.0f}% W4 → {p['ppl']:.2f}" for p in precision.weight_search_)
             lines.append(f"  measured (share of NPU weights at W4 → PPL): {points}")
+    if rotation is not None:
+        lines.append(f"Residual stream rotated: randomized Hadamard {rotation.construction} (seed {rotation.seed}), fused into the weights")
     if weight_bytes is not None:
         npu_bytes, int8_bytes = weight_bytes
         lines.append(f"NPU weight bytes: {npu_bytes / 1e6:.1f} MB = {100 * npu_bytes / int8_bytes:.1f}% of the same graphs with INT8 weights ({int8_bytes / 1e6:.1f} MB)")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 from pathlib import Path
 
 import torch
@@ -33,6 +34,8 @@ __all__ = ["export_bundle", "CALIBRATION_INPUTS_FILE"]
 
 CALIBRATION_INPUTS_FILE = "calibration_inputs.safetensors"
 _OUTPUT_RANGE_SEQUENCES = 4
+
+log = logging.getLogger(__name__)
 
 
 def _weights_description(bits: list[int], block_sizes: list[int], rule: str, rounding: str) -> str:
@@ -148,6 +151,14 @@ def export_bundle(
             raise QuantkitError(f"--activation-bits {activation_bits}: {error}") from None
     npu_blocks = placement.npu_block_indices
     npu_sites = [site for site in plan.sites.values() if site.block_index in npu_blocks]
+    pruned_a8 = [site for site in npu_sites if site.pruned and precision.graphs[site.linear_names[0]].activation_bits == 8]
+    if pruned_a8 and not naive_w8a8:
+        log.warning(
+            "%d NPU graphs run at A8 without the shadow path (the calibration pruned it for 16-bit graphs): an INT8 range "
+            "clips their outliers and costs accuracy; for A8 graphs, calibrate with --activation-bits 8 or auto "
+            "(every site then keeps its shadow path)",
+            len(pruned_a8),
+        )
     architecture = loaded.architecture
 
     with atomic_directory(out) as staging:

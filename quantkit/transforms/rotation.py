@@ -77,7 +77,7 @@ def _rotate_outputs(linear: nn.Linear, rotation: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def rotate_residual_stream(layout: DecoderLayout, description: ArchitectureDescription, seed: int = 0) -> ResidualRotation:
+def rotate_residual_stream(layout: DecoderLayout, description: ArchitectureDescription, seed: int = 0, rotation_matrix: torch.Tensor | None = None) -> ResidualRotation:
     """Fold the norm scales and rotate the residual stream of ``layout.model`` in place by
     a randomized Hadamard matrix; returns the record of it. ``description`` is the
     model's description before the rotation (norm names and kinds, each site's Linears).
@@ -97,7 +97,7 @@ def rotate_residual_stream(layout: DecoderLayout, description: ArchitectureDescr
     except HadamardUnavailable as error:
         raise UnsupportedArchitectureError(f"--rotation hadamard: hidden size {hidden}: {error}; calibrate this model with --rotation none") from None
     device = next(model.parameters()).device
-    rotation = random_hadamard(hidden, seed).to(device)
+    rotation = (random_hadamard(hidden, seed) if rotation_matrix is None else rotation_matrix.double()).to(device)
     for site in layout.input_sites():
         kind = graph_kind(site.linear_names[0])
         if kind in _NORMED_INPUTS:

@@ -101,6 +101,17 @@ def test_config_rejects_bad_values(field, value, message):
         CalibrationConfig(**{field: value})
 
 
+@pytest.mark.parametrize("activation_bits, pruned", [("16", 0.5), ("8", 0.0), ("auto", 0.0)])
+def test_shadow_path_is_pruned_for_16_bit_graphs_only(activation_bits, pruned):
+    """An INT8 range cannot absorb a pruned layer's outliers: A8-capable plans keep every shadow site."""
+    assert CalibrationConfig(activation_bits=activation_bits, prune_fraction=0.5).shadow_config().prune_fraction == pruned
+
+
+def test_config_rejects_bad_values_of_rotation():
+    with pytest.raises(ValueError, match="rotation: got 'spin', expected one of none, hadamard"):
+        CalibrationConfig(rotation="spin")
+
+
 def test_config_rejects_unknown_keys():
     with pytest.raises(ValueError, match=r"unknown calibration settings \['num_seqs'\]"):
         CalibrationConfig.from_dict({"num_seqs": 3})
