@@ -111,14 +111,19 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
         precision = calibrated_precision(layout, plan, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], config.activation_bits, weights=weights)  # also sets the output-side shadow channels
         plan.save(staging / PLAN_FILE)
 
-    def deployed_perplexity(precision: PrecisionPlan, cpu_blocks: frozenset[int] = frozenset(), desc: str = "quantkit PPL", candidate_weights: WeightCodes | None = None) -> float:
+    def deployed_perplexity(precision: PrecisionPlan, cpu_blocks: frozenset[int] = frozenset(), desc: str = "quantkit PPL", candidate_weights: WeightCodes | None = None, realizations: int = 1) -> float:
         with simulated_quantization(layout, plan, precision, blocks=set(range(layout.num_blocks)) - cpu_blocks, weights=weights if candidate_weights is None else candidate_weights):
+            if realizations > 1:  # the expected draw, not one draw (sensitivity/realizations.py)
+                values = perplexity_realizations(layout, validation_ids, realizations, progress=progress)
+                log.info("%s: %s realizations %s", desc, realizations, ", ".join(f"{v:.3f}" for v in values))
+                return sum(values) / len(values)
             return perplexity(lambda ids: logits(ids.to(device)), validation_ids, desc=desc, progress=progress)
 
     if config.activation_bits == "auto":
         with _timed(timings, "precision_search"):
             sensitivity = graph_sensitivity(layout, plan, precision, sensitivity_ids, weights, progress=progress)
-            search_activation_bits(precision, sensitivity, lambda p: deployed_perplexity(p, desc=f"quantkit PPL (A8 share {p.a8_mac_share():.0%})"), fp_ppl, config.accuracy_budget)
+            evaluate = lambda p: deployed_perplexity(p, desc=f"quantkit PPL (A8 share {p.a8_mac_share():.0%})", realizations=config.search_realizations)  # noqa: E731
+            search_activation_bits(precision, sensitivity, evaluate, fp_ppl, config.accuracy_budget)
     if config.weight_bits in ("4", "auto"):
         int8_weights, int8_clips = weights, {name: dict(graph.output_clips_) for name, graph in precision.graphs.items()}
         with _timed(timings, "weights_4bit"):
@@ -226,7 +231,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     out_features = {name: loaded.layout.linear(name).out_features for name in loaded.layout.linear_names()}
     resident = plan.resident_shadow_parameters(out_features, blocks=placement.npu_block_indices)
     model_parameters = sum(p.numel() for p in loaded.model.parameters())
-    summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak, placement, resident / model_parameters, precision, realizations, weight_bytes, loaded.rotation)
+    summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak, placement, resident / model_parameters, precision, realizations, weight_bytes, loaded.rotation, config.search_realizations)
     (staging / SUMMARY_TEXT).write_text(summary + "\n")
     (staging / SUMMARY_JSON).write_text(
         json.dumps(

@@ -85,7 +85,7 @@ def plot_outlier_heatmap(statistics: ActivationStatistics, layout: DecoderLayout
     plt.close(figure)
 
 
-def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None, precision=None, realizations: list[float] | None = None, weight_bytes: tuple[int, int] | None = None, rotation=None) -> str:
+def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None, precision=None, realizations: list[float] | None = None, weight_bytes: tuple[int, int] | None = None, rotation=None, search_realizations: int = 1) -> str:
     lines = [f"quantkit calibrate — {model_id}", "", "Validation perplexity"]
     fp = perplexities.get("fp")
     for method, value in perplexities.items():
@@ -121,7 +121,8 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
         )
         if precision.search_:
             points = ", ".join(f"{100 * p['a8_mac_share']:.0f}% A8 → {p['ppl']:.2f}" for p in precision.search_)
-            lines.append(f"  measured (A8 MAC share → PPL): {points}")
+            each = f", each the mean of {search_realizations} rounding realizations" if search_realizations > 1 else ""
+            lines.append(f"  measured (A8 MAC share → PPL{each}): {points}")
         four = [g for g in graphs if g.weight_bits == 4]
         if four:
             blocks = sorted({g.weight_block_size for g in four if g.weight_block_size})
