@@ -61,6 +61,8 @@ def main(argv=None) -> int:
     config = CalibrationConfig.load(calib / "config.json")
     if config.model != args.model:
         raise SystemExit(f"{calib} was calibrated for {config.model}, not {args.model}")
+    if config.rotation != "none":  # its plan is in the rotated basis; the baselines here run on the original weights
+        raise SystemExit(f"{calib} was calibrated with --rotation {config.rotation}; this benchmark compares on the original basis: pass a calibration made with --rotation none")
 
     loaded = load_model(args.model, args.device)
     layout, device = loaded.layout, next(loaded.model.parameters()).device
