@@ -15,6 +15,10 @@ weights (norm scales folded to 1, the LM head untied from the embeddings).
     output side (o, down):             W' = Rᵀ · W,  b' = b · R           (x' += y R)
     embeddings:                        E' = E · R
     LM head:                           H' = H · diag(w_final) · R
+
+Measured on SmolLM2-135M it does not pay (README, "Residual-stream rotation"): its residual
+stream carries massive activations that the pre-MLP norms null with near-zero scales, and
+rotated, that energy meets every weight column's rounding error. So it is opt-in.
 """
 
 from __future__ import annotations
@@ -77,7 +81,7 @@ def _rotate_outputs(linear: nn.Linear, rotation: torch.Tensor) -> None:
 
 
 @torch.no_grad()
-def rotate_residual_stream(layout: DecoderLayout, description: ArchitectureDescription, seed: int = 0, rotation_matrix: torch.Tensor | None = None) -> ResidualRotation:
+def rotate_residual_stream(layout: DecoderLayout, description: ArchitectureDescription, seed: int = 0) -> ResidualRotation:
     """Fold the norm scales and rotate the residual stream of ``layout.model`` in place by
     a randomized Hadamard matrix; returns the record of it. ``description`` is the
     model's description before the rotation (norm names and kinds, each site's Linears).
@@ -97,7 +101,7 @@ def rotate_residual_stream(layout: DecoderLayout, description: ArchitectureDescr
     except HadamardUnavailable as error:
         raise UnsupportedArchitectureError(f"--rotation hadamard: hidden size {hidden}: {error}; calibrate this model with --rotation none") from None
     device = next(model.parameters()).device
-    rotation = (random_hadamard(hidden, seed) if rotation_matrix is None else rotation_matrix.double()).to(device)
+    rotation = random_hadamard(hidden, seed).to(device)
     for site in layout.input_sites():
         kind = graph_kind(site.linear_names[0])
         if kind in _NORMED_INPUTS:
