@@ -303,8 +303,7 @@ def _reference_results(suite: Suite, tasks: list[str], task_settings: str, task_
         results = json.loads(cached.read_text())
         output.write_text(json.dumps(results, indent=2) + "\n")
         return results
-    extra = {"include_paths": suite.include_paths} if suite.include_paths else {}
-    results = evaluate(suite.reference, tasks, limit=suite.limit, output=output, task_config=task_config, batch_size=suite.reference_batch_size, max_length=_REFERENCE_MAX_LENGTH, **extra)
+    results = evaluate(suite.reference, tasks, limit=suite.limit, output=output, task_config=task_config, batch_size=suite.reference_batch_size, max_length=_REFERENCE_MAX_LENGTH, include_paths=suite.include_paths)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(".partial")
     partial.write_text(output.read_text() if output.is_file() else json.dumps(results))
@@ -393,8 +392,7 @@ def run_suite(
     reference = {check.task: _metric(results, check.task, check.metric, f"reference {suite.reference}") for check in suite.tasks}
     measured = {}
     for name, bundle in candidates.items():
-        extra = {"include_paths": suite.include_paths} if suite.include_paths else {}
-        results = evaluate(bundle, tasks, limit=suite.limit, npu=suite.npu, output=out / f"{name}.lm_eval.json", task_config=task_config, **extra)
+        results = evaluate(bundle, tasks, limit=suite.limit, npu=suite.npu, output=out / f"{name}.lm_eval.json", task_config=task_config, include_paths=suite.include_paths)
         measured[name] = {check.task: _metric(results, check.task, check.metric, f"candidate {name}") for check in suite.tasks}
     report = compare(suite, reference, measured, baselines)
     (out / "results.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")

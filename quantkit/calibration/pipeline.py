@@ -90,6 +90,19 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     timings[stage] = time.perf_counter() - started
 
 
+def _int8_weights(layout, plan, calibration_ids: torch.Tensor, config: CalibrationConfig, progress: bool) -> tuple[WeightCodes, dict | None]:
+    """Every NPU Linear's INT8 weights, and the GPTQ Hessians when they were needed for them.
+
+    Rounded to nearest, except in a rotated basis: the norm scales are folded into the
+    weights there, and rounded to nearest INT8 then loses +0.7% validation perplexity on
+    SmolLM2 (−0.1% unrotated), so GPTQ rounds INT8 too (``--weight-rounding gptq``)."""
+    rule = plan.config.weight_scale_rule
+    if config.rotation == "none" or config.weight_rounding != "gptq":
+        return quantized_weights(layout, layout.linear_names(), rule), None
+    hessians = collect_input_hessians(layout, plan, calibration_ids, config.batch_size, progress)
+    return quantized_weights(layout, layout.linear_names(), rule, 8, None, "gptq", hessians, progress), hessians
+
+
 def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, validation_ids: torch.Tensor, fp_ppl: float, config: CalibrationConfig, staging: Path, timings: dict, progress: bool):
     """Shadow plan (§3.3), NPU output ranges, per-graph activation bits, per-block
     sensitivity and placement under the budget (§3.4) — every measurement on the
@@ -100,14 +113,7 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
     sensitivity_ids = validation_ids[: config.sensitivity_num_sequences, : config.sensitivity_seq_len]
     with _timed(timings, "output_ranges"):
         plan = build_shadow_plan(statistics, layout, config.shadow_config())
-        hessians = None
-        if config.rotation != "none" and config.weight_rounding == "gptq":
-            # A rotated basis folds the norm scales into the weights; rounded to nearest, INT8 then
-            # loses +0.7% validation perplexity on SmolLM2 (−0.1% unrotated), so GPTQ rounds INT8 too.
-            hessians = collect_input_hessians(layout, plan, calibration_ids, config.batch_size, progress)
-            weights: WeightCodes = quantized_weights(layout, layout.linear_names(), plan.config.weight_scale_rule, 8, None, "gptq", hessians, progress)
-        else:
-            weights = quantized_weights(layout, layout.linear_names(), plan.config.weight_scale_rule)
+        weights, hessians = _int8_weights(layout, plan, calibration_ids, config, progress)
         precision = calibrated_precision(layout, plan, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], config.activation_bits, weights=weights)  # also sets the output-side shadow channels
         plan.save(staging / PLAN_FILE)
 

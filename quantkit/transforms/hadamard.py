@@ -56,9 +56,11 @@ def _paley_two(q: int) -> torch.Tensor:
     return torch.kron(c, one) + torch.kron(torch.eye(q + 1, dtype=torch.float64), zero)
 
 
-def hadamard_construction(order: int) -> str:
-    """How :func:`hadamard_matrix` builds this order, e.g. ``"paley1(71) x sylvester(8)"``;
-    raises :class:`HadamardUnavailable` when none of its constructions does."""
+_BUILDERS = {"sylvester": _sylvester, "paley1": _paley_one, "paley2": _paley_two}  # name → builder of its argument
+
+
+def _factors(order: int) -> list[tuple[str, int]]:
+    """The Kronecker factors (builder name, argument) of a Hadamard matrix of ``order``."""
     if order < 1:
         raise HadamardUnavailable(f"order {order}: expected a positive matrix order")
     power = 1
@@ -66,25 +68,27 @@ def hadamard_construction(order: int) -> str:
         power *= 2
     while power >= 1:  # the largest Sylvester factor first, so the odd part stays small
         m = order // power
-        sylvester = f"sylvester({power})"
         if m == 1:
-            return sylvester
+            return [("sylvester", power)]
         if m % 4 == 0 and _is_prime(m - 1) and (m - 1) % 4 == 3:
-            return f"paley1({m - 1}) x {sylvester}"
+            return [("paley1", m - 1), ("sylvester", power)]
         if m % 4 == 0 and _is_prime(m // 2 - 1) and (m // 2 - 1) % 4 == 1:
-            return f"paley2({m // 2 - 1}) x {sylvester}"
+            return [("paley2", m // 2 - 1), ("sylvester", power)]
         power //= 2
     raise HadamardUnavailable(f"order {order}: not 2^k·m with m − 1 a prime ≡ 3 mod 4 or m/2 − 1 a prime ≡ 1 mod 4")
 
 
+def hadamard_construction(order: int) -> str:
+    """How :func:`hadamard_matrix` builds this order, e.g. ``"paley2(17) x sylvester(16)"``;
+    raises :class:`HadamardUnavailable` when none of its constructions does."""
+    return " x ".join(f"{name}({argument})" for name, argument in _factors(order))
+
+
 def hadamard_matrix(order: int) -> torch.Tensor:
     """A ±1 Hadamard matrix H of ``order`` (H Hᵀ = order · I), float64."""
-    construction = hadamard_construction(order)
     h = torch.ones(1, 1, dtype=torch.float64)
-    for part in construction.split(" x "):
-        kind, size = part[:-1].split("(")
-        factor = {"sylvester": _sylvester, "paley1": _paley_one, "paley2": _paley_two}[kind](int(size))
-        h = torch.kron(h, factor)
+    for name, argument in _factors(order):
+        h = torch.kron(h, _BUILDERS[name](argument))
     assert h.shape == (order, order)
     return h
 
