@@ -134,6 +134,8 @@ def _run_prepare(args) -> int:
 
 
 def _add_export(subparsers) -> None:
+    from quantkit.runtime.bundle import DEFAULT_CHUNK_SIZE
+
     parser = subparsers.add_parser(
         "export",
         help="write the deployment bundle: INT8 QDQ ONNX graphs for QNN, encodings, shadow weights",
@@ -142,7 +144,7 @@ def _add_export(subparsers) -> None:
     )
     parser.add_argument("calib", help="folder written by `quantkit calibrate`")
     parser.add_argument("--out", default="bundle", help="bundle folder (default: %(default)s)")
-    parser.add_argument("--chunk-size", type=int, default=256, help="tokens per prefill chunk: the graphs' static shape (default: %(default)s)")
+    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="tokens per prefill chunk: the graphs' static shape (default: %(default)s)")
     parser.add_argument("--activation-bits", type=int, choices=(8, 16), default=None, help="NPU graph activations: by default each graph's calibrated width (calibrate --activation-bits auto|8|16); 8 or 16 put every graph at that width with the output ranges calibration recorded for it")
     parser.add_argument("--qnn-context", action="store_true", help="also compile each graph for a Snapdragon target and write its EPContext model")
     parser.add_argument("--soc-model", type=int, default=None, help="QNN SoC model id for --qnn-context (e.g. 60: Snapdragon 8 Gen 3)")

@@ -14,11 +14,12 @@ from pathlib import Path
 from quantkit.errors import QuantkitError
 from quantkit.hashing import file_sha256
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MANIFEST_FILE", "GRAPH_KINDS", "BundleError", "file_sha256", "bundle_problems", "load_manifest", "graph_kind", "graph_name"]
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MANIFEST_FILE", "DEFAULT_CHUNK_SIZE", "GRAPH_KINDS", "BundleError", "file_sha256", "bundle_problems", "load_manifest", "graph_kind", "graph_name"]
 
 BUNDLE_FORMAT = "quantkit-bundle"
 BUNDLE_VERSION = 3  # 2: cold shadow columns stored channel-major; 3: the architecture description (architecture.py)
 MANIFEST_FILE = "manifest.json"
+DEFAULT_CHUNK_SIZE = 256  # tokens per prefill chunk (the graphs' static shape) unless the export is told otherwise
 # The NPU graph kinds of a block, by the first Linear of the activation they read.
 GRAPH_KINDS = {"q_proj": "qkv", "qkv_proj": "qkv", "o_proj": "o", "gate_proj": "gate_up", "gate_up_proj": "gate_up", "down_proj": "down"}
 

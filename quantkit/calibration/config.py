@@ -9,6 +9,7 @@ from pathlib import Path
 
 from quantkit.outlier_shadow.config import ShadowConfig
 from quantkit.precision.plan import PRECISION_MODES
+from quantkit.runtime.bundle import DEFAULT_CHUNK_SIZE
 from quantkit.settings import from_checked_dict
 from quantkit.transforms.rotation import ROTATIONS
 from quantkit.weights.quantize import WEIGHT_ROUNDINGS
@@ -78,6 +79,10 @@ class CalibrationConfig:
       ``quantkit.transforms``); the function is unchanged and the q/k/v and gate/up
       inputs lose their massive channels, but on SmolLM2 the weights' rounding error
       then meets the energy the norms had nulled, and it does not pay (README).
+    * ``bundle_chunk_size=256`` (the export's default): the summary's ``quantkit``
+      perplexity is the calibration exported at this chunk size and run through the
+      runtime on the validation tokens (``calibration.bundle_perplexity``) — what ships,
+      not the search's simulation, which is a different rounding draw at A8.
     """
 
     model: str = "smollm2-135m"
@@ -108,11 +113,12 @@ class CalibrationConfig:
     sensitivity_seq_len: int = 256
     rotation: str = "none"
     search_realizations: int = 3
+    bundle_chunk_size: int = DEFAULT_CHUNK_SIZE
     device: str = "cpu"
     version: int = CONFIG_VERSION
 
     def __post_init__(self) -> None:
-        for name in ("num_sequences", "batch_size", "aimet_num_sequences", "eval_num_sequences", "sensitivity_num_sequences", "search_realizations"):
+        for name in ("num_sequences", "batch_size", "aimet_num_sequences", "eval_num_sequences", "sensitivity_num_sequences", "search_realizations", "bundle_chunk_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}: got {value!r}, expected a positive integer")

@@ -31,6 +31,7 @@ from quantkit.calibration.aimet_baseline import (
     save_quantizer_state,
     write_encodings,
 )
+from quantkit.calibration.bundle_perplexity import bundle_perplexity
 from quantkit.calibration.collect import collect_activation_statistics
 from quantkit.calibration.config import CalibrationConfig
 from quantkit.calibration.report import OutlierLayer, format_summary, plot_outlier_heatmap, rank_outlier_layers
@@ -226,7 +227,10 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
         fp_model = LogitsModel(loaded.model)
         perplexities = {"fp": perplexity(lambda ids: fp_model(ids.to(device)), validation_ids, desc="FP perplexity", progress=progress)}
     plan, precision, sensitivities, placement, realizations, weight_bytes = _plan_quantization(loaded, statistics, calibration_ids, validation_ids, perplexities["fp"], config, staging, timings, progress)
-    perplexities["quantkit"] = placement.ppl_
+    config.save(staging / "config.json")
+    with _timed(timings, "bundle_perplexity"):  # what ships: the exported bundle through the runtime
+        perplexities["quantkit"] = bundle_perplexity(staging, validation_ids, config.bundle_chunk_size, config.device, progress)
+    perplexities["quantkit_simulated"] = placement.ppl_
     encodings, perplexities["aimet_w8a8_per_tensor"] = _aimet_baseline(loaded, calibration_ids, validation_ids, config, staging, timings, progress)
 
     top_layers = rank_outlier_layers(statistics, loaded.layout)[:_TOP_LAYERS]
@@ -237,7 +241,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     out_features = {name: loaded.layout.linear(name).out_features for name in loaded.layout.linear_names()}
     resident = plan.resident_shadow_parameters(out_features, blocks=placement.npu_block_indices)
     model_parameters = sum(p.numel() for p in loaded.model.parameters())
-    summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak, placement, resident / model_parameters, precision, realizations, weight_bytes, loaded.rotation, config.search_realizations)
+    summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak, placement, resident / model_parameters, precision, realizations, weight_bytes, loaded.rotation, config.search_realizations, config.bundle_chunk_size)
     (staging / SUMMARY_TEXT).write_text(summary + "\n")
     (staging / SUMMARY_JSON).write_text(
         json.dumps(
@@ -248,6 +252,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
                 "calibration_tokens": list(calibration_ids.shape),
                 "perplexity": perplexities,
                 "quantkit_rounding_realizations": realizations,
+                "bundle_chunk_size": config.bundle_chunk_size,  # perplexity["quantkit"]: the bundle exported at this chunk size, through the runtime
                 "npu_blocks": placement.npu_blocks,
                 "rotation": loaded.rotation.to_dict() if loaded.rotation else None,
                 "activation_bits": precision.mode,
@@ -272,7 +277,6 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
             indent=2,
         )
     )
-    config.save(staging / "config.json")
     write_report(staging / "report", calib=staging)  # index.html beside the heat-map; draws the sensitivity plot
     shutil.rmtree(staging / "checkpoint")
     if out.exists():

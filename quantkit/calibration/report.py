@@ -85,12 +85,17 @@ def plot_outlier_heatmap(statistics: ActivationStatistics, layout: DecoderLayout
     plt.close(figure)
 
 
-def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None, precision=None, realizations: list[float] | None = None, weight_bytes: tuple[int, int] | None = None, rotation=None, search_realizations: int = 1) -> str:
+def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None, precision=None, realizations: list[float] | None = None, weight_bytes: tuple[int, int] | None = None, rotation=None, search_realizations: int = 1, bundle_chunk_size: int | None = None) -> str:
     lines = [f"quantkit calibrate — {model_id}", "", "Validation perplexity"]
     fp = perplexities.get("fp")
     for method, value in perplexities.items():
         delta = f"  ({100 * (value / fp - 1):+.1f}% vs FP)" if fp and method != "fp" else ""
         lines.append(f"  {method:<28} {value:10.2f}{delta}")
+    if bundle_chunk_size is not None and "quantkit" in perplexities:
+        lines.append(
+            f"  quantkit = the exported bundle (chunk {bundle_chunk_size}) through the runtime (ONNX Runtime CPU) on these tokens; "
+            "quantkit_simulated = the same arithmetic in calibration's torch twin (what the search and placement measured)"
+        )
     if realizations and fp:
         spread = ", ".join(f"{v:.2f}" for v in realizations)
         lines.append(
@@ -105,6 +110,12 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
             f"{placement.cpu_block_indices} "
             f"({'within' if placement.within_budget else 'OVER'} the +{100 * placement.budget_relative_ppl:g}% budget)",
         ]
+        shipped = perplexities.get("quantkit")
+        if placement.within_budget and shipped is not None and fp and shipped > fp * (1 + placement.budget_relative_ppl):
+            lines.append(
+                f"  the bundle itself measured {100 * (shipped / fp - 1):+.2f}%, over the budget the simulation met: another rounding draw "
+                "(see the realizations above); lower --accuracy-budget for a margin"
+            )
         all_npu = next((e["ppl"] for e in placement.evaluations_ if not e["cpu_blocks"]), None)
         if placement.cpu_block_indices and all_npu is not None and fp:
             lines.append(

@@ -27,7 +27,7 @@ from quantkit.precision.plan import PRECISION_FILE, PrecisionPlan
 from quantkit.runtime.qdq import activation_scale, quantize_activation
 from quantkit.report import write_report
 from quantkit.hashing import file_sha256
-from quantkit.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, MANIFEST_FILE
+from quantkit.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, DEFAULT_CHUNK_SIZE, MANIFEST_FILE
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
 
 __all__ = ["export_bundle", "CALIBRATION_INPUTS_FILE"]
@@ -86,7 +86,7 @@ def export_bundle(
     calib: str | Path,
     out: str | Path,
     *,
-    chunk_size: int = 256,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
     activation_bits: int | None = None,
     qnn_context: bool = False,
     soc_model: int | None = None,
