@@ -118,12 +118,21 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
         precision = calibrated_precision(layout, plan, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], config.activation_bits, weights=weights)  # also sets the output-side shadow channels
         plan.save(staging / PLAN_FILE)
 
+    measured_realizations: dict[tuple, list[float]] = {}  # (graph bits, CPU blocks) → draws: each point is measured once
+
+    def realizations_of(precision: PrecisionPlan, cpu_blocks: frozenset[int], count: int, candidate_weights: WeightCodes | None = None, desc: str = "quantkit PPL") -> list[float]:
+        key = (tuple((name, g.activation_bits, g.weight_bits) for name, g in sorted(precision.graphs.items())), cpu_blocks, count)
+        if key not in measured_realizations:
+            with simulated_quantization(layout, plan, precision, blocks=set(range(layout.num_blocks)) - cpu_blocks, weights=weights if candidate_weights is None else candidate_weights):
+                measured_realizations[key] = perplexity_realizations(layout, validation_ids, count, progress=progress)
+            log.info("%s: %s realizations %s", desc, count, ", ".join(f"{v:.3f}" for v in measured_realizations[key]))
+        return measured_realizations[key]
+
     def deployed_perplexity(precision: PrecisionPlan, cpu_blocks: frozenset[int] = frozenset(), desc: str = "quantkit PPL", candidate_weights: WeightCodes | None = None, realizations: int = 1) -> float:
+        if realizations > 1:  # the expected draw, not one draw (sensitivity/realizations.py)
+            values = realizations_of(precision, cpu_blocks, realizations, candidate_weights, desc)
+            return sum(values) / len(values)
         with simulated_quantization(layout, plan, precision, blocks=set(range(layout.num_blocks)) - cpu_blocks, weights=weights if candidate_weights is None else candidate_weights):
-            if realizations > 1:  # the expected draw, not one draw (sensitivity/realizations.py)
-                values = perplexity_realizations(layout, validation_ids, realizations, progress=progress)
-                log.info("%s: %s realizations %s", desc, realizations, ", ".join(f"{v:.3f}" for v in values))
-                return sum(values) / len(values)
             return perplexity(lambda ids: logits(ids.to(device)), validation_ids, desc=desc, progress=progress)
 
     if config.activation_bits == "auto":
@@ -153,11 +162,14 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
     with _timed(timings, "sensitivity"):
         sensitivities = block_sensitivity(layout, plan, precision, sensitivity_ids, progress=progress, weights=weights)
         (staging / SENSITIVITY_FILE).write_text(json.dumps([s.to_dict() for s in sensitivities], indent=1))
+    # With A8 graphs a single perplexity is one rounding draw: placement measures the mean
+    # of the search's realizations too (and reuses the search's own measurement of the chosen point).
+    draws = config.search_realizations if any(g.activation_bits == 8 for g in precision.graphs.values()) else 1
     with _timed(timings, "placement"):
-        placement = plan_placement(sensitivities, lambda cpu: deployed_perplexity(precision, cpu, f"quantkit PPL ({len(cpu)} CPU blocks)"), fp_ppl, config.accuracy_budget)
+        placement = plan_placement(sensitivities, lambda cpu: deployed_perplexity(precision, cpu, f"quantkit PPL ({len(cpu)} CPU blocks)", realizations=draws), fp_ppl, config.accuracy_budget)
         placement.save(staging / PLACEMENT_FILE)
-    with _timed(timings, "realizations"), simulated_quantization(layout, plan, precision, blocks=placement.npu_block_indices, weights=weights):
-        realizations = perplexity_realizations(layout, validation_ids, _REALIZATIONS, progress=progress)
+    with _timed(timings, "realizations"):
+        realizations = realizations_of(precision, frozenset(placement.cpu_block_indices), _REALIZATIONS)
     npu_linears = [name for graph in precision.graphs.values() if graph.block_index in placement.npu_block_indices for name in graph.linear_names]
     weight_bytes = (sum(weights[name].nbytes for name in npu_linears), int8_weight_bytes(layout, npu_linears))
     return plan, precision, sensitivities, placement, realizations, weight_bytes
