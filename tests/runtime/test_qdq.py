@@ -112,3 +112,25 @@ def test_lpbq_scales_are_a_sub_grid_of_one_8_bit_grid():
     assert blocks[:, 0].tolist() == [16] * 8 and (blocks[:, 1] <= 4).all()
     block_max = weight.abs().reshape(8, 2, 64).amax(dim=2) / 7
     assert torch.allclose(channel, block_max[:, 0] / 16)
+
+
+def test_lpbq_mse_integers_minimise_each_blocks_error_on_the_shipped_grid():
+    """``mse`` picks each block's integer on the grid s·k itself: never worse than rounding the
+    block's own MSE scale to an integer, and better on some blocks of a real-looking weight."""
+    from quantkit.quant_primitives import fake_quantize_symmetric, lpbq_scales
+
+    weight = torch.randn(16, 256, generator=torch.Generator().manual_seed(3)) * torch.linspace(0.2, 3.0, 256)
+    channel, chosen = lpbq_scales(weight, 32, rule="mse")
+    blocks = weight.reshape(16, 8, 32)
+
+    def block_errors(integers):
+        scales = (channel[:, None] * integers.float())[:, :, None]
+        return (fake_quantize_symmetric(blocks, scales, 4) - blocks).pow(2).sum(dim=-1)
+
+    from quantkit.quant_primitives import weight_scales_per_channel
+
+    own = weight_scales_per_channel(blocks.reshape(-1, 32), 4, "mse").reshape(16, 8)
+    rounded = torch.clamp(torch.round(own / channel[:, None]), 1, 16)
+    assert chosen.dtype == torch.uint8 and int(chosen.min()) >= 1 and int(chosen.max()) <= 16
+    assert (block_errors(chosen) <= block_errors(rounded) + 1e-9).all()
+    assert (block_errors(chosen) < block_errors(rounded) - 1e-9).any()
