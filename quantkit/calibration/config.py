@@ -34,8 +34,8 @@ class CalibrationConfig:
       SmolLM2 fire on most tokens, so max and quantiles are stable (the run prints them);
       512 tokens cover two 256-token prefill chunks, so positions past the first chunk
       are seen. Time grows linearly with the token count.
-    * ``outlier_quantile=0.999``: the paper's clip point (arXiv 2407.05858 §3.3) —
-      values above the p99.9 of |x| are the outliers the shadow path takes.
+    * ``outlier_quantile=0.99`` (``ShadowConfig.percentile``): values above the p99 of |x|
+      are the outliers the shadow path takes (arXiv 2407.05858 §3.3).
     * ``aimet_num_sequences=8``: AIMET's min/max encodings of the naive baseline
       converge within a few sequences, and its simulated forward is ~7 s per sequence.
     * ``eval_num_sequences=8`` × 512 tokens of the validation split: the perplexity
