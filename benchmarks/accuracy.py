@@ -7,7 +7,7 @@ The quantkit rows are bundles: each variant exported and run through the runtime
 
     python benchmarks/accuracy.py [--model smollm2-135m] [--out benchmarks/results]
 
-Writes OUT/accuracy.json ({"model", "rows": [{"method", "ppl", "npu_blocks",
+Writes OUT/accuracy.json ({"model", "rows": [{"method", "ppl", "ppl_simulated" (quantkit rows), "npu_blocks",
 "shadow_bytes", "a8_mac_share", "weight_bits", "npu_weight_bytes"}, ...]}) and OUT/accuracy.md. ``a8_mac_share`` is the
 share of the NPU Linears' MACs whose activations are INT8 (None where nothing runs as a
 static NPU graph). The calibration it needs is made by ``quantkit.calibration.calibrate``
@@ -146,20 +146,20 @@ def main(argv=None) -> int:
             simulated = test_ppl(f"{method} (simulated)")
         shipped = _shipped_perplexity(calib, bits, {n: weights[n] for n in layout.linear_names()}, test_ids, method)
         rows.append(
-                {
-                    "method": method,
-                    "ppl": shipped,
-                    "ppl_simulated": simulated,
-                    "npu_blocks": len(npu),
-                    "shadow_bytes": shadow_bytes,
-                    "a8_mac_share": bits.a8_mac_share(npu),
-                    "activation_bits": bits.mode,
-                    "weight_bits": bits.weight_bits(),
-                    "npu_weight_bytes": sum(weights[n].nbytes for n in npu_linears),
-                    "calibrated": method == calibrated,
-                    "cpu_fp_blocks": sorted(set(range(num_blocks)) - npu),
-                    "hot_coverage": plan.hot_coverage_,
-                }
+            {
+                "method": method,
+                "ppl": shipped,
+                "ppl_simulated": simulated,
+                "npu_blocks": len(npu),
+                "shadow_bytes": shadow_bytes,
+                "a8_mac_share": bits.a8_mac_share(npu),
+                "activation_bits": bits.mode,
+                "weight_bits": bits.weight_bits(),
+                "npu_weight_bytes": sum(weights[n].nbytes for n in npu_linears),
+                "calibrated": method == calibrated,
+                "cpu_fp_blocks": sorted(set(range(num_blocks)) - npu),
+                "hot_coverage": plan.hot_coverage_,
+            }
         )
 
     fp = rows[0]["ppl"]
