@@ -49,8 +49,9 @@ class CalibrationConfig:
       chooses A8 or A16 per graph by measured sensitivity under the budget (A8 wherever
       it holds on the validation text — faster and lower power on the HTP); ``"8"`` puts
       every graph at A8. Measured on SmolLM2 (README): auto keeps 99.2% of the NPU MACs
-      at A8 at +0.57% word perplexity through the runtime (W8A16 +0.07%), but its
-      calibration takes 21.5 min on 2 cores, so 16 stays the default.
+      at A8 at +0.57% / +0.92% word perplexity through the runtime (two calibrations of
+      the same plan; W8A16 +0.07%), but its calibration takes 19 min on 2 cores, so 16
+      stays the default.
     * ``weight_bits="8"``: INT8 weights per output channel (round to nearest: its error is
       negligible, W8A16 +0.07% word perplexity on SmolLM2). ``"4"``: every 16-bit graph
       gets 4-bit weights (the HTP runs 4-bit weights only with 16-bit activations; A8

@@ -120,10 +120,13 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
 
     measured_realizations: dict[tuple, list[float]] = {}  # (graph bits, CPU blocks) → draws: each point is measured once
 
+    def deployed(precision: PrecisionPlan, cpu_blocks: frozenset[int], candidate_weights: WeightCodes | None):
+        return simulated_quantization(layout, plan, precision, blocks=set(range(layout.num_blocks)) - cpu_blocks, weights=weights if candidate_weights is None else candidate_weights)
+
     def realizations_of(precision: PrecisionPlan, cpu_blocks: frozenset[int], count: int, candidate_weights: WeightCodes | None = None, desc: str = "quantkit PPL") -> list[float]:
         key = (tuple((name, g.activation_bits, g.weight_bits) for name, g in sorted(precision.graphs.items())), cpu_blocks, count)
         if key not in measured_realizations:
-            with simulated_quantization(layout, plan, precision, blocks=set(range(layout.num_blocks)) - cpu_blocks, weights=weights if candidate_weights is None else candidate_weights):
+            with deployed(precision, cpu_blocks, candidate_weights):
                 measured_realizations[key] = perplexity_realizations(layout, validation_ids, count, progress=progress)
             log.info("%s: %s realizations %s", desc, count, ", ".join(f"{v:.3f}" for v in measured_realizations[key]))
         return measured_realizations[key]
@@ -132,7 +135,7 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
         if realizations > 1:  # the expected draw, not one draw (sensitivity/realizations.py)
             values = realizations_of(precision, cpu_blocks, realizations, candidate_weights, desc)
             return sum(values) / len(values)
-        with simulated_quantization(layout, plan, precision, blocks=set(range(layout.num_blocks)) - cpu_blocks, weights=weights if candidate_weights is None else candidate_weights):
+        with deployed(precision, cpu_blocks, candidate_weights):
             return perplexity(lambda ids: logits(ids.to(device)), validation_ids, desc=desc, progress=progress)
 
     if config.activation_bits == "auto":
