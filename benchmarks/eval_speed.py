@@ -9,12 +9,16 @@ Rows:
   contexts once, LM head only where scored; ``pack_tokens`` 2048);
 - ``runtime_unpacked``: the same bundle with one prefill per distinct input
   (``pack_tokens=0``), the way it ran before packing;
-- ``fp_reference``: the FP model through lm-eval's ``hf`` model with lm-eval's batching
-  (``batch_size``, default 16; ``max_length`` 1024 as the suite's reference).
+- ``fp_reference``: the FP model as the suite's reference runs it: ``hf-scored``
+  (lm-eval's ``hf`` model with the LM head only at the scored positions,
+  ``quantkit.eval.hf_reference``) with lm-eval's batching (``batch_size``, default 16;
+  ``max_length`` 1024);
+- ``fp_reference_hf``: the same through lm-eval's plain ``hf`` model.
 
 Each row times ``lm_eval.simple_evaluate`` over the suite's three tasks (its
 ``task_data`` sizes) limited to ``--limit`` items each, and records the metrics: the two
-runtime rows must agree exactly (the script says whether they do). Writes
+runtime rows must agree exactly, and so must the two FP rows (the script says whether
+they do). Writes
 OUT/eval_speed.json and OUT/eval_speed.md.
 """
 
@@ -52,6 +56,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="benchmarks/results")
     args = parser.parse_args(argv)
 
+    import quantkit.eval.hf_reference  # noqa: F401  (registers the hf-scored lm-eval model)
     import quantkit.eval.lm  # noqa: F401  (registers the quantkit lm-eval model)
     from quantkit.eval.tasks import TaskDataConfig, task_manager
     from quantkit.models.loading import prepare_model_folder
@@ -61,17 +66,20 @@ def main(argv: list[str] | None = None) -> None:
     rows = {
         "runtime_packed": _run("quantkit", f"bundle={args.bundle}", args.limit, manager, 1),
         "runtime_unpacked": _run("quantkit", f"bundle={args.bundle},pack_tokens=0", args.limit, manager, 1),
-        "fp_reference": _run("hf", f"pretrained={folder},dtype=float32,max_length=1024", args.limit, manager, args.batch_size),
+        "fp_reference": _run("hf-scored", f"pretrained={folder},dtype=float32,max_length=1024", args.limit, manager, args.batch_size),
+        "fp_reference_hf": _run("hf", f"pretrained={folder},dtype=float32,max_length=1024", args.limit, manager, args.batch_size),
     }
     identical = rows["runtime_packed"]["metrics"] == rows["runtime_unpacked"]["metrics"]
+    reference_identical = rows["fp_reference"]["metrics"] == rows["fp_reference_hf"]["metrics"]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    record = {"bundle": Path(args.bundle).name, "limit": args.limit, "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores", "packed_equals_unpacked": identical, "rows": rows}
+    record = {"bundle": Path(args.bundle).name, "limit": args.limit, "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores", "packed_equals_unpacked": identical, "hf_scored_equals_hf": reference_identical, "rows": rows}
     (out / "eval_speed.json").write_text(json.dumps(record, indent=1) + "\n")
     lines = ["| row | items | seconds | items/s |", "|---|---:|---:|---:|"]
     for name, row in rows.items():
         lines.append(f"| {name} | {row['items']} | {row['seconds']:.1f} | {row['items'] / row['seconds']:.2f} |")
     lines.append(f"\npacked metrics identical to unpacked: {identical}")
+    lines.append(f"FP reference (hf-scored) metrics identical to lm-eval's hf model: {reference_identical}")
     (out / "eval_speed.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

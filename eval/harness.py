@@ -1,5 +1,6 @@
 """Run lm-eval on a bundle (through the runtime) or on the FP model (through lm-eval's
-own ``hf`` model), with the offline tasks available; one function, :func:`evaluate`."""
+own ``hf`` model, with the LM head only where lm-eval scores: ``hf-scored``), with the
+offline tasks available; one function, :func:`evaluate`."""
 
 from __future__ import annotations
 
@@ -36,7 +37,9 @@ def _model_spec(model: str | Path, npu: str, shadow: bool, max_length: int | Non
         args = {"pretrained": str(folder), "dtype": "float32"}
     if max_length is not None:
         args["max_length"] = max_length
-    return ("quantkit" if "bundle" in args else "hf"), args
+    from quantkit.eval.hf_reference import FP_REFERENCE_MODEL
+
+    return ("quantkit" if "bundle" in args else FP_REFERENCE_MODEL), args
 
 
 def evaluate(
@@ -58,7 +61,8 @@ def evaluate(
     model, on ``npu`` (``cpu`` or ``qnn``) with or without the shadow path — or a model
     that ``quantkit.models.loading.prepare_model_folder`` knows (a built-in name such as
     ``smollm2-135m``, a Hugging Face folder, a ``.gguf`` file), run in float32 by
-    lm-eval's ``hf`` model: the FP reference. ``limit`` caps the items per task (a
+    lm-eval's ``hf`` model (as ``hf-scored``, which computes the LM head only at the
+    scored positions, :mod:`quantkit.eval.hf_reference`): the FP reference. ``limit`` caps the items per task (a
     fraction when below 1). ``output`` also writes the results as JSON. ``task_config``
     sets the offline tasks' sizes (default :class:`quantkit.eval.tasks.TaskDataConfig`);
     ``include_paths`` adds folders of the user's own lm-eval task YAMLs (``--include_path``).
@@ -71,6 +75,7 @@ def evaluate(
     """
     import lm_eval
 
+    import quantkit.eval.hf_reference  # noqa: F401  (registers the "hf-scored" lm-eval model)
     import quantkit.eval.lm  # noqa: F401  (registers the "quantkit" lm-eval model)
     from quantkit.eval.tasks import OFFLINE_GROUP, OFFLINE_TASKS, check_task_names, task_manager
 

@@ -292,7 +292,9 @@ def _reference_results(suite: Suite, tasks: list[str], task_settings: str, task_
         _, model_sha = prepare_model_folder(suite.reference)
     except ModelLoadError as error:
         raise EvaluationError(f"reference {suite.reference!r}: {error}") from None
-    key = {"reference": suite.reference, "sha256": model_sha, "tasks": tasks, "limit": suite.limit, "task_settings": task_settings, "lm_eval": lm_eval.__version__}
+    from quantkit.eval.hf_reference import FP_REFERENCE_MODEL
+
+    key = {"reference": suite.reference, "model": FP_REFERENCE_MODEL, "sha256": model_sha, "tasks": tasks, "limit": suite.limit, "task_settings": task_settings, "lm_eval": lm_eval.__version__}
     if suite.include_paths:  # the user's own task files: their contents are part of what FP measured
         digest = hashlib.sha256()
         for path in sorted(p for folder in suite.include_paths for p in Path(folder).rglob("*") if p.is_file()):

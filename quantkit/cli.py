@@ -87,15 +87,17 @@ def _add_lm_eval(subparsers) -> None:
     # Listed for --help only: main() hands everything after `lm-eval` to lm-eval untouched.
     subparsers.add_parser(
         LM_EVAL_COMMAND,
-        help="lm-eval's own command line with the `quantkit` model registered (e.g. --model quantkit --model_args bundle=B)",
-        description="Exactly lm-eval's command-line arguments (`lm-eval --help`), run with quantkit's lm-eval model registered: "
+        help="lm-eval's own command line with the `quantkit` and `hf-scored` models registered (e.g. --model quantkit --model_args bundle=B)",
+        description="Exactly lm-eval's command-line arguments (`lm-eval --help`), run with quantkit's lm-eval models registered "
+        "(`quantkit`: a bundle through the runtime; `hf-scored`: lm-eval's hf model with the LM head only at scored positions): "
         "`quantkit lm-eval --model quantkit --model_args bundle=BUNDLE,npu=cpu --tasks TASKS --include_path DIR`.",
     )
 
 
 def run_lm_eval(arguments: list[str]) -> int:
-    """``lm-eval ARGUMENTS`` with the ``quantkit`` model registered (lm-eval 0.4 has no
+    """``lm-eval ARGUMENTS`` with the ``quantkit`` and ``hf-scored`` models registered (lm-eval 0.4 has no
     plugin entry point, so its CLI cannot load it by itself)."""
+    import quantkit.eval.hf_reference  # noqa: F401  registers the "hf-scored" lm-eval model
     import quantkit.eval.lm  # noqa: F401  registers the "quantkit" lm-eval model
     from lm_eval.__main__ import cli_evaluate
 

@@ -38,7 +38,7 @@ def test_bundle_runs_every_offline_task(bundle_results):
 
 def test_fp_reference_runs_through_lm_evals_hf_model(tiny_bundle, bundle_results):
     results = evaluate(tiny_bundle.parent / "model", "quantkit_lastword", limit=LIMIT)
-    assert results["config"]["model"] == "hf"
+    assert results["config"]["model"] == "hf-scored"  # lm-eval's hf model, LM head at the scored positions only
     fp = results["results"]["quantkit_lastword"]["perplexity,none"]
     quantized = bundle_results[0]["results"]["quantkit_lastword"]["perplexity,none"]
     # Same tokenizer, same requests: the INT8 bundle stays close to its FP model.

@@ -1,0 +1,63 @@
+"""``quantkit.eval.hf_reference``: the FP reference's lm-eval model scores exactly what
+lm-eval's ``hf`` model scores while computing the LM head at fewer positions."""
+
+import pytest
+import torch
+from lm_eval.api.instance import Instance
+from lm_eval.models.huggingface import HFLM
+
+from quantkit.data.corpus import load_documents
+from quantkit.eval.hf_reference import ScoredPositionsHFLM, positions_to_keep
+
+MAX_LENGTH = 48
+
+
+def test_positions_to_keep_covers_every_rows_continuation():
+    longest = {(5, 6, 7): 1, (5, 6): 2, (9, 0): 1}
+    # Rows right-padded with 0 to length 5: need = padding + continuation.
+    assert positions_to_keep(torch.tensor([[5, 6, 7, 0, 0], [5, 6, 0, 0, 0]]), longest) == max(2 + 1, 3 + 2)
+    # A real trailing token 0: both splits ((9, 0) + pad, (9,) + pad) are considered; only (9, 0) is known.
+    assert positions_to_keep(torch.tensor([[9, 0, 0]]), longest) == 1 + 1
+    # A row that is no known input: keep everything (None).
+    assert positions_to_keep(torch.tensor([[1, 2, 0]]), longest) is None
+    # Never more than the row length.
+    assert positions_to_keep(torch.tensor([[5, 6]]), {(5, 6): 5}) == 2
+
+
+@pytest.fixture(scope="module")
+def models(tiny_tokenizer, tmp_path_factory):
+    from tests.conftest import tiny_model
+
+    folder = tmp_path_factory.mktemp("hf-reference") / "model"
+    tiny_model("llama").save_pretrained(folder)
+    tiny_tokenizer.save_pretrained(folder)
+    args = {"pretrained": str(folder), "dtype": "float32", "max_length": MAX_LENGTH, "batch_size": 4, "device": "cpu"}
+    return HFLM(**args), ScoredPositionsHFLM(**args)
+
+
+def _lm_head_positions(lm) -> list[int]:
+    seen: list[int] = []
+    lm.model.lm_head.register_forward_hook(lambda module, inputs, output: seen.append(inputs[0].shape[0] * inputs[0].shape[1]))
+    return seen
+
+
+def test_scores_equal_lm_evals_hf_model_with_fewer_lm_head_positions(models):
+    hf, scored = models
+    words = " ".join(load_documents("enwiki", "validation")[0].split()[:400]).split()
+    # Contexts of many lengths (one longer than max_length: left-truncated), one- and
+    # several-word continuations, and a context shared by four options.
+    requests = [(" ".join(words[i : i + n]), " " + " ".join(words[i + n : i + n + k])) for i, (n, k) in enumerate([(3, 1), (8, 1), (20, 3), (5, 2), (60, 1), (12, 5), (30, 1), (7, 1), (2, 4)])]
+    requests += [(" ".join(words[100:110]), " " + word) for word in words[110:114]]
+    instances = [Instance(request_type="loglikelihood", doc={}, arguments=request, idx=i) for i, request in enumerate(requests)]
+    hf_positions, scored_positions = _lm_head_positions(hf), _lm_head_positions(scored)
+    expected, got = hf.loglikelihood(instances, disable_tqdm=True), scored.loglikelihood(instances, disable_tqdm=True)
+    assert [greedy for _, greedy in got] == [greedy for _, greedy in expected]
+    assert [loglikelihood for loglikelihood, _ in got] == pytest.approx([loglikelihood for loglikelihood, _ in expected], rel=1e-5, abs=1e-5)
+    assert sum(scored_positions) < 0.6 * sum(hf_positions)
+
+
+def test_rolling_loglikelihood_equals_lm_evals_hf_model(models):
+    hf, scored = models
+    text = " ".join(load_documents("enwiki", "validation")[1].split()[:150])  # several max_length windows
+    instances = [Instance(request_type="loglikelihood_rolling", doc={}, arguments=(text,), idx=0)]
+    assert scored.loglikelihood_rolling(instances, disable_tqdm=True) == pytest.approx(hf.loglikelihood_rolling(instances, disable_tqdm=True), rel=1e-6)
