@@ -1,23 +1,26 @@
 """lm-eval model ``hf-scored``: lm-eval's own ``hf`` model (its batching, sorting,
-truncation and scoring, untouched) with the LM head computed only at the positions
-lm-eval reads — the FP reference of ``quantkit eval`` and ``quantkit regress``.
+truncation and scoring) with two savings that change no score beyond float summation
+order — the FP reference of ``quantkit eval`` and ``quantkit regress``.
 
-Why. lm-eval's ``HFLM._loglikelihood_tokens`` asks the model for logits at every input
-position, log-softmaxes all of them over the vocabulary, and keeps only the
-continuation's. On the shipped suite 12% of the 233k input tokens are continuation
-tokens (last-word: one or two per ~76-token item), and SmolLM2's LM head is a fifth of
-its MACs per token (576 × 49152 against ~106M in the blocks), so most of that work and a
-[batch, length, 49152] float tensor per batch are thrown away. Transformers' causal LMs
-take ``logits_to_keep=K`` (logits of the last K positions only), and lm-eval's slicing
-already allows logits shorter or longer than the input (``ctx_len = inplen +
-(logits.shape[0] - padding_len_inp)``, written for prompt-tuning's virtual tokens): with
-the last K positions returned, ``logits[ctx_len - contlen : ctx_len]`` is the same
-continuation as before as long as K covers every row's continuation. This module
-computes that K per batch; nothing else of lm-eval changes, so the scores equal the
-``hf`` model's up to the LM head's float summation order (a test shows it).
+1. **LM head only where lm-eval reads.** ``HFLM._loglikelihood_tokens`` asks for logits
+   at every input position, log-softmaxes all of them over the vocabulary and keeps only
+   the continuation's. On the shipped suite 12% of the 233k input tokens are
+   continuation tokens (last-word: one or two per ~76-token item), and SmolLM2's LM head
+   is a fifth of its MACs per token (576 × 49152 against ~106M in the blocks).
+   Transformers' causal LMs take ``logits_to_keep=K`` (the last K positions only), and
+   lm-eval's slicing already allows logits shorter or longer than the input (``ctx_len =
+   inplen + (logits.shape[0] - padding_len_inp)``, written for prompt-tuning's virtual
+   tokens): with the last K positions returned, ``logits[ctx_len - contlen : ctx_len]``
+   is the same continuation as long as K covers every row's. :func:`positions_to_keep`
+   computes that K per batch.
+2. **A shared context once.** Requests that share a context and have several-token
+   continuations (multiple-choice options) run the context once and the options from its
+   KV cache, in one batch (:func:`shared_context_groups`); lm-eval's own cache shares a
+   context only among one-token continuations. The choice task's 800 requests (75.5k
+   tokens) become 200 contexts plus 800 options (34.6k tokens).
 
-No library does this: lm-eval 0.4.13 has no option for it (its ``logits_cache`` only
-shares one-token continuations), so the subclass is ours.
+Tests compare every score with lm-eval's ``hf`` model on the same requests. No library
+does either: lm-eval 0.4.13 has no option for them, so the subclass is ours.
 
 >>> import quantkit.eval.hf_reference, lm_eval                              # doctest: +SKIP
 >>> lm_eval.simple_evaluate(model="hf-scored", model_args="pretrained=folder,dtype=float32",
@@ -26,11 +29,15 @@ shares one-token continuations), so the subclass is ours.
 
 from __future__ import annotations
 
+import inspect
+
 import torch
+import torch.nn.functional as F
 from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
+from tqdm import tqdm
 
-__all__ = ["ScoredPositionsHFLM", "positions_to_keep", "FP_REFERENCE_MODEL"]
+__all__ = ["ScoredPositionsHFLM", "positions_to_keep", "shared_context_groups", "FP_REFERENCE_MODEL"]
 
 FP_REFERENCE_MODEL = "hf-scored"
 
@@ -59,16 +66,69 @@ def positions_to_keep(rows: torch.Tensor, longest_continuation: dict[tuple[int, 
     return min(keep, length)
 
 
+def shared_context_groups(requests, max_length: int) -> dict[tuple[int, ...], list[int]]:
+    """Context tokens → indices of the requests ``(key, context, continuation)`` that share
+    that context, for contexts shared by two or more requests whose continuations are not
+    all one token (those lm-eval already scores with one forward) and that lm-eval would
+    not left-truncate (context + continuation ≤ ``max_length`` + 1)."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i, (_, context, continuation) in enumerate(requests):
+        if len(context) + len(continuation) <= max_length + 1:
+            groups.setdefault(tuple(context), []).append(i)
+    return {context: indices for context, indices in groups.items() if len(indices) > 1 and any(len(requests[i][2]) > 1 for i in indices)}
+
+
 @register_model(FP_REFERENCE_MODEL)
 class ScoredPositionsHFLM(HFLM):
-    """lm-eval's ``hf`` model, with logits only at the positions that are scored (the
-    module docstring says how). Model arguments are exactly ``hf``'s."""
+    """lm-eval's ``hf`` model, with logits only at the positions that are scored and
+    shared contexts run once (the module docstring says how). Model arguments are exactly
+    ``hf``'s."""
 
     _longest_continuation: dict[tuple[int, ...], int] | None = None
 
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
-        if self.backend != "causal":
+        if self.backend != "causal" or not self._takes_logits_to_keep():
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
+        groups = shared_context_groups(requests, self.max_length)
+        shared = {i for indices in groups.values() for i in indices}
+        rest = [i for i in range(len(requests)) if i not in shared]
+        results: list[tuple[float, bool] | None] = [None] * len(requests)
+        if rest:
+            for i, answer in zip(rest, self._scored_positions_only([requests[i] for i in rest], disable_tqdm, override_bs), strict=True):
+                results[i] = answer
+        for context, indices in tqdm(groups.items(), desc="Shared contexts", unit="context", disable=disable_tqdm or self.rank != 0):
+            for i, answer in zip(indices, self._score_shared_context(list(context), [requests[i][2] for i in indices]), strict=True):
+                results[i] = answer
+                if requests[i][0] is not None:
+                    self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+        return results
+
+    @torch.no_grad()
+    def _score_shared_context(self, context: list[int], continuations: list[list[int]]) -> list[tuple[float, bool]]:
+        """(log-likelihood, is-greedy) of each continuation after ``context``: the context
+        runs once, the continuations continue from its KV cache in one batch (right-padded;
+        causal attention keeps the padding out of every scored position)."""
+        with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype, enabled=self.mixed_precision_dtype is not None):
+            prefix = self.model(torch.tensor([context], device=self.device), use_cache=True, logits_to_keep=1)
+            first = F.log_softmax(prefix.logits[0, -1], dim=-1, dtype=self.softmax_dtype)  # predicts every continuation's first token
+            tails = [continuation[:-1] for continuation in continuations]
+            longest = max(len(tail) for tail in tails)
+            rest = None
+            if longest:
+                # transformers 5.24 names the KV cache `cache`; earlier 5.x `past_key_values`.
+                name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+                cache = getattr(prefix, name)
+                cache.batch_repeat_interleave(len(continuations))
+                rows = torch.tensor([tail + [0] * (longest - len(tail)) for tail in tails], device=self.device)
+                rest = F.log_softmax(self.model(rows, use_cache=True, **{name: cache}).logits, dim=-1, dtype=self.softmax_dtype)
+        answers = []
+        for row, continuation in enumerate(continuations):
+            scored = first[None] if rest is None else torch.cat([first[None], rest[row, : len(continuation) - 1]])
+            targets = torch.tensor(continuation, device=scored.device)
+            answers.append((float(scored.gather(1, targets[:, None]).sum()), bool((scored.argmax(dim=-1) == targets).all())))
+        return answers
+
+    def _scored_positions_only(self, requests, disable_tqdm: bool, override_bs: int | None):
         longest: dict[tuple[int, ...], int] = {}
         for _, context_enc, continuation_enc in requests:
             # The model's input, exactly as lm-eval builds it (left-truncated, last token dropped).
@@ -80,9 +140,14 @@ class ScoredPositionsHFLM(HFLM):
         finally:
             self._longest_continuation = None
 
+    def _takes_logits_to_keep(self) -> bool:
+        """Whether the model's forward accepts ``logits_to_keep`` (transformers' causal LMs
+        do; a model that does not runs as lm-eval's ``hf``)."""
+        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
+
     def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         keep = None
-        if self._longest_continuation is not None and attn_mask is None and labels is None:
+        if self._longest_continuation is not None and attn_mask is None and labels is None and self._takes_logits_to_keep():
             keep = positions_to_keep(inps, self._longest_continuation)
         if keep is None or keep == inps.shape[1]:
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)

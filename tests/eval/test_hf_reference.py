@@ -7,9 +7,9 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from quantkit.data.corpus import load_documents
-from quantkit.eval.hf_reference import ScoredPositionsHFLM, positions_to_keep
+from quantkit.eval.hf_reference import ScoredPositionsHFLM, positions_to_keep, shared_context_groups
 
-MAX_LENGTH = 48
+MAX_LENGTH = 64
 
 
 def test_positions_to_keep_covers_every_rows_continuation():
@@ -22,6 +22,13 @@ def test_positions_to_keep_covers_every_rows_continuation():
     assert positions_to_keep(torch.tensor([[1, 2, 0]]), longest) is None
     # Never more than the row length.
     assert positions_to_keep(torch.tensor([[5, 6]]), {(5, 6): 5}) == 2
+
+
+def test_shared_context_groups_are_shared_multi_token_untruncated_contexts():
+    requests = [(None, [1, 2], [3]), (None, [1, 2], [4, 5]), (None, [1, 2], [6]), (None, [7], [8]), (None, [7], [9]), (None, [1] * 9, [2, 3]), (None, [1] * 9, [4, 5])]
+    # [1, 2] is shared with a multi-token option; [7]'s options are one token each (lm-eval
+    # already runs those once); [1]*9 would be left-truncated at max_length 9.
+    assert shared_context_groups(requests, max_length=9) == {(1, 2): [0, 1, 2]}
 
 
 @pytest.fixture(scope="module")
@@ -41,16 +48,22 @@ def _lm_head_positions(lm) -> list[int]:
     return seen
 
 
-def test_scores_equal_lm_evals_hf_model_with_fewer_lm_head_positions(models):
+def test_scores_equal_lm_evals_hf_model_with_fewer_lm_head_positions(models, monkeypatch):
     hf, scored = models
     words = " ".join(load_documents("enwiki", "validation")[0].split()[:400]).split()
     # Contexts of many lengths (one longer than max_length: left-truncated), one- and
     # several-word continuations, and a context shared by four options.
     requests = [(" ".join(words[i : i + n]), " " + " ".join(words[i + n : i + n + k])) for i, (n, k) in enumerate([(3, 1), (8, 1), (20, 3), (5, 2), (60, 1), (12, 5), (30, 1), (7, 1), (2, 4)])]
     requests += [(" ".join(words[100:110]), " " + word) for word in words[110:114]]
+    # A context shared by options of several words (scored once, options from its KV cache).
+    requests += [(" ".join(words[200:206]), " " + " ".join(words[206 + 3 * k : 206 + 3 * k + k + 1])) for k in range(4)]
     instances = [Instance(request_type="loglikelihood", doc={}, arguments=request, idx=i) for i, request in enumerate(requests)]
     hf_positions, scored_positions = _lm_head_positions(hf), _lm_head_positions(scored)
+    shared_contexts = []
+    score_shared_context = scored._score_shared_context
+    monkeypatch.setattr(scored, "_score_shared_context", lambda context, continuations: shared_contexts.append(len(continuations)) or score_shared_context(context, continuations))
     expected, got = hf.loglikelihood(instances, disable_tqdm=True), scored.loglikelihood(instances, disable_tqdm=True)
+    assert shared_contexts == [4, 4]  # both four-option contexts (a word is several tokens of the tiny tokenizer)
     assert [greedy for _, greedy in got] == [greedy for _, greedy in expected]
     assert [loglikelihood for loglikelihood, _ in got] == pytest.approx([loglikelihood for loglikelihood, _ in expected], rel=1e-5, abs=1e-5)
     assert sum(scored_positions) < 0.6 * sum(hf_positions)
