@@ -89,42 +89,74 @@ class ScoredPositionsHFLM(HFLM):
     def _loglikelihood_tokens(self, requests, disable_tqdm: bool = False, override_bs: int | None = None):
         if self.backend != "causal" or not self._takes_logits_to_keep():
             return super()._loglikelihood_tokens(requests, disable_tqdm=disable_tqdm, override_bs=override_bs)
-        groups = shared_context_groups(requests, self.max_length)
+        # Contexts of a batch are right-padded, so a continuation's cache index runs ahead of
+        # its position by the padding; a sliding-window mask counts indices, so keep every
+        # padded row within half a window (both counts then lie inside it).
+        window = getattr(getattr(self.model, "config", None), "sliding_window", None)
+        limit = self.max_length + 1 if not window else min(self.max_length + 1, window // 2)
+        groups = shared_context_groups(requests, limit - 1)
         shared = {i for indices in groups.values() for i in indices}
         rest = [i for i in range(len(requests)) if i not in shared]
         results: list[tuple[float, bool] | None] = [None] * len(requests)
         if rest:
             for i, answer in zip(rest, self._scored_positions_only([requests[i] for i in rest], disable_tqdm, override_bs), strict=True):
                 results[i] = answer
-        for context, indices in tqdm(groups.items(), desc="Shared contexts", unit="context", disable=disable_tqdm or self.rank != 0):
-            for i, answer in zip(indices, self._score_shared_context(list(context), [requests[i][2] for i in indices]), strict=True):
+        contexts = sorted(groups, key=len, reverse=True)  # as lm-eval, longest first: little padding
+        rows_per_batch = override_bs or (self.batch_size_per_gpu if isinstance(self.batch_size_per_gpu, int) else 16)
+        batches, batch, rows = [], [], 0
+        for context in contexts:
+            if batch and rows + len(groups[context]) > rows_per_batch:
+                batches.append(batch)
+                batch, rows = [], 0
+            batch.append(context)
+            rows += len(groups[context])
+        batches += [batch] if batch else []
+        progress = tqdm(total=len(shared), desc="Shared-context requests", disable=disable_tqdm or self.rank != 0)
+        for batch in batches:
+            answers = self._score_shared_contexts([list(c) for c in batch], [[requests[i][2] for i in groups[c]] for c in batch])
+            for i, answer in zip((i for c in batch for i in groups[c]), answers, strict=True):
                 results[i] = answer
                 if requests[i][0] is not None:
                     self.cache_hook.add_partial("loglikelihood", requests[i][0], answer)
+            progress.update(len(answers))
+        progress.close()
         return results
 
     @torch.no_grad()
-    def _score_shared_context(self, context: list[int], continuations: list[list[int]]) -> list[tuple[float, bool]]:
-        """(log-likelihood, is-greedy) of each continuation after ``context``: the context
-        runs once, the continuations continue from its KV cache in one batch (right-padded;
-        causal attention keeps the padding out of every scored position)."""
+    def _score_shared_contexts(self, contexts: list[list[int]], continuations: list[list[list[int]]]) -> list[tuple[float, bool]]:
+        """(log-likelihood, is-greedy) of every continuation of every context, in order.
+
+        The contexts run once, right-padded in one batch (causal: a padded row's real
+        positions never see its padding); the continuations then run from the contexts'
+        KV cache (each context's cache repeated per continuation), with the padded cache
+        slots masked and positions continuing each context's own length."""
+        lengths = torch.tensor([len(c) for c in contexts], device=self.device)
+        width = int(lengths.max())
+        ids = torch.tensor([c + [0] * (width - len(c)) for c in contexts], device=self.device)
+        keep = width - int(lengths.min()) + 1
+        # transformers 5.24 names the KV cache `cache`; earlier 5.x `past_key_values`.
+        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
         with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype, enabled=self.mixed_precision_dtype is not None):
-            prefix = self.model(torch.tensor([context], device=self.device), use_cache=True, logits_to_keep=1)
-            first = F.log_softmax(prefix.logits[0, -1], dim=-1, dtype=self.softmax_dtype)  # predicts every continuation's first token
-            tails = [continuation[:-1] for continuation in continuations]
+            prefix = self.model(ids, use_cache=True, logits_to_keep=keep)
+            last = prefix.logits[torch.arange(len(contexts)), lengths - 1 - (width - keep)]
+            first = F.log_softmax(last, dim=-1, dtype=self.softmax_dtype)  # predicts each continuation's first token
+            owner = torch.tensor([g for g, options in enumerate(continuations) for _ in options], device=self.device)
+            tails = [option[:-1] for options in continuations for option in options]
             longest = max(len(tail) for tail in tails)
             rest = None
             if longest:
-                # transformers 5.24 names the KV cache `cache`; earlier 5.x `past_key_values`.
-                name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
                 cache = getattr(prefix, name)
-                cache.batch_repeat_interleave(len(continuations))
+                cache.batch_select_indices(owner)
                 rows = torch.tensor([tail + [0] * (longest - len(tail)) for tail in tails], device=self.device)
-                rest = F.log_softmax(self.model(rows, use_cache=True, **{name: cache}).logits, dim=-1, dtype=self.softmax_dtype)
+                seen = torch.arange(width, device=self.device)[None, :] < lengths[owner][:, None]
+                mask = torch.cat([seen, torch.ones(len(tails), longest, dtype=torch.bool, device=self.device)], dim=1).long()
+                positions = lengths[owner][:, None] + torch.arange(longest, device=self.device)[None, :]
+                logits = self.model(rows, attention_mask=mask, position_ids=positions, use_cache=True, **{name: cache}).logits
+                rest = F.log_softmax(logits, dim=-1, dtype=self.softmax_dtype)
         answers = []
-        for row, continuation in enumerate(continuations):
-            scored = first[None] if rest is None else torch.cat([first[None], rest[row, : len(continuation) - 1]])
-            targets = torch.tensor(continuation, device=scored.device)
+        for row, option in enumerate(option for options in continuations for option in options):
+            scored = first[owner[row], None] if rest is None else torch.cat([first[owner[row], None], rest[row, : len(option) - 1]])
+            targets = torch.tensor(option, device=scored.device)
             answers.append((float(scored.gather(1, targets[:, None]).sum()), bool((scored.argmax(dim=-1) == targets).all())))
         return answers
 

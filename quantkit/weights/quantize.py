@@ -31,15 +31,18 @@ WEIGHTS_FILE = "weights.safetensors"
 
 def quantize_weight(weight: torch.Tensor, bits: int = 8, rule: str = "mse", block_size: int | None = None, rounding: str = "nearest", hessian: torch.Tensor | None = None) -> QuantizedWeight:
     """One [out, in] weight on the NPU grid: scales by ``rule`` (per channel, or LPBQ per
-    block of ``block_size``), codes by ``rounding`` (``"gptq"`` needs the ``hessian``)."""
+    block of ``block_size``), codes by ``rounding`` (``"gptq"`` needs the ``hessian``).
+    Given a ``hessian``, the ``"mse"`` scales weight each input's error by its diagonal
+    (the layer's output error, see ``quant_primitives.weight_scales_per_channel``)."""
     if rounding not in WEIGHT_ROUNDINGS:
         raise ValueError(f"weight rounding: got {rounding!r}, expected one of {WEIGHT_ROUNDINGS}")
     weight = weight.detach().float().cpu()
+    importance = None if hessian is None else torch.diagonal(hessian).float().cpu()
     block_scales = None
     if block_size:
-        scales, block_scales = lpbq_scales(weight, block_size, bits, rule, LPBQ_MAX_BLOCK_SCALE)
+        scales, block_scales = lpbq_scales(weight, block_size, bits, rule, LPBQ_MAX_BLOCK_SCALE, importance)
     else:
-        scales = weight_scales_per_channel(weight, bits, rule)
+        scales = weight_scales_per_channel(weight, bits, rule, importance)
     grid = weight_grid(scales, block_scales, block_size or None)
     if rounding == "gptq":
         if hessian is None:

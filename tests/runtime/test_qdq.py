@@ -134,3 +134,25 @@ def test_lpbq_mse_integers_minimise_each_blocks_error_on_the_shipped_grid():
     assert chosen.dtype == torch.uint8 and int(chosen.min()) >= 1 and int(chosen.max()) <= 16
     assert (block_errors(chosen) <= block_errors(rounded) + 1e-9).all()
     assert (block_errors(chosen) < block_errors(rounded) - 1e-9).any()
+
+
+def test_importance_weighted_scales_lower_the_weighted_error():
+    """With per-input importance (the Hessian diagonal) the ``mse`` clips minimise the
+    importance-weighted error: never above the unweighted choice's, lower on some rows; a
+    uniform importance chooses exactly the unweighted scales."""
+    from quantkit.quant_primitives import fake_quantize_symmetric, lpbq_scales, weight_scales_per_channel
+
+    generator = torch.Generator().manual_seed(4)
+    weight = torch.randn(32, 128, generator=generator)
+    importance = torch.rand(128, generator=generator) ** 4 * 100  # a few inputs dominate the output
+
+    def weighted_errors(scales):
+        return ((fake_quantize_symmetric(weight, scales, 4, axis=0) - weight).pow(2) * importance).sum(dim=1)
+
+    plain, weighted = weight_scales_per_channel(weight, 4, "mse"), weight_scales_per_channel(weight, 4, "mse", importance)
+    assert (weighted_errors(weighted) <= weighted_errors(plain) + 1e-6).all() and (weighted_errors(weighted) < weighted_errors(plain) - 1e-6).any()
+    assert torch.equal(weight_scales_per_channel(weight, 4, "mse", torch.full((128,), 3.0)), plain)
+    uniform = lpbq_scales(weight, 32, 4, "mse", importance=torch.ones(128))
+    assert all(torch.equal(a, b) for a, b in zip(uniform, lpbq_scales(weight, 32, 4, "mse")))
+    channel, integers = lpbq_scales(weight, 32, 4, "mse", importance=importance)
+    assert channel.shape == (32,) and integers.shape == (32, 4)

@@ -2,6 +2,8 @@
 
 import torch
 
+from quantkit.quant_primitives import quantize_symmetric
+from quantkit.runtime.qdq import QuantizedWeight, weight_grid
 from quantkit.weights.gptq import gptq_codes
 from quantkit.weights.quantize import quantize_weight
 
@@ -22,12 +24,16 @@ def test_gptq_keeps_the_grid_and_lowers_the_output_error():
     weight = torch.randn(32, 64, generator=torch.Generator().manual_seed(1)) * 0.1
     hessian = (x.T @ x).double()
     for block_size in (None, 32):
-        nearest = quantize_weight(weight, bits=4, rule="mse", block_size=block_size)
         gptq = quantize_weight(weight, bits=4, rule="mse", block_size=block_size, rounding="gptq", hessian=hessian)
-        assert torch.equal(gptq.scales, nearest.scales)  # same grid, other codes
+        # Round to nearest on the same grid (the Hessian-weighted scales): only the codes differ.
+        grid = weight_grid(gptq.scales, gptq.block_scales, block_size)
+        nearest = QuantizedWeight(quantize_symmetric(weight, grid, 4).to(torch.int8), gptq.scales, 4, block_size, gptq.block_scales)
         assert (gptq.block_scales is None) == (block_size is None)
         assert int(gptq.codes.abs().max()) <= 7 and gptq.codes.dtype == torch.int8
         assert _output_error(weight, gptq.dequantize(), x) < 0.7 * _output_error(weight, nearest.dequantize(), x)
+        # The Hessian-weighted scales alone already lower the output error of plain MSE scales.
+        plain = quantize_weight(weight, bits=4, rule="mse", block_size=block_size)
+        assert _output_error(weight, nearest.dequantize(), x) < _output_error(weight, plain.dequantize(), x)
 
 
 def test_gptq_with_an_identity_hessian_is_round_to_nearest():
