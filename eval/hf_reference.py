@@ -37,7 +37,7 @@ from lm_eval.api.registry import register_model
 from lm_eval.models.huggingface import HFLM
 from tqdm import tqdm
 
-__all__ = ["ScoredPositionsHFLM", "positions_to_keep", "shared_context_groups", "FP_REFERENCE_MODEL"]
+__all__ = ["ScoredPositionsHFLM", "positions_to_keep", "shared_context_groups", "context_batches", "FP_REFERENCE_MODEL"]
 
 FP_REFERENCE_MODEL = "hf-scored"
 
@@ -78,6 +78,21 @@ def shared_context_groups(requests, max_length: int) -> dict[tuple[int, ...], li
     return {context: indices for context, indices in groups.items() if len(indices) > 1 and any(len(requests[i][2]) > 1 for i in indices)}
 
 
+def context_batches(groups: dict[tuple[int, ...], list[int]], rows_per_batch: int) -> list[list[tuple[int, ...]]]:
+    """The shared contexts in batches, longest first as lm-eval sorts (little padding), each
+    batch holding contexts whose continuations together fill at most ``rows_per_batch``
+    rows (a context with more continuations than that gets a batch of its own)."""
+    batches: list[list[tuple[int, ...]]] = []
+    rows = 0
+    for context in sorted(groups, key=len, reverse=True):
+        if not batches or rows + len(groups[context]) > rows_per_batch:
+            batches.append([])
+            rows = 0
+        batches[-1].append(context)
+        rows += len(groups[context])
+    return batches
+
+
 @register_model(FP_REFERENCE_MODEL)
 class ScoredPositionsHFLM(HFLM):
     """lm-eval's ``hf`` model, with logits only at the positions that are scored and
@@ -101,16 +116,8 @@ class ScoredPositionsHFLM(HFLM):
         if rest:
             for i, answer in zip(rest, self._scored_positions_only([requests[i] for i in rest], disable_tqdm, override_bs), strict=True):
                 results[i] = answer
-        contexts = sorted(groups, key=len, reverse=True)  # as lm-eval, longest first: little padding
         rows_per_batch = override_bs or (self.batch_size_per_gpu if isinstance(self.batch_size_per_gpu, int) else 16)
-        batches, batch, rows = [], [], 0
-        for context in contexts:
-            if batch and rows + len(groups[context]) > rows_per_batch:
-                batches.append(batch)
-                batch, rows = [], 0
-            batch.append(context)
-            rows += len(groups[context])
-        batches += [batch] if batch else []
+        batches = context_batches(groups, rows_per_batch)
         progress = tqdm(total=len(shared), desc="Shared-context requests", disable=disable_tqdm or self.rank != 0)
         for batch in batches:
             answers = self._score_shared_contexts([list(c) for c in batch], [[requests[i][2] for i in groups[c]] for c in batch])

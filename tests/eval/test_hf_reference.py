@@ -7,7 +7,7 @@ from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
 
 from quantkit.data.corpus import load_documents
-from quantkit.eval.hf_reference import ScoredPositionsHFLM, positions_to_keep, shared_context_groups
+from quantkit.eval.hf_reference import ScoredPositionsHFLM, context_batches, positions_to_keep, shared_context_groups
 
 MAX_LENGTH = 64
 
@@ -29,6 +29,13 @@ def test_shared_context_groups_are_shared_multi_token_untruncated_contexts():
     # [1, 2] is shared with a multi-token option; [7]'s options are one token each (lm-eval
     # already runs those once); [1]*9 would be left-truncated at max_length 9.
     assert shared_context_groups(requests, max_length=9) == {(1, 2): [0, 1, 2]}
+
+
+def test_context_batches_fill_rows_longest_first():
+    groups = {(1,): [0, 1], (1, 2, 3): [2, 3, 4], (4, 5): [5, 6], (6, 7, 8, 9): [7, 8, 9, 10, 11, 12]}
+    # Longest context first; a batch takes contexts while their options fit in 5 rows; one
+    # with more options than that is a batch of its own.
+    assert context_batches(groups, 5) == [[(6, 7, 8, 9)], [(1, 2, 3), (4, 5)], [(1,)]]
 
 
 @pytest.fixture(scope="module")
