@@ -3,7 +3,8 @@
 Import-light: lm-eval and the runtime load only when :func:`evaluate` or
 :func:`task_manager` runs. ``import quantkit.eval.lm`` registers the ``quantkit`` lm-eval
 model (a bundle run by the runtime), ``import quantkit.eval.hf_reference`` the ``hf-scored``
-model (the FP reference: lm-eval's hf model, LM head only at scored positions);
+model (the FP reference: lm-eval's hf model, LM head only at scored positions, shared
+contexts once);
 :func:`evaluate` does both imports itself.
 """
 

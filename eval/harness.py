@@ -1,6 +1,6 @@
 """Run lm-eval on a bundle (through the runtime) or on the FP model (through lm-eval's
-own ``hf`` model, with the LM head only where lm-eval scores: ``hf-scored``), with the
-offline tasks available; one function, :func:`evaluate`."""
+own ``hf`` model as ``hf-scored``: the LM head only where lm-eval scores, a shared context
+once), with the offline tasks available; one function, :func:`evaluate`."""
 
 from __future__ import annotations
 
@@ -61,8 +61,8 @@ def evaluate(
     model, on ``npu`` (``cpu`` or ``qnn``) with or without the shadow path — or a model
     that ``quantkit.models.loading.prepare_model_folder`` knows (a built-in name such as
     ``smollm2-135m``, a Hugging Face folder, a ``.gguf`` file), run in float32 by
-    lm-eval's ``hf`` model (as ``hf-scored``, which computes the LM head only at the
-    scored positions, :mod:`quantkit.eval.hf_reference`): the FP reference. ``limit`` caps the items per task (a
+    lm-eval's ``hf`` model (as ``hf-scored``: the LM head only at the scored positions,
+    a shared context once; :mod:`quantkit.eval.hf_reference`): the FP reference. ``limit`` caps the items per task (a
     fraction when below 1). ``output`` also writes the results as JSON. ``task_config``
     sets the offline tasks' sizes (default :class:`quantkit.eval.tasks.TaskDataConfig`);
     ``include_paths`` adds folders of the user's own lm-eval task YAMLs (``--include_path``).

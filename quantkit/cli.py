@@ -89,7 +89,7 @@ def _add_lm_eval(subparsers) -> None:
         LM_EVAL_COMMAND,
         help="lm-eval's own command line with the `quantkit` and `hf-scored` models registered (e.g. --model quantkit --model_args bundle=B)",
         description="Exactly lm-eval's command-line arguments (`lm-eval --help`), run with quantkit's lm-eval models registered "
-        "(`quantkit`: a bundle through the runtime; `hf-scored`: lm-eval's hf model with the LM head only at scored positions): "
+        "(`quantkit`: a bundle through the runtime; `hf-scored`: lm-eval's hf model with the LM head only at scored positions, shared contexts once): "
         "`quantkit lm-eval --model quantkit --model_args bundle=BUNDLE,npu=cpu --tasks TASKS --include_path DIR`.",
     )
 
