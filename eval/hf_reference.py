@@ -29,6 +29,7 @@ does either: lm-eval 0.4.13 has no option for them, so the subclass is ours.
 
 from __future__ import annotations
 
+import functools
 import inspect
 
 import torch
@@ -142,7 +143,7 @@ class ScoredPositionsHFLM(HFLM):
         ids = torch.tensor([c + [0] * (width - len(c)) for c in contexts], device=self.device)
         keep = width - int(lengths.min()) + 1
         # transformers 5.24 names the KV cache `cache`; earlier 5.x `past_key_values`.
-        name = "cache" if "cache" in inspect.signature(self.model.forward).parameters else "past_key_values"
+        name = "cache" if "cache" in self._forward_parameters else "past_key_values"
         with torch.autocast(device_type=self.device.type, dtype=self.mixed_precision_dtype, enabled=self.mixed_precision_dtype is not None):
             prefix = self.model(ids, use_cache=True, logits_to_keep=keep)
             last = prefix.logits[torch.arange(len(contexts)), lengths - 1 - (width - keep)]
@@ -179,14 +180,19 @@ class ScoredPositionsHFLM(HFLM):
         finally:
             self._longest_continuation = None
 
+    @functools.cached_property
+    def _forward_parameters(self) -> frozenset[str]:
+        """The model forward's argument names, read once."""
+        return frozenset(inspect.signature(self.model.forward).parameters)
+
     def _takes_logits_to_keep(self) -> bool:
         """Whether the model's forward accepts ``logits_to_keep`` (transformers' causal LMs
         do; a model that does not runs as lm-eval's ``hf``)."""
-        return "logits_to_keep" in inspect.signature(self.model.forward).parameters
+        return "logits_to_keep" in self._forward_parameters
 
     def _model_call(self, inps: torch.Tensor, attn_mask: torch.Tensor | None = None, labels: torch.Tensor | None = None) -> torch.Tensor:
         keep = None
-        if self._longest_continuation is not None and attn_mask is None and labels is None and self._takes_logits_to_keep():
+        if self._longest_continuation is not None and attn_mask is None and labels is None:  # set only where logits_to_keep is taken
             keep = positions_to_keep(inps, self._longest_continuation)
         if keep is None or keep == inps.shape[1]:
             return super()._model_call(inps, attn_mask=attn_mask, labels=labels)
