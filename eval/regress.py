@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import json
 import math
+import time
 import xml.etree.ElementTree as ElementTree
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -98,6 +99,8 @@ class RegressionReport:
     reference: dict[str, float]  # task → FP metric
     candidates: dict[str, dict[str, float]]  # candidate → task → metric
     checks: list[CheckResult] = field(default_factory=list)
+    # wall seconds of each evaluation: "reference" (None when read from the cache) and each candidate
+    seconds: dict[str, float | None] = field(default_factory=dict)
 
     @property
     def passed(self) -> bool:
@@ -116,7 +119,15 @@ class RegressionReport:
         return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
     def to_dict(self) -> dict:
-        return {"suite": self.suite, "passed": self.passed, "reference": self.reference, "candidates": self.candidates, "checks": [asdict(c) for c in self.checks]}
+        return {"suite": self.suite, "passed": self.passed, "reference": self.reference, "candidates": self.candidates, "checks": [asdict(c) for c in self.checks], "seconds": self.seconds}
+
+    def timings(self) -> str:
+        """One line per evaluation: how long the reference and each candidate took."""
+        lines = []
+        for name, seconds in self.seconds.items():
+            took = "cached" if seconds is None else f"{int(seconds // 60)} min {seconds % 60:.0f} s"
+            lines.append(f"{'FP reference' if name == 'reference' else 'candidate ' + name}: {took}")
+        return "\n".join(lines)
 
     def junit_xml(self) -> str:
         """JUnit XML: one test case per check, a failure element for each regression."""
@@ -124,6 +135,8 @@ class RegressionReport:
         suite = ElementTree.SubElement(root, "testsuite", name=self.suite, tests=str(len(self.checks)), failures=str(len(self.failures)), errors="0")
         for c in self.checks:
             case = ElementTree.SubElement(suite, "testcase", classname=f"{self.suite}.{c.candidate}", name=f"{c.task}.{c.metric} {c.check}")
+            if self.seconds.get(c.candidate) is not None:  # the candidate's whole evaluation, on each of its checks
+                case.set("time", f"{self.seconds[c.candidate]:.1f}")
             if not c.passed:
                 failure = ElementTree.SubElement(case, "failure", message=f"{c.candidate} {c.task} {c.metric} = {c.value:.4f}, limit {c.check} = {c.limit:.4f}")
                 failure.text = f"value {c.value}\nlimit {c.limit}\nFP reference {c.reference}"
@@ -273,7 +286,7 @@ def compare(suite: Suite, reference: dict[str, float], candidates: dict[str, dic
     return report
 
 
-def _reference_results(suite: Suite, tasks: list[str], task_settings: str, task_config, evaluate: Callable[..., dict], output: Path, fresh: bool) -> dict:
+def _reference_results(suite: Suite, tasks: list[str], task_settings: str, task_config, evaluate: Callable[..., dict], output: Path, fresh: bool) -> tuple[dict, bool]:
     """The FP reference's lm-eval results, cached in the quantkit cache under a key of
     everything they depend on: the model's source sha256, tasks, limit, the offline task
     data settings, the user's task files and the lm-eval version. Candidates change
@@ -304,13 +317,13 @@ def _reference_results(suite: Suite, tasks: list[str], task_settings: str, task_
     if cached.is_file() and not fresh:
         results = json.loads(cached.read_text())
         output.write_text(json.dumps(results, indent=2) + "\n")
-        return results
+        return results, True
     results = evaluate(suite.reference, tasks, limit=suite.limit, output=output, task_config=task_config, batch_size=suite.reference_batch_size, max_length=_REFERENCE_MAX_LENGTH, include_paths=suite.include_paths)
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(".partial")
     partial.write_text(output.read_text() if output.is_file() else json.dumps(results))
     os.replace(partial, cached)
-    return json.loads(cached.read_text())
+    return json.loads(cached.read_text()), False
 
 
 def _measurement_settings(suite: Suite, tasks: list[str], task_settings: str) -> dict:
@@ -390,13 +403,19 @@ def run_suite(
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    results = _reference_results(suite, tasks, task_settings, task_config, evaluate, out / "reference.lm_eval.json", fresh_reference)
+    seconds: dict[str, float | None] = {}
+    began = time.perf_counter()
+    results, from_cache = _reference_results(suite, tasks, task_settings, task_config, evaluate, out / "reference.lm_eval.json", fresh_reference)
+    seconds["reference"] = None if from_cache else time.perf_counter() - began
     reference = {check.task: _metric(results, check.task, check.metric, f"reference {suite.reference}") for check in suite.tasks}
     measured = {}
     for name, bundle in candidates.items():
+        began = time.perf_counter()
         results = evaluate(bundle, tasks, limit=suite.limit, npu=suite.npu, output=out / f"{name}.lm_eval.json", task_config=task_config, include_paths=suite.include_paths)
+        seconds[name] = time.perf_counter() - began
         measured[name] = {check.task: _metric(results, check.task, check.metric, f"candidate {name}") for check in suite.tasks}
     report = compare(suite, reference, measured, baselines)
+    report.seconds = seconds
     (out / "results.json").write_text(json.dumps(report.to_dict(), indent=1) + "\n")
     (out / "junit.xml").write_text(report.junit_xml())
     if update_baselines:

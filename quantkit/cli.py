@@ -299,6 +299,7 @@ def _run_regress(args) -> int:
     only = [n.strip() for n in args.candidates.split(",") if n.strip()] if args.candidates else None
     report = run_suite(load_suite(args.suite), args.out, only=only, bundles=bundles, update_baselines=args.update_baselines, fresh_reference=args.fresh_reference)
     print(report.table())
+    print(report.timings())
     print(f"\nwrote {args.out}/results.json and {args.out}/junit.xml")
     if report.passed:
         print(f"suite {report.suite}: PASSED ({len(report.checks)} checks)")

@@ -99,14 +99,15 @@ class DurationEstimates:
         self.default = default
         self._sum: dict[str, float] = {}
         self._count: dict[str, int] = {}
+        self._mean: dict[str, float] = {}  # read for every ready subgraph at every pick: kept, not divided
 
     def __call__(self, task: Subgraph) -> float:
-        count = self._count.get(task.kind, 0)
-        return self._sum[task.kind] / count if count else self.default
+        return self._mean.get(task.kind, self.default)
 
     def record(self, task: Subgraph, seconds: float) -> None:
         self._sum[task.kind] = self._sum.get(task.kind, 0.0) + seconds
         self._count[task.kind] = self._count.get(task.kind, 0) + 1
+        self._mean[task.kind] = self._sum[task.kind] / self._count[task.kind]
 
 
 def _check(tasks: Sequence[Subgraph]) -> None:
@@ -158,6 +159,9 @@ def run_out_of_order(tasks: Sequence[Subgraph], estimates: DurationEstimates | N
     origin = time.perf_counter()
 
     def pick(processor: str) -> int:
+        if len(ready[processor]) == 1:
+            return next(iter(ready[processor]))
+
         def score(index: int) -> tuple[float, int]:
             unlocked = [tasks[u] for u in dependents[index] if missing[u] == 1]
             return (greedy_score(tasks[index], unlocked, estimates), -index)

@@ -81,8 +81,10 @@ class ShadowSite:
         self._slot = torch.empty(self.num_channels, dtype=torch.long)
         self._slot[hot] = torch.arange(hot.numel())
         self._slot[self.cold_channels] = torch.arange(self.cold_channels.numel())
-        # resident hot columns, channel-major like the cold ones: row j = channel hot_channels[j]
-        self._hot = {name: hot_weights[f"{name}.hot"].T.contiguous() for name in self.linear_names} if self.shadowed else {}
+        # resident hot columns, channel-major like the cold ones: row j = channel hot_channels[j],
+        # the site's Linears side by side (one gather and one product per site)
+        self._hot = torch.cat([hot_weights[f"{name}.hot"].T for name in self.linear_names], dim=1).contiguous() if self.shadowed else None
+        self._out_sizes = [hot_weights[f"{name}.hot"].shape[0] for name in self.linear_names] if self.shadowed else []
         self._cold_file = cold_file
         self.counters = counters
         # Output-side shadow: per Linear, the output channels C whose NPU weight rows are
@@ -116,26 +118,23 @@ class ShadowSite:
         """x_out·W_fpᵀ for each Linear of the site; None if no value crossed the clip.
 
         x_out is sparse (a fraction of a percent of its entries are non-zero), so it is
-        multiplied as a sparse matrix over the channels that hold outliers only."""
+        multiplied as a sparse matrix over the channels that hold outliers only, against
+        those channels' FP columns of all the site's Linears at once. Each output is a sum
+        over its row's non-zeros in index order, so the Linears' columns side by side give
+        the values one product per Linear gives."""
         if excess is None:
             return None
-        tokens, channels = excess.nonzero(as_tuple=True)
-        if tokens.numel() == 0:
+        active = excess.ne(0).any(dim=0).nonzero().flatten()  # channels holding outliers, sorted
+        if active.numel() == 0:
             return None
-        self.counters.outlier_values += int(tokens.numel())
-        active, position = torch.unique(channels, return_inverse=True)  # sorted channels, index of each entry
-        # nonzero() lists entries row-major, so the indices are sorted and unique (coalesced)
-        indices = torch.stack([tokens, position])
-        sparse = torch.sparse_coo_tensor(indices, excess[tokens, channels], (excess.shape[0], active.numel()), check_invariants=False, is_coalesced=True)
+        sparse = excess[:, active].to_sparse()  # row-major non-zeros: coalesced
+        self.counters.outlier_values += int(sparse._nnz())
         hot_mask = self._is_hot[active]
         hot_rows, cold_rows = self._slot[active[hot_mask]], self._slot[active[~hot_mask]]
-        products = []
-        for name in self.linear_names:
-            weight = torch.empty(active.numel(), self._hot[name].shape[1])  # W_fp[:, active]ᵀ
-            weight[hot_mask] = self._hot[name][hot_rows]
-            if cold_rows.numel():  # read on demand from the bundle, only the rows needed
-                weight[~hot_mask] = self._cold_file.rows(f"{name}.cold", cold_rows)
-                self.counters.cold_loads += 1
-                self.counters.cold_columns += int(cold_rows.numel())
-            products.append(torch.sparse.mm(sparse, weight))
-        return products
+        weight = torch.empty(active.numel(), self._hot.shape[1])  # W_fp[:, active]ᵀ of every Linear
+        weight[hot_mask] = self._hot[hot_rows]
+        if cold_rows.numel():  # read on demand from the bundle, only the rows needed
+            weight[~hot_mask] = torch.cat([self._cold_file.rows(f"{name}.cold", cold_rows) for name in self.linear_names], dim=1)
+            self.counters.cold_loads += len(self.linear_names)
+            self.counters.cold_columns += int(cold_rows.numel()) * len(self.linear_names)
+        return list(torch.sparse.mm(sparse, weight).split(self._out_sizes, dim=1))

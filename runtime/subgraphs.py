@@ -28,7 +28,7 @@ import torch
 
 from quantkit.runtime.architecture import ArchitectureDescription, Norm
 from quantkit.runtime.packing import ChunkRun
-from quantkit.runtime.cpu_ops import activation, apply_rope, causal_attention, linear, rms_norm, rope_cos_sin, softcap
+from quantkit.runtime.cpu_ops import ROW_TILE, activation, apply_rope, causal_attention, linear, rms_norm, rope_cos_sin, softcap
 from quantkit.runtime.scheduler import CPU, NPU, Subgraph
 from quantkit.runtime.shadow import ShadowSite
 
@@ -223,7 +223,7 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
             if chunk_size is None:
                 outputs.append(causal_attention(q[:, rows], keys, values, state.positions[rows], key_positions, scale=arch.attention_scale, window=layer.window, logit_softcap=arch.attention_softcap))
                 continue
-            for begin, end in _key_span_groups(state.positions[rows], chunk_size):
+            for begin, end in _key_span_groups(int(state.positions[run.begin]), run.end - run.begin, chunk_size):
                 outputs.append(_attention_at_canonical_length(q[:, run.begin + begin : run.begin + end], keys, values, state.positions[run.begin + begin : run.begin + end], key_positions, chunk_size, arch, layer))
             cache.trim(block, run.segment)
         cache.release(block, state.released)
@@ -292,11 +292,16 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
         add("head", CPU, head, previous, "head")
 
 
-def _key_span_groups(positions: torch.Tensor, chunk_size: int) -> list[tuple[int, int]]:
-    """Rows [begin, end) of one run whose positions lie in the same window of ``chunk_size``
-    positions (0..C−1, C..2C−1, …): the rows an unpacked prefill computes in one chunk."""
-    spans = torch.div(positions, chunk_size, rounding_mode="floor")
-    edges = [0] + [i for i in range(1, len(spans)) if spans[i] != spans[i - 1]] + [len(spans)]
+def _key_span_groups(first_position: int, length: int, chunk_size: int) -> list[tuple[int, int]]:
+    """Rows [begin, end) of one run — ``length`` consecutive positions from
+    ``first_position`` — whose positions lie in the same window of ``chunk_size`` positions
+    (0..C−1, C..2C−1, …): the rows an unpacked prefill computes in one chunk.
+
+    >>> _key_span_groups(60, 10, 64)
+    [(0, 4), (4, 10)]
+    """
+    first_edge = -first_position % chunk_size or chunk_size
+    edges = [0, *range(first_edge, length, chunk_size), length]
     return list(zip(edges[:-1], edges[1:]))
 
 
@@ -307,7 +312,10 @@ def _attention_at_canonical_length(q, keys, values, query_positions, key_positio
     chunked prefill, so a packed or prefix-shared query is computed bit for bit as in one
     prefill per request: scaled_dot_product_attention blocks its work by the query and
     key lengths (measured: the same query row gives other float roundings in a 5-row and
-    a 35-row call), while masked keys add exact zeros."""
+    a 35-row call), while masked keys add exact zeros. Of the C-row block only the rows
+    from the first to the last query, widened to multiples of ``ROW_TILE``, are computed:
+    each query row of the kernel is computed on its own within such aligned row tiles
+    (tests/runtime/test_cpu_ops.py), and a short run no longer pays for C queries."""
     base = int(query_positions[0]) // chunk_size * chunk_size
     span_end = base + chunk_size
     if int(key_positions[-1]) >= span_end:  # keys of the run's later span: not there yet in a chunked prefill
@@ -318,10 +326,12 @@ def _attention_at_canonical_length(q, keys, values, query_positions, key_positio
         pad = keys.new_zeros(keys.shape[0], missing, keys.shape[2])
         keys, values = torch.cat([keys, pad], dim=1), torch.cat([values, pad], dim=1)
         key_positions = torch.cat([key_positions, torch.arange(int(key_positions[-1]) + 1, span_end)])
-    rows = query_positions - base
-    block = q.new_zeros(q.shape[0], chunk_size, q.shape[2])
+    first = int(query_positions[0]) - base
+    top, bottom = first // ROW_TILE * ROW_TILE, min(chunk_size, -(-(first + q.shape[1]) // ROW_TILE) * ROW_TILE)
+    rows = query_positions - base - top
+    block = q.new_zeros(q.shape[0], bottom - top, q.shape[2])
     block[:, rows] = q
-    out = causal_attention(block, keys, values, torch.arange(base, span_end), key_positions, scale=arch.attention_scale, window=layer.window, logit_softcap=arch.attention_softcap)
+    out = causal_attention(block, keys, values, torch.arange(base + top, base + bottom), key_positions, scale=arch.attention_scale, window=layer.window, logit_softcap=arch.attention_softcap)
     return out[:, rows]
 
 

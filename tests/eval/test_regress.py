@@ -148,8 +148,14 @@ def test_fp_reference_results_are_cached(tmp_path, tiny_bundle, monkeypatch):
         return {"results": {"quantkit_lastword": {"acc,none": 0.5}, "quantkit_wikitext": {"word_perplexity,none": 10.0}}}
 
     suite = load_suite(_suite(tmp_path, reference=tiny_bundle.parent / "model", bundle=tiny_bundle, increase=0.5))
-    for fresh in (False, False, True):
-        assert run_suite(suite, tmp_path / "out", evaluate=fake_evaluate, fresh_reference=fresh).passed
+    reports = [run_suite(suite, tmp_path / "out", evaluate=fake_evaluate, fresh_reference=fresh) for fresh in (False, False, True)]
+    assert all(report.passed for report in reports)
+    # each evaluation's wall time is reported; a cached reference took none
+    assert [report.seconds["reference"] is None for report in reports] == [False, True, False]
+    assert all(report.seconds["good"] >= 0 for report in reports)
+    assert "FP reference: cached" in reports[1].timings() and "candidate good: 0 min" in reports[1].timings()
+    assert json.loads((tmp_path / "out" / "results.json").read_text())["seconds"]["reference"] is not None
+    assert 'time="' in (tmp_path / "out" / "junit.xml").read_text()
     reference = str(tiny_bundle.parent / "model")
     assert calls.count(reference) == 2 and calls.count(str(tiny_bundle)) == 3  # cached once, then fresh
     assert json.loads((tmp_path / "out" / "reference.lm_eval.json").read_text())["results"]["quantkit_lastword"]["acc,none"] == 0.5

@@ -268,15 +268,25 @@ def test_packed_and_prefix_shared_logits_equal_one_prefill_per_request(bundle):
     """Several sequences sharing contexts, packed into common chunks with the contexts
     computed once: every logit equals, bit for bit, one prefill per sequence (mixed A8/A16
     graphs, a CPU-FP block, the shadow paths)."""
+    _assert_packed_equals_one_prefill_per_request(BundleModel(bundle / "bundle"), context_lengths=(5, 21, 40), alone=37)
+
+
+def test_packed_logits_equal_one_prefill_per_request_in_a_wide_chunk(bundle, tmp_path):
+    """The same at chunk 64, where a short run's attention computes only the row tiles of
+    its queries, not the chunk's 64 rows (runtime/subgraphs.py)."""
+    export_bundle(bundle / "calib", tmp_path / "wide", chunk_size=64, progress=False)
+    _assert_packed_equals_one_prefill_per_request(BundleModel(tmp_path / "wide"), context_lengths=(5, 30, 70, 100), alone=90)
+
+
+def _assert_packed_equals_one_prefill_per_request(runtime: BundleModel, context_lengths: tuple[int, ...], alone: int) -> None:
     from quantkit.runtime.packing import prefix_tree
 
-    runtime = BundleModel(bundle / "bundle")
     generator = torch.Generator().manual_seed(3)
-    contexts = [torch.randint(0, TINY_VOCAB, (n,), generator=generator).tolist() for n in (5, 21, 40)]
+    contexts = [torch.randint(0, TINY_VOCAB, (n,), generator=generator).tolist() for n in context_lengths]
     sequences = [tuple(c + torch.randint(0, TINY_VOCAB, (k,), generator=generator).tolist()) for c in contexts for k in (1, 4, 9)]
-    sequences.append(tuple(torch.randint(0, TINY_VOCAB, (37,), generator=generator).tolist()))
+    sequences.append(tuple(torch.randint(0, TINY_VOCAB, (alone,), generator=generator).tolist()))
     tree = prefix_tree(sequences)
-    assert len(tree.segments) == 3 + 9 + 1  # each context once, one segment per continuation
+    assert len(tree.segments) == len(contexts) * 4 + 1  # each context once, one segment per continuation
     wanted = {}
     for index, sequence in enumerate(sequences):
         for position in range(len(sequence)):
