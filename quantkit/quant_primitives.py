@@ -22,6 +22,7 @@ __all__ = [
     "quantize_weight_per_channel",
     "weight_scales_per_channel",
     "lpbq_scales",
+    "block_offsets",
     "WEIGHT_SCALE_RULES",
     "sqnr_db",
 ]
@@ -45,14 +46,15 @@ def symmetric_scale(absmax: torch.Tensor | float, num_bits: int = 8) -> torch.Te
     return torch.clamp(absmax / qmax, min=_MIN_SCALE)
 
 
-def quantize_symmetric(x: torch.Tensor, scale: torch.Tensor, num_bits: int = 8, axis: int | None = None) -> torch.Tensor:
-    """Integer codes ``clamp(round(x / s), -qmax, qmax)`` (as int32).
+def quantize_symmetric(x: torch.Tensor, scale: torch.Tensor, num_bits: int = 8, axis: int | None = None, full_range: bool = False) -> torch.Tensor:
+    """Integer codes ``clamp(round(x / s), -qmax, qmax)`` (as int32); ``full_range``: the
+    lower bound is −qmax − 1 (all 2^b codes, e.g. [−8, 7]).
 
     ``axis`` names the channel dimension of a per-channel ``scale`` (None: per tensor).
     """
     qmax = 2 ** (num_bits - 1) - 1
     scale = _broadcast_scale(scale, x, axis)
-    return torch.clamp(torch.round(x / scale), -qmax, qmax).to(torch.int32)
+    return torch.clamp(torch.round(x / scale), -qmax - int(full_range), qmax).to(torch.int32)
 
 
 def dequantize_symmetric(q: torch.Tensor, scale: torch.Tensor, axis: int | None = None) -> torch.Tensor:
@@ -60,12 +62,12 @@ def dequantize_symmetric(q: torch.Tensor, scale: torch.Tensor, axis: int | None 
     return q.to(torch.float32) * _broadcast_scale(scale, q, axis)
 
 
-def fake_quantize_symmetric(x: torch.Tensor, scale: torch.Tensor, num_bits: int = 8, axis: int | None = None) -> torch.Tensor:
+def fake_quantize_symmetric(x: torch.Tensor, scale: torch.Tensor, num_bits: int = 8, axis: int | None = None, full_range: bool = False) -> torch.Tensor:
     """Quantize then dequantize, keeping ``x``'s dtype: what the NPU's INT8 does to ``x``."""
-    return dequantize_symmetric(quantize_symmetric(x, scale, num_bits, axis), scale, axis).to(x.dtype)
+    return dequantize_symmetric(quantize_symmetric(x, scale, num_bits, axis, full_range), scale, axis).to(x.dtype)
 
 
-def weight_scales_per_channel(weight: torch.Tensor, num_bits: int = 8, rule: str = "max", importance: torch.Tensor | None = None) -> torch.Tensor:
+def weight_scales_per_channel(weight: torch.Tensor, num_bits: int = 8, rule: str = "max", importance: torch.Tensor | None = None, full_range: bool = False) -> torch.Tensor:
     """Per-output-channel symmetric scales of a [out, in] weight.
 
     ``"max"``: s_j = max_i |W_ji| / qmax (min/max, nothing clipped). ``"mse"``: per row j,
@@ -91,7 +93,7 @@ def weight_scales_per_channel(weight: torch.Tensor, num_bits: int = 8, rule: str
     best_scales, best_errors = None, None
     for ratio in _WEIGHT_CLIP_RATIOS.tolist():
         scales = symmetric_scale(absmax * ratio, num_bits)
-        errors = ((fake_quantize_symmetric(weight, scales, num_bits, axis=0) - weight).pow(2) * weighting).sum(dim=1)
+        errors = ((fake_quantize_symmetric(weight, scales, num_bits, axis=0, full_range=full_range) - weight).pow(2) * weighting).sum(dim=1)
         if best_scales is None:
             best_scales, best_errors = scales, errors
         else:
@@ -100,7 +102,7 @@ def weight_scales_per_channel(weight: torch.Tensor, num_bits: int = 8, rule: str
     return best_scales
 
 
-def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: str = "max", max_block_scale: int = 16, importance: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: str = "max", max_block_scale: int = 16, importance: torch.Tensor | None = None, full_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """Low-power blockwise (LPBQ) scales of a [out, in] weight, blocks of ``block_size``
     inputs: (per-channel float32 scales s [out], uint8 block scales k [out, in / B]).
 
@@ -114,7 +116,8 @@ def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: 
     SmolLM2 (every graph W4A16, LPBQ 32, GPTQ; validation 8×512 tokens of the deployed
     arithmetic, FP 20.92): 22.91 with the rounded integers, 22.77 with these.
     ``importance`` weights the errors per input as in :func:`weight_scales_per_channel`
-    (same measurement with the Hessian diagonal: 22.08).
+    (same measurement with the Hessian diagonal: 22.08). ``full_range``: codes in
+    [−2^(b−1), 2^(b−1) − 1] (the grid of block-offset weights, see :func:`block_offsets`).
     """
     out_features, in_features = weight.shape
     if block_size < 1 or in_features % block_size:
@@ -122,7 +125,7 @@ def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: 
     weight = weight.detach().float()
     blocks = weight.reshape(out_features * (in_features // block_size), block_size)
     weighting = None if importance is None else importance.float().reshape(1, -1, block_size).expand(out_features, -1, -1)
-    block_scales = weight_scales_per_channel(blocks, num_bits, rule, None if weighting is None else weighting.reshape(blocks.shape)).reshape(out_features, -1)
+    block_scales = weight_scales_per_channel(blocks, num_bits, rule, None if weighting is None else weighting.reshape(blocks.shape), full_range).reshape(out_features, -1)
     channel_scales = torch.clamp(block_scales.amax(dim=1) / max_block_scale, min=_MIN_SCALE)
     if rule == "max":
         return channel_scales, torch.clamp(torch.round(block_scales / channel_scales[:, None]), 1, max_block_scale).to(torch.uint8)
@@ -130,13 +133,34 @@ def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: 
     best_integers, best_errors = None, None
     for k in range(1, max_block_scale + 1):
         scales = (channel_scales * k)[:, None, None]
-        errors = ((fake_quantize_symmetric(blocks, scales, num_bits) - blocks).pow(2) * (1.0 if weighting is None else weighting)).sum(dim=-1)
+        errors = ((fake_quantize_symmetric(blocks, scales, num_bits, full_range=full_range) - blocks).pow(2) * (1.0 if weighting is None else weighting)).sum(dim=-1)
         if best_integers is None:
             best_integers, best_errors = torch.full_like(errors, k), errors
         else:
             better = errors < best_errors
             best_integers, best_errors = torch.where(better, float(k), best_integers), torch.where(better, errors, best_errors)
     return channel_scales, best_integers.to(torch.uint8)
+
+
+def block_offsets(weight: torch.Tensor, block_size: int, num_bits: int = 4, offset_bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """Block offsets of a [out, in] weight for LPBQ with offsets: (int codes [out, in / B],
+    float32 per-channel scales [out]) of O = B · o, o the centre of the block's asymmetric
+    min/max grid — with d = (max − min) / (2^b − 1) the block's 2^b levels are
+    min + d · {0 … 2^b − 1} = o + d · {−2^(b−1) … 2^(b−1) − 1}, so o = min + 2^(b−1) · d
+    (GGUF's Q4_1 blocks are this grid: their weights come back exactly up to the
+    rounding of o and of the LPBQ block scale). O is quantized symmetric per row at
+    ``offset_bits``; the weight minus the quantized offsets then goes on a symmetric
+    full-range LPBQ grid (:func:`lpbq_scales` with ``full_range``).
+    """
+    out_features, in_features = weight.shape
+    if block_size < 1 or in_features % block_size:
+        raise ValueError(f"block size: got {block_size}, expected a divisor of the {in_features} input features")
+    blocks = weight.detach().float().reshape(out_features, in_features // block_size, block_size)
+    low, high = blocks.amin(dim=-1), blocks.amax(dim=-1)
+    centres = low + 2 ** (num_bits - 1) * (high - low) / (2**num_bits - 1)
+    products = centres * block_size  # O = B · o: the weight of the block means
+    scales = symmetric_scale(products.abs().amax(dim=1), offset_bits)
+    return quantize_symmetric(products, scales, offset_bits, axis=0), scales
 
 
 def quantize_weight_per_channel(weight: torch.Tensor, num_bits: int = 8, rule: str = "max") -> tuple[torch.Tensor, torch.Tensor]:

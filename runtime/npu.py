@@ -83,16 +83,22 @@ class OrtGraph:
 _BITS_OF_ZERO_POINT = {np.dtype(np.int8): 8, np.dtype(np.int16): 16}
 
 
-def _weight_from_graph(values: dict[str, np.ndarray], weight_name: str) -> QuantizedWeight:
-    """The QuantizedWeight a graph's weight initializers hold (int8, int4 per channel or
-    LPBQ int4 — see ``quantkit.export.graphs``); int4 arrays read back as int4 dtype."""
+def _weight_from_graph(values: dict[str, np.ndarray], linear_name: str) -> QuantizedWeight:
+    """The QuantizedWeight a graph's initializers hold for ``linear_name`` (int8, int4 per
+    channel or LPBQ int4, with or without block offsets — see ``quantkit.export.graphs``);
+    int4 arrays read back as int4 dtype."""
+    weight_name, offsets_name = f"{linear_name}.weight", f"{linear_name}.offsets"
     stored = values[weight_name]
     bits = 8 if stored.dtype == np.int8 else 4
     codes = torch.from_numpy(stored.astype(np.int8).T.copy())  # stored [in, out]
     if f"{weight_name}.block_scales" in values:
         block_scales = torch.from_numpy(values[f"{weight_name}.block_scales"].T.copy())  # stored [in / B, out]
         block_size = codes.shape[1] // block_scales.shape[1]
-        return QuantizedWeight(codes, torch.from_numpy(values[f"{weight_name}.channel_scale"].copy()), bits, block_size, block_scales)
+        offset_codes = offset_scales = None
+        if offsets_name in values:
+            offset_codes = torch.from_numpy(values[offsets_name].T.copy())  # stored [in / B, out]
+            offset_scales = torch.from_numpy(values[f"{offsets_name}.scale"].copy())
+        return QuantizedWeight(codes, torch.from_numpy(values[f"{weight_name}.channel_scale"].copy()), bits, block_size, block_scales, offset_codes, offset_scales)
     return QuantizedWeight(codes, torch.from_numpy(values[f"{weight_name}.scale"].copy()), bits)
 
 
@@ -111,7 +117,7 @@ def records_from_graph(folder: Path, entry: dict) -> list[QdqLinear]:
         bias = f"{name}.bias"
         records.append(
             QdqLinear(
-                weight=_weight_from_graph(values, f"{name}.weight"),
+                weight=_weight_from_graph(values, name),
                 input_scale=float(values[f"{input_name}.scale"]),
                 output_scale=float(values[f"{name}.output.scale"]),
                 bits=bits,

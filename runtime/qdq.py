@@ -26,19 +26,37 @@ the HTP runs, low-power blockwise quantization (LPBQ, as AIMET's grouped blockwi
 quantization defines it): each block of B inputs of row j has the scale s_W[j] · k[j, blk],
 a float per-channel scale times an integer k in 1…16 = 2^(8−4), so the block grid is a
 sub-grid of one 8-bit per-channel grid.
+
+LPBQ with block offsets adds an asymmetric part the HTP runs as a second, small MatMul
+beside the LPBQ one (probed on onnxruntime-qnn 2.7 with CPU fallback off; QNN's LPBQ
+itself has no zero points). Each block of row j gets a real offset o[j, blk], held as
+the int8 per-channel weight O[j, blk] = B · o[j, blk] ≈ codes_O[j, blk] · s_O[j] applied
+to the block means of the quantized input; codes then span the full [−8, 7]:
+
+    W[j, i] = codes_W[j, i] · s_W[j] · k[j, blk] + o[j, blk]               (blk = i // B)
+    m       = clamp(round(mean_B(q_x) / s_x), …) · s_x                    (block means, [in / B])
+    y       = Q_p(q_x · W_codesᵀ) + Q_p(m · Oᵀ)                    s_p = PART_RANGE · s_y
+
+Both partial products are requantized before their Add (the HTP needs a quantized
+tensor between the MatMuls and the Add), on a grid PART_RANGE times the output's, so a
+partial sum may exceed the output range without saturating. For weights that were
+asymmetric 4-bit blocks before (GGUF Q4_1, the built-in model), this reproduces their
+grid up to the rounding of k and of the offsets.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import torch
 
-__all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "QuantizedWeight", "weight_grid", "packed_weight_bytes", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
+__all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "OFFSET_BITS", "PART_RANGE", "QuantizedWeight", "block_means", "weight_grid", "packed_weight_bytes", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
 
 ACTIVATION_BITS = (8, 16)
 WEIGHT_BITS = (4, 8)
 LPBQ_MAX_BLOCK_SCALE = 2 ** (8 - 4)  # LPBQ block scales k ∈ 1…16 expand 4-bit codes onto an 8-bit grid
+OFFSET_BITS = 8  # the block-offset weight O: int8 per output channel
+PART_RANGE = 4.0  # partial products of an offset Linear: a grid 4× the output's (2 of 16 bits)
 _MIN_SCALE = 1e-8  # an all-zero range still gets a usable encoding
 
 
@@ -82,10 +100,18 @@ def weight_grid(scales: torch.Tensor, block_scales: torch.Tensor | None = None, 
     return (scales.float()[:, None] * block_scales.float()).repeat_interleave(block_size, dim=1)
 
 
-def packed_weight_bytes(out_features: int, in_features: int, bits: int = 8, block_size: int | None = None) -> int:
-    """Bytes of a weight packed: codes at ``bits`` each, float32 per-channel scales, uint8 LPBQ block scales."""
+def packed_weight_bytes(out_features: int, in_features: int, bits: int = 8, block_size: int | None = None, block_offsets: bool = False) -> int:
+    """Bytes of a weight packed: codes at ``bits`` each, float32 per-channel scales, uint8 LPBQ
+    block scales and, with ``block_offsets``, the int8 offset weight and its float32 scales."""
     block_bytes = 0 if block_size is None else out_features * (in_features // block_size)
-    return out_features * in_features * bits // 8 + 4 * out_features + block_bytes
+    offset_bytes = block_bytes * OFFSET_BITS // 8 + 4 * out_features if block_offsets else 0
+    return out_features * in_features * bits // 8 + 4 * out_features + block_bytes + offset_bytes
+
+
+def block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Means of consecutive blocks of ``block_size`` features, [..., in] → [..., in / B]
+    (the graph's Reshape + ReduceMean)."""
+    return x.reshape(*x.shape[:-1], x.shape[-1] // block_size, block_size).mean(dim=-1)
 
 
 @dataclass(frozen=True)
@@ -93,13 +119,16 @@ class QuantizedWeight:
     """A Linear's NPU weight: signed integer codes [out, in] (stored int8, within
     ±(2^(b−1) − 1) for b = ``bits``), float32 per-output-channel scales [out] and, for
     LPBQ blocks of ``block_size`` inputs, uint8 block scales [out, in / block_size] in
-    1…16 multiplying them."""
+    1…16 multiplying them; optionally block offsets: int8 codes [out, in / block_size] and
+    float32 scales [out] of O = B · o (module docstring), codes then within [−8, 7]."""
 
     codes: torch.Tensor  # int8 [out, in]
     scales: torch.Tensor  # float32 [out]
     bits: int = 8
     block_size: int | None = None
     block_scales: torch.Tensor | None = None  # uint8 [out, in // block_size]
+    offset_codes: torch.Tensor | None = None  # int8 [out, in // block_size]
+    offset_scales: torch.Tensor | None = None  # float32 [out]
 
     def __post_init__(self) -> None:
         if self.bits not in WEIGHT_BITS:
@@ -110,18 +139,47 @@ class QuantizedWeight:
             out_features, in_features = self.codes.shape
             if self.bits != 4 or in_features % self.block_size or tuple(self.block_scales.shape) != (out_features, in_features // self.block_size):
                 raise ValueError(f"QuantizedWeight: LPBQ needs 4-bit codes and block scales [{out_features}, {in_features} / {self.block_size}], got {self.bits}-bit, {tuple(self.block_scales.shape)}")
+        if (self.offset_codes is None) != (self.offset_scales is None):
+            raise ValueError("QuantizedWeight: offset codes and offset scales come together")
+        if self.offset_codes is not None and (self.block_size is None or self.offset_codes.shape != self.block_scales.shape):
+            raise ValueError("QuantizedWeight: block offsets need LPBQ blocks, one offset per block")
+
+    @property
+    def has_offsets(self) -> bool:
+        return self.offset_codes is not None
+
+    def offset_weight(self) -> torch.Tensor:
+        """O = codes_O · s_O [out, in / B], the weight of the block means."""
+        return self.offset_codes.float() * self.offset_scales.float()[:, None]
+
+    def code_weight(self) -> torch.Tensor:
+        """codes · grid [out, in]: the LPBQ MatMul's weight (without the block offsets)."""
+        return self.codes.float() * weight_grid(self.scales, self.block_scales, self.block_size)
 
     def dequantize(self) -> torch.Tensor:
-        return self.codes.float() * weight_grid(self.scales, self.block_scales, self.block_size)
+        """The real weight [out, in]: the codes on their grid plus each block's offset o = O / B."""
+        weight = self.code_weight()
+        if self.has_offsets:
+            weight = weight + (self.offset_weight() / self.block_size).repeat_interleave(self.block_size, dim=1)
+        return weight
 
     @property
     def nbytes(self) -> int:
         """Bytes the weight takes packed (:func:`packed_weight_bytes`)."""
-        return packed_weight_bytes(*self.codes.shape, self.bits, self.block_size)
+        return packed_weight_bytes(*self.codes.shape, self.bits, self.block_size, self.has_offsets)
+
+    def with_rows_zeroed(self, rows: list[int]) -> "QuantizedWeight":
+        """The same weight with output ``rows`` (codes and offsets) zero."""
+        codes = self.codes.clone()
+        codes[rows] = 0
+        offsets = None if self.offset_codes is None else self.offset_codes.clone()
+        if offsets is not None:
+            offsets[rows] = 0
+        return replace(self, codes=codes, offset_codes=offsets)
 
     def to(self, device: torch.device | str) -> "QuantizedWeight":
-        blocks = None if self.block_scales is None else self.block_scales.to(device)
-        return QuantizedWeight(self.codes.to(device), self.scales.to(device), self.bits, self.block_size, blocks)
+        move = lambda t: None if t is None else t.to(device)  # noqa: E731
+        return replace(self, codes=self.codes.to(device), scales=self.scales.to(device), block_scales=move(self.block_scales), offset_codes=move(self.offset_codes), offset_scales=move(self.offset_scales))
 
 
 @dataclass(frozen=True)
@@ -136,6 +194,7 @@ class QdqLinear:
     bias_codes: torch.Tensor | None = None  # int32 [out]
     bias_scales: torch.Tensor | None = None  # float32 [out] = s_x · s_W
     _weight: torch.Tensor = field(init=False, repr=False, compare=False)
+    _offset_weight: torch.Tensor | None = field(init=False, repr=False, compare=False)
     _bias: torch.Tensor | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -144,7 +203,10 @@ class QdqLinear:
             raise ValueError(f"QdqLinear: the HTP runs 4-bit weights only with 16-bit activations, got {self.bits}-bit activations")
         if (self.bias_codes is None) != (self.bias_scales is None):
             raise ValueError("QdqLinear: bias codes and bias scales come together")
-        object.__setattr__(self, "_weight", self.weight.dequantize())
+        if self.weight.has_offsets and self.bias_codes is not None:
+            raise ValueError("QdqLinear: block offsets come without a bias (LPBQ Linears have none)")
+        object.__setattr__(self, "_weight", self.weight.code_weight())
+        object.__setattr__(self, "_offset_weight", self.weight.offset_weight() if self.weight.has_offsets else None)
         object.__setattr__(self, "_bias", None if self.bias_codes is None else self.bias_codes.float() * self.bias_scales.float())
 
     @property
@@ -156,9 +218,24 @@ class QdqLinear:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
         return QdqLinear(self.weight.to(device), self.input_scale, self.output_scale, self.bits, move(self.bias_codes), move(self.bias_scales))
 
+    @property
+    def part_scale(self) -> float:
+        """s_p = PART_RANGE · s_y, the grid of the two partial products of an offset Linear."""
+        return float(torch.tensor(PART_RANGE * self.output_scale, dtype=torch.float32))
+
     def accumulate(self, x: torch.Tensor) -> torch.Tensor:
-        """y = Q(x) · Wᵀ + b before output requantization (the graph's MatMul + Add)."""
-        return torch.nn.functional.linear(fake_quantize_activation(x, self.input_scale, self.bits), self._weight, self._bias)
+        """y = Q(x) · Wᵀ + b before output requantization (the graph's MatMul + Add); with
+        block offsets Q_p(Q(x) · W_codesᵀ) + Q_p(m · Oᵀ) (module docstring), the partial
+        products in float while the output ranges are recorded (no output scale yet)."""
+        quantized = fake_quantize_activation(x, self.input_scale, self.bits)
+        y = torch.nn.functional.linear(quantized, self._weight, self._bias)
+        if self._offset_weight is None:
+            return y
+        means = fake_quantize_activation(block_means(quantized, self.weight.block_size), self.input_scale, self.bits)
+        offsets = torch.nn.functional.linear(means, self._offset_weight)
+        if self.output_scale is None:
+            return y + offsets
+        return fake_quantize_activation(y, self.part_scale, self.bits) + fake_quantize_activation(offsets, self.part_scale, self.bits)
 
     def requantize_output(self, y: torch.Tensor) -> torch.Tensor:
         """The graph's output QuantizeLinear/DequantizeLinear."""

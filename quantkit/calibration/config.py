@@ -12,7 +12,7 @@ from quantkit.precision.plan import PRECISION_MODES
 from quantkit.runtime.bundle import DEFAULT_CHUNK_SIZE
 from quantkit.settings import from_checked_dict
 from quantkit.transforms.rotation import ROTATIONS
-from quantkit.weights.quantize import WEIGHT_ROUNDINGS
+from quantkit.weights.quantize import WEIGHT_BLOCK_OFFSETS, WEIGHT_ROUNDINGS
 
 __all__ = ["CalibrationConfig", "CONFIG_VERSION", "WEIGHT_MODES"]
 
@@ -60,6 +60,12 @@ class CalibrationConfig:
       Hessians of the clipped inputs, or ``"nearest"``). ``"auto"``: start from that and
       give INT8 weights back to the graphs that buy the most accuracy per weight byte
       until the deployed arithmetic is within ``accuracy_budget`` (before block placement).
+    * ``weight_block_offsets="none"``: LPBQ is symmetric. ``"int8"`` adds an int8 offset
+      per block (``runtime.qdq``; asymmetric blocks, a second small MatMul on the HTP):
+      +3.1 points of the INT8 weight bytes. On SmolLM2, whose weights were asymmetric
+      4-bit blocks (Q4_1) before dequantization, it brings them back almost exactly
+      (README: the W4A16 rows); it stays off by default because it takes the bundle
+      past 55% of the INT8 weight bytes.
     * ``prune_fraction=0.5`` applies to ``activation_bits="16"`` only: a 16-bit range
       absorbs the outliers of the least important half of the layers (W8A16 −0.1% on
       SmolLM2 with them pruned). With ``"8"`` or ``"auto"`` every site keeps its shadow path,
@@ -110,6 +116,7 @@ class CalibrationConfig:
     weight_bits: str = "8"
     weight_block_size: int = 32
     weight_rounding: str = "gptq"
+    weight_block_offsets: str = "none"
     sensitivity_num_sequences: int = 4
     sensitivity_seq_len: int = 256
     rotation: str = "none"
@@ -149,6 +156,10 @@ class CalibrationConfig:
             raise ValueError(f"weight_bits {self.weight_bits} with activation_bits 8: the HTP runs 4-bit weights only with 16-bit activations; use --activation-bits 16 or auto (A8 graphs keep INT8 weights)")
         if not isinstance(self.weight_block_size, int) or self.weight_block_size < 0 or (self.weight_block_size and self.weight_block_size % 16):
             raise ValueError(f"weight_block_size: got {self.weight_block_size!r}, expected 0 (per output channel) or a multiple of 16 dividing the input features, e.g. 64")
+        if self.weight_block_offsets not in WEIGHT_BLOCK_OFFSETS:
+            raise ValueError(f"weight_block_offsets: got {self.weight_block_offsets!r}, expected one of {', '.join(WEIGHT_BLOCK_OFFSETS)}")
+        if self.weight_block_offsets != "none" and (self.weight_bits == "8" or not self.weight_block_size):
+            raise ValueError("weight_block_offsets: block offsets belong to 4-bit LPBQ weights; use --weight-bits 4 (or auto) with --weight-block-size N > 0")
         if self.rotation not in ROTATIONS:
             raise ValueError(f"rotation: got {self.rotation!r}, expected one of {', '.join(ROTATIONS)}")
         if self.weight_rounding not in WEIGHT_ROUNDINGS:

@@ -12,6 +12,10 @@ serialisation of ``quantkit.runtime.qdq.QdqLinear`` records (b = 8 shown):
                or, LPBQ: DequantizeLinear(int4 weight [in, out], block scales, axis 0, block_size B)
                          whose block scales = DequantizeLinear(uint8 k [in/B, out], per-channel s, axis 1)
       → [+ DequantizeLinear(int32 bias, scale s_x·s_w)]
+      [LPBQ with block offsets: that MatMul → Q/DQ (s_p = PART_RANGE · s_y), plus
+       Reshape [1, chunk, in/B, B] → Q/DQ (s_x) → ReduceMean → Q/DQ (s_x), the block means
+       (once per graph) → MatMul with DequantizeLinear(int8 offsets [in/B, out], per-channel
+       scales, axis 1) → Q/DQ (s_p); the two Added]
       → QuantizeLinear/DequantizeLinear  int8, scale = NPU-output clip / 127 (calibrated)
       → output (float; the CPU adds the shadow result, Eq. 1)
 
@@ -141,8 +145,27 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
         initializers.append(numpy_helper.from_array(np.array(value, dtype=dtype), tensor_name))
         return tensor_name
 
+    def requantized(tensor: str, scale: float, scale_name: str) -> str:
+        """``tensor`` through QuantizeLinear/DequantizeLinear at ``scale`` (an activation encoding too)."""
+        if scale_name not in {i.name for i in initializers}:
+            scalar(scale, np.float32, scale_name)
+        activation_encodings.append(_activation_encoding(tensor, scale, bits))
+        nodes.append(helper.make_node("QuantizeLinear", [tensor, scale_name, f"{input_name}.zero_point"], [f"{tensor}.q"]))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{tensor}.q", scale_name, f"{input_name}.zero_point"], [f"{tensor}.dq"]))
+        return f"{tensor}.dq"
+
     nodes.append(helper.make_node("QuantizeLinear", [input_name, scalar(input_scale, np.float32, f"{input_name}.scale"), scalar(0, activation_dtype, f"{input_name}.zero_point")], [f"{input_name}.q"]))
     nodes.append(helper.make_node("DequantizeLinear", [f"{input_name}.q", f"{input_name}.scale", f"{input_name}.zero_point"], [f"{input_name}.dq"]))
+    offset_blocks = {record.weight.block_size for record in records.values() if record.weight.has_offsets}
+    assert len(offset_blocks) <= 1, "one LPBQ block size per graph"
+    means = None
+    if offset_blocks:  # the block means of the quantized input, shared by the site's Linears
+        block_size = offset_blocks.pop()
+        shape = scalar(np.array([1, chunk_size, site.num_channels // block_size, block_size], dtype=np.int64), np.int64, f"{input_name}.blocks.shape")
+        nodes.append(helper.make_node("Reshape", [f"{input_name}.dq", shape], [f"{input_name}.blocks"]))
+        blocks = requantized(f"{input_name}.blocks", input_scale, f"{input_name}.scale")
+        nodes.append(helper.make_node("ReduceMean", [blocks, scalar(np.array([-1], dtype=np.int64), np.int64, f"{input_name}.blocks.axes")], [f"{input_name}.block_means"], keepdims=0))
+        means = requantized(f"{input_name}.block_means", input_scale, f"{input_name}.scale")
     outputs = []
     for linear_name, record in records.items():
         weight_name = f"{linear_name}.weight"
@@ -152,6 +175,22 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
         param_encodings.append(weight_encoding)
         product = f"{linear_name}.matmul"
         nodes.append(helper.make_node("MatMul", [f"{input_name}.dq", f"{weight_name}.dq"], [product]))
+        if record.weight.has_offsets:
+            offsets_name = f"{linear_name}.offsets"
+            offset_scales = record.weight.offset_scales.numpy().astype(np.float32)
+            initializers += [
+                numpy_helper.from_array(record.weight.offset_codes.T.contiguous().numpy().astype(np.int8), offsets_name),  # [in / B, out]
+                numpy_helper.from_array(offset_scales, f"{offsets_name}.scale"),
+                numpy_helper.from_array(np.zeros(record.out_features, dtype=np.int8), f"{offsets_name}.zero_point"),
+            ]
+            param_encodings.append(_per_channel_encoding(offsets_name, offset_scales, 8))
+            nodes.append(helper.make_node("DequantizeLinear", [offsets_name, f"{offsets_name}.scale", f"{offsets_name}.zero_point"], [f"{offsets_name}.dq"], axis=1))
+            nodes.append(helper.make_node("MatMul", [means, f"{offsets_name}.dq"], [f"{linear_name}.offset_matmul"]))
+            part_scale = f"{linear_name}.part.scale"
+            codes_part = requantized(product, record.part_scale, part_scale)
+            offsets_part = requantized(f"{linear_name}.offset_matmul", record.part_scale, part_scale)
+            nodes.append(helper.make_node("Add", [codes_part, offsets_part], [f"{linear_name}.offset_sum"]))
+            product = f"{linear_name}.offset_sum"
         if record.bias_codes is not None:
             bias_name = f"{linear_name}.bias"
             bias_scales = record.bias_scales.numpy().astype(np.float32)

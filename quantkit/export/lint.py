@@ -20,7 +20,7 @@ from quantkit.runtime.bundle import bundle_problems
 __all__ = ["LintReport", "lint_bundle", "QNN_HTP_OPS", "MIN_SQNR_DB", "SQNR_MARGIN_DB", "EXACT_SQNR_DB"]
 
 # ONNX ops of our graphs that the QNN HTP backend executes (quantized node units).
-QNN_HTP_OPS = {"QuantizeLinear", "DequantizeLinear", "MatMul", "Add"}
+QNN_HTP_OPS = {"QuantizeLinear", "DequantizeLinear", "MatMul", "Add", "Reshape", "ReduceMean"}  # the last two: block means of LPBQ offsets
 # A graph fails lint --qnn when HTP's SQNR against the float reference is under the floor
 # of its activation width, or more than SQNR_MARGIN_DB below ONNX Runtime CPU's while
 # under EXACT_SQNR_DB (noise below 0.01% of the signal power counts as exact). Measured on

@@ -33,9 +33,7 @@ def deployed_record(linear: nn.Linear, name: str, site: SiteShadowPlan, bits: in
     of the site's output-side shadow channels are zero: the CPU computes those outputs."""
     output_channels = site.output_channels_.get(name, [])
     if output_channels:
-        codes = weight.codes.clone()
-        codes[output_channels] = 0
-        weight = QuantizedWeight(codes, weight.scales, weight.bits, weight.block_size, weight.block_scales)
+        weight = weight.with_rows_zeroed(output_channels)
     input_scale = activation_scale(site.threshold_, bits)
     bias_codes = bias_scales = None
     if linear.bias is not None:

@@ -32,15 +32,17 @@ def assign_four_bit_weights(
     batch_size: int = 4,
     hessians: dict[str, torch.Tensor] | None = None,
     progress: bool = True,
+    offsets: bool = False,
 ) -> WeightCodes:
     """Set every A16 graph of ``precision`` to 4-bit weights (in place, output clips
     recorded again over ``output_range_ids``) and return ``weights`` with theirs replaced.
-    GPTQ ``rounding`` uses ``hessians`` or collects them over ``calibration_ids``."""
+    GPTQ ``rounding`` uses ``hessians`` or collects them over ``calibration_ids``;
+    ``offsets``: LPBQ blocks with int8 block offsets (``runtime.qdq``)."""
     sixteen = [graph for graph in precision.graphs.values() if graph.activation_bits == 16]
     names = [name for graph in sixteen for name in graph.linear_names]
     if rounding == "gptq" and hessians is None:
         hessians = collect_input_hessians(layout, plan, calibration_ids, batch_size, progress, sites=[graph.linear_names[0] for graph in sixteen])
-    four = quantized_weights(layout, names, plan.config.weight_scale_rule, 4, block_size, rounding, hessians, progress)
+    four = quantized_weights(layout, names, plan.config.weight_scale_rule, 4, block_size, rounding, hessians, progress, offsets)
     for graph in sixteen:
         graph.weight_bits, graph.weight_block_size = 4, four[graph.linear_names[0]].block_size
     merged = {**weights, **four}

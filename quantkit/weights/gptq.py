@@ -25,11 +25,13 @@ __all__ = ["gptq_codes"]
 
 
 @torch.no_grad()
-def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, element_scales: torch.Tensor, num_bits: int, damping: float = 0.01, block: int = 128) -> torch.Tensor:
+def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, element_scales: torch.Tensor, num_bits: int, damping: float = 0.01, block: int = 128, full_range: bool = False) -> torch.Tensor:
     """int8 codes [out, in] of ``weight`` on the grid ``element_scales`` ([out, in] or
     [out, 1]), rounded by GPTQ against ``hessian`` = Σ xᵀx of the layer's inputs [in, in].
-    ``damping`` × mean(diag H) is added to the diagonal (the paper's λ)."""
+    ``damping`` × mean(diag H) is added to the diagonal (the paper's λ). ``full_range``:
+    codes down to −qmax − 1 (as ``quant_primitives.quantize_symmetric``)."""
     qmax = 2 ** (num_bits - 1) - 1
+    qmin = -qmax - int(full_range)
     weight = weight.detach().double().clone()
     out_features, in_features = weight.shape
     scales = element_scales.double().expand(out_features, in_features).clone()
@@ -47,7 +49,7 @@ def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, element_scales: torc
         local = inverse[start:end, start:end]
         for i in range(end - start):
             s = scales[:, start + i]
-            q = torch.clamp(torch.round(columns[:, i] / s), -qmax, qmax)
+            q = torch.clamp(torch.round(columns[:, i] / s), qmin, qmax)
             codes[:, start + i] = q
             error = (columns[:, i] - q * s) / local[i, i]
             columns[:, i:] -= error[:, None] * local[i, i:][None, :]

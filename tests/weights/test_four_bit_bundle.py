@@ -22,16 +22,18 @@ CHUNK = 16
 BLOCK = 32
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "llama+offsets"])
 def w4_bundle(request, tmp_path_factory, tiny_tokenizer):
-    root = tmp_path_factory.mktemp(f"w4-{request.param}")
-    model = tiny_model(request.param, planted_outliers=True)
+    family, _, offsets = request.param.partition("+")
+    root = tmp_path_factory.mktemp(f"w4-{family}{'-offsets' if offsets else ''}")
+    model = tiny_model(family, planted_outliers=True)
     plant_output_outliers(model)
     model.save_pretrained(root / "model")
     tiny_tokenizer.save_pretrained(root / "model")
     config = CalibrationConfig(
         model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
         sensitivity_num_sequences=1, sensitivity_seq_len=32, weight_bits="4", weight_block_size=BLOCK,
+        weight_block_offsets="int8" if offsets else "none",
     )
     calibrate(root / "calib", config, progress=False)
     export_bundle(root / "calib", root / "bundle", chunk_size=CHUNK, progress=False)
@@ -43,7 +45,8 @@ def test_manifest_graphs_and_encodings_declare_the_4_bit_weights(w4_bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     quantization = manifest["quantization"]
     assert quantization["weight_bits"] == 4 and quantization["activation_bits"] == 16
-    assert quantization["npu_weight_bytes_vs_w8"] < 0.6  # packed nibbles + scales (tiny rows: the scales weigh more)
+    offsets = "asymmetric (int8 block offsets)" in quantization["weights"]
+    assert quantization["npu_weight_bytes_vs_w8"] < (0.7 if offsets else 0.6)  # packed nibbles + scales (tiny rows: the scales weigh more)
     params = {e["name"]: e for e in json.loads((bundle / "encodings.json").read_text())["param_encodings"]}
     model = load_model(str(w4_bundle / "model"))
     for entry in manifest["graphs"]:
@@ -54,9 +57,12 @@ def test_manifest_graphs_and_encodings_declare_the_4_bit_weights(w4_bundle):
             encoding = params[f"{name}.weight"]
             if model.layout.linear(name).bias is None:  # LPBQ; a biased Linear stays per channel (the HTP refuses LPBQ + bias Add)
                 assert encoding["enc_type"] == "LPBQ" and encoding["block_size"] == BLOCK and encoding["compressed_bw"] == 4
+                assert (f"{name}.offsets" in params) == offsets and (f"{name}.offsets" in initializers) == offsets
+                if offsets:
+                    assert params[f"{name}.offsets"]["enc_type"] == "PER_CHANNEL" and params[f"{name}.offsets"]["bw"] == 8
             else:
                 assert encoding["enc_type"] == "PER_CHANNEL" and encoding["bw"] == 4
-        assert entry["weight_bits"] == 4
+        assert entry["weight_bits"] == 4 and entry["weight_block_offsets"] == ("int8" if offsets else "none")
 
 
 def test_graphs_hold_the_weights_calibration_measured_with(w4_bundle):
@@ -72,6 +78,12 @@ def test_graphs_hold_the_weights_calibration_measured_with(w4_bundle):
             codes[plan.site_of(name).output_channels_.get(name, [])] = 0  # output-side shadow rows
             assert torch.equal(record.weight.codes, codes) and torch.equal(record.weight.scales, expected.scales)
             assert (record.weight.block_scales is None) == (expected.block_scales is None)
+            if expected.has_offsets:
+                offsets = expected.offset_codes.clone()
+                offsets[plan.site_of(name).output_channels_.get(name, [])] = 0
+                assert torch.equal(record.weight.offset_codes, offsets) and torch.equal(record.weight.offset_scales, expected.offset_scales)
+            else:
+                assert not record.weight.has_offsets
 
 
 def test_prefill_and_decode_equal_the_simulated_model(w4_bundle):

@@ -50,3 +50,17 @@ def test_unseen_inputs_do_not_break_the_factorisation():
     weight = torch.randn(8, 32, generator=torch.Generator().manual_seed(3))
     codes = gptq_codes(weight, (x.T @ x).double(), weight.abs().amax(dim=1, keepdim=True) / 7, 4)
     assert codes.shape == weight.shape and torch.isfinite(codes.float()).all()
+
+
+def test_gptq_rounds_the_rest_of_an_offset_weight_on_the_full_4_bit_range():
+    """With block offsets the codes hold weight − offsets on [−8, 7]: GPTQ keeps that grid
+    and lowers the output error of rounding it to nearest."""
+    x = _correlated_inputs()
+    weight = torch.randn(32, 64, generator=torch.Generator().manual_seed(2)) * 0.1 + 0.03
+    hessian = (x.T @ x).double()
+    gptq = quantize_weight(weight, bits=4, rule="mse", block_size=32, rounding="gptq", hessian=hessian, offsets=True)
+    rest = weight - (gptq.offset_weight() / 32).repeat_interleave(32, dim=1)
+    grid = weight_grid(gptq.scales, gptq.block_scales, 32)
+    nearest = QuantizedWeight(quantize_symmetric(rest, grid, 4, full_range=True).to(torch.int8), gptq.scales, 4, 32, gptq.block_scales, gptq.offset_codes, gptq.offset_scales)
+    assert -8 <= int(gptq.codes.min()) and int(gptq.codes.max()) <= 7
+    assert _output_error(weight, gptq.dequantize(), x) < 0.7 * _output_error(weight, nearest.dequantize(), x)
