@@ -38,8 +38,12 @@ to the block means of the quantized input; codes then span the full [−8, 7]:
     y       = Q_p(q_x · W_codesᵀ) + Q_p(m · Oᵀ)                    s_p = PART_RANGE · s_y
 
 Both partial products are requantized before their Add (the HTP needs a quantized
-tensor between the MatMuls and the Add), on a grid PART_RANGE times the output's, so a
-partial sum may exceed the output range without saturating. For weights that were
+tensor between the MatMuls and the Add), on the output's own grid (PART_RANGE = 1).
+Measured on SmolLM2 (every graph's calibration inputs of the exported bundle): on that
+grid 29 of 19.9 M partial values saturate (the largest at 1.5× the output clip); on a 4×
+coarser grid none do, but the HTP then rounds each part on the coarser grid and its
+output falls to 27–38 dB SQNR against the float reference (ONNX Runtime CPU: 71–82 dB),
+under lint's 40 dB floor. For weights that were
 asymmetric 4-bit blocks before (GGUF Q4_1, the built-in model), this reproduces their
 grid up to the rounding of k and of the offsets.
 """
@@ -56,7 +60,7 @@ ACTIVATION_BITS = (8, 16)
 WEIGHT_BITS = (4, 8)
 LPBQ_MAX_BLOCK_SCALE = 2 ** (8 - 4)  # LPBQ block scales k ∈ 1…16 expand 4-bit codes onto an 8-bit grid
 OFFSET_BITS = 8  # the block-offset weight O: int8 per output channel
-PART_RANGE = 4.0  # partial products of an offset Linear: a grid 4× the output's (2 of 16 bits)
+PART_RANGE = 1.0  # partial products of an offset Linear: requantized on the output's grid (module docstring)
 _MIN_SCALE = 1e-8  # an all-zero range still gets a usable encoding
 
 
