@@ -43,9 +43,9 @@ Measured on SmolLM2 (every graph's calibration inputs of the exported bundle): o
 grid 29 of 19.9 M partial values saturate (the largest at 1.5× the output clip); on a 4×
 coarser grid none do, but the HTP then rounds each part on the coarser grid and its
 output falls to 27–38 dB SQNR against the float reference (ONNX Runtime CPU: 71–82 dB),
-under lint's 40 dB floor. For weights that were
-asymmetric 4-bit blocks before (GGUF Q4_1, the built-in model), this reproduces their
-grid up to the rounding of k and of the offsets.
+under lint's 40 dB floor. For weights that were asymmetric 4-bit blocks before (GGUF
+Q4_1, the built-in model), this reproduces their grid up to the rounding of k and of the
+offsets.
 """
 
 from __future__ import annotations
