@@ -54,7 +54,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-__all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "OFFSET_BITS", "PART_RANGE", "QuantizedWeight", "block_means", "weight_grid", "packed_weight_bytes", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
+__all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "OFFSET_BITS", "PART_RANGE", "QuantizedWeight", "block_means", "offsets_per_input", "weight_grid", "packed_weight_bytes", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
 
 ACTIVATION_BITS = (8, 16)
 WEIGHT_BITS = (4, 8)
@@ -112,6 +112,11 @@ def packed_weight_bytes(out_features: int, in_features: int, bits: int = 8, bloc
     return out_features * in_features * bits // 8 + 4 * out_features + block_bytes + offset_bytes
 
 
+def offsets_per_input(offset_weight: torch.Tensor, block_size: int) -> torch.Tensor:
+    """Each block's offset o = O / B on every input of the block, [out, in / B] → [out, in]."""
+    return (offset_weight / block_size).repeat_interleave(block_size, dim=1)
+
+
 def block_means(x: torch.Tensor, block_size: int) -> torch.Tensor:
     """Means of consecutive blocks of ``block_size`` features, [..., in] → [..., in / B]
     (the graph's Reshape + ReduceMean)."""
@@ -164,7 +169,7 @@ class QuantizedWeight:
         """The real weight [out, in]: the codes on their grid plus each block's offset o = O / B."""
         weight = self.code_weight()
         if self.has_offsets:
-            weight = weight + (self.offset_weight() / self.block_size).repeat_interleave(self.block_size, dim=1)
+            weight = weight + offsets_per_input(self.offset_weight(), self.block_size)
         return weight
 
     @property

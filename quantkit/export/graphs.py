@@ -146,9 +146,8 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
         return tensor_name
 
     def requantized(tensor: str, scale: float, scale_name: str) -> str:
-        """``tensor`` through QuantizeLinear/DequantizeLinear at ``scale`` (an activation encoding too)."""
-        if scale_name not in {i.name for i in initializers}:
-            scalar(scale, np.float32, scale_name)
+        """``tensor`` through QuantizeLinear/DequantizeLinear at ``scale``, whose initializer
+        ``scale_name`` already exists (an activation encoding too)."""
         activation_encodings.append(_activation_encoding(tensor, scale, bits))
         nodes.append(helper.make_node("QuantizeLinear", [tensor, scale_name, f"{input_name}.zero_point"], [f"{tensor}.q"]))
         nodes.append(helper.make_node("DequantizeLinear", [f"{tensor}.q", scale_name, f"{input_name}.zero_point"], [f"{tensor}.dq"]))
@@ -186,7 +185,7 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
             param_encodings.append(_per_channel_encoding(offsets_name, offset_scales, 8))
             nodes.append(helper.make_node("DequantizeLinear", [offsets_name, f"{offsets_name}.scale", f"{offsets_name}.zero_point"], [f"{offsets_name}.dq"], axis=1))
             nodes.append(helper.make_node("MatMul", [means, f"{offsets_name}.dq"], [f"{linear_name}.offset_matmul"]))
-            part_scale = f"{linear_name}.part.scale"
+            part_scale = scalar(record.part_scale, np.float32, f"{linear_name}.part.scale")
             codes_part = requantized(product, record.part_scale, part_scale)
             offsets_part = requantized(f"{linear_name}.offset_matmul", record.part_scale, part_scale)
             nodes.append(helper.make_node("Add", [codes_part, offsets_part], [f"{linear_name}.offset_sum"]))

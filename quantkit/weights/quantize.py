@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from quantkit.models.architecture import DecoderLayout
 from quantkit.quant_primitives import block_offsets, lpbq_scales, quantize_symmetric, weight_scales_per_channel
-from quantkit.runtime.qdq import LPBQ_MAX_BLOCK_SCALE, OFFSET_BITS, QuantizedWeight, packed_weight_bytes, weight_grid
+from quantkit.runtime.qdq import LPBQ_MAX_BLOCK_SCALE, OFFSET_BITS, QuantizedWeight, offsets_per_input, packed_weight_bytes, weight_grid
 from quantkit.weights.gptq import gptq_codes
 
 __all__ = ["WeightCodes", "WEIGHT_ROUNDINGS", "WEIGHT_BLOCK_OFFSETS", "WEIGHTS_FILE", "quantize_weight", "quantized_weights", "save_weights", "load_weights", "int8_weight_bytes"]
@@ -47,8 +47,7 @@ def quantize_weight(weight: torch.Tensor, bits: int = 8, rule: str = "mse", bloc
     block_scales = offset_codes = offset_scales = None
     if offsets:
         offset_codes, offset_scales = block_offsets(weight, block_size, bits, OFFSET_BITS)
-        centres = offset_codes.float() * offset_scales[:, None] / block_size
-        weight = weight - centres.repeat_interleave(block_size, dim=1)  # what the LPBQ codes must hold
+        weight = weight - offsets_per_input(offset_codes.float() * offset_scales[:, None], block_size)  # what the LPBQ codes must hold
         offset_codes = offset_codes.to(torch.int8)
     if block_size:
         scales, block_scales = lpbq_scales(weight, block_size, bits, rule, LPBQ_MAX_BLOCK_SCALE, importance, full_range=offsets)
