@@ -133,10 +133,16 @@ def main(argv=None) -> int:
     # 4-bit weights on every A16 graph (GPTQ against one set of calibration Hessians), the output ranges recorded again
     calibration_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), config.num_sequences, config.seq_len, source="calibration split")
     hessians = collect_input_hessians(layout, plan, calibration_ids, config.batch_size)
-    # (activation bits, LPBQ block, int8 block offsets)
-    four_bit = {"quantkit_w4a16": (16, None, False), "quantkit_w4a16_block64": (16, 64, False), "quantkit_w4a16_block32": (16, 32, False), "quantkit_w4a16_block32_offsets": (16, 32, True)}
+    # (activation bits, LPBQ block, block offsets)
+    four_bit = {
+        "quantkit_w4a16": (16, None, "none"),
+        "quantkit_w4a16_block64": (16, 64, "none"),
+        "quantkit_w4a16_block32": (16, 32, "none"),
+        "quantkit_w4a16_block32_offsets": (16, 32, "int8"),
+        "quantkit_w4a16_block32_offsets_int4": (16, 32, "int4"),
+    }
     if precision.mode == "auto":  # the calibrated A8/A16 mix, INT4 on its A16 graphs
-        four_bit[f"quantkit_w4_{calibrated.removeprefix('quantkit_')}_block32"] = ("calibrated", 32, False)
+        four_bit[f"quantkit_w4_{calibrated.removeprefix('quantkit_')}_block32"] = ("calibrated", 32, "none")
     for method, (bits, block, offsets) in four_bit.items():
         four = precision if bits == "calibrated" else precision.with_uniform_bits(bits)
         four = PrecisionPlan.from_dict(four.to_dict())  # a copy: the rows above keep INT8 weights
@@ -219,14 +225,15 @@ def _markdown(result: dict) -> str:
         "NPU MACs at A8: share of the NPU-placed Linears' multiply-accumulates whose activations are INT8 (the rest A16); "
         "n/a where nothing runs as a static NPU graph. naive_w8a16 / naive_w4a16 are AIMET QuantSim with 16-bit activations, "
         "INT8 / INT4 per-channel weights and min/max ranges on every Linear, the LM head included (naive_w4a16: AI Hub's w4a16 recipe). NPU weight bytes: codes packed at their "
-        "bit-width plus scales (LPBQ: uint8 block scales too; block offsets: their int8 codes and float32 scales).",
+        "bit-width plus scales (LPBQ: uint8 block scales too; block offsets: their codes and float32 scales).",
         "",
         f"The quantkit rows are what ships: each variant exported as a bundle (chunk {DEFAULT_CHUNK_SIZE}) and run through the runtime "
         "(ONNX Runtime CPU executor) on these tokens. The simulated column is calibration's torch twin of the same arithmetic "
         "(runtime/qdq.py), which the searches use: at A8 it is another rounding draw. quantkit_w8a16 / quantkit_w8a8 put every NPU graph at A16 / A8; the calibrated row "
         "has the per-graph bits of the calibration's precision.json. quantkit_w4* rows: INT4 weights (GPTQ-rounded on the "
         "calibration split) on every A16 graph — per output channel, or LPBQ blocks of 64 / 32 inputs (_offsets: plus an int8 "
-        "offset per block, `--weight-block-offsets int8`) — INT8 on A8 graphs (the HTP runs INT4 only with A16).",
+        "offset per block with a scale per row, `--weight-block-offsets int8`; _offsets_int4: an int4 offset per block, one scale per tensor, "
+        "`--weight-block-offsets int4`) — INT8 on A8 graphs (the HTP runs INT4 only with A16).",
         "",
         f"Model weights: {result['model_bytes'] / 1e6:.1f} MB (float32). Measured in one run of benchmarks/accuracy.py in {result['seconds']:.0f} s.",
     ]

@@ -30,12 +30,21 @@ sub-grid of one 8-bit per-channel grid.
 LPBQ with block offsets adds an asymmetric part the HTP runs as a second, small MatMul
 beside the LPBQ one (probed on onnxruntime-qnn 2.7 with CPU fallback off; QNN's LPBQ
 itself has no zero points). Each block of row j gets a real offset o[j, blk], held as
-the int8 per-channel weight O[j, blk] = B · o[j, blk] ≈ codes_O[j, blk] · s_O[j] applied
-to the block means of the quantized input; codes then span the full [−8, 7]:
+the weight O[j, blk] = B · o[j, blk] ≈ codes_O[j, blk] · s_O applied to the block means
+of the quantized input — int8 codes with a scale per output channel s_O[j], or int4
+codes with one scale per tensor (OFFSET_FORMATS); codes then span the full [−8, 7]:
 
     W[j, i] = codes_W[j, i] · s_W[j] · k[j, blk] + o[j, blk]               (blk = i // B)
-    m       = clamp(round(mean_B(q_x) / s_x), …) · s_x                    (block means, [in / B])
+    m       = clamp(round(mean_B(q_x) / s_m), …) · s_m                    (block means, [in / B])
     y       = Q_p(q_x · W_codesᵀ) + Q_p(m · Oᵀ)                    s_p = PART_RANGE · s_y
+
+The block means sit on a grid MEANS_GRID times finer than the input's, s_m = s_x /
+MEANS_GRID (a power of two; a graph stores its s_m, and a bundle without one used s_x).
+The HTP computes the offset MatMul accurately only while its requantization multiplier
+s_m · s_O / s_p stays well below 1: probed on a tiny model's int4-offset gate_up graph
+(onnxruntime-qnn 2.7, CPU fallback off), HTP against ONNX Runtime CPU measured 28.2 dB
+with s_m = s_x, 40.0 dB with s_x / 4 and 50.8 dB with s_x / 16. A block mean beyond
+the clip / MEANS_GRID saturates (the twin clamps it the same way).
 
 Both partial products are requantized before their Add (the HTP needs a quantized
 tensor between the MatMuls and the Add), on the output's own grid (PART_RANGE = 1).
@@ -54,12 +63,19 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-__all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "OFFSET_BITS", "PART_RANGE", "QuantizedWeight", "block_means", "offsets_per_input", "weight_grid", "packed_weight_bytes", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
+__all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "OFFSET_FORMATS", "MEANS_GRID", "PART_RANGE", "QuantizedWeight", "block_means", "offsets_per_input", "weight_grid", "packed_weight_bytes", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
 
 ACTIVATION_BITS = (8, 16)
 WEIGHT_BITS = (4, 8)
 LPBQ_MAX_BLOCK_SCALE = 2 ** (8 - 4)  # LPBQ block scales k ∈ 1…16 expand 4-bit codes onto an 8-bit grid
-OFFSET_BITS = 8  # the block-offset weight O: int8 per output channel
+# Block-offset weight formats: name → (bits of the codes, one scale per output channel?).
+# One scale per tensor fits more bytes but loses what the offsets buy (SmolLM2, LPBQ 32,
+# weight-only, nearest, validation 4×512, FP 20.45: no offsets 24.32, int4 offsets with one
+# scale per tensor 24.67 (24.05 with an MSE-chosen scale), a scale per row 22.07, int8 per
+# row 20.49), so both formats keep a float32 scale per output channel.
+OFFSET_FORMATS = {"int8": (8, True), "int4": (4, True)}
+MEANS_GRID = 16  # block means of an offset Linear on the grid s_x / MEANS_GRID (module docstring)
+_OFFSET_FORMATS_TEXT = ", ".join(f"{name} ({'a scale per output channel' if per_channel else 'one scale per tensor'})" for name, (_, per_channel) in OFFSET_FORMATS.items())
 PART_RANGE = 1.0  # partial products of an offset Linear: requantized on the output's grid (module docstring)
 _MIN_SCALE = 1e-8  # an all-zero range still gets a usable encoding
 
@@ -104,11 +120,15 @@ def weight_grid(scales: torch.Tensor, block_scales: torch.Tensor | None = None, 
     return (scales.float()[:, None] * block_scales.float()).repeat_interleave(block_size, dim=1)
 
 
-def packed_weight_bytes(out_features: int, in_features: int, bits: int = 8, block_size: int | None = None, block_offsets: bool = False) -> int:
+def packed_weight_bytes(out_features: int, in_features: int, bits: int = 8, block_size: int | None = None, block_offsets: str = "none") -> int:
     """Bytes of a weight packed: codes at ``bits`` each, float32 per-channel scales, uint8 LPBQ
-    block scales and, with ``block_offsets``, the int8 offset weight and its float32 scales."""
+    block scales and, with ``block_offsets`` (an ``OFFSET_FORMATS`` name), the offset codes
+    and their float32 scales (one per output channel or one per tensor)."""
     block_bytes = 0 if block_size is None else out_features * (in_features // block_size)
-    offset_bytes = block_bytes * OFFSET_BITS // 8 + 4 * out_features if block_offsets else 0
+    offset_bytes = 0
+    if block_offsets != "none":
+        offset_bits, per_channel = OFFSET_FORMATS[block_offsets]
+        offset_bytes = (block_bytes * offset_bits + 7) // 8 + 4 * (out_features if per_channel else 1)
     return out_features * in_features * bits // 8 + 4 * out_features + block_bytes + offset_bytes
 
 
@@ -128,8 +148,9 @@ class QuantizedWeight:
     """A Linear's NPU weight: signed integer codes [out, in] (stored int8, within
     ±(2^(b−1) − 1) for b = ``bits``), float32 per-output-channel scales [out] and, for
     LPBQ blocks of ``block_size`` inputs, uint8 block scales [out, in / block_size] in
-    1…16 multiplying them; optionally block offsets: int8 codes [out, in / block_size] and
-    float32 scales [out] of O = B · o (module docstring), codes then within [−8, 7]."""
+    1…16 multiplying them; optionally block offsets: codes [out, in / block_size] (stored
+    int8, within the ``offset_bits`` range) and float32 scales, [out] or [1] per tensor, of
+    O = B · o (module docstring), codes then within [−8, 7]."""
 
     codes: torch.Tensor  # int8 [out, in]
     scales: torch.Tensor  # float32 [out]
@@ -137,7 +158,8 @@ class QuantizedWeight:
     block_size: int | None = None
     block_scales: torch.Tensor | None = None  # uint8 [out, in // block_size]
     offset_codes: torch.Tensor | None = None  # int8 [out, in // block_size]
-    offset_scales: torch.Tensor | None = None  # float32 [out]
+    offset_scales: torch.Tensor | None = None  # float32 [out], or [1]: one scale per tensor
+    offset_bits: int = 8
 
     def __post_init__(self) -> None:
         if self.bits not in WEIGHT_BITS:
@@ -152,6 +174,21 @@ class QuantizedWeight:
             raise ValueError("QuantizedWeight: offset codes and offset scales come together")
         if self.offset_codes is not None and (self.block_size is None or self.offset_codes.shape != self.block_scales.shape):
             raise ValueError("QuantizedWeight: block offsets need LPBQ blocks, one offset per block")
+        if self.offset_codes is not None:
+            format_name = self.offset_format
+            if format_name is None:
+                raise ValueError(f"QuantizedWeight: block offsets are {_OFFSET_FORMATS_TEXT}, got {self.offset_bits}-bit")
+            expected = self.codes.shape[0] if OFFSET_FORMATS[format_name][1] else 1
+            if self.offset_scales.numel() != expected:
+                raise ValueError(f"QuantizedWeight: {format_name} block offsets have {expected} scale(s), got {self.offset_scales.numel()}")
+
+    @property
+    def offset_format(self) -> str | None:
+        """The ``OFFSET_FORMATS`` name of the block offsets ("none" without any; None for a
+        bit-width no format has)."""
+        if self.offset_codes is None:
+            return "none"
+        return next((name for name, (bits, _) in OFFSET_FORMATS.items() if bits == self.offset_bits), None)
 
     @property
     def has_offsets(self) -> bool:
@@ -159,7 +196,7 @@ class QuantizedWeight:
 
     def offset_weight(self) -> torch.Tensor:
         """O = codes_O · s_O [out, in / B], the weight of the block means."""
-        return self.offset_codes.float() * self.offset_scales.float()[:, None]
+        return self.offset_codes.float() * self.offset_scales.float().reshape(-1, 1)
 
     def code_weight(self) -> torch.Tensor:
         """codes · grid [out, in]: the LPBQ MatMul's weight (without the block offsets)."""
@@ -175,7 +212,7 @@ class QuantizedWeight:
     @property
     def nbytes(self) -> int:
         """Bytes the weight takes packed (:func:`packed_weight_bytes`)."""
-        return packed_weight_bytes(*self.codes.shape, self.bits, self.block_size, self.has_offsets)
+        return packed_weight_bytes(*self.codes.shape, self.bits, self.block_size, self.offset_format)
 
     def with_rows_zeroed(self, rows: list[int]) -> "QuantizedWeight":
         """The same weight with output ``rows`` (codes and offsets) zero."""
@@ -202,6 +239,7 @@ class QdqLinear:
     bits: int
     bias_codes: torch.Tensor | None = None  # int32 [out]
     bias_scales: torch.Tensor | None = None  # float32 [out] = s_x · s_W
+    means_scale: float | None = None  # s_m of the block means (offset Linears); None: s_x / MEANS_GRID
     _weight: torch.Tensor = field(init=False, repr=False, compare=False)
     _offset_weight: torch.Tensor | None = field(init=False, repr=False, compare=False)
     _bias: torch.Tensor | None = field(init=False, repr=False, compare=False)
@@ -225,7 +263,13 @@ class QdqLinear:
     def to(self, device: torch.device | str) -> "QdqLinear":
         """The same record with its tensors on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return QdqLinear(self.weight.to(device), self.input_scale, self.output_scale, self.bits, move(self.bias_codes), move(self.bias_scales))
+        return QdqLinear(self.weight.to(device), self.input_scale, self.output_scale, self.bits, move(self.bias_codes), move(self.bias_scales), self.means_scale)
+
+    @property
+    def block_means_scale(self) -> float:
+        """s_m, the grid of the block means (module docstring), float32."""
+        scale = self.input_scale / MEANS_GRID if self.means_scale is None else self.means_scale
+        return float(torch.tensor(scale, dtype=torch.float32))
 
     @property
     def part_scale(self) -> float:
@@ -240,7 +284,7 @@ class QdqLinear:
         y = torch.nn.functional.linear(quantized, self._weight, self._bias)
         if self._offset_weight is None:
             return y
-        means = fake_quantize_activation(block_means(quantized, self.weight.block_size), self.input_scale, self.bits)
+        means = fake_quantize_activation(block_means(quantized, self.weight.block_size), self.block_means_scale, self.bits)
         offsets = torch.nn.functional.linear(means, self._offset_weight)
         if self.output_scale is None:
             return y + offsets

@@ -38,13 +38,13 @@ _OUTPUT_RANGE_SEQUENCES = 4
 log = logging.getLogger(__name__)
 
 
-def _weights_description(bits: list[int], block_sizes: list[int], rule: str, rounding: str, block_offsets: bool = False) -> str:
+def _weights_description(bits: list[int], block_sizes: list[int], rule: str, rounding: str, block_offsets: str = "none") -> str:
     parts = []
     if 8 in bits:
         parts.append(f"int8 symmetric per output channel ({rule} scales, nearest)")
     if 4 in bits:
         layout = f"LPBQ blocks of {', '.join(map(str, block_sizes))} inputs" if block_sizes else "per output channel"
-        kind = "asymmetric (int8 block offsets)" if block_offsets else "symmetric"
+        kind = f"asymmetric ({block_offsets} block offsets)" if block_offsets != "none" else "symmetric"
         parts.append(f"int4 {kind}, {layout} ({rule} scales, {rounding} rounding)")
     return "; ".join(parts)
 
@@ -188,7 +188,7 @@ def export_bundle(
                 "activation_bits": graph_precision.activation_bits,
                 "weight_bits": graph_precision.weight_bits,
                 "weight_block_size": graph_precision.weight_block_size,
-                "weight_block_offsets": "int8" if any(weights[n].has_offsets for n in site.linear_names) else "none",
+                "weight_block_offsets": next((weights[n].offset_format for n in site.linear_names if weights[n].has_offsets), "none"),
                 "weight_bytes": sum(weights[n].nbytes for n in site.linear_names),
                 "macs_per_token": graph_precision.macs_per_token,
                 "converter_command": _converter_command(graph_file, graph.input_name, [1, chunk_size, site.num_channels]),
@@ -243,7 +243,7 @@ def export_bundle(
             "chunk_size": chunk_size,
             "context_length": architecture.max_positions,
             "quantization": {
-                "weights": _weights_description(weight_bits, block_sizes, plan.config.weight_scale_rule, config.weight_rounding, any(g["weight_block_offsets"] != "none" for g in graphs)),
+                "weights": _weights_description(weight_bits, block_sizes, plan.config.weight_scale_rule, config.weight_rounding, "/".join(sorted({g["weight_block_offsets"] for g in graphs} - {"none"})) or "none"),
                 "weight_bits": weight_bits[0] if len(weight_bits) == 1 else "mixed",  # each graph entry has its own
                 "npu_weight_bytes": npu_weight_bytes,
                 "npu_weight_bytes_vs_w8": npu_weight_bytes / w8_weight_bytes if w8_weight_bytes else 1.0,

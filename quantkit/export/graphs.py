@@ -13,9 +13,9 @@ serialisation of ``quantkit.runtime.qdq.QdqLinear`` records (b = 8 shown):
                          whose block scales = DequantizeLinear(uint8 k [in/B, out], per-channel s, axis 1)
       → [+ DequantizeLinear(int32 bias, scale s_x·s_w)]
       [LPBQ with block offsets: that MatMul → Q/DQ (s_p = PART_RANGE · s_y), plus
-       Reshape [1, chunk, in/B, B] → Q/DQ (s_x) → ReduceMean → Q/DQ (s_x), the block means
+       Reshape [1, chunk, in/B, B] → Q/DQ (s_x) → ReduceMean → Q/DQ (s_m), the block means
        (once per graph) → MatMul with DequantizeLinear(int8 offsets [in/B, out], per-channel
-       scales, axis 1) → Q/DQ (s_p); the two Added]
+       scales, axis 1; or int4) → Q/DQ (s_p); the two Added]
       → QuantizeLinear/DequantizeLinear  int8, scale = NPU-output clip / 127 (calibrated)
       → output (float; the CPU adds the shadow result, Eq. 1)
 
@@ -84,6 +84,22 @@ def _int4_tensor(values: np.ndarray, name: str) -> onnx.TensorProto:
         nibbles = np.append(nibbles, np.uint8(0))
     packed = nibbles[0::2] | (nibbles[1::2] << 4)
     return helper.make_tensor(name, TensorProto.INT4, values.shape, packed.tobytes(), raw=True)
+
+
+def _offset_nodes(offsets_name: str, weight: QuantizedWeight) -> tuple[list, list, dict]:
+    """The DequantizeLinear producing ``<offsets_name>.dq`` [in / B, out] (the block-offset
+    weight O), its initializers and its AIMET 1.0.0 encoding: int8 or int4 codes, a scale
+    per output channel (``runtime.qdq.OFFSET_FORMATS``)."""
+    codes = weight.offset_codes.T.contiguous().numpy().astype(np.int8)  # [in / B, out]
+    scales = weight.offset_scales.numpy().astype(np.float32)
+    out_features = codes.shape[1]
+    if weight.offset_bits == 4:
+        initializers = [_int4_tensor(codes, offsets_name), _int4_tensor(np.zeros(out_features, dtype=np.int8), f"{offsets_name}.zero_point")]
+    else:
+        initializers = [numpy_helper.from_array(codes, offsets_name), numpy_helper.from_array(np.zeros(out_features, dtype=np.int8), f"{offsets_name}.zero_point")]
+    initializers.append(numpy_helper.from_array(scales, f"{offsets_name}.scale"))
+    node = helper.make_node("DequantizeLinear", [offsets_name, f"{offsets_name}.scale", f"{offsets_name}.zero_point"], [f"{offsets_name}.dq"], axis=1)
+    return [node], initializers, _per_channel_encoding(offsets_name, scales, weight.offset_bits)
 
 
 def _weight_nodes(weight_name: str, weight: QuantizedWeight) -> tuple[list, list, dict]:
@@ -164,7 +180,8 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
         nodes.append(helper.make_node("Reshape", [f"{input_name}.dq", shape], [f"{input_name}.blocks"]))
         blocks = requantized(f"{input_name}.blocks", input_scale, f"{input_name}.scale")
         nodes.append(helper.make_node("ReduceMean", [blocks, scalar(np.array([-1], dtype=np.int64), np.int64, f"{input_name}.blocks.axes")], [f"{input_name}.block_means"], keepdims=0))
-        means = requantized(f"{input_name}.block_means", input_scale, f"{input_name}.scale")
+        means_scale = records[next(n for n, r in records.items() if r.weight.has_offsets)].block_means_scale
+        means = requantized(f"{input_name}.block_means", means_scale, scalar(means_scale, np.float32, f"{input_name}.block_means.scale"))
     outputs = []
     for linear_name, record in records.items():
         weight_name = f"{linear_name}.weight"
@@ -176,14 +193,10 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
         nodes.append(helper.make_node("MatMul", [f"{input_name}.dq", f"{weight_name}.dq"], [product]))
         if record.weight.has_offsets:
             offsets_name = f"{linear_name}.offsets"
-            offset_scales = record.weight.offset_scales.numpy().astype(np.float32)
-            initializers += [
-                numpy_helper.from_array(record.weight.offset_codes.T.contiguous().numpy().astype(np.int8), offsets_name),  # [in / B, out]
-                numpy_helper.from_array(offset_scales, f"{offsets_name}.scale"),
-                numpy_helper.from_array(np.zeros(record.out_features, dtype=np.int8), f"{offsets_name}.zero_point"),
-            ]
-            param_encodings.append(_per_channel_encoding(offsets_name, offset_scales, 8))
-            nodes.append(helper.make_node("DequantizeLinear", [offsets_name, f"{offsets_name}.scale", f"{offsets_name}.zero_point"], [f"{offsets_name}.dq"], axis=1))
+            offset_nodes, offset_initializers, offset_encoding = _offset_nodes(offsets_name, record.weight)
+            nodes += offset_nodes
+            initializers += offset_initializers
+            param_encodings.append(offset_encoding)
             nodes.append(helper.make_node("MatMul", [means, f"{offsets_name}.dq"], [f"{linear_name}.offset_matmul"]))
             part_scale = scalar(record.part_scale, np.float32, f"{linear_name}.part.scale")
             codes_part = requantized(product, record.part_scale, part_scale)

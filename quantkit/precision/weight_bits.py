@@ -32,12 +32,12 @@ def assign_four_bit_weights(
     batch_size: int = 4,
     hessians: dict[str, torch.Tensor] | None = None,
     progress: bool = True,
-    offsets: bool = False,
+    offsets: str = "none",
 ) -> WeightCodes:
     """Set every A16 graph of ``precision`` to 4-bit weights (in place, output clips
     recorded again over ``output_range_ids``) and return ``weights`` with theirs replaced.
     GPTQ ``rounding`` uses ``hessians`` or collects them over ``calibration_ids``;
-    ``offsets``: LPBQ blocks with int8 block offsets (``runtime.qdq``)."""
+    ``offsets``: LPBQ blocks with block offsets in that format (``runtime.qdq.OFFSET_FORMATS``), or ``"none"``."""
     sixteen = [graph for graph in precision.graphs.values() if graph.activation_bits == 16]
     names = [name for graph in sixteen for name in graph.linear_names]
     if rounding == "gptq" and hessians is None:

@@ -21,46 +21,51 @@ from tqdm.auto import tqdm
 
 from quantkit.models.architecture import DecoderLayout
 from quantkit.quant_primitives import block_offsets, lpbq_scales, quantize_symmetric, weight_scales_per_channel
-from quantkit.runtime.qdq import LPBQ_MAX_BLOCK_SCALE, OFFSET_BITS, QuantizedWeight, offsets_per_input, packed_weight_bytes, weight_grid
+from quantkit.runtime.qdq import LPBQ_MAX_BLOCK_SCALE, OFFSET_FORMATS, QuantizedWeight, offsets_per_input, packed_weight_bytes, weight_grid
 from quantkit.weights.gptq import gptq_codes
 
 __all__ = ["WeightCodes", "WEIGHT_ROUNDINGS", "WEIGHT_BLOCK_OFFSETS", "WEIGHTS_FILE", "quantize_weight", "quantized_weights", "save_weights", "load_weights", "int8_weight_bytes"]
 
 WeightCodes = dict[str, QuantizedWeight]  # Linear name → its NPU weight
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
-WEIGHT_BLOCK_OFFSETS = ("none", "int8")  # LPBQ symmetric, or with an int8 offset per block (runtime.qdq)
+WEIGHT_BLOCK_OFFSETS = ("none", *OFFSET_FORMATS)  # LPBQ symmetric, or with an offset per block (runtime.qdq)
 WEIGHTS_FILE = "weights.safetensors"
 
 
-def quantize_weight(weight: torch.Tensor, bits: int = 8, rule: str = "mse", block_size: int | None = None, rounding: str = "nearest", hessian: torch.Tensor | None = None, offsets: bool = False) -> QuantizedWeight:
+def quantize_weight(weight: torch.Tensor, bits: int = 8, rule: str = "mse", block_size: int | None = None, rounding: str = "nearest", hessian: torch.Tensor | None = None, offsets: str = "none") -> QuantizedWeight:
     """One [out, in] weight on the NPU grid: scales by ``rule`` (per channel, or LPBQ per
     block of ``block_size``), codes by ``rounding`` (``"gptq"`` needs the ``hessian``).
     Given a ``hessian``, the ``"mse"`` scales weight each input's error by its diagonal
     (the layer's output error, see ``quant_primitives.weight_scales_per_channel``).
-    ``offsets``: LPBQ with block offsets (``quant_primitives.block_offsets``)."""
+    ``offsets``: LPBQ with block offsets in that ``runtime.qdq.OFFSET_FORMATS`` format
+    (``quant_primitives.block_offsets``), or ``"none"``."""
     if rounding not in WEIGHT_ROUNDINGS:
         raise ValueError(f"weight rounding: got {rounding!r}, expected one of {WEIGHT_ROUNDINGS}")
-    if offsets and not (block_size and bits == 4):
+    if offsets not in WEIGHT_BLOCK_OFFSETS:
+        raise ValueError(f"block offsets: got {offsets!r}, expected one of {', '.join(WEIGHT_BLOCK_OFFSETS)}")
+    with_offsets = offsets != "none"
+    if with_offsets and not (block_size and bits == 4):
         raise ValueError(f"block offsets need 4-bit LPBQ weights, got {bits}-bit with block size {block_size}")
     weight = weight.detach().float().cpu()
     importance = None if hessian is None else torch.diagonal(hessian).float().cpu()
     block_scales = offset_codes = offset_scales = None
-    if offsets:
-        offset_codes, offset_scales = block_offsets(weight, block_size, bits, OFFSET_BITS)
-        weight = weight - offsets_per_input(offset_codes.float() * offset_scales[:, None], block_size)  # what the LPBQ codes must hold
+    offset_bits, offsets_per_channel = OFFSET_FORMATS.get(offsets, (8, True))
+    if with_offsets:
+        offset_codes, offset_scales = block_offsets(weight, block_size, bits, offset_bits, offsets_per_channel)
+        weight = weight - offsets_per_input(offset_codes.float() * offset_scales.reshape(-1, 1), block_size)  # what the LPBQ codes must hold
         offset_codes = offset_codes.to(torch.int8)
     if block_size:
-        scales, block_scales = lpbq_scales(weight, block_size, bits, rule, LPBQ_MAX_BLOCK_SCALE, importance, full_range=offsets)
+        scales, block_scales = lpbq_scales(weight, block_size, bits, rule, LPBQ_MAX_BLOCK_SCALE, importance, full_range=with_offsets)
     else:
         scales = weight_scales_per_channel(weight, bits, rule, importance)
     grid = weight_grid(scales, block_scales, block_size or None)
     if rounding == "gptq":
         if hessian is None:
             raise ValueError("GPTQ rounding needs the calibration Hessian of the layer's inputs")
-        codes = gptq_codes(weight, hessian, grid, bits, full_range=offsets)
+        codes = gptq_codes(weight, hessian, grid, bits, full_range=with_offsets)
     else:
-        codes = quantize_symmetric(weight, grid, bits, full_range=offsets).to(torch.int8)
-    return QuantizedWeight(codes, scales, bits, block_size or None, block_scales, offset_codes, offset_scales)
+        codes = quantize_symmetric(weight, grid, bits, full_range=with_offsets).to(torch.int8)
+    return QuantizedWeight(codes, scales, bits, block_size or None, block_scales, offset_codes, offset_scales, offset_bits)
 
 
 def quantized_weights(
@@ -72,7 +77,7 @@ def quantized_weights(
     rounding: str = "nearest",
     hessians: dict[str, torch.Tensor] | None = None,
     progress: bool = False,
-    offsets: bool = False,
+    offsets: str = "none",
 ) -> WeightCodes:
     """The NPU weights of the named Linears, all in one format (see :func:`quantize_weight`).
     A Linear with a bias keeps per-channel scales (and no offsets) under ``block_size``:
@@ -82,7 +87,7 @@ def quantized_weights(
     for name in tqdm(names, desc=f"W{bits} weights ({rounding})", unit="linear", disable=not progress):
         linear = layout.linear(name)
         blocks = block_size if block_size and linear.bias is None else None
-        codes[name] = quantize_weight(linear.weight, bits, rule, blocks, rounding, None if hessians is None else hessians.get(name), offsets and blocks is not None)
+        codes[name] = quantize_weight(linear.weight, bits, rule, blocks, rounding, None if hessians is None else hessians.get(name), offsets if blocks is not None else "none")
     return codes
 
 
@@ -94,8 +99,7 @@ def int8_weight_bytes(layout: DecoderLayout, names: Iterable[str]) -> int:
 
 def save_weights(weights: WeightCodes, path: Path) -> None:
     """The weights as safetensors: ``<name>.codes`` / ``.scales`` / ``.block_scales`` /
-    ``.offset_codes`` / ``.offset_scales``, bits
-    and block sizes in the metadata."""
+    ``.offset_codes`` / ``.offset_scales``; bits, block size and offset bits in the metadata."""
     tensors, metadata = {}, {}
     for name, weight in weights.items():
         tensors[f"{name}.codes"] = weight.codes.contiguous()
@@ -105,7 +109,7 @@ def save_weights(weights: WeightCodes, path: Path) -> None:
         if weight.has_offsets:
             tensors[f"{name}.offset_codes"] = weight.offset_codes.contiguous()
             tensors[f"{name}.offset_scales"] = weight.offset_scales.contiguous()
-        metadata[name] = f"{weight.bits}:{weight.block_size or 0}"
+        metadata[name] = f"{weight.bits}:{weight.block_size or 0}:{weight.offset_bits}"
     save_file(tensors, str(path), metadata=metadata)
 
 
@@ -115,7 +119,7 @@ def load_weights(path: Path) -> WeightCodes:
         stored = set(handle.keys())
         weights = {}
         for name, value in (handle.metadata() or {}).items():
-            bits, block = (int(v) for v in value.split(":"))
+            bits, block, *offset_bits = (int(v) for v in value.split(":"))  # offset bits: written since int4 offsets
             optional = {key: handle.get_tensor(f"{name}.{key}") if f"{name}.{key}" in stored else None for key in ("block_scales", "offset_codes", "offset_scales")}
-            weights[name] = QuantizedWeight(handle.get_tensor(f"{name}.codes"), handle.get_tensor(f"{name}.scales"), bits, block or None, **optional)
+            weights[name] = QuantizedWeight(handle.get_tensor(f"{name}.codes"), handle.get_tensor(f"{name}.scales"), bits, block or None, **optional, offset_bits=offset_bits[0] if offset_bits else 8)
     return weights

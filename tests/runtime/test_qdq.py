@@ -177,28 +177,29 @@ def test_block_offsets_bring_back_an_asymmetric_4_bit_grid():
 
     weight = _asymmetric_4_bit_blocks(48, 128, 32)
     symmetric = quantize_weight(weight, bits=4, rule="mse", block_size=32)
-    offsets = quantize_weight(weight, bits=4, rule="mse", block_size=32, offsets=True)
+    offsets = quantize_weight(weight, bits=4, rule="mse", block_size=32, offsets="int8")
     error = lambda q: float((q.dequantize() - weight).pow(2).sum() / weight.pow(2).sum())  # noqa: E731
     assert error(offsets) < 0.2 * error(symmetric)
     assert int(offsets.codes.min()) == -8 and int(offsets.codes.max()) <= 7  # the full 4-bit range
     assert offsets.offset_codes.dtype == torch.int8 and offsets.offset_codes.shape == offsets.block_scales.shape
     assert offsets.nbytes == symmetric.nbytes + 48 * 128 // 32 + 4 * 48  # int8 offsets and their float32 scales
     with pytest.raises(ValueError, match="4-bit LPBQ"):
-        quantize_weight(weight, bits=4, rule="mse", offsets=True)
+        quantize_weight(weight, bits=4, rule="mse", offsets="int8")
 
 
 def test_offset_linear_computes_the_documented_steps():
     """Q_p(Q(x)·W_codesᵀ) + Q_p(m·Oᵀ), m the requantized block means; without an output
     scale (output-range recording) the plain sum, equal to Q(x)·Wᵀ for the real weight."""
-    from quantkit.runtime.qdq import PART_RANGE, block_means
+    from quantkit.runtime.qdq import MEANS_GRID, PART_RANGE, block_means
     from quantkit.weights.quantize import quantize_weight
 
     weight = _asymmetric_4_bit_blocks(24, 96, 32, seed=4)
-    quantized = quantize_weight(weight, bits=4, rule="mse", block_size=32, offsets=True)
+    quantized = quantize_weight(weight, bits=4, rule="mse", block_size=32, offsets="int8")
     input_scale, output_scale = activation_scale(2.0, 16), activation_scale(0.5, 16)
-    x = torch.randn(5, 96, generator=torch.Generator().manual_seed(5)).clamp(-2, 2)
+    x = (0.25 * torch.randn(5, 96, generator=torch.Generator().manual_seed(5))).clamp(-2, 2)  # block means within the clip / MEANS_GRID
     q = torch.clamp(torch.round(x / input_scale), -32768, 32767) * input_scale
-    means = torch.clamp(torch.round(block_means(q, 32) / input_scale), -32768, 32767) * input_scale
+    means_scale = float(torch.tensor(input_scale / MEANS_GRID, dtype=torch.float32))  # a finer grid than the input's
+    means = torch.clamp(torch.round(block_means(q, 32) / means_scale), -32768, 32767) * means_scale
     codes_part = q @ quantized.code_weight().T
     offsets_part = means @ (quantized.offset_codes.float() * quantized.offset_scales[:, None]).T
     part = PART_RANGE * output_scale
@@ -209,4 +210,5 @@ def test_offset_linear_computes_the_documented_steps():
     recording = QdqLinear(quantized, input_scale, None, 16)
     assert torch.allclose(recording.accumulate(x), codes_part + offsets_part, atol=1e-5)
     # The block means of Q(x) times O/B are Q(x) times the offsets spread over their blocks, up to the means' rounding.
-    assert torch.allclose(recording.accumulate(x), q @ quantized.dequantize().T, atol=input_scale * float(quantized.offset_weight().abs().sum(1).max()))  # ≤ s_x / 2 per mean
+    assert torch.allclose(recording.accumulate(x), q @ quantized.dequantize().T, atol=means_scale * float(quantized.offset_weight().abs().sum(1).max()) + 1e-5)  # ≤ s_m / 2 per mean, plus float32 summation
+    assert record.block_means_scale == means_scale and QdqLinear(quantized, input_scale, output_scale, 16, means_scale=input_scale).block_means_scale == input_scale

@@ -22,10 +22,10 @@ CHUNK = 16
 BLOCK = 32
 
 
-@pytest.fixture(scope="module", params=["llama", "qwen2", "llama+offsets"])
+@pytest.fixture(scope="module", params=["llama", "qwen2", "llama+int8", "llama+int4"])
 def w4_bundle(request, tmp_path_factory, tiny_tokenizer):
     family, _, offsets = request.param.partition("+")
-    root = tmp_path_factory.mktemp(f"w4-{family}{'-offsets' if offsets else ''}")
+    root = tmp_path_factory.mktemp(f"w4-{family}{'-' + offsets if offsets else ''}")
     model = tiny_model(family, planted_outliers=True)
     plant_output_outliers(model)
     model.save_pretrained(root / "model")
@@ -33,7 +33,7 @@ def w4_bundle(request, tmp_path_factory, tiny_tokenizer):
     config = CalibrationConfig(
         model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
         sensitivity_num_sequences=1, sensitivity_seq_len=32, weight_bits="4", weight_block_size=BLOCK,
-        weight_block_offsets="int8" if offsets else "none",
+        weight_block_offsets=offsets or "none",
     )
     calibrate(root / "calib", config, progress=False)
     export_bundle(root / "calib", root / "bundle", chunk_size=CHUNK, progress=False)
@@ -45,7 +45,7 @@ def test_manifest_graphs_and_encodings_declare_the_4_bit_weights(w4_bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     quantization = manifest["quantization"]
     assert quantization["weight_bits"] == 4 and quantization["activation_bits"] == 16
-    offsets = "asymmetric (int8 block offsets)" in quantization["weights"]
+    offsets = next((form for form in ("int8", "int4") if f"asymmetric ({form} block offsets)" in quantization["weights"]), "")
     assert quantization["npu_weight_bytes_vs_w8"] < (0.7 if offsets else 0.6)  # packed nibbles + scales (tiny rows: the scales weigh more)
     params = {e["name"]: e for e in json.loads((bundle / "encodings.json").read_text())["param_encodings"]}
     model = load_model(str(w4_bundle / "model"))
@@ -57,12 +57,15 @@ def test_manifest_graphs_and_encodings_declare_the_4_bit_weights(w4_bundle):
             encoding = params[f"{name}.weight"]
             if model.layout.linear(name).bias is None:  # LPBQ; a biased Linear stays per channel (the HTP refuses LPBQ + bias Add)
                 assert encoding["enc_type"] == "LPBQ" and encoding["block_size"] == BLOCK and encoding["compressed_bw"] == 4
-                assert (f"{name}.offsets" in params) == offsets and (f"{name}.offsets" in initializers) == offsets
-                if offsets:
+                assert (f"{name}.offsets" in params) == bool(offsets) and (f"{name}.offsets" in initializers) == bool(offsets)
+                if offsets == "int8":
                     assert params[f"{name}.offsets"]["enc_type"] == "PER_CHANNEL" and params[f"{name}.offsets"]["bw"] == 8
+                elif offsets == "int4":
+                    assert params[f"{name}.offsets"]["enc_type"] == "PER_CHANNEL" and params[f"{name}.offsets"]["bw"] == 4
+                    assert initializers[f"{name}.offsets"].data_type == onnx.TensorProto.INT4
             else:
                 assert encoding["enc_type"] == "PER_CHANNEL" and encoding["bw"] == 4
-        assert entry["weight_bits"] == 4 and entry["weight_block_offsets"] == ("int8" if offsets else "none")
+        assert entry["weight_bits"] == 4 and entry["weight_block_offsets"] == (offsets or "none")
 
 
 def test_graphs_hold_the_weights_calibration_measured_with(w4_bundle):
@@ -82,6 +85,7 @@ def test_graphs_hold_the_weights_calibration_measured_with(w4_bundle):
                 offsets = expected.offset_codes.clone()
                 offsets[plan.site_of(name).output_channels_.get(name, [])] = 0
                 assert torch.equal(record.weight.offset_codes, offsets) and torch.equal(record.weight.offset_scales, expected.offset_scales)
+                assert record.weight.offset_format == expected.offset_format
             else:
                 assert not record.weight.has_offsets
 

@@ -58,7 +58,7 @@ def test_gptq_rounds_the_rest_of_an_offset_weight_on_the_full_4_bit_range():
     x = _correlated_inputs()
     weight = torch.randn(32, 64, generator=torch.Generator().manual_seed(2)) * 0.1 + 0.03
     hessian = (x.T @ x).double()
-    gptq = quantize_weight(weight, bits=4, rule="mse", block_size=32, rounding="gptq", hessian=hessian, offsets=True)
+    gptq = quantize_weight(weight, bits=4, rule="mse", block_size=32, rounding="gptq", hessian=hessian, offsets="int8")
     rest = weight - (gptq.offset_weight() / 32).repeat_interleave(32, dim=1)
     grid = weight_grid(gptq.scales, gptq.block_scales, 32)
     nearest = QuantizedWeight(quantize_symmetric(rest, grid, 4, full_range=True).to(torch.int8), gptq.scales, 4, 32, gptq.block_scales, gptq.offset_codes, gptq.offset_scales)
