@@ -12,6 +12,7 @@ from quantkit.precision.plan import PRECISION_MODES
 from quantkit.runtime.bundle import DEFAULT_CHUNK_SIZE
 from quantkit.settings import from_checked_dict
 from quantkit.transforms.rotation import ROTATIONS
+from quantkit.runtime.bundle import GRAPH_KINDS
 from quantkit.weights.quantize import WEIGHT_BLOCK_OFFSETS, WEIGHT_ROUNDINGS
 
 __all__ = ["CalibrationConfig", "CONFIG_VERSION", "WEIGHT_MODES"]
@@ -117,6 +118,7 @@ class CalibrationConfig:
     weight_block_size: int = 32
     weight_rounding: str = "gptq"
     weight_block_offsets: str = "none"
+    weight_block_offset_graphs: str = "qkv,o,gate_up,down"
     sensitivity_num_sequences: int = 4
     sensitivity_seq_len: int = 256
     rotation: str = "none"
@@ -124,6 +126,11 @@ class CalibrationConfig:
     bundle_chunk_size: int = DEFAULT_CHUNK_SIZE
     device: str = "cpu"
     version: int = CONFIG_VERSION
+
+    @property
+    def offset_graph_kinds(self) -> set[str]:
+        """The graph kinds whose LPBQ weights get ``weight_block_offsets``."""
+        return {kind.strip() for kind in self.weight_block_offset_graphs.split(",") if kind.strip()}
 
     def __post_init__(self) -> None:
         for name in ("num_sequences", "batch_size", "aimet_num_sequences", "eval_num_sequences", "sensitivity_num_sequences", "search_realizations", "bundle_chunk_size"):
@@ -160,6 +167,10 @@ class CalibrationConfig:
             raise ValueError(f"weight_block_offsets: got {self.weight_block_offsets!r}, expected one of {', '.join(WEIGHT_BLOCK_OFFSETS)}")
         if self.weight_block_offsets != "none" and (self.weight_bits == "8" or not self.weight_block_size):
             raise ValueError("weight_block_offsets: block offsets belong to 4-bit LPBQ weights; use --weight-bits 4 (or auto) with --weight-block-size N > 0")
+        kinds = self.offset_graph_kinds
+        unknown = sorted(kinds - set(GRAPH_KINDS.values()))
+        if unknown or not kinds:
+            raise ValueError(f"weight_block_offset_graphs: got {self.weight_block_offset_graphs!r}, expected a comma-separated list of graph kinds from {', '.join(dict.fromkeys(GRAPH_KINDS.values()))}")
         if self.rotation not in ROTATIONS:
             raise ValueError(f"rotation: got {self.rotation!r}, expected one of {', '.join(ROTATIONS)}")
         if self.weight_rounding not in WEIGHT_ROUNDINGS:

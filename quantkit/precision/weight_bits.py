@@ -15,6 +15,7 @@ from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.plan import ShadowPlan
 from quantkit.precision.output_ranges import recalibrate_output_clips
 from quantkit.precision.plan import PrecisionPlan
+from quantkit.runtime.bundle import graph_kind
 from quantkit.weights import WeightCodes, collect_input_hessians, quantized_weights
 
 __all__ = ["assign_four_bit_weights"]
@@ -33,16 +34,23 @@ def assign_four_bit_weights(
     hessians: dict[str, torch.Tensor] | None = None,
     progress: bool = True,
     offsets: str = "none",
+    offset_graphs: set[str] | None = None,
 ) -> WeightCodes:
     """Set every A16 graph of ``precision`` to 4-bit weights (in place, output clips
     recorded again over ``output_range_ids``) and return ``weights`` with theirs replaced.
     GPTQ ``rounding`` uses ``hessians`` or collects them over ``calibration_ids``;
-    ``offsets``: LPBQ blocks with block offsets in that format (``runtime.qdq.OFFSET_FORMATS``), or ``"none"``."""
+    ``offsets``: LPBQ blocks with block offsets in that format (``runtime.qdq.OFFSET_FORMATS``), or ``"none"``,
+    on the graphs whose kind is in ``offset_graphs`` (None: every graph)."""
     sixteen = [graph for graph in precision.graphs.values() if graph.activation_bits == 16]
     names = [name for graph in sixteen for name in graph.linear_names]
     if rounding == "gptq" and hessians is None:
         hessians = collect_input_hessians(layout, plan, calibration_ids, batch_size, progress, sites=[graph.linear_names[0] for graph in sixteen])
-    four = quantized_weights(layout, names, plan.config.weight_scale_rule, 4, block_size, rounding, hessians, progress, offsets)
+    with_offsets = [name for graph in sixteen if offset_graphs is None or graph_kind(graph.linear_names[0]) in offset_graphs for name in graph.linear_names]
+    without = [name for name in names if name not in set(with_offsets)]
+    four = {
+        **quantized_weights(layout, with_offsets, plan.config.weight_scale_rule, 4, block_size, rounding, hessians, progress, offsets),
+        **quantized_weights(layout, without, plan.config.weight_scale_rule, 4, block_size, rounding, hessians, progress),
+    }
     for graph in sixteen:
         graph.weight_bits, graph.weight_block_size = 4, four[graph.linear_names[0]].block_size
     merged = {**weights, **four}
