@@ -133,20 +133,21 @@ def main(argv=None) -> int:
     # 4-bit weights on every A16 graph (GPTQ against one set of calibration Hessians), the output ranges recorded again
     calibration_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), config.num_sequences, config.seq_len, source="calibration split")
     hessians = collect_input_hessians(layout, plan, calibration_ids, config.batch_size)
-    # (activation bits, LPBQ block, block offsets)
+    # (activation bits, LPBQ block, block offsets, graph kinds with offsets)
+    every_kind = {"qkv", "o", "gate_up", "down"}
     four_bit = {
-        "quantkit_w4a16": (16, None, "none"),
-        "quantkit_w4a16_block64": (16, 64, "none"),
-        "quantkit_w4a16_block32": (16, 32, "none"),
-        "quantkit_w4a16_block32_offsets": (16, 32, "int8"),
-        "quantkit_w4a16_block32_offsets_int4": (16, 32, "int4"),
+        "quantkit_w4a16": (16, None, "none", every_kind),
+        "quantkit_w4a16_block64": (16, 64, "none", every_kind),
+        "quantkit_w4a16_block32": (16, 32, "none", every_kind),
+        "quantkit_w4a16_block32_offsets": (16, 32, "int8", every_kind),
+        "quantkit_w4a16_block32_int4_offsets_mlp": (16, 32, "int4", {"gate_up", "down"}),
     }
     if precision.mode == "auto":  # the calibrated A8/A16 mix, INT4 on its A16 graphs
-        four_bit[f"quantkit_w4_{calibrated.removeprefix('quantkit_')}_block32"] = ("calibrated", 32, "none")
-    for method, (bits, block, offsets) in four_bit.items():
+        four_bit[f"quantkit_w4_{calibrated.removeprefix('quantkit_')}_block32"] = ("calibrated", 32, "none", every_kind)
+    for method, (bits, block, offsets, offset_graphs) in four_bit.items():
         four = precision if bits == "calibrated" else precision.with_uniform_bits(bits)
         four = PrecisionPlan.from_dict(four.to_dict())  # a copy: the rows above keep INT8 weights
-        weights = assign_four_bit_weights(layout, plan, four, w8, calibration_ids, calibration_ids[:4], block, "gptq", config.batch_size, hessians, offsets=offsets)
+        weights = assign_four_bit_weights(layout, plan, four, w8, calibration_ids, calibration_ids[:4], block, "gptq", config.batch_size, hessians, offsets=offsets, offset_graphs=offset_graphs)
         variants[method] = (four, weights)
     for method, (bits, weights) in variants.items():
         with simulated_quantization(layout, plan, bits, blocks=npu, weights=weights):
@@ -232,8 +233,8 @@ def _markdown(result: dict) -> str:
         "(runtime/qdq.py), which the searches use: at A8 it is another rounding draw. quantkit_w8a16 / quantkit_w8a8 put every NPU graph at A16 / A8; the calibrated row "
         "has the per-graph bits of the calibration's precision.json. quantkit_w4* rows: INT4 weights (GPTQ-rounded on the "
         "calibration split) on every A16 graph — per output channel, or LPBQ blocks of 64 / 32 inputs (_offsets: plus an int8 "
-        "offset per block with a scale per row, `--weight-block-offsets int8`; _offsets_int4: an int4 offset per block, one scale per tensor, "
-        "`--weight-block-offsets int4`) — INT8 on A8 graphs (the HTP runs INT4 only with A16).",
+        "offset per block with a scale per row, `--weight-block-offsets int8`; _int4_offsets_mlp: an int4 offset per block with a scale per row "
+        "on the gate_up and down graphs only, `--weight-block-offsets int4 --weight-block-offset-graphs gate_up,down`) — INT8 on A8 graphs (the HTP runs INT4 only with A16).",
         "",
         f"Model weights: {result['model_bytes'] / 1e6:.1f} MB (float32). Measured in one run of benchmarks/accuracy.py in {result['seconds']:.0f} s.",
     ]

@@ -38,13 +38,15 @@ codes with one scale per tensor (OFFSET_FORMATS); codes then span the full [−8
     m       = clamp(round(mean_B(q_x) / s_m), …) · s_m                    (block means, [in / B])
     y       = Q_p(q_x · W_codesᵀ) + Q_p(m · Oᵀ)                    s_p = PART_RANGE · s_y
 
-The block means sit on a grid MEANS_GRID times finer than the input's, s_m = s_x /
-MEANS_GRID (a power of two; a graph stores its s_m, and a bundle without one used s_x).
-The HTP computes the offset MatMul accurately only while its requantization multiplier
-s_m · s_O / s_p stays well below 1: probed on a tiny model's int4-offset gate_up graph
-(onnxruntime-qnn 2.7, CPU fallback off), HTP against ONNX Runtime CPU measured 28.2 dB
-with s_m = s_x, 40.0 dB with s_x / 4 and 50.8 dB with s_x / 16. A block mean beyond
-the clip / MEANS_GRID saturates (the twin clamps it the same way).
+The block means have their own grid, s_m = means clip / (2^(b−1) − 1), the clip being
+the largest |block mean| recorded over calibration text (with the output ranges; a graph
+stores its s_m; bundles without one, and the recording pass itself, use s_x). A mean of
+B inputs rarely comes near the input's clip, and the HTP computes the offset MatMul
+accurately only while its requantization multiplier s_m · s_O / s_p stays well below 1:
+probed on a tiny model's int4-offset gate_up graph (onnxruntime-qnn 2.7, CPU fallback
+off), HTP against ONNX Runtime CPU measured 28.2 dB with s_m = s_x, 40.0 dB with s_x / 4
+and 50.8 dB with s_x / 16. A fixed s_x / 16 saturated 5–26% of the block means of
+SmolLM2's down and gate_up inputs (their largest |mean| is 0.04–0.31 of the clip).
 
 Both partial products are requantized before their Add (the HTP needs a quantized
 tensor between the MatMuls and the Add), on the output's own grid (PART_RANGE = 1).
@@ -63,7 +65,7 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
-__all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "OFFSET_FORMATS", "MEANS_GRID", "PART_RANGE", "QuantizedWeight", "block_means", "offsets_per_input", "weight_grid", "packed_weight_bytes", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
+__all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "OFFSET_FORMATS", "PART_RANGE", "QuantizedWeight", "block_means", "offsets_per_input", "weight_grid", "packed_weight_bytes", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
 
 ACTIVATION_BITS = (8, 16)
 WEIGHT_BITS = (4, 8)
@@ -74,7 +76,6 @@ LPBQ_MAX_BLOCK_SCALE = 2 ** (8 - 4)  # LPBQ block scales k ∈ 1…16 expand 4-b
 # scale per tensor 24.67 (24.05 with an MSE-chosen scale), a scale per row 22.07, int8 per
 # row 20.49), so both formats keep a float32 scale per output channel.
 OFFSET_FORMATS = {"int8": (8, True), "int4": (4, True)}
-MEANS_GRID = 16  # block means of an offset Linear on the grid s_x / MEANS_GRID (module docstring)
 _OFFSET_FORMATS_TEXT = ", ".join(f"{name} ({'a scale per output channel' if per_channel else 'one scale per tensor'})" for name, (_, per_channel) in OFFSET_FORMATS.items())
 PART_RANGE = 1.0  # partial products of an offset Linear: requantized on the output's grid (module docstring)
 _MIN_SCALE = 1e-8  # an all-zero range still gets a usable encoding
@@ -239,7 +240,7 @@ class QdqLinear:
     bits: int
     bias_codes: torch.Tensor | None = None  # int32 [out]
     bias_scales: torch.Tensor | None = None  # float32 [out] = s_x · s_W
-    means_scale: float | None = None  # s_m of the block means (offset Linears); None: s_x / MEANS_GRID
+    means_scale: float | None = None  # s_m of the block means (offset Linears); None: s_x
     _weight: torch.Tensor = field(init=False, repr=False, compare=False)
     _offset_weight: torch.Tensor | None = field(init=False, repr=False, compare=False)
     _bias: torch.Tensor | None = field(init=False, repr=False, compare=False)
@@ -268,8 +269,7 @@ class QdqLinear:
     @property
     def block_means_scale(self) -> float:
         """s_m, the grid of the block means (module docstring), float32."""
-        scale = self.input_scale / MEANS_GRID if self.means_scale is None else self.means_scale
-        return float(torch.tensor(scale, dtype=torch.float32))
+        return self.input_scale if self.means_scale is None else self.means_scale
 
     @property
     def part_scale(self) -> float:

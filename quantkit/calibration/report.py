@@ -96,7 +96,9 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
             f"  quantkit = the exported bundle (chunk {bundle_chunk_size}) through the runtime (ONNX Runtime CPU) on these tokens; "
             "quantkit_simulated = the same arithmetic in calibration's torch twin (what the search and placement measured)"
         )
-    if realizations and fp:
+    if len(realizations or []) == 1 and fp:
+        lines.append(f"  quantkit with inputs × (1 + 1e-6·noise): {realizations[0]:.2f} (every graph A16: one rounding realization; draws agree to the third decimal)")
+    elif realizations and fp:
         spread = ", ".join(f"{v:.2f}" for v in realizations)
         lines.append(
             f"  quantkit over {len(realizations)} rounding realizations (inputs × (1 + 1e-6·noise)): {spread} "

@@ -151,7 +151,7 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
     bits = precision.activation_bits
     activation_dtype = _ACTIVATION_DTYPES[bits]
     codes = weights if weights is not None else quantized_weights(layout, site.linear_names, plan.config.weight_scale_rule, precision.weight_bits, precision.weight_block_size)
-    records = {n: deployed_record(layout.linear(n), n, site, bits, precision.output_clip(n), codes[n]) for n in site.linear_names}
+    records = {n: deployed_record(layout.linear(n), n, site, bits, precision.output_clip(n), codes[n], precision.means_clip_) for n in site.linear_names}
     input_scale = records[site.linear_names[0]].input_scale
     nodes, initializers = [], []
     activation_encodings = [_activation_encoding(input_name, input_scale, bits)]

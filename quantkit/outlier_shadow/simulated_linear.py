@@ -26,10 +26,11 @@ if TYPE_CHECKING:
 
 __all__ = ["DeployedLinear", "deployed_record", "simulated_quantization", "WeightCodes"]
 
-def deployed_record(linear: nn.Linear, name: str, site: SiteShadowPlan, bits: int, output_clip: float | None, weight: QuantizedWeight) -> QdqLinear:
+def deployed_record(linear: nn.Linear, name: str, site: SiteShadowPlan, bits: int, output_clip: float | None, weight: QuantizedWeight, means_clip: float | None = None) -> QdqLinear:
     """The NPU graph's arithmetic for ``linear`` (module ``name``): input scale from the
     site's clip, the quantized weight, INT32 bias, output scale from ``output_clip``
-    (None: float output, used only while the output ranges are being recorded). The rows
+    (None: float output, used only while the output ranges are being recorded), the grid
+    of the block means from ``means_clip`` (block offsets; None: the input's). The rows
     of the site's output-side shadow channels are zero: the CPU computes those outputs."""
     output_channels = site.output_channels_.get(name, [])
     if output_channels:
@@ -42,7 +43,8 @@ def deployed_record(linear: nn.Linear, name: str, site: SiteShadowPlan, bits: in
         if output_channels:
             bias_codes[output_channels] = 0
     output_scale = None if output_clip is None else activation_scale(output_clip, bits)
-    return QdqLinear(weight, input_scale, output_scale, bits, bias_codes, bias_scales)
+    means_scale = activation_scale(min(means_clip, site.threshold_), bits) if means_clip is not None and weight.has_offsets else None
+    return QdqLinear(weight, input_scale, output_scale, bits, bias_codes, bias_scales, means_scale)
 
 
 class DeployedLinear(nn.Module):
@@ -65,9 +67,12 @@ class DeployedLinear(nn.Module):
         self.output_rows = linear.weight.detach()[channels] if channels else None
         self.output_bias = linear.bias.detach()[channels] if channels and linear.bias is not None else None
         self.observer: Callable[[torch.Tensor], None] | None = None
+        self.input_observer: Callable[[torch.Tensor], None] | None = None  # sees clip(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         clipped, excess = split_outliers(x, self.threshold)
+        if self.input_observer is not None:
+            self.input_observer(clipped.detach())
         y = self.record.accumulate(clipped)
         if self.observer is not None:
             self.observer(y.detach())
@@ -115,6 +120,6 @@ def simulated_quantization(
         if precision is None:
             return DeployedLinear(linear, site, deployed_record(linear, name, site, input_bits or 16, None, codes[name]), name)
         graph = precision.of(name)
-        return DeployedLinear(linear, site, deployed_record(linear, name, site, graph.activation_bits, graph.output_clip(name), codes[name]), name)
+        return DeployedLinear(linear, site, deployed_record(linear, name, site, graph.activation_bits, graph.output_clip(name), codes[name], graph.means_clip_), name)
 
     return replaced_linears(layout, names, swap)

@@ -11,7 +11,8 @@ from quantkit.outlier_shadow.math import mse_clip_threshold, output_outlier_chan
 from quantkit.outlier_shadow.plan import ShadowPlan
 from quantkit.outlier_shadow.simulated_linear import WeightCodes, simulated_quantization
 from quantkit.precision.plan import GraphPrecision, PrecisionPlan
-from quantkit.runtime.qdq import ACTIVATION_BITS
+from quantkit.runtime.qdq import ACTIVATION_BITS, fake_quantize_activation
+from quantkit.runtime.qdq import block_means as record_block_means
 
 __all__ = ["record_npu_outputs", "choose_output_channels", "output_clips", "initial_precision", "calibrated_precision", "recalibrate_output_clips", "OUTPUT_RANGE_RULES"]
 
@@ -20,12 +21,14 @@ OUTPUT_RANGE_RULES = ("mse", "max")
 
 @torch.no_grad()
 def record_npu_outputs(
-    layout: DecoderLayout, plan: ShadowPlan, sequences: torch.Tensor, input_bits: int = 16, batch_size: int = 4, weights: WeightCodes | None = None
+    layout: DecoderLayout, plan: ShadowPlan, sequences: torch.Tensor, input_bits: int = 16, batch_size: int = 4, weights: WeightCodes | None = None, block_means: dict[str, float] | None = None
 ) -> dict[str, tuple[float, torch.Tensor, torch.Tensor]]:
     """Per Linear: (max |y_npu|, log-histogram of |y_npu|, per-channel max |y_npu|) of its
     NPU part y_npu = Q(clip(x)) Wqᵀ + b over ``sequences``, every block quantized with
     float outputs. The shadow part is added after, in FP, so the massive values it carries
-    do not stretch these ranges; nor do the plan's output-side shadow channels (left out)."""
+    do not stretch these ranges; nor do the plan's output-side shadow channels (left out).
+    ``block_means``, when given, receives per site with block-offset weights the largest
+    |block mean| of its quantized input Q(clip(x)) (the grid of the means, ``runtime.qdq``)."""
     device = next(layout.model.parameters()).device
     absmax: dict[str, torch.Tensor] = {}
     channel_absmax: dict[str, torch.Tensor] = {}
@@ -48,9 +51,24 @@ def record_npu_outputs(
 
         return observe
 
+    def means_observer_for(site_name: str, module):
+        block_means[site_name] = 0.0
+
+        def observe(clipped: torch.Tensor) -> None:
+            record = module.record
+            means = record_block_means(fake_quantize_activation(clipped, record.input_scale, record.bits), record.weight.block_size)
+            block_means[site_name] = max(block_means[site_name], float(means.abs().max()))
+
+        return observe
+
     with simulated_quantization(layout, plan, None, weights=weights, input_bits=input_bits):
         for name in layout.linear_names():
             layout.linear(name).observer = observer_for(name)
+        if block_means is not None:
+            for site_name, site in plan.sites.items():
+                with_offsets = [layout.linear(n) for n in site.linear_names if layout.linear(n).record.weight.has_offsets]
+                if with_offsets:  # the site's Linears share the input and its block means
+                    layout.linear(site.linear_names[0]).input_observer = means_observer_for(site_name, with_offsets[0])
         for batch in sequences.split(batch_size):
             layout.model(input_ids=batch.to(device), use_cache=False)
     return {name: (float(absmax[name]), histograms[name].cpu(), channel_absmax[name].cpu()) for name in absmax}
@@ -106,6 +124,8 @@ def recalibrate_output_clips(layout: DecoderLayout, plan: ShadowPlan, precision:
     """Record the output ranges again with ``weights`` (after the weights changed format,
     e.g. to INT4) and replace every graph's clips in ``precision``; the output-side shadow
     channels stay as chosen."""
-    recorded = record_npu_outputs(layout, plan, sequences, weights=weights)
-    for graph in precision.graphs.values():
+    means: dict[str, float] = {}
+    recorded = record_npu_outputs(layout, plan, sequences, weights=weights, block_means=means)
+    for site_name, graph in precision.graphs.items():
         graph.output_clips_ = {name: output_clips(*recorded[name][:2], rule) for name in graph.linear_names}
+        graph.means_clip_ = means.get(site_name)

@@ -187,28 +187,50 @@ def test_block_offsets_bring_back_an_asymmetric_4_bit_grid():
         quantize_weight(weight, bits=4, rule="mse", offsets="int8")
 
 
+def test_int4_block_offsets_sit_between_symmetric_and_int8_offsets_at_half_their_bytes(tmp_path):
+    """--weight-block-offsets int4: int4 codes, a float32 scale per row; a coarser offset
+    grid than int8's, so the error lies between int8 offsets and none; the offset codes
+    take half the bytes; weights.safetensors keeps the offset bit-width."""
+    from quantkit.weights.quantize import load_weights, quantize_weight, save_weights
+
+    weight = _asymmetric_4_bit_blocks(48, 128, 32, seed=7)
+    error = lambda q: float((q.dequantize() - weight).pow(2).sum() / weight.pow(2).sum())  # noqa: E731
+    symmetric, int8, int4 = (quantize_weight(weight, bits=4, rule="mse", block_size=32, offsets=form) for form in ("none", "int8", "int4"))
+    assert error(int8) < error(int4) < 0.5 * error(symmetric)
+    assert int4.offset_bits == 4 and int4.offset_format == "int4" and int4.offset_scales.shape == (48,)
+    assert int(int4.offset_codes.min()) >= -8 and int(int4.offset_codes.max()) <= 7
+    assert int4.nbytes == symmetric.nbytes + 48 * 128 // 32 // 2 + 4 * 48  # two offsets a byte, a float32 scale per row
+    save_weights({"w": int4}, tmp_path / "weights.safetensors")
+    loaded = load_weights(tmp_path / "weights.safetensors")["w"]
+    assert loaded.offset_format == "int4" and torch.equal(loaded.dequantize(), int4.dequantize())
+    with pytest.raises(ValueError, match="block offsets"):
+        quantize_weight(weight, bits=4, rule="mse", block_size=32, offsets="int2")
+    with pytest.raises(ValueError, match="block offsets are"):
+        QuantizedWeight(int4.codes, int4.scales, 4, 32, int4.block_scales, int4.offset_codes, int4.offset_scales, offset_bits=2)
+
+
 def test_offset_linear_computes_the_documented_steps():
     """Q_p(Q(x)·W_codesᵀ) + Q_p(m·Oᵀ), m the requantized block means; without an output
     scale (output-range recording) the plain sum, equal to Q(x)·Wᵀ for the real weight."""
-    from quantkit.runtime.qdq import MEANS_GRID, PART_RANGE, block_means
+    from quantkit.runtime.qdq import PART_RANGE, block_means
     from quantkit.weights.quantize import quantize_weight
 
     weight = _asymmetric_4_bit_blocks(24, 96, 32, seed=4)
     quantized = quantize_weight(weight, bits=4, rule="mse", block_size=32, offsets="int8")
     input_scale, output_scale = activation_scale(2.0, 16), activation_scale(0.5, 16)
-    x = (0.25 * torch.randn(5, 96, generator=torch.Generator().manual_seed(5))).clamp(-2, 2)  # block means within the clip / MEANS_GRID
+    x = (0.25 * torch.randn(5, 96, generator=torch.Generator().manual_seed(5))).clamp(-2, 2)  # block means within their clip, 0.25
     q = torch.clamp(torch.round(x / input_scale), -32768, 32767) * input_scale
-    means_scale = float(torch.tensor(input_scale / MEANS_GRID, dtype=torch.float32))  # a finer grid than the input's
+    means_scale = activation_scale(0.25, 16)  # the block means' own grid, finer than the input's
     means = torch.clamp(torch.round(block_means(q, 32) / means_scale), -32768, 32767) * means_scale
     codes_part = q @ quantized.code_weight().T
     offsets_part = means @ (quantized.offset_codes.float() * quantized.offset_scales[:, None]).T
     part = PART_RANGE * output_scale
     requantize = lambda y, s: torch.clamp(torch.round(y / s), -32768, 32767) * s  # noqa: E731
     expected = requantize(requantize(codes_part, part) + requantize(offsets_part, part), output_scale)
-    record = QdqLinear(quantized, input_scale, output_scale, 16)
+    record = QdqLinear(quantized, input_scale, output_scale, 16, means_scale=means_scale)
     assert torch.allclose(record(x), expected, atol=1e-6)
-    recording = QdqLinear(quantized, input_scale, None, 16)
+    recording = QdqLinear(quantized, input_scale, None, 16, means_scale=means_scale)
     assert torch.allclose(recording.accumulate(x), codes_part + offsets_part, atol=1e-5)
     # The block means of Q(x) times O/B are Q(x) times the offsets spread over their blocks, up to the means' rounding.
     assert torch.allclose(recording.accumulate(x), q @ quantized.dequantize().T, atol=means_scale * float(quantized.offset_weight().abs().sum(1).max()) + 1e-5)  # ≤ s_m / 2 per mean, plus float32 summation
-    assert record.block_means_scale == means_scale and QdqLinear(quantized, input_scale, output_scale, 16, means_scale=input_scale).block_means_scale == input_scale
+    assert record.block_means_scale == means_scale and QdqLinear(quantized, input_scale, output_scale, 16).block_means_scale == input_scale  # default: the input's grid

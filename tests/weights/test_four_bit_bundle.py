@@ -3,7 +3,9 @@
 
 import json
 
+import numpy as np
 import onnx
+import onnx.numpy_helper
 import pytest
 import torch
 
@@ -15,6 +17,7 @@ from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.precision import PrecisionPlan
 from quantkit.runtime.engine import BundleModel
 from quantkit.runtime.npu import records_from_graph
+from quantkit.runtime.qdq import activation_scale
 from quantkit.weights import WEIGHTS_FILE, load_weights
 from tests.conftest import TINY_VOCAB, plant_output_outliers, tiny_model
 
@@ -34,6 +37,7 @@ def w4_bundle(request, tmp_path_factory, tiny_tokenizer):
         model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
         sensitivity_num_sequences=1, sensitivity_seq_len=32, weight_bits="4", weight_block_size=BLOCK,
         weight_block_offsets=offsets or "none",
+        weight_block_offset_graphs="gate_up,down" if offsets == "int4" else "qkv,o,gate_up,down",
     )
     calibrate(root / "calib", config, progress=False)
     export_bundle(root / "calib", root / "bundle", chunk_size=CHUNK, progress=False)
@@ -46,8 +50,10 @@ def test_manifest_graphs_and_encodings_declare_the_4_bit_weights(w4_bundle):
     quantization = manifest["quantization"]
     assert quantization["weight_bits"] == 4 and quantization["activation_bits"] == 16
     offsets = next((form for form in ("int8", "int4") if f"asymmetric ({form} block offsets)" in quantization["weights"]), "")
+    offset_kinds = {"int8": {"qkv", "o", "gate_up", "down"}, "int4": {"gate_up", "down"}}.get(offsets, set())  # the fixture's --weight-block-offset-graphs
     assert quantization["npu_weight_bytes_vs_w8"] < (0.7 if offsets else 0.6)  # packed nibbles + scales (tiny rows: the scales weigh more)
     params = {e["name"]: e for e in json.loads((bundle / "encodings.json").read_text())["param_encodings"]}
+    precision = PrecisionPlan.load(bundle / "precision.json")
     model = load_model(str(w4_bundle / "model"))
     for entry in manifest["graphs"]:
         graph = onnx.load(str(bundle / entry["file"]))
@@ -55,17 +61,24 @@ def test_manifest_graphs_and_encodings_declare_the_4_bit_weights(w4_bundle):
         for name in entry["linears"]:
             assert initializers[f"{name}.weight"].data_type == onnx.TensorProto.INT4
             encoding = params[f"{name}.weight"]
+            with_offsets = entry["name"].split(".")[1] in offset_kinds
             if model.layout.linear(name).bias is None:  # LPBQ; a biased Linear stays per channel (the HTP refuses LPBQ + bias Add)
                 assert encoding["enc_type"] == "LPBQ" and encoding["block_size"] == BLOCK and encoding["compressed_bw"] == 4
-                assert (f"{name}.offsets" in params) == bool(offsets) and (f"{name}.offsets" in initializers) == bool(offsets)
-                if offsets == "int8":
+                assert (f"{name}.offsets" in params) == with_offsets and (f"{name}.offsets" in initializers) == with_offsets
+                if with_offsets and offsets == "int8":
                     assert params[f"{name}.offsets"]["enc_type"] == "PER_CHANNEL" and params[f"{name}.offsets"]["bw"] == 8
-                elif offsets == "int4":
+                elif with_offsets:
                     assert params[f"{name}.offsets"]["enc_type"] == "PER_CHANNEL" and params[f"{name}.offsets"]["bw"] == 4
                     assert initializers[f"{name}.offsets"].data_type == onnx.TensorProto.INT4
             else:
                 assert encoding["enc_type"] == "PER_CHANNEL" and encoding["bw"] == 4
-        assert entry["weight_bits"] == 4 and entry["weight_block_offsets"] == (offsets or "none")
+        assert entry["weight_bits"] == 4 and entry["weight_block_offsets"] == (offsets if with_offsets else "none")
+        if with_offsets:  # the block means on their own grid, from the calibrated range of the means
+            means_scale = onnx.numpy_helper.to_array(initializers[f"{entry['input']}.block_means.scale"])
+            means_clip = precision.graphs[entry["linears"][0]].means_clip_
+            assert means_scale == np.float32(activation_scale(means_clip, 16)) < onnx.numpy_helper.to_array(initializers[f"{entry['input']}.scale"])
+        else:
+            assert f"{entry['input']}.block_means.scale" not in initializers
 
 
 def test_graphs_hold_the_weights_calibration_measured_with(w4_bundle):
@@ -167,3 +180,32 @@ def test_weight_bits_auto_keeps_int8_where_4_bits_cost_the_budget(tmp_path, tiny
         assert all(stored[name].bits == graph.weight_bits for name in graph.linear_names)
     summary = json.loads((tmp_path / "calib" / "summary.json").read_text())
     assert summary["weight_bits"] == precision.weight_bits()
+
+
+def test_an_offset_graph_without_a_means_grid_reads_back_on_the_input_grid(w4_bundle, tmp_path):
+    """Bundles written before the block means had their own grid requantized them on the
+    input's: the read-back record does the same, and still equals ONNX Runtime's result."""
+    from quantkit.export.qnn import cpu_session
+    from quantkit.quant_primitives import sqnr_db
+
+    bundle = w4_bundle / "bundle"
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    entry = next((e for e in manifest["graphs"] if e["weight_block_offsets"] != "none"), None)
+    if entry is None:
+        pytest.skip("no block offsets in this bundle")
+    model = onnx.load(str(bundle / entry["file"]))
+    means_scale = f"{entry['input']}.block_means.scale"
+    for node in model.graph.node:
+        node.input[:] = [f"{entry['input']}.scale" if name == means_scale else name for name in node.input]
+    kept = [init for init in model.graph.initializer if init.name != means_scale]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    (tmp_path / "npu").mkdir()
+    onnx.save(model, str(tmp_path / entry["file"]))
+    records = records_from_graph(tmp_path, entry)
+    assert all(r.block_means_scale == r.input_scale for r in records if r.weight.has_offsets)
+    x = 0.2 * torch.randn(CHUNK, entry["input_shape"][2], generator=torch.Generator().manual_seed(3))
+    expected = cpu_session(tmp_path / entry["file"]).run(None, {entry["input"]: x[None].numpy()})
+    for record, output in zip(records, expected):
+        # float summation order only: a block mean on a rounding boundary may land one coarse step away
+        assert sqnr_db(torch.from_numpy(output[0]), record(x)) > 50
