@@ -61,12 +61,16 @@ class CalibrationConfig:
       Hessians of the clipped inputs, or ``"nearest"``). ``"auto"``: start from that and
       give INT8 weights back to the graphs that buy the most accuracy per weight byte
       until the deployed arithmetic is within ``accuracy_budget`` (before block placement).
-    * ``weight_block_offsets="none"``: LPBQ is symmetric. ``"int8"`` adds an int8 offset
-      per block (``runtime.qdq``; asymmetric blocks, a second small MatMul on the HTP).
-      On SmolLM2, whose weights were asymmetric 4-bit blocks (Q4_1) before
-      dequantization, the all-NPU W4A16 bundle measures +1.25% word perplexity with it
-      and +12.2% without (README), but its NPU weights grow from 53.4% to 57.1% of the
-      INT8 bytes, so it stays off by default.
+    * ``weight_block_offsets="none"``: LPBQ is symmetric. ``"int8"`` / ``"int4"`` add an
+      offset per block, int8 or int4 codes with a float32 scale per row (``runtime.qdq``;
+      asymmetric blocks, a second small MatMul on the HTP), on the graph kinds of
+      ``weight_block_offset_graphs`` (comma-separated, from qkv, o, gate_up, down). On
+      SmolLM2, whose weights were asymmetric 4-bit blocks (Q4_1) before dequantization,
+      the all-NPU W4A16 bundles measure (word perplexity on ``quantkit_wikitext`` through
+      the runtime, NPU weight bytes against INT8's): no offsets +12.2%, 53.4%; int8 on
+      every kind +1.25%, 57.1% (before the block means had their own grid); int4 on every
+      kind +3.37%, 55.5%; int4 on gate_up and down +6.04%, 55.0% (README). None is
+      within +3% and 55% at once, so offsets stay off by default.
     * ``prune_fraction=0.5`` applies to ``activation_bits="16"`` only: a 16-bit range
       absorbs the outliers of the least important half of the layers (W8A16 −0.1% on
       SmolLM2 with them pruned). With ``"8"`` or ``"auto"`` every site keeps its shadow path,

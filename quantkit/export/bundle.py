@@ -38,15 +38,25 @@ _OUTPUT_RANGE_SEQUENCES = 4
 log = logging.getLogger(__name__)
 
 
-def _weights_description(bits: list[int], block_sizes: list[int], rule: str, rounding: str, block_offsets: str = "none") -> str:
+def _weights_description(bits: list[int], block_sizes: list[int], rule: str, rounding: str, block_offsets: str = "none", offset_kinds: str = "") -> str:
     parts = []
     if 8 in bits:
         parts.append(f"int8 symmetric per output channel ({rule} scales, nearest)")
     if 4 in bits:
         layout = f"LPBQ blocks of {', '.join(map(str, block_sizes))} inputs" if block_sizes else "per output channel"
-        kind = f"asymmetric ({block_offsets} block offsets)" if block_offsets != "none" else "symmetric"
+        kind = f"asymmetric ({block_offsets} block offsets{' on ' + offset_kinds + '; the rest symmetric' if offset_kinds else ''})" if block_offsets != "none" else "symmetric"
         parts.append(f"int4 {kind}, {layout} ({rule} scales, {rounding} rounding)")
     return "; ".join(parts)
+
+
+def _offsets_summary(graphs: list[dict]) -> tuple[str, str]:
+    """(the block-offset formats of the 4-bit graphs, or "none"; their graph kinds when only some 4-bit kinds have them, else "")."""
+    four_bit = [g for g in graphs if g["weight_bits"] == 4]
+    formats = "/".join(sorted({g["weight_block_offsets"] for g in four_bit} - {"none"})) or "none"
+    kind = lambda g: g["name"].split(".", 1)[1]  # noqa: E731
+    with_offsets = sorted({kind(g) for g in four_bit if g["weight_block_offsets"] != "none"})
+    partial = formats != "none" and any(g["weight_block_offsets"] == "none" and g["weight_block_size"] and kind(g) not in with_offsets for g in four_bit)
+    return formats, ", ".join(with_offsets) if partial else ""
 
 
 def _converter_command(graph_file: str, input_name: str, shape: list[int]) -> str:
@@ -243,7 +253,7 @@ def export_bundle(
             "chunk_size": chunk_size,
             "context_length": architecture.max_positions,
             "quantization": {
-                "weights": _weights_description(weight_bits, block_sizes, plan.config.weight_scale_rule, config.weight_rounding, "/".join(sorted({g["weight_block_offsets"] for g in graphs} - {"none"})) or "none"),
+                "weights": _weights_description(weight_bits, block_sizes, plan.config.weight_scale_rule, config.weight_rounding, *_offsets_summary(graphs)),
                 "weight_bits": weight_bits[0] if len(weight_bits) == 1 else "mixed",  # each graph entry has its own
                 "npu_weight_bytes": npu_weight_bytes,
                 "npu_weight_bytes_vs_w8": npu_weight_bytes / w8_weight_bytes if w8_weight_bytes else 1.0,

@@ -49,7 +49,8 @@ def test_manifest_graphs_and_encodings_declare_the_4_bit_weights(w4_bundle):
     manifest = json.loads((bundle / "manifest.json").read_text())
     quantization = manifest["quantization"]
     assert quantization["weight_bits"] == 4 and quantization["activation_bits"] == 16
-    offsets = next((form for form in ("int8", "int4") if f"asymmetric ({form} block offsets)" in quantization["weights"]), "")
+    offsets = next((form for form in ("int8", "int4") if f"asymmetric ({form} block offsets" in quantization["weights"]), "")
+    assert ("block offsets on down, gate_up; the rest symmetric" in quantization["weights"]) == (offsets == "int4")  # the fixture's int4 bundle: only those kinds
     offset_kinds = {"int8": {"qkv", "o", "gate_up", "down"}, "int4": {"gate_up", "down"}}.get(offsets, set())  # the fixture's --weight-block-offset-graphs
     assert quantization["npu_weight_bytes_vs_w8"] < (0.7 if offsets else 0.6)  # packed nibbles + scales (tiny rows: the scales weigh more)
     params = {e["name"]: e for e in json.loads((bundle / "encodings.json").read_text())["param_encodings"]}
