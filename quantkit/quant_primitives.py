@@ -142,16 +142,15 @@ def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: 
     return channel_scales, best_integers.to(torch.uint8)
 
 
-def block_offsets(weight: torch.Tensor, block_size: int, num_bits: int = 4, offset_bits: int = 8, per_channel: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+def block_offsets(weight: torch.Tensor, block_size: int, num_bits: int = 4, offset_bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
     """Block offsets of a [out, in] weight for LPBQ with offsets: (int codes [out, in / B],
     float32 per-channel scales [out]) of O = B · o, o the centre of the block's asymmetric
     min/max grid — with d = (max − min) / (2^b − 1) the block's 2^b levels are
     min + d · {0 … 2^b − 1} = o + d · {−2^(b−1) … 2^(b−1) − 1}, so o = min + 2^(b−1) · d
     (GGUF's Q4_1 blocks are this grid: their weights come back exactly up to the
-    rounding of o and of the LPBQ block scale). O is quantized symmetric at
-    ``offset_bits``, with a scale per row (``per_channel``, scales [out]) or one for the
-    tensor (scales [1]), full range; the weight minus the quantized offsets then goes on a
-    symmetric full-range LPBQ grid (:func:`lpbq_scales` with ``full_range``).
+    rounding of o and of the LPBQ block scale). O is quantized symmetric per row at
+    ``offset_bits``; the weight minus the quantized offsets then goes on a symmetric
+    full-range LPBQ grid (:func:`lpbq_scales` with ``full_range``).
     """
     out_features, in_features = weight.shape
     if block_size < 1 or in_features % block_size:
@@ -160,11 +159,8 @@ def block_offsets(weight: torch.Tensor, block_size: int, num_bits: int = 4, offs
     low, high = blocks.amin(dim=-1), blocks.amax(dim=-1)
     centres = low + 2 ** (num_bits - 1) * (high - low) / (2**num_bits - 1)
     products = centres * block_size  # O = B · o: the weight of the block means
-    if per_channel:
-        scales = symmetric_scale(products.abs().amax(dim=1), offset_bits)
-        return quantize_symmetric(products, scales, offset_bits, axis=0, full_range=True), scales
-    scales = symmetric_scale(products.abs().amax(), offset_bits).reshape(1)
-    return quantize_symmetric(products, scales, offset_bits, full_range=True), scales
+    scales = symmetric_scale(products.abs().amax(dim=1), offset_bits)
+    return quantize_symmetric(products, scales, offset_bits, axis=0), scales
 
 
 def quantize_weight_per_channel(weight: torch.Tensor, num_bits: int = 8, rule: str = "max") -> tuple[torch.Tensor, torch.Tensor]:

@@ -97,10 +97,10 @@ def _weight_from_graph(values: dict[str, np.ndarray], linear_name: str) -> Quant
         offset_codes = offset_scales = None
         offset_bits = 8
         if offsets_name in values:
-            stored_offsets = values[offsets_name]  # [in / B, out]: int8, or int4 with one scale
+            stored_offsets = values[offsets_name]  # [in / B, out]: int8 or int4
             offset_bits = 8 if stored_offsets.dtype == np.int8 else 4
             offset_codes = torch.from_numpy(stored_offsets.astype(np.int8).T.copy())
-            offset_scales = torch.from_numpy(np.asarray(values[f"{offsets_name}.scale"], dtype=np.float32).reshape(-1).copy())
+            offset_scales = torch.from_numpy(values[f"{offsets_name}.scale"].copy())
         return QuantizedWeight(codes, torch.from_numpy(values[f"{weight_name}.channel_scale"].copy()), bits, block_size, block_scales, offset_codes, offset_scales, offset_bits)
     return QuantizedWeight(codes, torch.from_numpy(values[f"{weight_name}.scale"].copy()), bits)
 
@@ -115,13 +115,11 @@ def records_from_graph(folder: Path, entry: dict) -> list[QdqLinear]:
     values = {t.name: numpy_helper.to_array(t) for t in model.graph.initializer}
     input_name = entry["input"]
     bits = _BITS_OF_ZERO_POINT[values[f"{input_name}.zero_point"].dtype]
-    means_scale = values.get(f"{input_name}.block_means.scale")  # offset Linears; absent: bundles that used s_x
+    means_scale = float(values.get(f"{input_name}.block_means.scale", values[f"{input_name}.scale"]))  # offset Linears; absent: bundles that used s_x
     records = []
     for name in entry["linears"]:
         bias = f"{name}.bias"
         weight = _weight_from_graph(values, name)
-        if weight.has_offsets and means_scale is None:
-            means_scale = values[f"{input_name}.scale"]
         records.append(
             QdqLinear(
                 weight=weight,
@@ -130,7 +128,7 @@ def records_from_graph(folder: Path, entry: dict) -> list[QdqLinear]:
                 bits=bits,
                 bias_codes=torch.from_numpy(values[bias].copy()) if bias in values else None,
                 bias_scales=torch.from_numpy(values[f"{bias}.scale"].copy()) if bias in values else None,
-                means_scale=float(means_scale) if weight.has_offsets else None,
+                means_scale=means_scale if weight.has_offsets else None,
             )
         )
     return records

@@ -30,9 +30,9 @@ sub-grid of one 8-bit per-channel grid.
 LPBQ with block offsets adds an asymmetric part the HTP runs as a second, small MatMul
 beside the LPBQ one (probed on onnxruntime-qnn 2.7 with CPU fallback off; QNN's LPBQ
 itself has no zero points). Each block of row j gets a real offset o[j, blk], held as
-the weight O[j, blk] = B · o[j, blk] ≈ codes_O[j, blk] · s_O applied to the block means
-of the quantized input — int8 codes with a scale per output channel s_O[j], or int4
-codes with one scale per tensor (OFFSET_FORMATS); codes then span the full [−8, 7]:
+the per-channel weight O[j, blk] = B · o[j, blk] ≈ codes_O[j, blk] · s_O[j] (int8 or int4
+codes, OFFSET_FORMATS) applied to the block means of the quantized input; codes then
+span the full [−8, 7]:
 
     W[j, i] = codes_W[j, i] · s_W[j] · k[j, blk] + o[j, blk]               (blk = i // B)
     m       = clamp(round(mean_B(q_x) / s_m), …) · s_m                    (block means, [in / B])
@@ -70,13 +70,12 @@ __all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "OFFSET_FOR
 ACTIVATION_BITS = (8, 16)
 WEIGHT_BITS = (4, 8)
 LPBQ_MAX_BLOCK_SCALE = 2 ** (8 - 4)  # LPBQ block scales k ∈ 1…16 expand 4-bit codes onto an 8-bit grid
-# Block-offset weight formats: name → (bits of the codes, one scale per output channel?).
-# One scale per tensor fits more bytes but loses what the offsets buy (SmolLM2, LPBQ 32,
-# weight-only, nearest, validation 4×512, FP 20.45: no offsets 24.32, int4 offsets with one
-# scale per tensor 24.67 (24.05 with an MSE-chosen scale), a scale per row 22.07, int8 per
-# row 20.49), so both formats keep a float32 scale per output channel.
-OFFSET_FORMATS = {"int8": (8, True), "int4": (4, True)}
-_OFFSET_FORMATS_TEXT = ", ".join(f"{name} ({'a scale per output channel' if per_channel else 'one scale per tensor'})" for name, (_, per_channel) in OFFSET_FORMATS.items())
+# Block-offset weight formats: name → bits of the codes; both keep a float32 scale per
+# output channel. One scale per tensor would save those bytes but loses what the offsets
+# buy (SmolLM2, LPBQ 32, weight-only, nearest, validation 4×512, FP 20.45: no offsets
+# 24.32, int4 offsets with one scale per tensor 24.67 (24.05 with an MSE-chosen scale), a
+# scale per row 22.07, int8 per row 20.49).
+OFFSET_FORMATS = {"int8": 8, "int4": 4}
 PART_RANGE = 1.0  # partial products of an offset Linear: requantized on the output's grid (module docstring)
 _MIN_SCALE = 1e-8  # an all-zero range still gets a usable encoding
 
@@ -124,12 +123,9 @@ def weight_grid(scales: torch.Tensor, block_scales: torch.Tensor | None = None, 
 def packed_weight_bytes(out_features: int, in_features: int, bits: int = 8, block_size: int | None = None, block_offsets: str = "none") -> int:
     """Bytes of a weight packed: codes at ``bits`` each, float32 per-channel scales, uint8 LPBQ
     block scales and, with ``block_offsets`` (an ``OFFSET_FORMATS`` name), the offset codes
-    and their float32 scales (one per output channel or one per tensor)."""
+    and their float32 per-channel scales."""
     block_bytes = 0 if block_size is None else out_features * (in_features // block_size)
-    offset_bytes = 0
-    if block_offsets != "none":
-        offset_bits, per_channel = OFFSET_FORMATS[block_offsets]
-        offset_bytes = (block_bytes * offset_bits + 7) // 8 + 4 * (out_features if per_channel else 1)
+    offset_bytes = 0 if block_offsets == "none" else (block_bytes * OFFSET_FORMATS[block_offsets] + 7) // 8 + 4 * out_features
     return out_features * in_features * bits // 8 + 4 * out_features + block_bytes + offset_bytes
 
 
@@ -150,8 +146,8 @@ class QuantizedWeight:
     ±(2^(b−1) − 1) for b = ``bits``), float32 per-output-channel scales [out] and, for
     LPBQ blocks of ``block_size`` inputs, uint8 block scales [out, in / block_size] in
     1…16 multiplying them; optionally block offsets: codes [out, in / block_size] (stored
-    int8, within the ``offset_bits`` range) and float32 scales, [out] or [1] per tensor, of
-    O = B · o (module docstring), codes then within [−8, 7]."""
+    int8, within the ``offset_bits`` range) and float32 scales [out] of O = B · o (module
+    docstring), codes then within [−8, 7]."""
 
     codes: torch.Tensor  # int8 [out, in]
     scales: torch.Tensor  # float32 [out]
@@ -159,7 +155,7 @@ class QuantizedWeight:
     block_size: int | None = None
     block_scales: torch.Tensor | None = None  # uint8 [out, in // block_size]
     offset_codes: torch.Tensor | None = None  # int8 [out, in // block_size]
-    offset_scales: torch.Tensor | None = None  # float32 [out], or [1]: one scale per tensor
+    offset_scales: torch.Tensor | None = None  # float32 [out]
     offset_bits: int = 8
 
     def __post_init__(self) -> None:
@@ -175,13 +171,10 @@ class QuantizedWeight:
             raise ValueError("QuantizedWeight: offset codes and offset scales come together")
         if self.offset_codes is not None and (self.block_size is None or self.offset_codes.shape != self.block_scales.shape):
             raise ValueError("QuantizedWeight: block offsets need LPBQ blocks, one offset per block")
-        if self.offset_codes is not None:
-            format_name = self.offset_format
-            if format_name is None:
-                raise ValueError(f"QuantizedWeight: block offsets are {_OFFSET_FORMATS_TEXT}, got {self.offset_bits}-bit")
-            expected = self.codes.shape[0] if OFFSET_FORMATS[format_name][1] else 1
-            if self.offset_scales.numel() != expected:
-                raise ValueError(f"QuantizedWeight: {format_name} block offsets have {expected} scale(s), got {self.offset_scales.numel()}")
+        if self.offset_codes is not None and self.offset_format is None:
+            raise ValueError(f"QuantizedWeight: block offsets are {', '.join(f'{bits}-bit' for bits in OFFSET_FORMATS.values())}, got {self.offset_bits}-bit")
+        if self.offset_codes is not None and tuple(self.offset_scales.shape) != (self.codes.shape[0],):
+            raise ValueError(f"QuantizedWeight: block offsets have a scale per output channel, [{self.codes.shape[0]}], got {tuple(self.offset_scales.shape)}")
 
     @property
     def offset_format(self) -> str | None:
@@ -189,7 +182,7 @@ class QuantizedWeight:
         bit-width no format has)."""
         if self.offset_codes is None:
             return "none"
-        return next((name for name, (bits, _) in OFFSET_FORMATS.items() if bits == self.offset_bits), None)
+        return next((name for name, bits in OFFSET_FORMATS.items() if bits == self.offset_bits), None)
 
     @property
     def has_offsets(self) -> bool:
@@ -197,7 +190,7 @@ class QuantizedWeight:
 
     def offset_weight(self) -> torch.Tensor:
         """O = codes_O · s_O [out, in / B], the weight of the block means."""
-        return self.offset_codes.float() * self.offset_scales.float().reshape(-1, 1)
+        return self.offset_codes.float() * self.offset_scales.float()[:, None]
 
     def code_weight(self) -> torch.Tensor:
         """codes · grid [out, in]: the LPBQ MatMul's weight (without the block offsets)."""

@@ -9,10 +9,9 @@ from pathlib import Path
 
 from quantkit.outlier_shadow.config import ShadowConfig
 from quantkit.precision.plan import PRECISION_MODES
-from quantkit.runtime.bundle import DEFAULT_CHUNK_SIZE
+from quantkit.runtime.bundle import DEFAULT_CHUNK_SIZE, GRAPH_KINDS
 from quantkit.settings import from_checked_dict
 from quantkit.transforms.rotation import ROTATIONS
-from quantkit.runtime.bundle import GRAPH_KINDS
 from quantkit.weights.quantize import WEIGHT_BLOCK_OFFSETS, WEIGHT_ROUNDINGS
 
 __all__ = ["CalibrationConfig", "CONFIG_VERSION", "WEIGHT_MODES"]

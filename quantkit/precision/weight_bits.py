@@ -45,11 +45,10 @@ def assign_four_bit_weights(
     names = [name for graph in sixteen for name in graph.linear_names]
     if rounding == "gptq" and hessians is None:
         hessians = collect_input_hessians(layout, plan, calibration_ids, batch_size, progress, sites=[graph.linear_names[0] for graph in sixteen])
-    with_offsets = [name for graph in sixteen if offset_graphs is None or graph_kind(graph.linear_names[0]) in offset_graphs for name in graph.linear_names]
-    without = [name for name in names if name not in set(with_offsets)]
+    offset_names = {name for graph in sixteen if offset_graphs is None or graph_kind(graph.linear_names[0]) in offset_graphs for name in graph.linear_names}
     four = {
-        **quantized_weights(layout, with_offsets, plan.config.weight_scale_rule, 4, block_size, rounding, hessians, progress, offsets),
-        **quantized_weights(layout, without, plan.config.weight_scale_rule, 4, block_size, rounding, hessians, progress),
+        **quantized_weights(layout, [n for n in names if n in offset_names], plan.config.weight_scale_rule, 4, block_size, rounding, hessians, progress, offsets),
+        **quantized_weights(layout, [n for n in names if n not in offset_names], plan.config.weight_scale_rule, 4, block_size, rounding, hessians, progress),
     }
     for graph in sixteen:
         graph.weight_bits, graph.weight_block_size = 4, four[graph.linear_names[0]].block_size

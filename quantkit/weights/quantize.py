@@ -49,10 +49,10 @@ def quantize_weight(weight: torch.Tensor, bits: int = 8, rule: str = "mse", bloc
     weight = weight.detach().float().cpu()
     importance = None if hessian is None else torch.diagonal(hessian).float().cpu()
     block_scales = offset_codes = offset_scales = None
-    offset_bits, offsets_per_channel = OFFSET_FORMATS.get(offsets, (8, True))
+    offset_bits = OFFSET_FORMATS.get(offsets, 8)  # 8: QuantizedWeight's default, unused without offsets
     if with_offsets:
-        offset_codes, offset_scales = block_offsets(weight, block_size, bits, offset_bits, offsets_per_channel)
-        weight = weight - offsets_per_input(offset_codes.float() * offset_scales.reshape(-1, 1), block_size)  # what the LPBQ codes must hold
+        offset_codes, offset_scales = block_offsets(weight, block_size, bits, offset_bits)
+        weight = weight - offsets_per_input(offset_codes.float() * offset_scales[:, None], block_size)  # what the LPBQ codes must hold
         offset_codes = offset_codes.to(torch.int8)
     if block_size:
         scales, block_scales = lpbq_scales(weight, block_size, bits, rule, LPBQ_MAX_BLOCK_SCALE, importance, full_range=with_offsets)
