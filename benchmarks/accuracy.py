@@ -140,6 +140,7 @@ def main(argv=None) -> int:
         "quantkit_w4a16_block64": (16, 64, "none", every_kind),
         "quantkit_w4a16_block32": (16, 32, "none", every_kind),
         "quantkit_w4a16_block32_offsets": (16, 32, "int8", every_kind),
+        "quantkit_w4a16_block32_int4_offsets": (16, 32, "int4", every_kind),
         "quantkit_w4a16_block32_int4_offsets_mlp": (16, 32, "int4", {"gate_up", "down"}),
     }
     if precision.mode == "auto":  # the calibrated A8/A16 mix, INT4 on its A16 graphs
@@ -233,8 +234,8 @@ def _markdown(result: dict) -> str:
         "(runtime/qdq.py), which the searches use: at A8 it is another rounding draw. quantkit_w8a16 / quantkit_w8a8 put every NPU graph at A16 / A8; the calibrated row "
         "has the per-graph bits of the calibration's precision.json. quantkit_w4* rows: INT4 weights (GPTQ-rounded on the "
         "calibration split) on every A16 graph — per output channel, or LPBQ blocks of 64 / 32 inputs (_offsets: plus an int8 "
-        "offset per block with a scale per row, `--weight-block-offsets int8`; _int4_offsets_mlp: an int4 offset per block with a scale per row "
-        "on the gate_up and down graphs only, `--weight-block-offsets int4 --weight-block-offset-graphs gate_up,down`) — INT8 on A8 graphs (the HTP runs INT4 only with A16).",
+        "offset per block with a scale per row, `--weight-block-offsets int8`; _int4_offsets: an int4 offset per block with a scale per row, "
+        "`--weight-block-offsets int4`; _int4_offsets_mlp: the same on the gate_up and down graphs only, `--weight-block-offsets int4 --weight-block-offset-graphs gate_up,down`) — INT8 on A8 graphs (the HTP runs INT4 only with A16).",
         "",
         f"Model weights: {result['model_bytes'] / 1e6:.1f} MB (float32). Measured in one run of benchmarks/accuracy.py in {result['seconds']:.0f} s.",
     ]

@@ -30,7 +30,8 @@ def test_accuracy_benchmark_writes_every_method(tmp_path, tiny_model_folder):
     rows = {row["method"]: row for row in result["rows"]}
     assert list(rows) == [
         "fp", "naive_w8a8", "naive_w8a16", "naive_w4a16", "smoothquant_static", "llm_int8", "quantkit_w8a16", "quantkit_w8a8", "quantkit_auto",
-        "quantkit_w4a16", "quantkit_w4a16_block64", "quantkit_w4a16_block32", "quantkit_w4a16_block32_offsets", "quantkit_w4a16_block32_int4_offsets_mlp", "quantkit_w4_auto_block32",
+        "quantkit_w4a16", "quantkit_w4a16_block64", "quantkit_w4a16_block32", "quantkit_w4a16_block32_offsets", "quantkit_w4a16_block32_int4_offsets",
+        "quantkit_w4a16_block32_int4_offsets_mlp", "quantkit_w4_auto_block32",
     ]
     for row in result["rows"]:
         assert row["ppl"] > 1 and set(row) >= {"method", "ppl", "npu_blocks", "shadow_bytes", "a8_mac_share"}
@@ -59,8 +60,10 @@ def test_accuracy_benchmark_writes_every_method(tmp_path, tiny_model_folder):
     offsets = rows["quantkit_w4a16_block32_offsets"]  # + one int8 offset per block of 32, and its row's float32 scales
     assert offsets["weight_bits"] == 4 and offsets["npu_weight_bytes"] > rows["quantkit_w4a16_block32"]["npu_weight_bytes"]
     assert offsets["ppl"] != rows["quantkit_w4a16_block32"]["ppl"]
-    int4 = rows["quantkit_w4a16_block32_int4_offsets_mlp"]  # int4 offsets on gate_up and down only: fewer offset bytes
-    assert rows["quantkit_w4a16_block32"]["npu_weight_bytes"] < int4["npu_weight_bytes"] < offsets["npu_weight_bytes"]
+    int4 = rows["quantkit_w4a16_block32_int4_offsets"]  # int4 offsets: half the offset codes' bytes
+    int4_mlp = rows["quantkit_w4a16_block32_int4_offsets_mlp"]  # and on gate_up and down only: fewer still
+    assert rows["quantkit_w4a16_block32"]["npu_weight_bytes"] < int4_mlp["npu_weight_bytes"] < int4["npu_weight_bytes"] < offsets["npu_weight_bytes"]
+    assert int4["ppl"] not in (offsets["ppl"], int4_mlp["ppl"])
     assert rows["naive_w4a16"]["ppl"] != rows["naive_w8a16"]["ppl"]
     assert rows["quantkit_w4_auto_block32"]["a8_mac_share"] == shares["quantkit_auto"]
     assert rows["quantkit_w4_auto_block32"]["weight_bits"] == (4 if shares["quantkit_auto"] == 0 else 8 if shares["quantkit_auto"] == 1 else "mixed")
