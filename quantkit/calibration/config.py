@@ -70,6 +70,10 @@ class CalibrationConfig:
       every kind +1.25%, 57.1% (before the block means had their own grid); int4 on every
       kind +3.37%, 55.5%; int4 on gate_up and down +6.04%, 55.0% (README). None is
       within +3% and 55% at once, so offsets stay off by default.
+    * ``weight_bytes_budget=0``: off. A fraction f in (0, 1], with ``weight_bits="4"`` and
+      block offsets: the NPU weights may take at most f × their INT8 bytes, and the
+      offsets go to the eligible graphs that save the most output error per byte within
+      that (``precision.offset_budget``); the others stay symmetric.
     * ``prune_fraction=0.5`` applies to ``activation_bits="16"`` only: a 16-bit range
       absorbs the outliers of the least important half of the layers (W8A16 −0.1% on
       SmolLM2 with them pruned). With ``"8"`` or ``"auto"`` every site keeps its shadow path,
@@ -122,6 +126,7 @@ class CalibrationConfig:
     weight_rounding: str = "gptq"
     weight_block_offsets: str = "none"
     weight_block_offset_graphs: str = "qkv,o,gate_up,down"
+    weight_bytes_budget: float = 0.0
     sensitivity_num_sequences: int = 4
     sensitivity_seq_len: int = 256
     rotation: str = "none"
@@ -170,6 +175,10 @@ class CalibrationConfig:
             raise ValueError(f"weight_block_offsets: got {self.weight_block_offsets!r}, expected one of {', '.join(WEIGHT_BLOCK_OFFSETS)}")
         if self.weight_block_offsets != "none" and (self.weight_bits == "8" or not self.weight_block_size):
             raise ValueError("weight_block_offsets: block offsets belong to 4-bit LPBQ weights; use --weight-bits 4 (or auto) with --weight-block-size N > 0")
+        if not isinstance(self.weight_bytes_budget, (int, float)) or not 0.0 <= self.weight_bytes_budget <= 1.0:
+            raise ValueError(f"weight_bytes_budget: got {self.weight_bytes_budget!r}, expected 0 (off) or a fraction of the INT8 weight bytes in (0, 1], e.g. 0.55")
+        if self.weight_bytes_budget and (self.weight_bits != "4" or self.weight_block_offsets == "none"):
+            raise ValueError("weight_bytes_budget: the budget chooses which graphs get block offsets; use it with --weight-bits 4 and --weight-block-offsets int8 or int4")
         kinds = self.offset_graph_kinds
         unknown = sorted(kinds - set(GRAPH_KINDS.values()))
         if unknown or not kinds:

@@ -50,13 +50,18 @@ def _weights_description(bits: list[int], block_sizes: list[int], rule: str, rou
 
 
 def _offsets_summary(graphs: list[dict]) -> tuple[str, str]:
-    """(the block-offset formats of the 4-bit graphs, or "none"; their graph kinds when only some 4-bit kinds have them, else "")."""
-    four_bit = [g for g in graphs if g["weight_bits"] == 4]
-    formats = "/".join(sorted({g["weight_block_offsets"] for g in four_bit} - {"none"})) or "none"
+    """(the block-offset formats of the 4-bit graphs, or "none"; where they are when only some
+    LPBQ graphs have them — whole graph kinds by name, else "N of M graphs" — else "")."""
+    lpbq = [g for g in graphs if g["weight_bits"] == 4 and g["weight_block_size"]]
+    formats = "/".join(sorted({g["weight_block_offsets"] for g in lpbq} - {"none"})) or "none"
+    with_offsets = [g for g in lpbq if g["weight_block_offsets"] != "none"]
+    if formats == "none" or len(with_offsets) == len(lpbq):
+        return formats, ""
     kind = lambda g: g["name"].split(".", 1)[1]  # noqa: E731
-    with_offsets = sorted({kind(g) for g in four_bit if g["weight_block_offsets"] != "none"})
-    partial = formats != "none" and any(g["weight_block_offsets"] == "none" and g["weight_block_size"] and kind(g) not in with_offsets for g in four_bit)
-    return formats, ", ".join(with_offsets) if partial else ""
+    kinds = {kind(g) for g in with_offsets}
+    if all(g["weight_block_offsets"] != "none" for g in lpbq if kind(g) in kinds):
+        return formats, ", ".join(sorted(kinds))
+    return formats, f"{len(with_offsets)} of {len(lpbq)} LPBQ graphs"
 
 
 def _converter_command(graph_file: str, input_name: str, shape: list[int]) -> str:

@@ -12,10 +12,11 @@ from __future__ import annotations
 import torch
 
 from quantkit.models.architecture import DecoderLayout
+from quantkit.errors import QuantkitError
 from quantkit.outlier_shadow.plan import ShadowPlan
+from quantkit.precision.offset_budget import OffsetCandidate, choose_offset_graphs, output_error
 from quantkit.precision.output_ranges import recalibrate_output_clips
-from quantkit.precision.plan import PrecisionPlan
-from quantkit.runtime.bundle import graph_kind
+from quantkit.precision.plan import GraphPrecision, PrecisionPlan
 from quantkit.weights import WeightCodes, collect_input_hessians, quantized_weights
 
 __all__ = ["assign_four_bit_weights"]
@@ -35,23 +36,43 @@ def assign_four_bit_weights(
     progress: bool = True,
     offsets: str = "none",
     offset_graphs: set[str] | None = None,
+    bytes_budget: int | None = None,
 ) -> WeightCodes:
     """Set every A16 graph of ``precision`` to 4-bit weights (in place, output clips
     recorded again over ``output_range_ids``) and return ``weights`` with theirs replaced.
     GPTQ ``rounding`` uses ``hessians`` or collects them over ``calibration_ids``;
     ``offsets``: LPBQ blocks with block offsets in that format (``runtime.qdq.OFFSET_FORMATS``), or ``"none"``,
-    on the graphs whose kind is in ``offset_graphs`` (None: every graph)."""
+    on the graphs whose kind is in ``offset_graphs`` (None: every graph) — with a
+    ``bytes_budget`` (bytes of every graph's NPU weights), on those of them that save the
+    most output error per byte within it (``precision.offset_budget``)."""
     sixteen = [graph for graph in precision.graphs.values() if graph.activation_bits == 16]
     names = [name for graph in sixteen for name in graph.linear_names]
-    if rounding == "gptq" and hessians is None:
+    budgeted = bytes_budget is not None and offsets != "none"
+    if (rounding == "gptq" or budgeted) and hessians is None:
         hessians = collect_input_hessians(layout, plan, calibration_ids, batch_size, progress, sites=[graph.linear_names[0] for graph in sixteen])
-    offset_names = {name for graph in sixteen if offset_graphs is None or graph_kind(graph.linear_names[0]) in offset_graphs for name in graph.linear_names}
-    four = {
-        **quantized_weights(layout, [n for n in names if n in offset_names], plan.config.weight_scale_rule, 4, block_size, rounding, hessians, progress, offsets),
-        **quantized_weights(layout, [n for n in names if n not in offset_names], plan.config.weight_scale_rule, 4, block_size, rounding, hessians, progress),
-    }
+    eligible = [graph for graph in sixteen if offset_graphs is None or graph.kind in offset_graphs]
+    offset_names = {name for graph in eligible for name in graph.linear_names}
+    rule = plan.config.weight_scale_rule
+    symmetric = quantized_weights(layout, [n for n in names if n not in offset_names or budgeted], rule, 4, block_size, rounding, hessians, progress)
+    fixed = sum((symmetric if graph.activation_bits == 16 else weights)[n].nbytes for graph in precision.graphs.values() for n in graph.linear_names) if budgeted else 0
+    if fixed > (bytes_budget or 0):
+        raise QuantkitError(f"weight bytes budget: {bytes_budget / 1e6:.2f} MB is below the {fixed / 1e6:.2f} MB of the NPU weights without block offsets; raise --weight-bytes-budget")
+    with_offsets = quantized_weights(layout, [n for n in names if n in offset_names], rule, 4, block_size, rounding, hessians, progress, offsets)
+    if budgeted:
+        with_offsets = _offsets_within_budget(layout, eligible, symmetric, with_offsets, hessians, bytes_budget - fixed)
+    four = {**symmetric, **with_offsets}
     for graph in sixteen:
         graph.weight_bits, graph.weight_block_size = 4, four[graph.linear_names[0]].block_size
     merged = {**weights, **four}
     recalibrate_output_clips(layout, plan, precision, output_range_ids, merged)
     return merged
+
+
+def _offsets_within_budget(layout: DecoderLayout, eligible: list[GraphPrecision], symmetric: WeightCodes, with_offsets: WeightCodes, hessians: dict[str, torch.Tensor], bytes_available: int) -> WeightCodes:
+    """The offset weights of the ``eligible`` graphs that :func:`choose_offset_graphs` takes
+    with ``bytes_available`` more than their symmetric weights take."""
+    error = lambda codes, graph: sum(output_error(layout.linear(n).weight, codes[n], hessians[n]) for n in graph.linear_names)  # noqa: E731
+    size = lambda codes, graph: sum(codes[n].nbytes for n in graph.linear_names)  # noqa: E731
+    candidates = [OffsetCandidate(graph.name, error(symmetric, graph), error(with_offsets, graph), size(symmetric, graph), size(with_offsets, graph)) for graph in eligible]
+    chosen = choose_offset_graphs(candidates, bytes_available)
+    return {n: with_offsets[n] for graph in eligible if graph.name in chosen for n in graph.linear_names}

@@ -1,0 +1,95 @@
+"""Block offsets under a byte budget: the knapsack, the error it ranks by, and a tiny
+calibration with --weight-bytes-budget."""
+
+import json
+
+import pytest
+import torch
+
+from quantkit.calibration import CalibrationConfig, calibrate
+from quantkit.errors import QuantkitError
+from quantkit.export import export_bundle
+from quantkit.models.loading import load_model
+from quantkit.precision import PrecisionPlan
+from quantkit.precision.offset_budget import OffsetCandidate, choose_offset_graphs, output_error
+from quantkit.runtime.qdq import packed_weight_bytes
+from quantkit.weights import WEIGHTS_FILE, int8_weight_bytes, load_weights, quantize_weight
+from tests.conftest import tiny_model
+
+BLOCK = 32
+
+
+def test_graphs_are_taken_by_error_saved_per_byte_while_the_bytes_last():
+    candidates = [
+        OffsetCandidate("a", 10.0, 2.0, 100, 180),  # saves 8 for 80 bytes: 0.1 / byte
+        OffsetCandidate("b", 10.0, 4.0, 100, 130),  # 6 for 30: 0.2 / byte
+        OffsetCandidate("c", 5.0, 4.0, 100, 110),  # 1 for 10: 0.1 / byte, small
+        OffsetCandidate("d", 5.0, 5.0, 100, 101),  # saves nothing
+    ]
+    assert choose_offset_graphs(candidates, 0) == set()
+    assert choose_offset_graphs(candidates, 30) == {"b"}
+    assert choose_offset_graphs(candidates, 45) == {"b", "c"}  # a does not fit after b; c still does
+    assert choose_offset_graphs(candidates, 120) == {"a", "b", "c"}
+    assert choose_offset_graphs(candidates, 10_000) == {"a", "b", "c"}  # never one that saves no error
+
+
+def test_output_error_is_the_squared_error_on_the_tokens_of_the_hessian():
+    torch.manual_seed(0)
+    weight, inputs = torch.randn(24, 64), torch.randn(200, 64)
+    hessian = inputs.double().T @ inputs.double()
+    quantized = quantize_weight(weight, 4, "mse", BLOCK, "nearest", offsets="int4")
+    expected = ((inputs.double() @ (weight.double() - quantized.dequantize().double()).T) ** 2).sum().item()
+    assert output_error(weight, quantized, hessian) == pytest.approx(expected, rel=1e-9)
+    assert output_error(weight, quantized, hessian) < output_error(weight, quantize_weight(weight, 4, "mse", BLOCK, "nearest"), hessian)
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory, tiny_tokenizer):
+    root = tmp_path_factory.mktemp("offset-budget")
+    tiny_model("llama", planted_outliers=True).save_pretrained(root / "model")
+    tiny_tokenizer.save_pretrained(root / "model")
+    return root
+
+
+def _config(root, budget: float) -> CalibrationConfig:
+    return CalibrationConfig(
+        model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
+        sensitivity_num_sequences=1, sensitivity_seq_len=32, weight_bits="4", weight_block_size=BLOCK, weight_block_offsets="int4", weight_bytes_budget=budget,
+    )
+
+
+def _bytes(linears, offsets: str) -> int:
+    return sum(packed_weight_bytes(linear.out_features, linear.in_features, 4, BLOCK, offsets) for linear in linears)
+
+
+def test_a_budget_between_none_and_every_offset_gives_offsets_to_some_graphs_within_it(tiny_folder):
+    layout = load_model(str(tiny_folder / "model")).layout
+    names = layout.linear_names()
+    linears = [layout.linear(n) for n in names]
+    int8 = int8_weight_bytes(layout, names)
+    budget = (_bytes(linears, "none") + _bytes(linears, "int4")) / 2 / int8  # halfway: room for about half the offsets
+    calibrate(tiny_folder / "calib", _config(tiny_folder, budget), progress=False)
+    weights = load_weights(tiny_folder / "calib" / WEIGHTS_FILE)
+    assert sum(weights[n].nbytes for n in names) <= budget * int8
+    precision = PrecisionPlan.load(tiny_folder / "calib" / "precision.json")
+    with_offsets = {graph.name for graph in precision.graphs.values() if weights[graph.linear_names[0]].has_offsets}
+    assert 0 < len(with_offsets) < len(precision.graphs)
+    for graph in precision.graphs.values():  # a graph's Linears share the choice
+        assert len({weights[n].has_offsets for n in graph.linear_names}) == 1
+    export_bundle(tiny_folder / "calib", tiny_folder / "bundle", chunk_size=16, progress=False)
+    manifest = json.loads((tiny_folder / "bundle" / "manifest.json").read_text())
+    assert "int4 block offsets on " in manifest["quantization"]["weights"] and "the rest symmetric" in manifest["quantization"]["weights"]
+    assert manifest["quantization"]["npu_weight_bytes_vs_w8"] <= budget
+
+
+def test_a_budget_below_the_symmetric_weights_is_refused_naming_the_flag(tiny_folder):
+    with pytest.raises(QuantkitError, match="below the .* MB of the NPU weights without block offsets; raise --weight-bytes-budget"):
+        calibrate(tiny_folder / "calib-low", _config(tiny_folder, 0.3), progress=False)
+    assert not (tiny_folder / "calib-low").exists()  # nothing half-written under the final name
+
+
+@pytest.mark.parametrize("changes", [{"weight_bytes_budget": 1.5}, {"weight_bytes_budget": -0.1}, {"weight_block_offsets": "none"}, {"weight_bits": "auto"}])
+def test_bad_budget_settings_are_refused(tiny_folder, changes):
+    values = {**_config(tiny_folder, 0.55).to_dict(), **changes}
+    with pytest.raises(ValueError, match="weight_bytes_budget"):
+        CalibrationConfig(**values)
