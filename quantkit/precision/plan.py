@@ -30,6 +30,7 @@ class GraphPrecision:
     output_clips_: dict[str, dict[str, float]] = field(default_factory=dict)  # Linear → {"8": clip, "16": clip}
     weight_bits: int = 8  # 4 only with 16-bit activations (the HTP refuses W4A8 graphs)
     weight_block_size: int | None = None  # LPBQ blocks of this many inputs; None: per output channel
+    weight_block_offsets: str = "none"  # its LPBQ weights' block-offset format (runtime.qdq.OFFSET_FORMATS), or "none"
     means_clip_: float | None = None  # block offsets: the largest |block mean| of the quantized input (runtime.qdq)
 
     @property

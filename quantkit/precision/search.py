@@ -114,16 +114,16 @@ def search_weight_bits(
     clips (``int8_clips``: site → its ``output_clips_`` recorded with INT8 weights).
     ``evaluate`` must pick each Linear's weights by its graph's ``weight_bits``."""
     order = promotion_order(precision, sensitivity)
-    four = {name: (precision.graphs[name].weight_block_size, precision.graphs[name].output_clips_) for name in order}
+    four = {name: (precision.graphs[name].weight_block_size, precision.graphs[name].weight_block_offsets, precision.graphs[name].output_clips_) for name in order}
 
     def apply(count: int) -> None:
         promoted = set(order[:count])
         for name in order:
             graph = precision.graphs[name]
             if name in promoted:
-                graph.weight_bits, graph.weight_block_size, graph.output_clips_ = 8, None, int8_clips[name]
+                graph.weight_bits, graph.weight_block_size, graph.weight_block_offsets, graph.output_clips_ = 8, None, "none", int8_clips[name]
             else:
-                graph.weight_bits, (graph.weight_block_size, graph.output_clips_) = 4, four[name]
+                graph.weight_bits, (graph.weight_block_size, graph.weight_block_offsets, graph.output_clips_) = 4, four[name]
 
     precision.weight_sensitivity_ = {precision.graphs[name].name: value for name, value in sensitivity.items()}
     describe = lambda: {"w4_mac_share": precision.w4_mac_share()}  # noqa: E731

@@ -62,7 +62,8 @@ def assign_four_bit_weights(
         with_offsets = _offsets_within_budget(layout, eligible, symmetric, with_offsets, hessians, bytes_budget - fixed)
     four = {**symmetric, **with_offsets}
     for graph in sixteen:
-        graph.weight_bits, graph.weight_block_size = 4, four[graph.linear_names[0]].block_size
+        first = four[graph.linear_names[0]]
+        graph.weight_bits, graph.weight_block_size, graph.weight_block_offsets = 4, first.block_size, first.offset_format
     merged = {**weights, **four}
     recalibrate_output_clips(layout, plan, precision, output_range_ids, merged)
     return merged

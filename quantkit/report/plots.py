@@ -13,7 +13,7 @@ _BAR = "#8c96a8"
 _HIGHLIGHT = "#1f77b4"
 _DPI = 110
 # cell colours of the precision map: NPU INT8 as the placement strip's NPU blue, CPU as its red
-PRECISION_COLOURS = {"A8": "#1f77b4", "A16": "#9ecae1", "W4A16": "#2ca02c", "CPU-FP": "#d62728"}
+PRECISION_COLOURS = {"A8": "#1f77b4", "A16": "#9ecae1", "W4A16": "#2ca02c", "W4A16+offsets": "#0b5d1e", "CPU-FP": "#d62728"}
 
 
 def _pyplot():
@@ -110,7 +110,7 @@ def plot_precision_pareto(
 
 
 def plot_precision_map(cells: Sequence[Sequence[str]], kinds: Sequence[str], path: Path) -> None:
-    """Blocks (x) × graph kinds (y): each cell "A8", "A16" (INT8 weights), "W4A16" or "CPU-FP" (colours of
+    """Blocks (x) × graph kinds (y): each cell "A8", "A16" (INT8 weights), "W4A16", "W4A16+offsets" or "CPU-FP" (colours of
     ``PRECISION_COLOURS``, the label written in the cell) or "" for no graph.
     ``cells[k][b]`` is kind ``kinds[k]`` of block ``b``."""
     from matplotlib.patches import Patch, Rectangle
@@ -122,7 +122,7 @@ def plot_precision_map(cells: Sequence[Sequence[str]], kinds: Sequence[str], pat
         for b, value in enumerate(row):
             if value:
                 axis.add_patch(Rectangle((b - 0.5, k - 0.5), 1, 1, facecolor=PRECISION_COLOURS[value], edgecolor="white", linewidth=1.5))
-                axis.text(b, k, {"A8": "8", "A16": "16", "W4A16": "4/16", "CPU-FP": "FP"}[value], ha="center", va="center", fontsize=8, color="#1d2330" if value == "A16" else "white")
+                axis.text(b, k, {"A8": "8", "A16": "16", "W4A16": "4/16", "W4A16+offsets": "4o", "CPU-FP": "FP"}[value], ha="center", va="center", fontsize=8, color="#1d2330" if value == "A16" else "white")
     axis.set_xlim(-0.5, num_blocks - 0.5)
     axis.set_ylim(len(kinds) - 0.5, -0.5)
     axis.set_xticks(range(num_blocks))
@@ -131,7 +131,8 @@ def plot_precision_map(cells: Sequence[Sequence[str]], kinds: Sequence[str], pat
     axis.tick_params(length=0)
     for spine in axis.spines.values():
         spine.set_visible(False)
-    handles = [Patch(color=colour, label={"A8": "NPU, W8A8", "A16": "NPU, W8A16", "W4A16": "NPU, W4A16", "CPU-FP": "CPU, FP32"}[name]) for name, colour in PRECISION_COLOURS.items()]
-    axis.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=4, frameon=False)
+    labels = {"A8": "NPU, W8A8", "A16": "NPU, W8A16", "W4A16": "NPU, W4A16", "W4A16+offsets": "NPU, W4A16 with block offsets", "CPU-FP": "CPU, FP32"}
+    handles = [Patch(color=colour, label=labels[name]) for name, colour in PRECISION_COLOURS.items()]
+    axis.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     figure.savefig(path, dpi=_DPI)
     plt.close(figure)

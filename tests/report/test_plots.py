@@ -32,6 +32,9 @@ def test_precision_map_colours_each_cell_by_its_bits_or_cpu(tmp_path):
     assert all(count > 0 for count in legend.values())
     assert cells["CPU-FP"] > 20 * legend["CPU-FP"] and cells["A16"] > 20 * legend["A16"]
     assert legend["A8"] > 1.5 * cells["A8"]  # 16 A8 cells against 8
+    plot_precision_map([["W4A16", "W4A16+offsets", "W4A16", "W4A16"] for _ in KINDS], KINDS, tmp_path / "w4.png")
+    four = {name: _pixel_count(tmp_path / "w4.png", colour) for name, colour in PRECISION_COLOURS.items()}
+    assert four["W4A16+offsets"] > 10 * legend["W4A16+offsets"] and four["W4A16"] > 2 * four["W4A16+offsets"]  # 4 cells with offsets, 12 without
 
 
 def test_pareto_marks_the_chosen_point_and_the_placed_one(tmp_path):

@@ -92,13 +92,15 @@ def test_four_bit_weights_show_in_the_map_the_facts_and_the_bundle(tmp_path, cal
     for graph in plan.graphs.values():
         if graph.kind != "down":
             graph.weight_bits, graph.weight_block_size = 4, 32
+        if graph.kind == "gate_up":
+            graph.weight_block_offsets = "int4"
     plan.save(calib_folder / "precision.json")
     summary = json.loads((calib_folder / "summary.json").read_text())
     write_json(calib_folder / "summary.json", {**summary, "npu_weight_bytes_vs_int8": 0.62})
     index = write_report(tmp_path / "report", calib=calib_folder)
     section = _section(index.read_text(), "precision")
-    assert "9 of 12 NPU graphs INT4 (LPBQ blocks of 32), the rest INT8; NPU weight bytes 62.0% of INT8 weights" in section
-    assert "W4A16 green" in section
+    assert "9 of 12 NPU graphs INT4 (LPBQ blocks of 32), the rest INT8; int4 block offsets on 3 of the INT4 graphs; NPU weight bytes 62.0% of INT8 weights" in section
+    assert "W4A16 green, dark green with block offsets" in section
     bundle = _bundle(tmp_path, calib_folder, with_data=True)
     manifest = json.loads((bundle / "manifest.json").read_text())
     manifest["quantization"].update(activation_bits=16, weight_bits=4, npu_weight_bytes_vs_w8=0.534)
