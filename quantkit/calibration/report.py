@@ -142,7 +142,8 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
             form = f"LPBQ blocks of {', '.join(map(str, blocks))}" if blocks else "per output channel"
             with_offsets = [g for g in four if g.weight_block_offsets != "none"]
             offsets = f", {'/'.join(sorted({g.weight_block_offsets for g in with_offsets}))} block offsets on {len(with_offsets)} of them" if with_offsets else ""
-            lines.append(f"Weights: {len(four)}/{len(graphs)} NPU graphs INT4 ({form}{offsets}), the rest INT8")
+            rest = ", the rest INT8" if len(four) < len(graphs) else ""
+            lines.append(f"Weights: {len(four)}/{len(graphs)} NPU graphs INT4 ({form}{offsets}){rest}")
         if precision.weight_search_:
             points = ", ".join(f"{100 * p['w4_mac_share']:.0f}% W4 → {p['ppl']:.2f}" for p in precision.weight_search_)
             lines.append(f"  measured (share of NPU weights at W4 → PPL): {points}")

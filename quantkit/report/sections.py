@@ -340,7 +340,7 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
         ("NPU graphs at A16", f"{len(a16)} of {len(on_npu)}" + (f": {', '.join(a16[:12])}" + (", …" if len(a16) > 12 else "") if a16 else "")),
     ]
     four = [g for g in on_npu if g.weight_bits == 4]
-    weights = f"{len(four)} of {len(on_npu)} NPU graphs INT4" + (f" (LPBQ blocks of {', '.join(map(str, sorted({g.weight_block_size for g in four if g.weight_block_size})))})" if any(g.weight_block_size for g in four) else " (per output channel)" if four else "") + ", the rest INT8"
+    weights = f"{len(four)} of {len(on_npu)} NPU graphs INT4" + (f" (LPBQ blocks of {', '.join(map(str, sorted({g.weight_block_size for g in four if g.weight_block_size})))})" if any(g.weight_block_size for g in four) else " (per output channel)" if four else "") + (", the rest INT8" if len(four) < len(on_npu) else "")
     with_offsets = [g for g in four if g.weight_block_offsets != "none"]
     if with_offsets:
         weights += f"; {'/'.join(sorted({g.weight_block_offsets for g in with_offsets}))} block offsets on {len(with_offsets)} of the INT4 graphs"

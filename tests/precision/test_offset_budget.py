@@ -77,6 +77,7 @@ def test_a_budget_between_none_and_every_offset_gives_offsets_to_some_graphs_wit
     assert {graph.name for graph in precision.graphs.values() if graph.weight_block_offsets == "int4"} == with_offsets  # the plan records the choice
     summary = (tiny_folder / "calib" / "summary.txt").read_text()
     assert f"int4 block offsets on {len(with_offsets)} of them" in summary
+    assert "the rest INT8" not in summary  # every graph is INT4: no rest to name
     for graph in precision.graphs.values():  # a graph's Linears share the choice
         assert len({weights[n].has_offsets for n in graph.linear_names}) == 1
     export_bundle(tiny_folder / "calib", tiny_folder / "bundle", chunk_size=16, progress=False)
