@@ -1,7 +1,8 @@
 """Accuracy benchmark: FP, naive W8A8, W8A16 and W4A16 (AIMET), SmoothQuant with static
 activations, LLM.int8() and quantkit at all-A16, all-A8 and its calibrated per-graph
 activation bits, with INT8 weights and with 4-bit weights (per channel, LPBQ blocks of
-64 and 32, and on the A16 graphs of the calibrated mix), measured side by side in one run on the
+64 and 32, with block offsets on every graph, on the MLP graphs or within --bytes-budget (0.55) of
+the INT8 bytes, and on the A16 graphs of the calibrated mix), measured side by side in one run on the
 held-out enwiki test split (articles in neither the calibration nor the validation split).
 The quantkit rows are bundles: each variant exported and run through the runtime.
 
@@ -36,7 +37,7 @@ from quantkit.outlier_shadow.plan import PLAN_FILE
 from quantkit.precision import PRECISION_FILE, PrecisionPlan, assign_four_bit_weights
 from quantkit.runtime.bundle import DEFAULT_CHUNK_SIZE
 from quantkit.runtime.qdq import packed_weight_bytes
-from quantkit.weights import WEIGHTS_FILE, collect_input_hessians, quantized_weights, save_weights
+from quantkit.weights import WEIGHTS_FILE, collect_input_hessians, int8_weight_bytes, quantized_weights, save_weights
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
 
 DEFAULT_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -50,6 +51,7 @@ def _parse(argv):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--test-sequences", type=int, default=8)
     parser.add_argument("--test-seq-len", type=int, default=512)
+    parser.add_argument("--bytes-budget", type=float, default=0.55, help="NPU weight bytes of the budgeted int4-offset row, a fraction of INT8's (--weight-bytes-budget)")
     parser.add_argument("--alphas", default=",".join(map(str, DEFAULT_ALPHAS)), help="SmoothQuant α values swept on the validation split")
     return parser.parse_args(argv)
 
@@ -133,22 +135,24 @@ def main(argv=None) -> int:
     # 4-bit weights on every A16 graph (GPTQ against one set of calibration Hessians), the output ranges recorded again
     calibration_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), config.num_sequences, config.seq_len, source="calibration split")
     hessians = collect_input_hessians(layout, plan, calibration_ids, config.batch_size)
-    # (activation bits, LPBQ block, block offsets, graph kinds with offsets)
+    # (activation bits, LPBQ block, block offsets, graph kinds with offsets, NPU weight bytes budget as a fraction of INT8's)
     every_kind = {"qkv", "o", "gate_up", "down"}
     four_bit = {
-        "quantkit_w4a16": (16, None, "none", every_kind),
-        "quantkit_w4a16_block64": (16, 64, "none", every_kind),
-        "quantkit_w4a16_block32": (16, 32, "none", every_kind),
-        "quantkit_w4a16_block32_offsets": (16, 32, "int8", every_kind),
-        "quantkit_w4a16_block32_int4_offsets": (16, 32, "int4", every_kind),
-        "quantkit_w4a16_block32_int4_offsets_mlp": (16, 32, "int4", {"gate_up", "down"}),
+        "quantkit_w4a16": (16, None, "none", every_kind, None),
+        "quantkit_w4a16_block64": (16, 64, "none", every_kind, None),
+        "quantkit_w4a16_block32": (16, 32, "none", every_kind, None),
+        "quantkit_w4a16_block32_offsets": (16, 32, "int8", every_kind, None),
+        "quantkit_w4a16_block32_int4_offsets": (16, 32, "int4", every_kind, None),
+        "quantkit_w4a16_block32_int4_offsets_mlp": (16, 32, "int4", {"gate_up", "down"}, None),
+        f"quantkit_w4a16_block32_int4_offsets_{100 * args.bytes_budget:.0f}pct": (16, 32, "int4", every_kind, args.bytes_budget),
     }
     if precision.mode == "auto":  # the calibrated A8/A16 mix, INT4 on its A16 graphs
-        four_bit[f"quantkit_w4_{calibrated.removeprefix('quantkit_')}_block32"] = ("calibrated", 32, "none", every_kind)
-    for method, (bits, block, offsets, offset_graphs) in four_bit.items():
+        four_bit[f"quantkit_w4_{calibrated.removeprefix('quantkit_')}_block32"] = ("calibrated", 32, "none", every_kind, None)
+    for method, (bits, block, offsets, offset_graphs, budget) in four_bit.items():
         four = precision if bits == "calibrated" else precision.with_uniform_bits(bits)
         four = PrecisionPlan.from_dict(four.to_dict())  # a copy: the rows above keep INT8 weights
-        weights = assign_four_bit_weights(layout, plan, four, w8, calibration_ids, calibration_ids[:4], block, "gptq", config.batch_size, hessians, offsets=offsets, offset_graphs=offset_graphs)
+        bytes_budget = None if budget is None else int(budget * int8_weight_bytes(layout, [n for graph in four.graphs.values() for n in graph.linear_names]))
+        weights = assign_four_bit_weights(layout, plan, four, w8, calibration_ids, calibration_ids[:4], block, "gptq", config.batch_size, hessians, offsets=offsets, offset_graphs=offset_graphs, bytes_budget=bytes_budget)
         variants[method] = (four, weights)
     for method, (bits, weights) in variants.items():
         with simulated_quantization(layout, plan, bits, blocks=npu, weights=weights):
@@ -235,7 +239,7 @@ def _markdown(result: dict) -> str:
         "has the per-graph bits of the calibration's precision.json. quantkit_w4* rows: INT4 weights (GPTQ-rounded on the "
         "calibration split) on every A16 graph — per output channel, or LPBQ blocks of 64 / 32 inputs (_offsets: plus an int8 "
         "offset per block with a scale per row, `--weight-block-offsets int8`; _int4_offsets: an int4 offset per block with a scale per row, "
-        "`--weight-block-offsets int4`; _int4_offsets_mlp: the same on the gate_up and down graphs only, `--weight-block-offsets int4 --weight-block-offset-graphs gate_up,down`) — INT8 on A8 graphs (the HTP runs INT4 only with A16).",
+        "`--weight-block-offsets int4`; _int4_offsets_mlp: the same on the gate_up and down graphs only, `--weight-block-offsets int4 --weight-block-offset-graphs gate_up,down`; _int4_offsets_<F>pct: int4 offsets on the graphs that save the most output error per byte with the NPU weights at most F% of their INT8 bytes, `--weight-block-offsets int4 --weight-bytes-budget F/100`) — INT8 on A8 graphs (the HTP runs INT4 only with A16).",
         "",
         f"Model weights: {result['model_bytes'] / 1e6:.1f} MB (float32). Measured in one run of benchmarks/accuracy.py in {result['seconds']:.0f} s.",
     ]
