@@ -37,7 +37,7 @@ from quantkit.outlier_shadow.plan import PLAN_FILE
 from quantkit.precision import PRECISION_FILE, PrecisionPlan, assign_four_bit_weights
 from quantkit.runtime.bundle import DEFAULT_CHUNK_SIZE
 from quantkit.runtime.qdq import packed_weight_bytes
-from quantkit.weights import WEIGHTS_FILE, collect_input_hessians, int8_weight_bytes, quantized_weights, save_weights
+from quantkit.weights import WEIGHTS_FILE, collect_input_hessians, quantized_weights, save_weights
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
 
 DEFAULT_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
@@ -151,8 +151,7 @@ def main(argv=None) -> int:
     for method, (bits, block, offsets, offset_graphs, budget) in four_bit.items():
         four = precision if bits == "calibrated" else precision.with_uniform_bits(bits)
         four = PrecisionPlan.from_dict(four.to_dict())  # a copy: the rows above keep INT8 weights
-        bytes_budget = None if budget is None else int(budget * int8_weight_bytes(layout, [n for graph in four.graphs.values() for n in graph.linear_names]))
-        weights = assign_four_bit_weights(layout, plan, four, w8, calibration_ids, calibration_ids[:4], block, "gptq", config.batch_size, hessians, offsets=offsets, offset_graphs=offset_graphs, bytes_budget=bytes_budget)
+        weights = assign_four_bit_weights(layout, plan, four, w8, calibration_ids, calibration_ids[:4], block, "gptq", config.batch_size, hessians, offsets=offsets, offset_graphs=offset_graphs, bytes_budget=budget)
         variants[method] = (four, weights)
     for method, (bits, weights) in variants.items():
         with simulated_quantization(layout, plan, bits, blocks=npu, weights=weights):

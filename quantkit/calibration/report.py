@@ -140,7 +140,7 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
         if four:
             blocks = sorted({g.weight_block_size for g in four if g.weight_block_size})
             form = f"LPBQ blocks of {', '.join(map(str, blocks))}" if blocks else "per output channel"
-            with_offsets = [g for g in four if g.weight_block_offsets != "none"]
+            with_offsets = [g for g in four if g.has_block_offsets]
             offsets = f", {'/'.join(sorted({g.weight_block_offsets for g in with_offsets}))} block offsets on {len(with_offsets)} of them" if with_offsets else ""
             rest = ", the rest INT8" if len(four) < len(graphs) else ""
             lines.append(f"Weights: {len(four)}/{len(graphs)} NPU graphs INT4 ({form}{offsets}){rest}")

@@ -38,6 +38,10 @@ class GraphPrecision:
         return graph_kind(self.linear_names[0])
 
     @property
+    def has_block_offsets(self) -> bool:
+        return self.weight_block_offsets != "none"
+
+    @property
     def name(self) -> str:
         return graph_name(self.block_index, self.linear_names[0])
 

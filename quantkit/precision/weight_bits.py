@@ -17,7 +17,7 @@ from quantkit.outlier_shadow.plan import ShadowPlan
 from quantkit.precision.offset_budget import OffsetCandidate, choose_offset_graphs, output_error
 from quantkit.precision.output_ranges import recalibrate_output_clips
 from quantkit.precision.plan import GraphPrecision, PrecisionPlan
-from quantkit.weights import WeightCodes, collect_input_hessians, quantized_weights
+from quantkit.weights import WeightCodes, collect_input_hessians, int8_weight_bytes, quantized_weights
 
 __all__ = ["assign_four_bit_weights"]
 
@@ -36,15 +36,16 @@ def assign_four_bit_weights(
     progress: bool = True,
     offsets: str = "none",
     offset_graphs: set[str] | None = None,
-    bytes_budget: int | None = None,
+    bytes_budget: float | None = None,
 ) -> WeightCodes:
     """Set every A16 graph of ``precision`` to 4-bit weights (in place, output clips
     recorded again over ``output_range_ids``) and return ``weights`` with theirs replaced.
     GPTQ ``rounding`` uses ``hessians`` or collects them over ``calibration_ids``;
     ``offsets``: LPBQ blocks with block offsets in that format (``runtime.qdq.OFFSET_FORMATS``), or ``"none"``,
     on the graphs whose kind is in ``offset_graphs`` (None: every graph) — with a
-    ``bytes_budget`` (bytes of every graph's NPU weights), on those of them that save the
-    most output error per byte within it (``precision.offset_budget``)."""
+    ``bytes_budget`` (every graph's NPU weights at most this fraction of their INT8 bytes,
+    ``--weight-bytes-budget``), on those of them that save the most output error per byte
+    within it (``precision.offset_budget``)."""
     sixteen = [graph for graph in precision.graphs.values() if graph.activation_bits == 16]
     names = [name for graph in sixteen for name in graph.linear_names]
     budgeted = bytes_budget is not None and offsets != "none"
@@ -54,12 +55,14 @@ def assign_four_bit_weights(
     offset_names = {name for graph in eligible for name in graph.linear_names}
     rule = plan.config.weight_scale_rule
     symmetric = quantized_weights(layout, [n for n in names if n not in offset_names or budgeted], rule, 4, block_size, rounding, hessians, progress)
+    all_names = [n for graph in precision.graphs.values() for n in graph.linear_names]
+    budget_bytes = int(bytes_budget * int8_weight_bytes(layout, all_names)) if budgeted else 0
     fixed = sum((symmetric if graph.activation_bits == 16 else weights)[n].nbytes for graph in precision.graphs.values() for n in graph.linear_names) if budgeted else 0
-    if fixed > (bytes_budget or 0):
-        raise QuantkitError(f"weight bytes budget: {bytes_budget / 1e6:.2f} MB is below the {fixed / 1e6:.2f} MB of the NPU weights without block offsets; raise --weight-bytes-budget")
+    if fixed > budget_bytes:
+        raise QuantkitError(f"weight bytes budget: {budget_bytes / 1e6:.2f} MB is below the {fixed / 1e6:.2f} MB of the NPU weights without block offsets; raise --weight-bytes-budget")
     with_offsets = quantized_weights(layout, [n for n in names if n in offset_names], rule, 4, block_size, rounding, hessians, progress, offsets)
     if budgeted:
-        with_offsets = _offsets_within_budget(layout, eligible, symmetric, with_offsets, hessians, bytes_budget - fixed)
+        with_offsets = _offsets_within_budget(layout, eligible, symmetric, with_offsets, hessians, budget_bytes - fixed)
     four = {**symmetric, **with_offsets}
     for graph in sixteen:
         first = four[graph.linear_names[0]]

@@ -341,7 +341,7 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
     ]
     four = [g for g in on_npu if g.weight_bits == 4]
     weights = f"{len(four)} of {len(on_npu)} NPU graphs INT4" + (f" (LPBQ blocks of {', '.join(map(str, sorted({g.weight_block_size for g in four if g.weight_block_size})))})" if any(g.weight_block_size for g in four) else " (per output channel)" if four else "") + (", the rest INT8" if len(four) < len(on_npu) else "")
-    with_offsets = [g for g in four if g.weight_block_offsets != "none"]
+    with_offsets = [g for g in four if g.has_block_offsets]
     if with_offsets:
         weights += f"; {'/'.join(sorted({g.weight_block_offsets for g in with_offsets}))} block offsets on {len(with_offsets)} of the INT4 graphs"
     ratio = (inputs.summary or {}).get("npu_weight_bytes_vs_int8")
@@ -380,7 +380,7 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
     elif precision.mode == "auto":
         body += note("No search points in precision.json (or no FP perplexity in summary.json), so no Pareto curve.")
 
-    by_cell = {(g.block_index, g.kind): ("W4A16+offsets" if g.weight_block_offsets != "none" else "W4A16") if g.weight_bits == 4 else f"A{g.activation_bits}" for g in precision.graphs.values()}
+    by_cell = {(g.block_index, g.kind): ("W4A16+offsets" if g.has_block_offsets else "W4A16") if g.weight_bits == 4 else f"A{g.activation_bits}" for g in precision.graphs.values()}
     cells = [["CPU-FP" if b not in npu else by_cell.get((b, kind), "") for b in range(num_blocks)] for kind in _GRAPH_KINDS]
     plot_precision_map(cells, _GRAPH_KINDS, folder / PRECISION_MAP_PNG)
     body += figure(
