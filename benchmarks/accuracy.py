@@ -135,6 +135,7 @@ def main(argv=None) -> int:
     # 4-bit weights on every A16 graph (GPTQ against one set of calibration Hessians), the output ranges recorded again
     calibration_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), config.num_sequences, config.seq_len, source="calibration split")
     hessians = collect_input_hessians(layout, plan, calibration_ids, config.batch_size)
+    sensitivity_ids = validation_ids[: config.sensitivity_num_sequences, : config.sensitivity_seq_len]  # as calibration measures graphs
     # (activation bits, LPBQ block, block offsets, graph kinds with offsets, NPU weight bytes budget as a fraction of INT8's)
     every_kind = {"qkv", "o", "gate_up", "down"}
     four_bit = {
@@ -151,7 +152,7 @@ def main(argv=None) -> int:
     for method, (bits, block, offsets, offset_graphs, budget) in four_bit.items():
         four = precision if bits == "calibrated" else precision.with_uniform_bits(bits)
         four = PrecisionPlan.from_dict(four.to_dict())  # a copy: the rows above keep INT8 weights
-        weights = assign_four_bit_weights(layout, plan, four, w8, calibration_ids, calibration_ids[:4], block, "gptq", config.batch_size, hessians, offsets=offsets, offset_graphs=offset_graphs, bytes_budget=budget)
+        weights = assign_four_bit_weights(layout, plan, four, w8, calibration_ids, calibration_ids[:4], block, "gptq", config.batch_size, hessians, offsets=offsets, offset_graphs=offset_graphs, bytes_budget=budget, sensitivity_ids=sensitivity_ids)
         variants[method] = (four, weights)
     for method, (bits, weights) in variants.items():
         with simulated_quantization(layout, plan, bits, blocks=npu, weights=weights):

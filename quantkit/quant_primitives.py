@@ -30,6 +30,9 @@ __all__ = [
 WEIGHT_SCALE_RULES = ("max", "mse")
 # Clip ratios tried by the "mse" weight rule: 1.00, 0.99, …, 0.75 of each row's max|w|.
 _WEIGHT_CLIP_RATIOS = torch.linspace(1.0, 0.75, 26)
+# Per-channel LPBQ scales tried by the "mse" rule: 0.900, 0.925, …, 1.300 × max_k b_jk / K
+# (see lpbq_scales; 1.0 is among them, so the search never does worse than that scale).
+_LPBQ_CHANNEL_SCALE_FACTORS = torch.linspace(0.9, 1.3, 17)
 
 INT8_QMAX = 127
 # Smallest scale handed out: a tensor that is all zeros still gets a usable encoding.
@@ -115,6 +118,11 @@ def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: 
     integer moves a small block's scale by up to a third (b/s = 1.5 → 1 or 2); measured on
     SmolLM2 (every graph W4A16, LPBQ 32, GPTQ; validation 8×512 tokens of the deployed
     arithmetic, FP 20.92): 22.91 with the rounded integers, 22.77 with these.
+    ``"mse"`` also searches s_j itself, from 0.9 to 1.3 × max_k b_jk / K
+    (``_LPBQ_CHANNEL_SCALE_FACTORS``), for the one whose best integers give the row the
+    least error: the blocks' ideal scales are not integer multiples of any one s_j, and a
+    slightly larger s_j often lands more of them near one (measured in
+    ``weights.quantize``'s docstring).
     ``importance`` weights the errors per input as in :func:`weight_scales_per_channel`
     (same measurement with the Hessian diagonal: 22.08). ``full_range``: codes in
     [−2^(b−1), 2^(b−1) − 1] (the grid of block-offset weights, see :func:`block_offsets`).
@@ -130,6 +138,22 @@ def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: 
     if rule == "max":
         return channel_scales, torch.clamp(torch.round(block_scales / channel_scales[:, None]), 1, max_block_scale).to(torch.uint8)
     blocks = blocks.reshape(out_features, -1, block_size)
+    best_scales, best_integers, best_errors = None, None, None
+    for factor in _LPBQ_CHANNEL_SCALE_FACTORS:
+        scales = channel_scales * factor
+        integers, errors = _best_block_integers(blocks, scales, num_bits, max_block_scale, weighting, full_range)
+        row_errors = errors.sum(dim=1)
+        if best_errors is None:
+            best_scales, best_integers, best_errors = scales, integers, row_errors
+        else:
+            better = row_errors < best_errors
+            best_scales, best_integers, best_errors = torch.where(better, scales, best_scales), torch.where(better[:, None], integers, best_integers), torch.where(better, row_errors, best_errors)
+    return best_scales, best_integers.to(torch.uint8)
+
+
+def _best_block_integers(blocks: torch.Tensor, channel_scales: torch.Tensor, num_bits: int, max_block_scale: int, weighting: torch.Tensor | None, full_range: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per block of ``blocks`` [out, n, B]: (the k ∈ 1…K whose grid s_j · k gives the least
+    (weighted) rounding-plus-clipping error, that error), both [out, n]."""
     best_integers, best_errors = None, None
     for k in range(1, max_block_scale + 1):
         scales = (channel_scales * k)[:, None, None]
@@ -139,7 +163,7 @@ def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: 
         else:
             better = errors < best_errors
             best_integers, best_errors = torch.where(better, float(k), best_integers), torch.where(better, errors, best_errors)
-    return channel_scales, best_integers.to(torch.uint8)
+    return best_integers, best_errors
 
 
 def block_offsets(weight: torch.Tensor, block_size: int, num_bits: int = 4, offset_bits: int = 8) -> tuple[torch.Tensor, torch.Tensor]:

@@ -147,7 +147,7 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
         int8_weights, int8_clips = weights, {name: dict(graph.output_clips_) for name, graph in precision.graphs.items()}
         with _timed(timings, "weights_4bit"):
             block_size = config.weight_block_size or None
-            weights = assign_four_bit_weights(layout, plan, precision, weights, calibration_ids, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], block_size, config.weight_rounding, config.batch_size, hessians, progress=progress, offsets=config.weight_block_offsets, offset_graphs=config.offset_graph_kinds, bytes_budget=config.weight_bytes_budget or None)
+            weights = assign_four_bit_weights(layout, plan, precision, weights, calibration_ids, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], block_size, config.weight_rounding, config.batch_size, hessians, progress=progress, offsets=config.weight_block_offsets, offset_graphs=config.offset_graph_kinds, bytes_budget=config.weight_bytes_budget or None, sensitivity_ids=sensitivity_ids)
         if config.weight_bits == "auto":
             four_bit = weights
             with _timed(timings, "weight_search"):

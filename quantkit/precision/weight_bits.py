@@ -14,9 +14,10 @@ import torch
 from quantkit.models.architecture import DecoderLayout
 from quantkit.errors import QuantkitError
 from quantkit.outlier_shadow.plan import ShadowPlan
-from quantkit.precision.offset_budget import OffsetCandidate, choose_offset_graphs, output_error
+from quantkit.precision.offset_budget import OffsetCandidate, choose_offset_graphs
 from quantkit.precision.output_ranges import recalibrate_output_clips
-from quantkit.precision.plan import GraphPrecision, PrecisionPlan
+from quantkit.precision.plan import PrecisionPlan
+from quantkit.precision.search import graph_sensitivity
 from quantkit.weights import WeightCodes, collect_input_hessians, int8_weight_bytes, quantized_weights
 
 __all__ = ["assign_four_bit_weights"]
@@ -37,6 +38,7 @@ def assign_four_bit_weights(
     offsets: str = "none",
     offset_graphs: set[str] | None = None,
     bytes_budget: float | None = None,
+    sensitivity_ids: torch.Tensor | None = None,
 ) -> WeightCodes:
     """Set every A16 graph of ``precision`` to 4-bit weights (in place, output clips
     recorded again over ``output_range_ids``) and return ``weights`` with theirs replaced.
@@ -44,15 +46,17 @@ def assign_four_bit_weights(
     ``offsets``: LPBQ blocks with block offsets in that format (``runtime.qdq.OFFSET_FORMATS``), or ``"none"``,
     on the graphs whose kind is in ``offset_graphs`` (None: every graph) — with a
     ``bytes_budget`` (every graph's NPU weights at most this fraction of their INT8 bytes,
-    ``--weight-bytes-budget``), on those of them that save the most output error per byte
-    within it (``precision.offset_budget``)."""
+    ``--weight-bytes-budget``), on those of them whose offsets save the most KL divergence
+    from FP per byte within it, measured over ``sensitivity_ids`` (``precision.offset_budget``)."""
     sixteen = [graph for graph in precision.graphs.values() if graph.activation_bits == 16]
     names = [name for graph in sixteen for name in graph.linear_names]
     budgeted = bytes_budget is not None and offsets != "none"
-    if (rounding == "gptq" or budgeted) and hessians is None:
+    if budgeted and sensitivity_ids is None:
+        raise ValueError("a weight bytes budget needs the sequences to measure each graph's sensitivity on")
+    if rounding == "gptq" and hessians is None:
         hessians = collect_input_hessians(layout, plan, calibration_ids, batch_size, progress, sites=[graph.linear_names[0] for graph in sixteen])
-    eligible = [graph for graph in sixteen if offset_graphs is None or graph.kind in offset_graphs]
-    offset_names = {name for graph in eligible for name in graph.linear_names}
+    eligible = [site for site, graph in precision.graphs.items() if graph.activation_bits == 16 and (offset_graphs is None or graph.kind in offset_graphs)]
+    offset_names = {name for site in eligible for name in precision.graphs[site].linear_names}
     rule = plan.config.weight_scale_rule
     symmetric = quantized_weights(layout, [n for n in names if n not in offset_names or budgeted], rule, 4, block_size, rounding, hessians, progress)
     all_names = [n for graph in precision.graphs.values() for n in graph.linear_names]
@@ -62,7 +66,7 @@ def assign_four_bit_weights(
         raise QuantkitError(f"weight bytes budget: {budget_bytes / 1e6:.2f} MB is below the {fixed / 1e6:.2f} MB of the NPU weights without block offsets; raise --weight-bytes-budget")
     with_offsets = quantized_weights(layout, [n for n in names if n in offset_names], rule, 4, block_size, rounding, hessians, progress, offsets)
     if budgeted:
-        with_offsets = _offsets_within_budget(layout, eligible, symmetric, with_offsets, hessians, budget_bytes - fixed)
+        with_offsets = _offsets_within_budget(layout, plan, precision, eligible, {**weights, **symmetric}, with_offsets, sensitivity_ids, budget_bytes - fixed, progress)
     four = {**symmetric, **with_offsets}
     for graph in sixteen:
         first = four[graph.linear_names[0]]
@@ -72,11 +76,16 @@ def assign_four_bit_weights(
     return merged
 
 
-def _offsets_within_budget(layout: DecoderLayout, eligible: list[GraphPrecision], symmetric: WeightCodes, with_offsets: WeightCodes, hessians: dict[str, torch.Tensor], bytes_available: int) -> WeightCodes:
-    """The offset weights of the ``eligible`` graphs that :func:`choose_offset_graphs` takes
-    with ``bytes_available`` more than their symmetric weights take."""
-    error = lambda codes, graph: sum(output_error(layout.linear(n).weight, codes[n], hessians[n]) for n in graph.linear_names)  # noqa: E731
-    size = lambda codes, graph: sum(codes[n].nbytes for n in graph.linear_names)  # noqa: E731
-    candidates = [OffsetCandidate(graph.name, error(symmetric, graph), error(with_offsets, graph), size(symmetric, graph), size(with_offsets, graph)) for graph in eligible]
+def _offsets_within_budget(
+    layout: DecoderLayout, plan: ShadowPlan, precision: PrecisionPlan, eligible: list[str], symmetric: WeightCodes, with_offsets: WeightCodes, sensitivity_ids: torch.Tensor, bytes_available: int, progress: bool
+) -> WeightCodes:
+    """The offset weights of the ``eligible`` graphs (site names) that
+    :func:`choose_offset_graphs` takes with ``bytes_available`` more than their ``symmetric``
+    weights take, each graph's error being its KL divergence from FP with only it quantized
+    (``precision.search.graph_sensitivity``, on the deployed arithmetic) without offsets and with them."""
+    without = graph_sensitivity(layout, plan, precision, sensitivity_ids, symmetric, progress, eligible, label="W4 without offsets")
+    within = graph_sensitivity(layout, plan, precision, sensitivity_ids, {**symmetric, **with_offsets}, progress, eligible, label="W4 with offsets")
+    size = lambda codes, site: sum(codes[n].nbytes for n in precision.graphs[site].linear_names)  # noqa: E731
+    candidates = [OffsetCandidate(site, without[site], within[site], size(symmetric, site), size(with_offsets, site)) for site in eligible]
     chosen = choose_offset_graphs(candidates, bytes_available)
-    return {n: with_offsets[n] for graph in eligible if graph.name in chosen for n in graph.linear_names}
+    return {n: with_offsets[n] for site in eligible if site in chosen for n in precision.graphs[site].linear_names}

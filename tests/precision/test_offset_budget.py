@@ -1,7 +1,8 @@
-"""Block offsets under a byte budget: the knapsack, the error it ranks by, and a tiny
-calibration with --weight-bytes-budget."""
+"""Block offsets under a byte budget: the knapsack, and a tiny calibration with
+--weight-bytes-budget."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -11,9 +12,9 @@ from quantkit.errors import QuantkitError
 from quantkit.export import export_bundle
 from quantkit.models.loading import load_model
 from quantkit.precision import PrecisionPlan
-from quantkit.precision.offset_budget import OffsetCandidate, choose_offset_graphs, output_error
+from quantkit.precision.offset_budget import OffsetCandidate, choose_offset_graphs
 from quantkit.runtime.qdq import packed_weight_bytes
-from quantkit.weights import WEIGHTS_FILE, int8_weight_bytes, load_weights, quantize_weight
+from quantkit.weights import WEIGHTS_FILE, int8_weight_bytes, load_weights
 from tests.conftest import tiny_model
 
 BLOCK = 32
@@ -33,14 +34,27 @@ def test_graphs_are_taken_by_error_saved_per_byte_while_the_bytes_last():
     assert choose_offset_graphs(candidates, 10_000) == {"a", "b", "c"}  # never one that saves no error
 
 
-def test_output_error_is_the_squared_error_on_the_tokens_of_the_hessian():
-    torch.manual_seed(0)
-    weight, inputs = torch.randn(24, 64), torch.randn(200, 64)
-    hessian = inputs.double().T @ inputs.double()
-    quantized = quantize_weight(weight, 4, "mse", BLOCK, "nearest", offsets="int4")
-    expected = ((inputs.double() @ (weight.double() - quantized.dequantize().double()).T) ** 2).sum().item()
-    assert output_error(weight, quantized, hessian) == pytest.approx(expected, rel=1e-9)
-    assert output_error(weight, quantized, hessian) < output_error(weight, quantize_weight(weight, 4, "mse", BLOCK, "nearest"), hessian)
+def test_offsets_go_where_they_lower_the_measured_kl_most_per_byte(monkeypatch):
+    """The budget ranks graphs by the KL divergence from FP measured with only that graph
+    quantized, without offsets and with them (graph_sensitivity, once per form)."""
+    from quantkit.precision import weight_bits
+
+    kl = {"W4 without offsets": {"a": 0.5, "b": 0.9, "c": 0.2}, "W4 with offsets": {"a": 0.1, "b": 0.8, "c": 0.25}}
+    measured = []
+
+    def sensitivity(layout, plan, precision, sequences, weights, progress, graphs, label):
+        measured.append((label, tuple(graphs), {name: weights[name].tag for name in weights}))
+        return {site: kl[label][site] for site in graphs}
+
+    monkeypatch.setattr(weight_bits, "graph_sensitivity", sensitivity)
+    precision = SimpleNamespace(graphs={site: SimpleNamespace(linear_names=[f"{site}.linear"]) for site in "abc"})
+    symmetric = {f"{site}.linear": SimpleNamespace(nbytes=100, tag="symmetric") for site in "abc"}
+    offsets = {f"{site}.linear": SimpleNamespace(nbytes=110, tag="offsets") for site in "abc"}
+    chosen = weight_bits._offsets_within_budget(None, None, precision, ["a", "b", "c"], symmetric, offsets, torch.zeros(1, 8), 25, False)
+    assert set(chosen) == {"a.linear", "b.linear"}  # a saves 0.4, b 0.1 for 10 bytes each; c saves nothing
+    assert all(weights == {f"{s}.linear": "symmetric" for s in "abc"} for label, _, weights in measured if label == "W4 without offsets")
+    assert all(weights == {f"{s}.linear": "offsets" for s in "abc"} for label, _, weights in measured if label == "W4 with offsets")
+    assert [label for label, _, _ in measured] == ["W4 without offsets", "W4 with offsets"]
 
 
 @pytest.fixture(scope="module")

@@ -136,6 +136,27 @@ def test_lpbq_mse_integers_minimise_each_blocks_error_on_the_shipped_grid():
     assert (block_errors(chosen) < block_errors(rounded) - 1e-9).any()
 
 
+def test_lpbq_mse_channel_scale_search_never_raises_a_rows_error():
+    """``mse`` searches each row's s_j around max_k b_jk / K: every row's error on the
+    chosen grid is at most its error with s_j = max_k b_jk / K (that scale is among those
+    tried), lower on some rows of a weight whose blocks were asymmetric 4-bit (GGUF Q4_1)."""
+    from quantkit.quant_primitives import _best_block_integers, fake_quantize_symmetric, lpbq_scales, weight_scales_per_channel
+
+    weight = _asymmetric_4_bit_blocks(24, 256, 32)
+    channel, integers = lpbq_scales(weight, 32, rule="mse", full_range=True)
+    blocks = weight.reshape(24, 8, 32)
+
+    def row_errors(scales, ks):
+        grid = (scales[:, None] * ks.float())[:, :, None]
+        return (fake_quantize_symmetric(blocks, grid, 4, full_range=True) - blocks).pow(2).sum(dim=(1, 2))
+
+    unsearched = weight_scales_per_channel(blocks.reshape(-1, 32), 4, "mse", None, True).reshape(24, 8).amax(dim=1) / 16
+    unsearched_integers, _ = _best_block_integers(blocks, unsearched, 4, 16, None, True)
+    assert integers.dtype == torch.uint8 and int(integers.min()) >= 1 and int(integers.max()) <= 16
+    assert (row_errors(channel, integers) <= row_errors(unsearched, unsearched_integers) + 1e-12).all()
+    assert (row_errors(channel, integers) < 0.9 * row_errors(unsearched, unsearched_integers)).any()
+
+
 def test_importance_weighted_scales_lower_the_weighted_error():
     """With per-input importance (the Hessian diagonal) the ``mse`` clips minimise the
     importance-weighted error: never above the unweighted choice's, lower on some rows; a
