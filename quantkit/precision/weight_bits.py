@@ -22,6 +22,10 @@ from quantkit.weights import WeightCodes, collect_input_hessians, int8_weight_by
 
 __all__ = ["assign_four_bit_weights"]
 
+# Sequences of the sensitivity tokens that rank graphs for block offsets: the ranking runs
+# the model twice per graph (240 runs for SmolLM2), half of calibration's time with all 4.
+OFFSET_RANKING_SEQUENCES = 2
+
 
 def assign_four_bit_weights(
     layout: DecoderLayout,
@@ -82,7 +86,9 @@ def _offsets_within_budget(
     """The offset weights of the ``eligible`` graphs (site names) that
     :func:`choose_offset_graphs` takes with ``bytes_available`` more than their ``symmetric``
     weights take, each graph's error being its KL divergence from FP with only it quantized
-    (``precision.search.graph_sensitivity``, on the deployed arithmetic) without offsets and with them."""
+    (``precision.search.graph_sensitivity``, on the deployed arithmetic) without offsets and
+    with them, over the first ``OFFSET_RANKING_SEQUENCES`` of ``sensitivity_ids``."""
+    sensitivity_ids = sensitivity_ids[:OFFSET_RANKING_SEQUENCES]
     without = graph_sensitivity(layout, plan, precision, sensitivity_ids, symmetric, progress, eligible, label="W4 without offsets")
     within = graph_sensitivity(layout, plan, precision, sensitivity_ids, {**symmetric, **with_offsets}, progress, eligible, label="W4 with offsets")
     size = lambda codes, site: sum(codes[n].nbytes for n in precision.graphs[site].linear_names)  # noqa: E731

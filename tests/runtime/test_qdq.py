@@ -157,6 +157,20 @@ def test_lpbq_mse_channel_scale_search_never_raises_a_rows_error():
     assert (row_errors(channel, integers) < 0.9 * row_errors(unsearched, unsearched_integers)).any()
 
 
+def test_lpbq_mse_searches_rows_in_pieces_with_the_whole_weights_result(monkeypatch):
+    """The search goes a few rows at a time (rows are independent): the scales and integers
+    are those of the whole weight at once, with and without importance."""
+    import quantkit.quant_primitives as primitives
+
+    weight = _asymmetric_4_bit_blocks(24, 256, 32)
+    importance = torch.rand(256, generator=torch.Generator().manual_seed(5))
+    whole = [primitives.lpbq_scales(weight, 32, rule="mse", importance=weighting, full_range=True) for weighting in (None, importance)]
+    monkeypatch.setattr(primitives, "_LPBQ_SEARCH_ELEMENTS", 5 * 256)  # pieces of 5 rows, the last one 4
+    pieces = [primitives.lpbq_scales(weight, 32, rule="mse", importance=weighting, full_range=True) for weighting in (None, importance)]
+    for (scales, integers), (piece_scales, piece_integers) in zip(whole, pieces):
+        assert torch.equal(scales, piece_scales) and torch.equal(integers, piece_integers)
+
+
 def test_importance_weighted_scales_lower_the_weighted_error():
     """With per-input importance (the Hessian diagonal) the ``mse`` clips minimise the
     importance-weighted error: never above the unweighted choice's, lower on some rows; a
