@@ -94,17 +94,31 @@ def weight_scales_per_channel(weight: torch.Tensor, num_bits: int = 8, rule: str
     absmax = weight.abs().amax(dim=1)
     if rule == "max":
         return symmetric_scale(absmax, num_bits)
-    weighting = 1.0 if importance is None else importance.float()
+    weighting = None if importance is None else importance.float()
     best_scales, best_errors = None, None
     for ratio in _WEIGHT_CLIP_RATIOS.tolist():
         scales = symmetric_scale(absmax * ratio, num_bits)
-        errors = ((fake_quantize_symmetric(weight, scales, num_bits, axis=0, full_range=full_range) - weight).pow(2) * weighting).sum(dim=1)
+        errors = _rounding_errors(weight, scales[:, None], num_bits, full_range, weighting)
         if best_scales is None:
             best_scales, best_errors = scales, errors
         else:
             better = errors < best_errors
             best_scales, best_errors = torch.where(better, scales, best_scales), torch.where(better, errors, best_errors)
     return best_scales
+
+
+def _rounding_errors(x: torch.Tensor, scales: torch.Tensor, num_bits: int, full_range: bool, weighting: torch.Tensor | None) -> torch.Tensor:
+    """Σ over the last dimension of (fq(x; s) − x)² (× ``weighting``), fq the symmetric
+    fake quantization of :func:`fake_quantize_symmetric` with ``scales`` broadcast against
+    ``x``: the same float operations, in place in one buffer (the scale searches run it
+    hundreds of times per weight; no integer round trip: the rounded values are integers
+    already, exact in float32)."""
+    qmax = 2 ** (num_bits - 1) - 1
+    trial = x / scales
+    trial.round_().clamp_(-qmax - int(full_range), qmax).mul_(scales).sub_(x).pow_(2)
+    if weighting is not None:
+        trial.mul_(weighting)
+    return trial.sum(dim=-1)
 
 
 def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: str = "max", max_block_scale: int = 16, importance: torch.Tensor | None = None, full_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
@@ -176,7 +190,7 @@ def _best_block_integers(blocks: torch.Tensor, channel_scales: torch.Tensor, num
     best_integers, best_errors = None, None
     for k in range(1, max_block_scale + 1):
         scales = (channel_scales * k)[:, None, None]
-        errors = ((fake_quantize_symmetric(blocks, scales, num_bits, full_range=full_range) - blocks).pow(2) * (1.0 if weighting is None else weighting)).sum(dim=-1)
+        errors = _rounding_errors(blocks, scales, num_bits, full_range, weighting)
         if best_integers is None:
             best_integers, best_errors = torch.full_like(errors, k), errors
         else:

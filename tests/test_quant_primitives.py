@@ -67,3 +67,17 @@ def test_weight_scale_rules():
     assert torch.equal(scales, mse_scales) and torch.equal(fake, fake_quantize_symmetric(weight, mse_scales, 8, axis=0))
     with pytest.raises(ValueError, match="expected one of"):
         weight_scales_per_channel(weight, rule="percentile")
+
+
+@pytest.mark.parametrize("full_range", [False, True])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_rounding_errors_equal_the_fake_quantization_they_stand_for(full_range, weighted):
+    """The scale searches' in-place error is bit for bit Σ (fq(x) − x)² · weighting."""
+    from quantkit.quant_primitives import _rounding_errors
+
+    torch.manual_seed(3)
+    blocks = torch.randn(12, 5, 32) * 0.02
+    scales = torch.rand(12)[:, None, None] * 0.01 + 1e-4
+    weighting = torch.rand(12, 5, 32) if weighted else None
+    expected = ((fake_quantize_symmetric(blocks, scales, 4, full_range=full_range) - blocks).pow(2) * (1.0 if weighting is None else weighting)).sum(dim=-1)
+    assert torch.equal(_rounding_errors(blocks, scales, 4, full_range, weighting), expected)

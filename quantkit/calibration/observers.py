@@ -22,7 +22,7 @@ import enum
 import torch
 from torch import nn
 
-from quantkit.calibration.quantiles import NUM_BINS, log_histogram, quantile_from_log_histogram
+from quantkit.calibration.quantiles import NUM_BINS, magnitude_histogram, quantile_from_log_histogram
 from quantkit.errors import NonFiniteActivationError
 
 __all__ = ["ObserverPass", "ActivationObserver"]
@@ -54,34 +54,42 @@ class ActivationObserver(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[-1] != self.num_channels:
             raise ValueError(f"{self.name}: expected {self.num_channels} channels in the last dimension, got shape {tuple(x.shape)}")
-        if not torch.isfinite(x).all():
+        magnitude = x.detach().float().abs().reshape(-1, self.num_channels)
+        if self.current_pass is ObserverPass.RANGE:
+            self._record_range(x, magnitude)
+        else:
+            self._record_outliers(x, magnitude)
+        return x
+
+    def _check_finite(self, x: torch.Tensor, summary: torch.Tensor) -> None:
+        """Raise if ``x`` holds NaN or Inf, seen in ``summary`` (a per-channel max or sum of
+        |x|, NaN or Inf exactly when ``x`` has one: both propagate through max and sum) so
+        the batch is scanned once more only when it is bad."""
+        if not torch.isfinite(summary).all():
             bad = int((~torch.isfinite(x)).sum())
             raise NonFiniteActivationError(
                 f"layer {self.name} produced {bad} NaN/Inf values during calibration; the FP model "
                 "itself is numerically broken on this input (check the weights, the dtype — use float32 — "
                 "and that the tokenizer matches the model)"
             )
-        magnitude = x.detach().abs().float().reshape(-1, self.num_channels)
-        if self.current_pass is ObserverPass.RANGE:
-            self._record_range(magnitude)
-        else:
-            self._record_outliers(magnitude)
-        return x
 
-    def _record_range(self, magnitude: torch.Tensor) -> None:
+    def _record_range(self, x: torch.Tensor, magnitude: torch.Tensor) -> None:
         channel_absmax = magnitude.amax(dim=0)
+        self._check_finite(x, channel_absmax)
         torch.maximum(self.channel_absmax_, channel_absmax, out=self.channel_absmax_)
         self.absmax_.copy_(self.channel_absmax_.max())
-        self.histogram_ += log_histogram(magnitude)
+        self.histogram_ += magnitude_histogram(magnitude)
         self.num_values_ += magnitude.numel()
 
-    def _record_outliers(self, magnitude: torch.Tensor) -> None:
+    def _record_outliers(self, x: torch.Tensor, magnitude: torch.Tensor) -> None:
         threshold = float(self.outlier_threshold_)
         if threshold != threshold:  # NaN: the range pass was not finished
             raise RuntimeError(f"{self.name}: set_outlier_threshold() must be called before the outlier pass")
-        excess = (magnitude - threshold).clamp_min_(0.0)
+        excess = magnitude.sub_(threshold).clamp_min_(0.0)  # magnitude is this call's own buffer
+        channel_excess = excess.sum(dim=0, dtype=torch.float64)
+        self._check_finite(x, channel_excess)
         self.channel_outlier_count_ += (excess > 0).sum(dim=0)
-        self.channel_outlier_excess_ += excess.double().sum(dim=0)
+        self.channel_outlier_excess_ += channel_excess
 
     def quantile(self, q: float) -> float:
         """q-quantile of |x| over everything recorded in the range pass."""

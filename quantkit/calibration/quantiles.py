@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["NUM_BINS", "LOG10_MIN", "LOG10_MAX", "log_histogram", "quantile_from_log_histogram"]
+__all__ = ["NUM_BINS", "LOG10_MIN", "LOG10_MAX", "log_histogram", "magnitude_histogram", "quantile_from_log_histogram"]
 
 NUM_BINS = 8192
 LOG10_MIN = -8.0
@@ -23,10 +23,14 @@ _BIN_WIDTH = (LOG10_MAX - LOG10_MIN) / NUM_BINS
 
 def log_histogram(x: torch.Tensor) -> torch.Tensor:
     """Counts (int64, length ``NUM_BINS``) of |x| in the log-spaced bins."""
-    magnitude = x.detach().abs().float().flatten()
-    log_magnitude = torch.log10(magnitude.clamp_min(10.0**LOG10_MIN))
-    bins = ((log_magnitude - LOG10_MIN) / _BIN_WIDTH).floor().long().clamp_(0, NUM_BINS - 1)
-    return torch.bincount(bins, minlength=NUM_BINS)
+    return magnitude_histogram(x.detach().float().abs())
+
+
+def magnitude_histogram(magnitude: torch.Tensor) -> torch.Tensor:
+    """:func:`log_histogram` of values already |x| (float32), computed in one buffer: the
+    calibration observers call it on every activation of every batch."""
+    bins = magnitude.flatten().clamp_min(10.0**LOG10_MIN).log10_().sub_(LOG10_MIN).div_(_BIN_WIDTH).floor_().clamp_(0, NUM_BINS - 1)
+    return torch.bincount(bins.int(), minlength=NUM_BINS)
 
 
 def quantile_from_log_histogram(counts: torch.Tensor, q: float, absmax: float) -> float:

@@ -25,20 +25,29 @@ from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.plan import ShadowPlan
 from quantkit.outlier_shadow.simulated_linear import WeightCodes, simulated_quantization
 from quantkit.precision.plan import PrecisionPlan
-from quantkit.sensitivity.measure import fp_reference, nll_and_kl
+from quantkit.sensitivity.measure import FpReference, fp_reference, nll_and_kl
 
 __all__ = ["graph_sensitivity", "promotion_order", "search_activation_bits", "search_weight_bits"]
 
 
 @torch.no_grad()
 def graph_sensitivity(
-    layout: DecoderLayout, plan: ShadowPlan, precision: PrecisionPlan, sequences: torch.Tensor, weights: WeightCodes, progress: bool = True, graphs: list[str] | None = None, label: str = "A8"
+    layout: DecoderLayout,
+    plan: ShadowPlan,
+    precision: PrecisionPlan,
+    sequences: torch.Tensor,
+    weights: WeightCodes,
+    progress: bool = True,
+    graphs: list[str] | None = None,
+    label: str = "A8",
+    reference: FpReference | None = None,
 ) -> dict[str, float]:
     """KL(P_fp ‖ P) per token with only that graph quantized, by graph site name (each run
     starts at the graph's block: the blocks before it are FP). ``label`` "A8": at A8 (the
     activation search); otherwise as ``precision`` and ``weights`` have it (e.g. "W4").
-    ``graphs``: the site names to measure (default all)."""
-    _, fp_log_probs, block_inputs = fp_reference(layout, sequences)
+    ``graphs``: the site names to measure (default all). ``reference``: the FP run over
+    ``sequences`` when the caller has it (``fp_reference``; computed here otherwise)."""
+    reference = reference or fp_reference(layout, sequences)
     measured = precision.with_uniform_bits(8) if label == "A8" else precision
     sensitivity = {}
     names = list(precision.graphs) if graphs is None else graphs
@@ -46,7 +55,7 @@ def graph_sensitivity(
         graph = precision.graphs[name]
         single = ShadowPlan(config=plan.config, sites={name: plan.sites[name]}, hot_coverage_=plan.hot_coverage_)
         with simulated_quantization(layout, single, measured, weights=weights):
-            _, kl, _ = nll_and_kl(layout, sequences, fp_log_probs, 1, graph.block_index, block_inputs)
+            _, kl, _ = nll_and_kl(layout, sequences, reference, 1, graph.block_index)
         sensitivity[name] = max(kl, 0.0)
     return sensitivity
 

@@ -18,6 +18,7 @@ from quantkit.precision.offset_budget import OffsetCandidate, choose_offset_grap
 from quantkit.precision.output_ranges import recalibrate_output_clips
 from quantkit.precision.plan import PrecisionPlan
 from quantkit.precision.search import graph_sensitivity
+from quantkit.sensitivity.measure import fp_reference
 from quantkit.weights import WeightCodes, collect_input_hessians, int8_weight_bytes, quantized_weights
 
 __all__ = ["assign_four_bit_weights"]
@@ -89,8 +90,9 @@ def _offsets_within_budget(
     (``precision.search.graph_sensitivity``, on the deployed arithmetic) without offsets and
     with them, over the first ``OFFSET_RANKING_SEQUENCES`` of ``sensitivity_ids``."""
     sensitivity_ids = sensitivity_ids[:OFFSET_RANKING_SEQUENCES]
-    without = graph_sensitivity(layout, plan, precision, sensitivity_ids, symmetric, progress, eligible, label="W4 without offsets")
-    within = graph_sensitivity(layout, plan, precision, sensitivity_ids, {**symmetric, **with_offsets}, progress, eligible, label="W4 with offsets")
+    reference = fp_reference(layout, sensitivity_ids)
+    without = graph_sensitivity(layout, plan, precision, sensitivity_ids, symmetric, progress, eligible, label="W4 without offsets", reference=reference)
+    within = graph_sensitivity(layout, plan, precision, sensitivity_ids, {**symmetric, **with_offsets}, progress, eligible, label="W4 with offsets", reference=reference)
     size = lambda codes, site: sum(codes[n].nbytes for n in precision.graphs[site].linear_names)  # noqa: E731
     candidates = [OffsetCandidate(site, without[site], within[site], size(symmetric, site), size(with_offsets, site)) for site in eligible]
     chosen = choose_offset_graphs(candidates, bytes_available)

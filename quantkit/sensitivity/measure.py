@@ -27,7 +27,7 @@ from quantkit.sensitivity.truncated import record_block_inputs, starting_at_bloc
 if TYPE_CHECKING:
     from quantkit.precision.plan import PrecisionPlan
 
-__all__ = ["BlockSensitivity", "block_sensitivity", "nll_and_kl", "fp_reference"]
+__all__ = ["BlockSensitivity", "FpReference", "block_sensitivity", "nll_and_kl", "fp_reference"]
 
 
 @dataclass(frozen=True)
@@ -49,50 +49,56 @@ def _log_probs(layout: DecoderLayout, batch: torch.Tensor, start: tuple[int, tor
         return F.log_softmax(layout.model(inputs_embeds=hidden, use_cache=False).logits.float(), dim=-1)
 
 
+@dataclass
+class FpReference:
+    """The FP model's run over the sequences that every sensitivity run is compared with,
+    per batch: its mean next-token NLL, log-probs, probabilities (their exp, kept: each
+    of the hundreds of KL measurements needs them) and the hidden states entering each block."""
+
+    nll: float
+    log_probs: list[torch.Tensor]
+    probs: list[torch.Tensor]
+    block_inputs: list[list[torch.Tensor]]
+
+
 @torch.no_grad()
-def nll_and_kl(
-    layout: DecoderLayout,
-    sequences: torch.Tensor,
-    reference_log_probs: list[torch.Tensor] | None,
-    batch_size: int = 1,
-    start_block: int = 0,
-    block_inputs: list[list[torch.Tensor]] | None = None,
-) -> tuple[float, float, list[torch.Tensor]]:
-    """Mean next-token NLL, mean KL from ``reference_log_probs`` (0 if None), and the
+def nll_and_kl(layout: DecoderLayout, sequences: torch.Tensor, reference: FpReference | None, batch_size: int = 1, start_block: int = 0) -> tuple[float, float, list[torch.Tensor]]:
+    """Mean next-token NLL, mean KL(P_fp ‖ P) from ``reference`` (0 if None), and the
     log-probs. With ``start_block`` > 0 the model runs from that block on, fed the FP
-    hidden states ``block_inputs[batch][start_block]`` (valid when only blocks ≥
+    hidden states ``reference.block_inputs[batch][start_block]`` (valid when only blocks ≥
     ``start_block`` differ from FP; see ``truncated.py``)."""
     device = next(layout.model.parameters()).device
     total_nll, total_kl, count, all_log_probs = 0.0, 0.0, 0, []
     for index, batch in enumerate(sequences.split(batch_size)):
         batch = batch.to(device)
-        start = (start_block, block_inputs[index][start_block]) if start_block > 0 else None
+        start = (start_block, reference.block_inputs[index][start_block]) if start_block > 0 else None
         log_probs = _log_probs(layout, batch, start)
         targets = batch[:, 1:]
         total_nll += float(-log_probs[:, :-1].gather(-1, targets.unsqueeze(-1)).sum())
-        if reference_log_probs is not None:
-            reference = reference_log_probs[index]
-            total_kl += float((reference.exp() * (reference - log_probs)).sum(dim=-1)[:, :-1].sum())
+        if reference is not None:
+            # KL = Σ_v p_fp · (log p_fp − log p), in one buffer
+            divergence = reference.log_probs[index] - log_probs
+            total_kl += float(divergence.mul_(reference.probs[index]).sum(dim=-1)[:, :-1].sum())
         count += targets.numel()
         all_log_probs.append(log_probs)
     return total_nll / count, total_kl / count, all_log_probs
 
 
-def fp_reference(layout: DecoderLayout, sequences: torch.Tensor, batch_size: int = 1) -> tuple[float, list[torch.Tensor], list[list[torch.Tensor]]]:
-    """FP mean NLL, log-probs and the hidden states entering each block, per batch."""
+def fp_reference(layout: DecoderLayout, sequences: torch.Tensor, batch_size: int = 1) -> FpReference:
+    """The FP model's :class:`FpReference` over ``sequences``, in batches of ``batch_size``."""
     fp_nll, _, fp_log_probs = nll_and_kl(layout, sequences, None, batch_size)
     block_inputs = [record_block_inputs(layout, batch.to(next(layout.model.parameters()).device)) for batch in sequences.split(batch_size)]
-    return fp_nll, fp_log_probs, block_inputs
+    return FpReference(fp_nll, fp_log_probs, [log_probs.exp() for log_probs in fp_log_probs], block_inputs)
 
 
 def block_sensitivity(layout: DecoderLayout, plan: ShadowPlan, precision: PrecisionPlan, sequences: torch.Tensor, batch_size: int = 1, progress: bool = True, weights: WeightCodes | None = None) -> list[BlockSensitivity]:
     """Sensitivity of every block, measured on ``sequences`` against the FP model, with
     the block's graphs at the bit-widths and output ranges of ``precision`` (the
     deployed arithmetic). Each run starts at its block (the ones before are FP)."""
-    fp_nll, fp_log_probs, block_inputs = fp_reference(layout, sequences, batch_size)
+    reference = fp_reference(layout, sequences, batch_size)
     results = []
     for block in tqdm(range(layout.num_blocks), desc="block sensitivity", unit="block", disable=not progress):
         with simulated_quantization(layout, plan, precision, blocks={block}, weights=weights):
-            nll, kl, _ = nll_and_kl(layout, sequences, fp_log_probs, batch_size, block, block_inputs)
-        results.append(BlockSensitivity(block=block, delta_nll=nll - fp_nll, kl=kl))
+            nll, kl, _ = nll_and_kl(layout, sequences, reference, batch_size, block)
+        results.append(BlockSensitivity(block=block, delta_nll=nll - reference.nll, kl=kl))
     return results

@@ -35,7 +35,7 @@ def collect_input_hessians(layout: DecoderLayout, plan: ShadowPlan, sequences: t
         handles.append(layout.linear(name).register_forward_pre_hook(accumulate))
     try:
         for batch in tqdm(sequences.split(batch_size), desc="GPTQ Hessians", unit="batch", disable=not progress):
-            layout.model(input_ids=batch.to(device), use_cache=False)
+            layout.backbone(input_ids=batch.to(device), use_cache=False)  # the inputs only: no LM head
     finally:
         for handle in handles:
             handle.remove()

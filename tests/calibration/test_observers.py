@@ -57,6 +57,19 @@ def test_non_finite_activation_names_the_layer(bad):
         observer(x)
 
 
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_activation_in_the_outlier_pass_is_reported_before_it_is_counted(bad):
+    observer = ActivationObserver("model.layers.3.mlp.up_proj:output", 4)
+    observer(torch.randn(1, 8, 4))
+    observer.set_outlier_threshold(0.9)
+    counts, excess = observer.channel_outlier_count_.clone(), observer.channel_outlier_excess_.clone()
+    x = torch.randn(1, 8, 4)
+    x[0, 5, 1] = bad
+    with pytest.raises(NonFiniteActivationError, match=r"up_proj.*1 NaN/Inf"):
+        observer(x)
+    assert torch.equal(observer.channel_outlier_count_, counts) and torch.equal(observer.channel_outlier_excess_, excess)
+
+
 def test_wrong_channel_count_is_reported():
     with pytest.raises(ValueError, match="expected 16 channels"):
         ActivationObserver("layer", 16)(torch.ones(2, 8))

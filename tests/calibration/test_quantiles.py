@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from quantkit.calibration.quantiles import NUM_BINS, log_histogram, quantile_from_log_histogram
+from quantkit.calibration.quantiles import _BIN_WIDTH, LOG10_MIN, NUM_BINS, log_histogram, quantile_from_log_histogram
 
 
 @pytest.mark.parametrize("q", [0.5, 0.99, 0.999, 0.9999])
@@ -34,3 +34,11 @@ def test_bad_quantile_and_empty_histogram_are_rejected():
         quantile_from_log_histogram(log_histogram(torch.ones(3)), 1.5, 1.0)
     with pytest.raises(ValueError, match="empty histogram"):
         quantile_from_log_histogram(torch.zeros(NUM_BINS, dtype=torch.int64), 0.5, 1.0)
+
+
+def test_histogram_bins_are_the_floor_of_log10_over_the_bin_width():
+    torch.manual_seed(2)
+    x = torch.cat([torch.randn(5000) * 10.0 ** torch.randint(-10, 8, (5000,)), torch.tensor([0.0, -0.0, 1e-30, 1e30, float("inf")])])
+    plain = ((torch.log10(x.abs().clamp_min(10.0**LOG10_MIN)) - LOG10_MIN) / _BIN_WIDTH).floor().clamp(0, NUM_BINS - 1).long()
+    assert torch.equal(log_histogram(x), torch.bincount(plain, minlength=NUM_BINS))
+    assert int(log_histogram(x)[-1]) >= 2  # 1e30 and +inf land in the last bin

@@ -36,17 +36,20 @@ def test_graphs_are_taken_by_error_saved_per_byte_while_the_bytes_last():
 
 def test_offsets_go_where_they_lower_the_measured_kl_most_per_byte(monkeypatch):
     """The budget ranks graphs by the KL divergence from FP measured with only that graph
-    quantized, without offsets and with them (graph_sensitivity, once per form)."""
+    quantized, without offsets and with them (graph_sensitivity, once per form, against
+    one FP reference run)."""
     from quantkit.precision import weight_bits
 
     kl = {"W4 without offsets": {"a": 0.5, "b": 0.9, "c": 0.2}, "W4 with offsets": {"a": 0.1, "b": 0.8, "c": 0.25}}
-    measured = []
+    measured, references = [], []
 
-    def sensitivity(layout, plan, precision, sequences, weights, progress, graphs, label):
+    def sensitivity(layout, plan, precision, sequences, weights, progress, graphs, label, reference):
         measured.append((label, tuple(graphs), {name: weights[name].tag for name in weights}))
+        references.append(reference)
         return {site: kl[label][site] for site in graphs}
 
     monkeypatch.setattr(weight_bits, "graph_sensitivity", sensitivity)
+    monkeypatch.setattr(weight_bits, "fp_reference", lambda layout, sequences: object())
     precision = SimpleNamespace(graphs={site: SimpleNamespace(linear_names=[f"{site}.linear"]) for site in "abc"})
     symmetric = {f"{site}.linear": SimpleNamespace(nbytes=100, tag="symmetric") for site in "abc"}
     offsets = {f"{site}.linear": SimpleNamespace(nbytes=110, tag="offsets") for site in "abc"}
@@ -55,6 +58,7 @@ def test_offsets_go_where_they_lower_the_measured_kl_most_per_byte(monkeypatch):
     assert all(weights == {f"{s}.linear": "symmetric" for s in "abc"} for label, _, weights in measured if label == "W4 without offsets")
     assert all(weights == {f"{s}.linear": "offsets" for s in "abc"} for label, _, weights in measured if label == "W4 with offsets")
     assert [label for label, _, _ in measured] == ["W4 without offsets", "W4 with offsets"]
+    assert references[0] is references[1]
 
 
 @pytest.fixture(scope="module")
