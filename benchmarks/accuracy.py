@@ -239,7 +239,7 @@ def _markdown(result: dict) -> str:
         "has the per-graph bits of the calibration's precision.json. quantkit_w4* rows: INT4 weights (GPTQ-rounded on the "
         "calibration split) on every A16 graph — per output channel, or LPBQ blocks of 64 / 32 inputs (_offsets: plus an int8 "
         "offset per block with a scale per row, `--weight-block-offsets int8`; _int4_offsets: an int4 offset per block with a scale per row, "
-        "`--weight-block-offsets int4`; _int4_offsets_mlp: the same on the gate_up and down graphs only, `--weight-block-offsets int4 --weight-block-offset-graphs gate_up,down`; _int4_offsets_<F>pct: int4 offsets on the graphs that save the most output error per byte with the NPU weights at most F% of their INT8 bytes, `--weight-block-offsets int4 --weight-bytes-budget F/100`) — INT8 on A8 graphs (the HTP runs INT4 only with A16).",
+        "`--weight-block-offsets int4`; _int4_offsets_mlp: the same on the gate_up and down graphs only, `--weight-block-offsets int4 --weight-block-offset-graphs gate_up,down`; _int4_offsets_<F>pct: int4 offsets on the graphs whose offsets lower the KL divergence from FP (each graph alone quantized, first 2 × 256 validation tokens) the most per byte, with the NPU weights at most F% of their INT8 bytes, `--weight-block-offsets int4 --weight-bytes-budget F/100`) — INT8 on A8 graphs (the HTP runs INT4 only with A16).",
         "",
         f"Model weights: {result['model_bytes'] / 1e6:.1f} MB (float32). Measured in one run of benchmarks/accuracy.py in {result['seconds']:.0f} s.",
     ]
