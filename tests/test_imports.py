@@ -41,3 +41,21 @@ def test_installed_package_maps_the_same_folders():
     assert Path(quantkit.runtime.__file__).parent.name == "runtime"
     assert Path(quantkit.eval.__file__).parent.name == "eval"
     assert callable(quantkit.eval.perplexity)
+
+
+def test_pyproject_declares_every_package_folder():
+    # A folder missing from the list installs from an editable checkout but not from the
+    # wheel (`pip install .`), where importing it fails.
+    import tomllib
+
+    setup = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folders = {package: ROOT / folder for package, folder in setup["package-dir"].items()}
+
+    def folder_of(package: str) -> Path:
+        top = max((p for p in folders if package == p or package.startswith(p + ".")), key=len)
+        return folders[top].joinpath(*package[len(top) :].split(".")[1:])
+
+    declared = {folder_of(package) for package in setup["packages"]}
+    on_disk = {init.parent for root in folders.values() for init in root.rglob("__init__.py") if "__pycache__" not in init.parts}
+    assert on_disk - declared == set(), f"package folders missing from pyproject's packages: {sorted(map(str, on_disk - declared))}"
+    assert declared - on_disk == set()
