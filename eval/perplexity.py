@@ -9,25 +9,29 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-__all__ = ["perplexity", "mean_nll"]
+__all__ = ["perplexity", "mean_nll", "sequence_nll"]
 
 LogitsFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 @torch.no_grad()
-def mean_nll(logits_fn: LogitsFn, sequences: torch.Tensor, batch_size: int = 1, desc: str = "perplexity", progress: bool = True) -> float:
-    """Mean negative log-likelihood (nats/token) of tokens 1..L-1 of each sequence given
-    the tokens before it; ``logits_fn`` maps input ids [B, L] to logits [B, L, V]."""
-    total_nll = 0.0
-    total_tokens = 0
-    batches = sequences.split(batch_size)
-    for batch in tqdm(batches, desc=desc, unit="batch", disable=not progress, leave=False):
+def sequence_nll(logits_fn: LogitsFn, sequences: torch.Tensor, batch_size: int = 1, desc: str = "perplexity", progress: bool = True) -> torch.Tensor:
+    """Per sequence [N] (float64): the mean negative log-likelihood (nats/token) of its
+    tokens 1..L-1 given the tokens before it; ``logits_fn`` maps input ids [B, L] to
+    logits [B, L, V]."""
+    values = []
+    for batch in tqdm(sequences.split(batch_size), desc=desc, unit="batch", disable=not progress, leave=False):
         logits = logits_fn(batch)
         targets = batch[:, 1:].to(logits.device)
-        nll = F.cross_entropy(logits[:, :-1].float().reshape(-1, logits.shape[-1]), targets.reshape(-1), reduction="sum")
-        total_nll += float(nll)
-        total_tokens += targets.numel()
-    return total_nll / total_tokens
+        nll = F.cross_entropy(logits[:, :-1].float().transpose(1, 2), targets, reduction="none")  # [B, L-1]
+        values.append(nll.double().sum(dim=1).cpu() / targets.shape[1])
+    return torch.cat(values)
+
+
+def mean_nll(logits_fn: LogitsFn, sequences: torch.Tensor, batch_size: int = 1, desc: str = "perplexity", progress: bool = True) -> float:
+    """Mean negative log-likelihood (nats/token) over every sequence's tokens 1..L-1 (the
+    sequences have one length: the mean of :func:`sequence_nll`)."""
+    return float(sequence_nll(logits_fn, sequences, batch_size, desc, progress).mean())
 
 
 def perplexity(logits_fn: LogitsFn, sequences: torch.Tensor, batch_size: int = 1, desc: str = "perplexity", progress: bool = True) -> float:

@@ -23,26 +23,37 @@ def _add_calibrate(subparsers) -> None:
         description="Calibrate a model: per-Linear activation statistics, AIMET W8A8 per-tensor encodings "
         "(encodings JSON 1.0.0), FP vs W8A8 validation perplexity and an outlier heat-map, written to --out.",
     )
+    from quantkit.calibration.presets import DEFAULT_PRESET, PRESETS
+
     defaults = CalibrationConfig()
+    parser.add_argument("--precision", choices=list(PRESETS), default=DEFAULT_PRESET, help="precision preset: w8a8-mixed (INT8 weights, A8 inputs wherever they stay within --accuracy-budget), w8a16, w4a16 (4-bit LPBQ weights with int4 block offsets within 55%% of the INT8 bytes); the flags below override single settings (default: %(default)s)")
     parser.add_argument("--model", default=defaults.model, help="Hugging Face folder, .gguf file, or built-in name (default: %(default)s)")
     parser.add_argument("--data", default=defaults.data, help="built-in corpus 'enwiki', a .txt/.jsonl file, or a datasets name[:config] (default: %(default)s)")
     parser.add_argument("--out", default="calib", help="output folder (default: %(default)s)")
     parser.add_argument("--device", default=defaults.device, help="torch device: cpu or cuda (default: %(default)s)")
     for field in dataclasses.fields(CalibrationConfig):
-        if field.name in {"model", "data", "device", "version"}:
+        if field.name in {"precision", "model", "data", "device", "version"}:
             continue
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=field.default, help=f"(default: %(default)s)")
+        preset_sets = field.name in {key for settings in PRESETS.values() for key in settings}
+        # None: not given, the preset's (or the config's) value applies
+        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None, help="(default: from --precision)" if preset_sets else f"(default: {field.default})")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--restart", action="store_true", help="discard a partial run of --out instead of resuming it")
     parser.set_defaults(handler=_run_calibrate)
 
 
-def _run_calibrate(args) -> int:
-    from quantkit.calibration import CalibrationConfig, calibrate
+def _calibration_config(args):
+    """The --precision preset with the flags given beside it."""
+    from quantkit.calibration import CalibrationConfig
 
-    fields = {f.name for f in dataclasses.fields(CalibrationConfig)} - {"version"}
-    config = CalibrationConfig(**{name: getattr(args, name) for name in fields})
-    result = calibrate(args.out, config, overwrite=args.overwrite, restart=args.restart)
+    fields = {f.name for f in dataclasses.fields(CalibrationConfig)} - {"version", "precision"}
+    return CalibrationConfig.preset(args.precision, **{name: getattr(args, name) for name in fields if getattr(args, name) is not None})
+
+
+def _run_calibrate(args) -> int:
+    from quantkit.calibration import calibrate
+
+    result = calibrate(args.out, _calibration_config(args), overwrite=args.overwrite, restart=args.restart)
     print(result.summary)
     print(f"\nwrote {result.out}/")
     return 0
@@ -151,6 +162,7 @@ def _add_export(subparsers) -> None:
     parser.add_argument("--qnn-context", action="store_true", help="also compile each graph for a Snapdragon target and write its EPContext model")
     parser.add_argument("--soc-model", type=int, default=None, help="QNN SoC model id for --qnn-context (e.g. 60: Snapdragon 8 Gen 3)")
     parser.add_argument("--htp-arch", type=int, default=None, help="HTP architecture for --qnn-context (e.g. 75)")
+    parser.add_argument("--output-bits", type=int, choices=(8, 16), default=None, help="with --activation-bits: the graphs' output width (default: as wide as the input); 16 with --activation-bits 8 keeps int8 MACs and writes int16 outputs")
     parser.add_argument("--naive-w8a8", action="store_true", help="write the plain-PTQ baseline instead (with --activation-bits 8): every block on the NPU, min/max INT8 ranges, no shadow path — for regression suites")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
@@ -160,7 +172,7 @@ def _add_export(subparsers) -> None:
 def _run_export(args) -> int:
     from quantkit.export import export_bundle
 
-    out = export_bundle(args.calib, args.out, chunk_size=args.chunk_size, activation_bits=args.activation_bits, qnn_context=args.qnn_context, soc_model=args.soc_model, htp_arch=args.htp_arch, device=args.device, overwrite=args.overwrite, naive_w8a8=args.naive_w8a8)
+    out = export_bundle(args.calib, args.out, chunk_size=args.chunk_size, activation_bits=args.activation_bits, output_bits=args.output_bits, qnn_context=args.qnn_context, soc_model=args.soc_model, htp_arch=args.htp_arch, device=args.device, overwrite=args.overwrite, naive_w8a8=args.naive_w8a8)
     print(f"wrote {out}/ — check it with: quantkit lint {out} --qnn")
     return 0
 

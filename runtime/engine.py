@@ -81,6 +81,7 @@ class BundleModel:
         self.last_schedule: Schedule | None = None
         self.last_generation: dict | None = None  # prompt/new tokens and seconds of the last generate()
         plan = json.loads((self.folder / self.manifest["shadow"]["plan"]).read_text())
+        self.sink_tokens = int(plan["config"].get("sink_tokens", 0))  # positions run whole in FP on the CPU (runtime/shadow.py)
         hot = load_file(str(self.folder / self.manifest["shadow"]["resident"]))
         cold = ColdColumns(self.folder / self.manifest["shadow"]["cold"])
         self.cpu = load_file(str(self.folder / "cpu.safetensors"))
@@ -88,7 +89,7 @@ class BundleModel:
         for site in plan["sites"].values():
             key = (site["block_index"], graph_kind(site["linear_names"][0]))
             if self.placement[key[0]] == "npu":
-                sites[key] = ShadowSite(site, hot, cold, self.counters, enabled=shadow)
+                sites[key] = ShadowSite(site, hot, cold, self.counters, enabled=shadow, sink_tokens=self.sink_tokens)
         self._graph_entries = {(g["block"], graph_kind(g["linears"][0])): g for g in self.manifest["graphs"]}
         # Weight folding (npu.ort_cpu_session) moves an output on a rounding boundary by one
         # step. In an all-A16 bundle that stays at float-rounding level (SmolLM2 W8A16, 512

@@ -107,7 +107,7 @@ def _weight_from_graph(values: dict[str, np.ndarray], linear_name: str) -> Quant
 
 def records_from_graph(folder: Path, entry: dict) -> list[QdqLinear]:
     """The deployed records of a bundle graph, read back from its initializers (the bit
-    width from the input zero point's type)."""
+    widths from the input's and each output's zero-point type)."""
     import onnx
     from onnx import numpy_helper
 
@@ -126,6 +126,7 @@ def records_from_graph(folder: Path, entry: dict) -> list[QdqLinear]:
                 input_scale=float(values[f"{input_name}.scale"]),
                 output_scale=float(values[f"{name}.output.scale"]),
                 bits=bits,
+                output_bits=_BITS_OF_ZERO_POINT[values[f"{name}.output.zero_point"].dtype],
                 bias_codes=torch.from_numpy(values[bias].copy()) if bias in values else None,
                 bias_scales=torch.from_numpy(values[f"{bias}.scale"].copy()) if bias in values else None,
                 means_scale=means_scale if weight.has_offsets else None,

@@ -13,13 +13,17 @@ Per Linear, for an input x already clipped on the CPU at the site's threshold t
     W   = codes_W · s_W            (int8 or int4 codes, per output channel)
     W   = codes_W · s_W[j] · k[j, i // B]                               (LPBQ, blockwise INT4)
     y   = q_x · Wᵀ + codes_b · (s_x · s_W)                          (INT32 bias)
-    out = clamp(round(y / s_y), −2^(b−1), 2^(b−1)−1) · s_y          s_y = output clip / (2^(b−1) − 1)
+    out = clamp(round(y / s_y), −2^(c−1), 2^(c−1)−1) · s_y          s_y = output clip / (2^(c−1) − 1)
 
 ``round`` is half to even and the clamp is the full signed range, as ONNX
 QuantizeLinear defines them (QNN HTP and ONNX Runtime implement that operator); b is
-the graph's activation bit-width (8 or 16; HTP runs int8-in/int8-out and
-int16-in/int16-out graphs with int8 weights, and 4-bit weights only with 16-bit
-activations). Scales are float32, as the graph stores them.
+the graph's input bit-width and c its output bit-width (8 or 16 each). The MACs run at
+the input's width; an int8 input with an int16 output keeps int8 × int8 MACs and writes
+the result on a 65,535-step grid (MobileQuant, arXiv 2408.13933): the outputs go to the
+CPU (attention, SiLU·up, the residual stream) in float, so an 8-bit output grid would be
+pure loss. HTP runs int8-in/int8-out, int8-in/int16-out and int16-in/int16-out graphs
+with int8 weights, and 4-bit weights only with 16-bit activations. Scales are float32,
+as the graph stores them.
 
 4-bit weights come per output channel or blockwise along the input dimension in the form
 the HTP runs, low-power blockwise quantization (LPBQ, as AIMET's grouped blockwise
@@ -234,18 +238,24 @@ class QdqLinear:
     bias_codes: torch.Tensor | None = None  # int32 [out]
     bias_scales: torch.Tensor | None = None  # float32 [out] = s_x · s_W
     means_scale: float | None = None  # s_m of the block means (offset Linears); None: s_x
+    output_bits: int | None = None  # c, the output's width; None: the input's (``bits``)
     _weight: torch.Tensor = field(init=False, repr=False, compare=False)
     _offset_weight: torch.Tensor | None = field(init=False, repr=False, compare=False)
     _bias: torch.Tensor | None = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         _check_bits(self.bits)
+        _check_bits(self.out_bits)
+        if self.out_bits < self.bits:
+            raise ValueError(f"QdqLinear: a {self.bits}-bit input with a {self.out_bits}-bit output; the output is at least as wide as the input")
         if self.weight.bits == 4 and self.bits != 16:
             raise ValueError(f"QdqLinear: the HTP runs 4-bit weights only with 16-bit activations, got {self.bits}-bit activations")
         if (self.bias_codes is None) != (self.bias_scales is None):
             raise ValueError("QdqLinear: bias codes and bias scales come together")
         if self.weight.has_offsets and self.bias_codes is not None:
             raise ValueError("QdqLinear: block offsets come without a bias (LPBQ Linears have none)")
+        if self.output_bits == self.bits:  # one spelling of "as wide as the input", so equal records compare equal
+            object.__setattr__(self, "output_bits", None)
         object.__setattr__(self, "_weight", self.weight.code_weight())
         object.__setattr__(self, "_offset_weight", self.weight.offset_weight() if self.weight.has_offsets else None)
         object.__setattr__(self, "_bias", None if self.bias_codes is None else self.bias_codes.float() * self.bias_scales.float())
@@ -254,10 +264,15 @@ class QdqLinear:
     def out_features(self) -> int:
         return self.weight.codes.shape[0]
 
+    @property
+    def out_bits(self) -> int:
+        """c, the output's bit-width."""
+        return self.bits if self.output_bits is None else self.output_bits
+
     def to(self, device: torch.device | str) -> "QdqLinear":
         """The same record with its tensors on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return QdqLinear(self.weight.to(device), self.input_scale, self.output_scale, self.bits, move(self.bias_codes), move(self.bias_scales), self.means_scale)
+        return QdqLinear(self.weight.to(device), self.input_scale, self.output_scale, self.bits, move(self.bias_codes), move(self.bias_scales), self.means_scale, self.output_bits)
 
     @property
     def block_means_scale(self) -> float:
@@ -281,13 +296,13 @@ class QdqLinear:
         offsets = torch.nn.functional.linear(means, self._offset_weight)
         if self.output_scale is None:
             return y + offsets
-        return fake_quantize_activation(y, self.part_scale, self.bits) + fake_quantize_activation(offsets, self.part_scale, self.bits)
+        return fake_quantize_activation(y, self.part_scale, self.out_bits) + fake_quantize_activation(offsets, self.part_scale, self.out_bits)
 
     def requantize_output(self, y: torch.Tensor) -> torch.Tensor:
         """The graph's output QuantizeLinear/DequantizeLinear."""
         if self.output_scale is None:
             raise ValueError("QdqLinear: no output range yet (calibrate the output ranges first)")
-        return fake_quantize_activation(y, self.output_scale, self.bits)
+        return fake_quantize_activation(y, self.output_scale, self.out_bits)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return self.requantize_output(self.accumulate(x))

@@ -6,6 +6,9 @@ CPU multiplies only those channels' columns: the resident hot columns, and the c
 columns read from the bundle's cold file when an outlier lands there (not kept in memory).
 The output side has a shadow too: the few output channels whose range dwarfs the rest
 (massive activations) are computed in FP on the CPU, their NPU weight rows being zero.
+And whole rows go to the shadow path: the attention-sink positions (the first
+``sink_tokens`` of a sequence, PrefixQuant arXiv 2410.05265), whose activations are
+massive in every channel — clip(x) = 0 and x_out = x there (:func:`split_outliers`).
 """
 
 from __future__ import annotations
@@ -20,9 +23,18 @@ import torch
 
 from quantkit.runtime.cpu_ops import linear
 
-__all__ = ["RuntimeCounters", "ShadowSite", "ColdColumns"]
+__all__ = ["RuntimeCounters", "ShadowSite", "ColdColumns", "split_outliers"]
 
 _NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None}
+
+
+def split_outliers(x: torch.Tensor, threshold: float, sink_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 1 of §3.3: x = clip(x, −t, t) + x_out; returns (clip(x), x_out). ``sink_rows``
+    (a bool mask over x's rows, dim −2): rows sent whole to x_out, their clip(x) zero."""
+    clipped = x.clamp(-threshold, threshold)
+    if sink_rows is not None and bool(sink_rows.any()):
+        clipped[..., sink_rows, :] = 0
+    return clipped, x - clipped
 
 
 class ColdColumns:
@@ -64,13 +76,14 @@ class RuntimeCounters:
 class ShadowSite:
     """The Linears that read one activation (q/k/v, o, gate/up or down) and their shadow weights."""
 
-    def __init__(self, site: dict, hot_weights: dict[str, torch.Tensor], cold_file: ColdColumns, counters: RuntimeCounters, enabled: bool = True):
+    def __init__(self, site: dict, hot_weights: dict[str, torch.Tensor], cold_file: ColdColumns, counters: RuntimeCounters, enabled: bool = True, sink_tokens: int = 0):
         self.linear_names: list[str] = site["linear_names"]
         self.threshold = float(site["threshold_"])
         self.num_channels = int(site["num_channels"])
         # Outliers are possible only where the clip is below the calibrated range; pruned
         # layers (§3.3, least important) keep only the clipped part.
         self.shadowed = enabled and not site["pruned"] and self.threshold < site["absmax_"]
+        self.sink_tokens = sink_tokens if self.shadowed else 0  # positions < this run in FP (module docstring)
         hot = torch.tensor(site["hot_channels_"], dtype=torch.long)
         is_hot = torch.zeros(self.num_channels, dtype=torch.bool)
         is_hot[hot] = True
@@ -109,10 +122,12 @@ class ShadowSite:
             products.append((channels, linear(clipped, rows, bias)))
         return products
 
-    def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(clip(x), x_out) — x_out is None when this site has no shadow path."""
-        clipped = x.clamp(-self.threshold, self.threshold)
-        return clipped, (x - clipped) if self.shadowed else None
+    def split(self, x: torch.Tensor, positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(clip(x), x_out) of rows at ``positions`` — x_out is None when this site has no
+        shadow path; the sink positions go whole to x_out."""
+        sink_rows = positions < self.sink_tokens if self.sink_tokens and positions is not None else None
+        clipped, excess = split_outliers(x, self.threshold, sink_rows)
+        return clipped, excess if self.shadowed else None
 
     def outlier_products(self, excess: torch.Tensor | None) -> list[torch.Tensor] | None:
         """x_out·W_fpᵀ for each Linear of the site; None if no value crossed the clip.

@@ -174,7 +174,7 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
     previous = [add("embed", CPU, embed, [], "embed")]
 
     def split_for(block: int, kind: str, x: torch.Tensor) -> None:
-        state.clipped, state.excess = parts.sites[(block, kind)].split(x)
+        state.clipped, state.excess = parts.sites[(block, kind)].split(x, state.positions)
 
     def npu_site(block: int, kind: str, deps: list[int]) -> list[int]:
         """The NPU graph and, beside it, the shadow product; returns the indices to wait for."""

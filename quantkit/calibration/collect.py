@@ -47,7 +47,9 @@ def _all_observers(inputs, outputs) -> dict[str, ActivationObserver]:
     return unique
 
 
-def _attach_hooks(layout: DecoderLayout, inputs, outputs) -> list:
+def _attach_hooks(layout: DecoderLayout, inputs, outputs, skip_positions: int = 0) -> list:
+    """Observers on every Linear's input and output; the first ``skip_positions`` of each
+    sequence (the sink rows, which run in FP on the CPU) are not observed."""
     handles = []
     first_of_site = {site.linear_names[0] for site in layout.input_sites()}
     for name, input_observer in inputs.items():
@@ -56,8 +58,8 @@ def _attach_hooks(layout: DecoderLayout, inputs, outputs) -> list:
 
         def hook(module, args, output, input_observer=input_observer, output_observer=output_observer, observe_input=observe_input):
             if observe_input:
-                input_observer(args[0])
-            output_observer(output)
+                input_observer(args[0][..., skip_positions:, :])
+            output_observer(output[..., skip_positions:, :])
 
         handles.append(layout.linear(name).register_forward_hook(hook))
     return handles
@@ -102,8 +104,10 @@ def collect_activation_statistics(
     fingerprint: str = "",
     progress: bool = True,
     on_batch_end: BatchCallback | None = None,
+    skip_positions: int = 0,
 ) -> ActivationStatistics:
-    """Statistics of the input and output of every decoder Linear over ``sequences`` [N, L].
+    """Statistics of the input and output of every decoder Linear over ``sequences`` [N, L],
+    positions ``skip_positions``… of each (the NPU never sees the sink rows before them).
 
     Two passes (see ``observers.py``): ranges and quantiles, then per-channel outliers
     beyond the ``outlier_quantile`` of |x| (the INT8 per-tensor clip point).
@@ -121,7 +125,7 @@ def collect_activation_statistics(
         if saved is not None:
             done = saved["batches_done"]
 
-    handles = _attach_hooks(layout, inputs, outputs)
+    handles = _attach_hooks(layout, inputs, outputs, skip_positions)
     try:
         for current in (ObserverPass.RANGE, ObserverPass.OUTLIERS):
             if current is ObserverPass.OUTLIERS:

@@ -7,6 +7,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from quantkit.calibration.presets import DEFAULT_PRESET, PRESETS
 from quantkit.outlier_shadow.config import ShadowConfig
 from quantkit.precision.plan import PRECISION_MODES
 from quantkit.runtime.bundle import DEFAULT_CHUNK_SIZE, GRAPH_KINDS
@@ -38,20 +39,29 @@ class CalibrationConfig:
       are the outliers the shadow path takes (arXiv 2407.05858 §3.3).
     * ``aimet_num_sequences=8``: AIMET's min/max encodings of the naive baseline
       converge within a few sequences, and its simulated forward is ~7 s per sequence.
-    * ``eval_num_sequences=8`` × 512 tokens of the validation split: the perplexity
-      measurement used throughout DESIGN.md; the block placement is checked against it.
+    * ``eval_num_sequences=8`` × 512 tokens of the validation split: the windows every
+      precision and placement decision is measured on; the next 8 × 512 tokens of the
+      split confirm the chosen arithmetic on text no decision saw (the summary's
+      confirmation).
     * ``scale_rule`` … ``output_outlier_ratio``: the shadow outlier, weight and output-side shadow settings (see
       ``quantkit.outlier_shadow.ShadowConfig``), percentile = ``outlier_quantile``.
     * ``accuracy_budget=0.01``: the validation perplexity of the deployed arithmetic
       must stay within 1% of FP; graphs are promoted to A16, then blocks move to the CPU
       in FP, until it does (paper §3.4).
-    * ``activation_bits="16"``: every NPU graph's activations A16 (W8A16). ``"auto"``
-      chooses A8 or A16 per graph by measured sensitivity under the budget (A8 wherever
-      it holds on the validation text — faster and lower power on the HTP); ``"8"`` puts
-      every graph at A8. Measured on SmolLM2 (README): auto keeps 99.2% of the NPU MACs
-      at A8 at +0.57% / +0.92% word perplexity through the runtime (two calibrations of
-      the same plan; W8A16 +0.07%), but its calibration takes 19 min on 2 cores, so 16
-      stays the default.
+    * ``precision="w8a8-mixed"``: the preset this config started from
+      (``calibration.presets``: ``w8a8-mixed``, ``w8a16``, ``w4a16``); the fields below
+      are its values unless a flag overrode them. The defaults of this class are the
+      ``w8a8-mixed`` preset.
+    * ``activation_bits="auto"``: each NPU graph's input A8 (int8 × int8 MACs on the HTP)
+      wherever the accuracy budget holds, A16 where it must (``precision.search``: every
+      graph at A8 first, held against the budget by the upper confidence bound over the
+      validation windows; per-graph KL and promotions only when that is over). ``"8"``
+      puts every graph at A8, ``"16"`` every graph at A16 (W8A16).
+    * ``sink_tokens=1``: the first position of every sequence runs whole in FP on the CPU
+      (``ShadowConfig.sink_tokens``): on SmolLM2 it carries the massive activations (the
+      residual stream reaches 24,926 there, ≤ 1,150 elsewhere), and the NPU's ranges are
+      recorded without it. 0 keeps it on the NPU (the ``w8a16`` and ``w4a16`` presets:
+      16-bit ranges hold it).
     * ``weight_bits="8"``: INT8 weights per output channel (round to nearest: its error is
       negligible, W8A16 +0.07% word perplexity on SmolLM2). ``"4"``: every 16-bit graph
       gets 4-bit weights (the HTP runs 4-bit weights only with 16-bit activations; A8
@@ -84,7 +94,7 @@ class CalibrationConfig:
     * ``sensitivity_num_sequences=4`` × 256 tokens: per-block sensitivity runs the model
       once per block (30× for SmolLM2); a ranking needs less text than a perplexity.
     * ``search_realizations=3``: with ``activation_bits="auto"`` each point the search
-      measures is the mean validation perplexity over this many rounding realizations
+      measures is the validation perplexity over this many rounding realizations
       (input embeddings × (1 + 1e-6·noise), ``sensitivity.realizations``). At A8 one
       perplexity is one draw of the rounding: on SmolLM2 the all-A8 point measured 21.08
       unperturbed and 21.12 / 21.10 / 21.20 perturbed, and exported search points 8 and 20
@@ -102,6 +112,7 @@ class CalibrationConfig:
       not the search's simulation, which is a different rounding draw at A8.
     """
 
+    precision: str = DEFAULT_PRESET
     model: str = "smollm2-135m"
     data: str = "enwiki"
     num_sequences: int = 32
@@ -122,7 +133,7 @@ class CalibrationConfig:
     max_output_channels: int = _SHADOW_DEFAULTS.max_output_channels
     output_outlier_ratio: float = _SHADOW_DEFAULTS.output_outlier_ratio
     accuracy_budget: float = 0.01
-    activation_bits: str = "16"
+    activation_bits: str = "auto"
     weight_bits: str = "8"
     weight_block_size: int = 32
     weight_rounding: str = "gptq"
@@ -131,11 +142,26 @@ class CalibrationConfig:
     weight_bytes_budget: float = 0.0
     sensitivity_num_sequences: int = 4
     sensitivity_seq_len: int = 256
+    sink_tokens: int = 1
     rotation: str = "none"
     search_realizations: int = 3
     bundle_chunk_size: int = DEFAULT_CHUNK_SIZE
     device: str = "cpu"
     version: int = CONFIG_VERSION
+
+    @classmethod
+    def preset(cls, precision: str = DEFAULT_PRESET, **overrides) -> "CalibrationConfig":
+        """The settings of the ``precision`` preset (``calibration.presets``), with
+        ``overrides`` replacing single settings.
+
+        >>> CalibrationConfig.preset("w8a16").activation_bits
+        '16'
+        >>> CalibrationConfig.preset("w8a16", activation_bits="auto").activation_bits
+        'auto'
+        """
+        if precision not in PRESETS:
+            raise ValueError(f"precision: got {precision!r}, expected one of {', '.join(PRESETS)}")
+        return cls(precision=precision, **{**PRESETS[precision], **overrides})
 
     @property
     def offset_graph_kinds(self) -> set[str]:
@@ -143,6 +169,8 @@ class CalibrationConfig:
         return {kind.strip() for kind in self.weight_block_offset_graphs.split(",") if kind.strip()}
 
     def __post_init__(self) -> None:
+        if self.precision not in PRESETS:
+            raise ValueError(f"precision: got {self.precision!r}, expected one of {', '.join(PRESETS)}")
         for name in ("num_sequences", "batch_size", "aimet_num_sequences", "eval_num_sequences", "sensitivity_num_sequences", "search_realizations", "bundle_chunk_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -205,6 +233,7 @@ class CalibrationConfig:
             weight_scale_rule=self.weight_scale_rule,
             max_output_channels=self.max_output_channels,
             output_outlier_ratio=self.output_outlier_ratio,
+            sink_tokens=self.sink_tokens,
         )
 
     def to_dict(self) -> dict:
@@ -212,6 +241,8 @@ class CalibrationConfig:
 
     @classmethod
     def from_dict(cls, values: dict) -> "CalibrationConfig":
+        if "sink_tokens" not in values:  # written before sink rows existed: calibrated without them
+            values = {**values, "sink_tokens": 0}
         return from_checked_dict(cls, values, "calibration")
 
     def save(self, path: Path) -> None:

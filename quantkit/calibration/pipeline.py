@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import resource
 import shutil
@@ -37,7 +38,7 @@ from quantkit.calibration.config import CalibrationConfig
 from quantkit.calibration.report import OutlierLayer, format_summary, plot_outlier_heatmap, rank_outlier_layers
 from quantkit.data.corpus import load_documents, token_sequences
 from quantkit.errors import QuantkitError
-from quantkit.eval.perplexity import perplexity
+from quantkit.eval.perplexity import perplexity, sequence_nll
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import build_shadow_plan, simulated_quantization
 from quantkit.precision.output_ranges import calibrated_precision
@@ -48,7 +49,7 @@ from quantkit.outlier_shadow.plan import PLAN_FILE
 from quantkit.report import write_report
 from quantkit.sensitivity import block_sensitivity, plan_placement
 from quantkit.sensitivity.placement import PLACEMENT_FILE
-from quantkit.sensitivity.realizations import perplexity_realizations
+from quantkit.sensitivity.realizations import nll_realizations, relative_ppl_interval
 from quantkit.weights import WEIGHTS_FILE, WeightCodes, collect_input_hessians, int8_weight_bytes, quantized_weights, save_weights
 
 __all__ = ["calibrate", "CalibrationResult", "SUMMARY_JSON", "SUMMARY_TEXT", "HEATMAP_FILE"]
@@ -77,7 +78,7 @@ def _peak_memory_mb() -> float:
 
 def _fingerprint(config: CalibrationConfig, source_sha256: str, calibration_ids: torch.Tensor) -> str:
     """Identity of the statistics a run computes: a checkpoint only resumes the same run."""
-    relevant = {k: v for k, v in config.to_dict().items() if k in {"model", "data", "num_sequences", "seq_len", "batch_size", "outlier_quantile", "rotation", "version"}}
+    relevant = {k: v for k, v in config.to_dict().items() if k in {"model", "data", "num_sequences", "seq_len", "batch_size", "outlier_quantile", "rotation", "sink_tokens", "version"}}
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
     digest.update(source_sha256.encode())
     digest.update(calibration_ids.numpy().tobytes())
@@ -104,13 +105,36 @@ def _int8_weights(layout, plan, calibration_ids: torch.Tensor, config: Calibrati
     return quantized_weights(layout, layout.linear_names(), rule, 8, None, "gptq", hessians, progress), hessians
 
 
-def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, validation_ids: torch.Tensor, fp_ppl: float, config: CalibrationConfig, staging: Path, timings: dict, progress: bool):
+@dataclass
+class _HeldOut:
+    """Validation windows and FP's mean NLL on each: ``search`` decides, ``confirmation``
+    (later windows of the same split) checks the decision on text the search never saw."""
+
+    search: torch.Tensor
+    search_fp_nll: torch.Tensor
+    confirmation: torch.Tensor
+    confirmation_fp_nll: torch.Tensor
+
+    @property
+    def fp_ppl(self) -> float:
+        return math.exp(float(self.search_fp_nll.mean()))
+
+
+def _point(nll: torch.Tensor, fp_nll: torch.Tensor) -> dict[str, float]:
+    """A measured point: its perplexity over every realization and window, and the
+    interval of relative_ppl_interval as perplexities."""
+    estimate, low, high = relative_ppl_interval(nll, fp_nll)
+    fp = math.exp(float(fp_nll.double().mean()))
+    return {"ppl": fp * (1 + estimate), "ppl_lower": fp * (1 + low), "ppl_upper": fp * (1 + high)}
+
+
+def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, held_out: _HeldOut, config: CalibrationConfig, staging: Path, timings: dict, progress: bool):
     """Shadow plan (§3.3), NPU output ranges, per-graph activation bits, per-block
     sensitivity and placement under the budget (§3.4) — every measurement on the
-    deployed arithmetic (``quantkit.runtime.qdq``) at the precision the bundle will have."""
-    device = next(loaded.model.parameters()).device
+    deployed arithmetic (``quantkit.runtime.qdq``) at the precision the bundle will have —
+    and the chosen arithmetic's point on the confirmation windows."""
+    validation_ids, fp_ppl = held_out.search, held_out.fp_ppl
     layout = loaded.layout
-    logits = LogitsModel(loaded.model)
     sensitivity_ids = validation_ids[: config.sensitivity_num_sequences, : config.sensitivity_seq_len]
     with _timed(timings, "output_ranges"):
         plan = build_shadow_plan(statistics, layout, config.shadow_config())
@@ -118,30 +142,29 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
         precision = calibrated_precision(layout, plan, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], config.activation_bits, weights=weights)  # also sets the output-side shadow channels
         plan.save(staging / PLAN_FILE)
 
-    measured_realizations: dict[tuple, list[float]] = {}  # (graph bits, CPU blocks) → draws: each point is measured once
+    measured_realizations: dict[tuple, torch.Tensor] = {}  # (graph bits, CPU blocks, count, windows) → per-window NLL draws: each point is measured once
 
     def deployed(precision: PrecisionPlan, cpu_blocks: frozenset[int], candidate_weights: WeightCodes | None):
         return simulated_quantization(layout, plan, precision, blocks=set(range(layout.num_blocks)) - cpu_blocks, weights=weights if candidate_weights is None else candidate_weights)
 
-    def realizations_of(precision: PrecisionPlan, cpu_blocks: frozenset[int], count: int, candidate_weights: WeightCodes | None = None, desc: str = "quantkit PPL") -> list[float]:
-        key = (tuple((name, g.activation_bits, g.weight_bits) for name, g in sorted(precision.graphs.items())), cpu_blocks, count)
+    def realizations_of(precision: PrecisionPlan, cpu_blocks: frozenset[int], count: int, candidate_weights: WeightCodes | None = None, desc: str = "quantkit PPL", windows: torch.Tensor | None = None) -> torch.Tensor:
+        """Mean NLL per window [count, N] of the deployed arithmetic, on ``windows`` (default: the search's)."""
+        windows = validation_ids if windows is None else windows
+        key = (tuple((name, g.activation_bits, g.weight_bits) for name, g in sorted(precision.graphs.items())), cpu_blocks, count, windows is validation_ids)
         if key not in measured_realizations:
             with deployed(precision, cpu_blocks, candidate_weights):
-                measured_realizations[key] = perplexity_realizations(layout, validation_ids, count, progress=progress)
-            log.info("%s: %s realizations %s", desc, count, ", ".join(f"{v:.3f}" for v in measured_realizations[key]))
+                measured_realizations[key] = nll_realizations(layout, windows, count, progress=progress)
+            log.info("%s: %s realizations %s", desc, count, ", ".join(f"{math.exp(float(v.mean())):.3f}" for v in measured_realizations[key]))
         return measured_realizations[key]
 
     def deployed_perplexity(precision: PrecisionPlan, cpu_blocks: frozenset[int] = frozenset(), desc: str = "quantkit PPL", candidate_weights: WeightCodes | None = None, realizations: int = 1) -> float:
-        if realizations > 1:  # the expected draw, not one draw (sensitivity/realizations.py)
-            values = realizations_of(precision, cpu_blocks, realizations, candidate_weights, desc)
-            return sum(values) / len(values)
-        with deployed(precision, cpu_blocks, candidate_weights):
-            return perplexity(lambda ids: logits(ids.to(device)), validation_ids, desc=desc, progress=progress)
+        # with realizations > 1 the expected draw, not one draw (sensitivity/realizations.py)
+        return _point(realizations_of(precision, cpu_blocks, realizations, candidate_weights, desc), held_out.search_fp_nll)["ppl"]
 
     if config.activation_bits == "auto":
         with _timed(timings, "precision_search"):
-            sensitivity = graph_sensitivity(layout, plan, precision, sensitivity_ids, weights, progress=progress)
-            evaluate = lambda p: deployed_perplexity(p, desc=f"quantkit PPL (A8 share {p.a8_mac_share():.0%})", realizations=config.search_realizations)  # noqa: E731
+            sensitivity = lambda: graph_sensitivity(layout, plan, precision, sensitivity_ids, weights, progress=progress)  # noqa: E731  only if every graph at A8 is over
+            evaluate = lambda p: _point(realizations_of(p, frozenset(), config.search_realizations, desc=f"quantkit PPL (A8 share {p.a8_mac_share():.0%})"), held_out.search_fp_nll)  # noqa: E731
             search_activation_bits(precision, sensitivity, evaluate, fp_ppl, config.accuracy_budget)
     if config.weight_bits in ("4", "auto"):
         int8_weights, int8_clips = weights, {name: dict(graph.output_clips_) for name, graph in precision.graphs.items()}
@@ -173,8 +196,15 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, valida
     with _timed(timings, "placement"):
         placement = plan_placement(sensitivities, lambda cpu: deployed_perplexity(precision, cpu, f"quantkit PPL ({len(cpu)} CPU blocks)", realizations=draws), fp_ppl, config.accuracy_budget)
         placement.save(staging / PLACEMENT_FILE)
-    with _timed(timings, "realizations"):
-        realizations = realizations_of(precision, frozenset(placement.cpu_block_indices), _REALIZATIONS if any_a8 else 1)
+    with _timed(timings, "confirmation"):  # the chosen arithmetic on windows the decisions never saw
+        cpu_blocks = frozenset(placement.cpu_block_indices)
+        confirmation_nll = realizations_of(precision, cpu_blocks, _REALIZATIONS if any_a8 else 1, windows=held_out.confirmation)
+        realizations = {
+            "search": _point(realizations_of(precision, cpu_blocks, draws), held_out.search_fp_nll),  # measured by placement already
+            "confirmation": _point(confirmation_nll, held_out.confirmation_fp_nll),
+            "confirmation_fp": math.exp(float(held_out.confirmation_fp_nll.double().mean())),
+            "confirmation_draws": [math.exp(float(draw.mean())) for draw in confirmation_nll],
+        }
     npu_linears = [name for graph in precision.graphs.values() if graph.block_index in placement.npu_block_indices for name in graph.linear_names]
     weight_bytes = (sum(weights[name].nbytes for name in npu_linears), int8_weight_bytes(layout, npu_linears))
     return plan, precision, sensitivities, placement, realizations, weight_bytes
@@ -226,9 +256,11 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
         calibration_ids = token_sequences(
             loaded.tokenizer, load_documents(config.data, "calibration"), config.num_sequences, config.seq_len, source=f"--data {config.data} (calibration split)"
         )
-        validation_ids = token_sequences(
-            loaded.tokenizer, load_documents(config.data, "validation"), config.eval_num_sequences, config.eval_seq_len, source=f"--data {config.data} (validation split)"
+        # the search's windows, then as many again to confirm its decision on (one cut: disjoint)
+        windows = token_sequences(
+            loaded.tokenizer, load_documents(config.data, "validation"), 2 * config.eval_num_sequences, config.eval_seq_len, source=f"--data {config.data} (validation split)"
         )
+        validation_ids, confirmation_ids = windows[: config.eval_num_sequences], windows[config.eval_num_sequences :]
     with _timed(timings, "statistics"):
         statistics = collect_activation_statistics(
             loaded.layout,
@@ -238,12 +270,15 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
             checkpoint_dir=staging / "checkpoint",
             fingerprint=_fingerprint(config, loaded.source_sha256, calibration_ids),
             progress=progress,
+            skip_positions=config.sink_tokens,
         )
         statistics.save(staging, metadata={"model": config.model, "source_sha256": loaded.source_sha256, "outlier_quantile": config.outlier_quantile})
     with _timed(timings, "fp_eval"):
         fp_model = LogitsModel(loaded.model)
-        perplexities = {"fp": perplexity(lambda ids: fp_model(ids.to(device)), validation_ids, desc="FP perplexity", progress=progress)}
-    plan, precision, sensitivities, placement, realizations, weight_bytes = _plan_quantization(loaded, statistics, calibration_ids, validation_ids, perplexities["fp"], config, staging, timings, progress)
+        fp_nll = sequence_nll(lambda ids: fp_model(ids.to(device)), windows, desc="FP perplexity", progress=progress)
+        held_out = _HeldOut(validation_ids, fp_nll[: config.eval_num_sequences], confirmation_ids, fp_nll[config.eval_num_sequences :])
+        perplexities = {"fp": held_out.fp_ppl}
+    plan, precision, sensitivities, placement, realizations, weight_bytes = _plan_quantization(loaded, statistics, calibration_ids, held_out, config, staging, timings, progress)
     config.save(staging / "config.json")
     with _timed(timings, "bundle_perplexity"):  # what ships: the exported bundle through the runtime
         perplexities["quantkit"] = bundle_perplexity(staging, validation_ids, config.bundle_chunk_size, config.device, progress)
@@ -268,7 +303,9 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
                 "validation_tokens": list(validation_ids.shape),
                 "calibration_tokens": list(calibration_ids.shape),
                 "perplexity": perplexities,
-                "quantkit_rounding_realizations": realizations,
+                "prediction": realizations["search"],  # the chosen arithmetic on the search's windows: ppl, ppl_lower, ppl_upper (one-sided 95% bounds over windows)
+                "confirmation": {**realizations["confirmation"], "fp": realizations["confirmation_fp"], "windows": list(confirmation_ids.shape)},
+                "quantkit_rounding_realizations": realizations["confirmation_draws"],  # on the confirmation windows
                 "bundle_chunk_size": config.bundle_chunk_size,  # perplexity["quantkit"]: the bundle exported at this chunk size, through the runtime
                 "npu_blocks": placement.npu_blocks,
                 "rotation": loaded.rotation.to_dict() if loaded.rotation else None,

@@ -85,7 +85,11 @@ def plot_outlier_heatmap(statistics: ActivationStatistics, layout: DecoderLayout
     plt.close(figure)
 
 
-def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None, precision=None, realizations: list[float] | None = None, weight_bytes: tuple[int, int] | None = None, rotation=None, search_realizations: int = 1, bundle_chunk_size: int | None = None) -> str:
+def _confirmation_over(realizations: dict | None, fp: float | None, budget: float) -> bool:
+    return bool(realizations and fp) and realizations["confirmation"]["ppl"] > realizations.get("confirmation_fp", fp) * (1 + budget)
+
+
+def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None, precision=None, realizations: dict | None = None, weight_bytes: tuple[int, int] | None = None, rotation=None, search_realizations: int = 1, bundle_chunk_size: int | None = None) -> str:
     lines = [f"quantkit calibrate — {model_id}", "", "Validation perplexity"]
     fp = perplexities.get("fp")
     for method, value in perplexities.items():
@@ -96,28 +100,37 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
             f"  quantkit = the exported bundle (chunk {bundle_chunk_size}) through the runtime (ONNX Runtime CPU) on these tokens; "
             "quantkit_simulated = the same arithmetic in calibration's torch twin (what the search and placement measured)"
         )
-    if len(realizations or []) == 1 and fp:
-        lines.append(f"  quantkit with inputs × (1 + 1e-6·noise): {realizations[0]:.2f} (every graph A16: one rounding realization; draws agree to the third decimal)")
-    elif realizations and fp:
-        spread = ", ".join(f"{v:.2f}" for v in realizations)
-        lines.append(
-            f"  quantkit over {len(realizations)} rounding realizations (inputs × (1 + 1e-6·noise)): {spread} "
-            f"({100 * (min(realizations) / fp - 1):+.1f}% … {100 * (max(realizations) / fp - 1):+.1f}%): executors that round "
-            "differently (ONNX Runtime, QNN HTP) land in this range, not on one value"
-        )
+    if realizations and fp:
+        search, confirmation, draws = realizations["search"], realizations["confirmation"], realizations["confirmation_draws"]
+
+        def interval(point: dict, reference: float) -> str:
+            return f"{100 * (point['ppl'] / reference - 1):+.2f}% (95% bounds over windows {100 * (point['ppl_lower'] / reference - 1):+.2f}% … {100 * (point['ppl_upper'] / reference - 1):+.2f}%)"
+
+        lines.append(f"  prediction (the search's windows): {interval(search, fp)}")
+        confirmation_fp = realizations.get("confirmation_fp", fp)
+        lines.append(f"  confirmation (other validation windows, never searched on): {interval(confirmation, confirmation_fp)}")
+        if len(draws) > 1:
+            lines.append(
+                f"  confirmation over {len(draws)} rounding realizations (inputs × (1 + 1e-6·noise)): {', '.join(f'{v:.2f}' for v in draws)} "
+                f"({100 * (min(draws) / confirmation_fp - 1):+.2f}% … {100 * (max(draws) / confirmation_fp - 1):+.2f}%): executors that round "
+                "differently (ONNX Runtime, QNN HTP) land in this range, not on one value"
+            )
     if placement is not None:
         lines += [
             "",
             f"Placement: {placement.npu_blocks}/{len(placement.placement)} blocks on the NPU, CPU-FP blocks "
             f"{placement.cpu_block_indices} "
-            f"({'within' if placement.within_budget else 'OVER'} the +{100 * placement.budget_relative_ppl:g}% budget)",
+            f"({'within' if placement.within_budget and not _confirmation_over(realizations, fp, placement.budget_relative_ppl) else 'OVER'} the +{100 * placement.budget_relative_ppl:g}% budget)",
         ]
         shipped = perplexities.get("quantkit")
-        if placement.within_budget and shipped is not None and fp and shipped > fp * (1 + placement.budget_relative_ppl):
+        limit = 1 + placement.budget_relative_ppl
+        if placement.within_budget and shipped is not None and fp and shipped > fp * limit:
             lines.append(
                 f"  the bundle itself measured {100 * (shipped / fp - 1):+.2f}%, over the budget the simulation met: another rounding draw "
                 "(see the realizations above); lower --accuracy-budget for a margin"
             )
+        if realizations and realizations["confirmation"]["ppl"] > realizations.get("confirmation_fp", fp) * limit:
+            lines.append("  the confirmation windows measured OVER the budget: the decision does not hold on other text; lower --accuracy-budget")
         all_npu = next((e["ppl"] for e in placement.evaluations_ if not e["cpu_blocks"]), None)
         if placement.cpu_block_indices and all_npu is not None and fp:
             lines.append(
@@ -133,9 +146,9 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
             f"{100 * precision.a8_mac_share(npu):.1f}% of NPU linear MACs at A8"
         )
         if precision.search_:
-            points = ", ".join(f"{100 * p['a8_mac_share']:.0f}% A8 → {p['ppl']:.2f}" for p in precision.search_)
-            each = f", each the mean of {search_realizations} rounding realizations" if search_realizations > 1 else ""
-            lines.append(f"  measured (A8 MAC share → PPL{each}): {points}")
+            points = ", ".join(f"{100 * p['a8_mac_share']:.0f}% A8 → {p['ppl']:.2f}" + (f" (≤ {p['ppl_upper']:.2f})" if "ppl_upper" in p else "") for p in precision.search_)
+            each = f", each over {search_realizations} rounding realizations" if search_realizations > 1 else ""
+            lines.append(f"  measured (A8 MAC share → PPL{each}, decided on the 95% upper bound): {points}")
         four = [g for g in graphs if g.weight_bits == 4]
         if four:
             blocks = sorted({g.weight_block_size for g in four if g.weight_block_size})

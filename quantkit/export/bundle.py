@@ -104,6 +104,7 @@ def export_bundle(
     *,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     activation_bits: int | None = None,
+    output_bits: int | None = None,
     qnn_context: bool = False,
     soc_model: int | None = None,
     htp_arch: int | None = None,
@@ -116,8 +117,10 @@ def export_bundle(
 
     The graphs serialise the calibration's decisions — shadow plan, per-graph activation
     bits and output ranges (``precision.json``), placement — nothing is re-decided here.
-    ``activation_bits`` 8 or 16 puts every graph at that width instead (with the output
-    ranges calibration recorded for it); None keeps the calibrated per-graph bits.
+    ``activation_bits`` 8 or 16 puts every graph's input at that width instead, its outputs
+    at ``output_bits`` (8 or 16, at least the input's; None: as wide as the input), with
+    the output ranges calibration recorded for that width; None keeps the calibrated
+    per-graph bits.
 
     ``naive_w8a8=True`` writes the baseline a plain PTQ flow would ship, for regression
     suites to compare against: every block on the NPU, INT8 activations per tensor with
@@ -137,6 +140,8 @@ def export_bundle(
         raise QuantkitError(f"--chunk-size: got {chunk_size}, expected a positive number of tokens, e.g. 256")
     if activation_bits not in (None, 8, 16):
         raise QuantkitError(f"--activation-bits: got {activation_bits}, expected 8 (every graph INT8, the paper's scheme), 16 (every graph A16) or nothing (the calibrated per-graph bits)")
+    if output_bits is not None and (activation_bits is None or output_bits not in (8, 16) or output_bits < activation_bits):
+        raise QuantkitError(f"--output-bits: got {output_bits}, expected 8 or 16, at least --activation-bits (given: {activation_bits}), and only with --activation-bits")
     if qnn_context and soc_model is None and htp_arch is None:
         raise QuantkitError("--qnn-context needs a target: --soc-model N (e.g. 60 for Snapdragon 8 Gen 3) or --htp-arch N (e.g. 75)")
     config = CalibrationConfig.load(calib / "config.json")
@@ -162,7 +167,7 @@ def export_bundle(
         precision = initial_precision(layout, plan, {name: output_clips(absmax, histogram, "max") for name, (absmax, histogram, _) in recorded.items()}, "8")
     elif activation_bits is not None:
         try:
-            precision = precision.with_uniform_bits(activation_bits)
+            precision = precision.with_uniform_bits(activation_bits, output_bits)
         except ValueError as error:
             raise QuantkitError(f"--activation-bits {activation_bits}: {error}") from None
     npu_blocks = placement.npu_block_indices
@@ -201,6 +206,7 @@ def export_bundle(
                 "input_shape": [1, chunk_size, site.num_channels],
                 "outputs": graph.output_names,
                 "activation_bits": graph_precision.activation_bits,
+                "output_bits": graph_precision.out_bits,
                 "weight_bits": graph_precision.weight_bits,
                 "weight_block_size": graph_precision.weight_block_size,
                 "weight_block_offsets": next((weights[n].offset_format for n in site.linear_names if weights[n].has_offsets), "none"),
@@ -264,12 +270,13 @@ def export_bundle(
                 "npu_weight_bytes_vs_w8": npu_weight_bytes / w8_weight_bytes if w8_weight_bytes else 1.0,
                 "activation_bits": bundle_bits,  # 8, 16, or "mixed": each graph entry has its own
                 "a8_mac_share": sum(g["macs_per_token"] for g in graphs if g["activation_bits"] == 8) / npu_macs if npu_macs else 0.0,
-                "activations": "symmetric per tensor at each graph's bit-width (int8 or int16 in and out), clipped inputs (shadow outliers in FP on the CPU)",
+                "activations": "symmetric per tensor, each graph's input at its activation_bits (int8 or int16: the MACs' width) and its outputs at its output_bits (int8 or int16), clipped inputs (shadow outliers in FP on the CPU)",
                 "bias": "int32, scale = input scale × weight scale",
                 "norms": "cpu (fp32)",
                 "scheme": "naive-w8a8 (min/max ranges, no shadow path, every block on the NPU)" if naive_w8a8 else "quantkit (clipped inputs + shadow outliers, sensitivity placement)",
             },
-            "shadow": {"plan": PLAN_FILE, "resident": "shadow.safetensors", "cold": "shadow_cold.safetensors", "hot_coverage": plan.hot_coverage_},
+            # sink_tokens: the first positions of a sequence run whole in FP on the CPU (runtime/shadow.py)
+            "shadow": {"plan": PLAN_FILE, "resident": "shadow.safetensors", "cold": "shadow_cold.safetensors", "hot_coverage": plan.hot_coverage_, "sink_tokens": plan.config.sink_tokens},
             "placement": placement.placement,
             "graphs": graphs,
             "qnn_target": {"soc_model": soc_model, "htp_arch": htp_arch} if qnn_context else None,

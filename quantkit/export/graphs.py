@@ -145,13 +145,13 @@ def _weight_nodes(weight_name: str, weight: QuantizedWeight) -> tuple[list, list
 def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPrecision, site: SiteShadowPlan, chunk_size: int, weights: WeightCodes | None = None) -> NpuGraph:
     """The QDQ graph of one shadow site (Linears sharing an input) for ``chunk_size``
     tokens: a serialisation of the deployed records (``quantkit.runtime.qdq.QdqLinear``)
-    at the graph's activation bit-width — the arithmetic calibration measured."""
+    at the graph's input and output bit-widths — the arithmetic calibration measured."""
     name = graph_name(site.block_index, site.linear_names[0])
     input_name = f"{site.linear_names[0]}.input"  # shared by every Linear of the site
-    bits = precision.activation_bits
+    bits, output_bits = precision.activation_bits, precision.out_bits
     activation_dtype = _ACTIVATION_DTYPES[bits]
     codes = weights if weights is not None else quantized_weights(layout, site.linear_names, plan.config.weight_scale_rule, precision.weight_bits, precision.weight_block_size)
-    records = {n: deployed_record(layout.linear(n), n, site, bits, precision.output_clip(n), codes[n], precision.means_clip_) for n in site.linear_names}
+    records = {n: deployed_record(layout.linear(n), n, site, bits, precision.output_clip(n), codes[n], precision.means_clip_, output_bits) for n in site.linear_names}
     input_scale = records[site.linear_names[0]].input_scale
     nodes, initializers = [], []
     activation_encodings = [_activation_encoding(input_name, input_scale, bits)]
@@ -161,16 +161,19 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
         initializers.append(numpy_helper.from_array(np.array(value, dtype=dtype), tensor_name))
         return tensor_name
 
-    def requantized(tensor: str, scale: float, scale_name: str) -> str:
+    def requantized(tensor: str, scale: float, scale_name: str, width: int = bits) -> str:
         """``tensor`` through QuantizeLinear/DequantizeLinear at ``scale``, whose initializer
-        ``scale_name`` already exists (an activation encoding too)."""
-        activation_encodings.append(_activation_encoding(tensor, scale, bits))
-        nodes.append(helper.make_node("QuantizeLinear", [tensor, scale_name, f"{input_name}.zero_point"], [f"{tensor}.q"]))
-        nodes.append(helper.make_node("DequantizeLinear", [f"{tensor}.q", scale_name, f"{input_name}.zero_point"], [f"{tensor}.dq"]))
+        ``scale_name`` already exists (an activation encoding too), at ``width`` bits."""
+        zero_point = f"{input_name}.zero_point" if width == bits else output_zero_point
+        activation_encodings.append(_activation_encoding(tensor, scale, width))
+        nodes.append(helper.make_node("QuantizeLinear", [tensor, scale_name, zero_point], [f"{tensor}.q"]))
+        nodes.append(helper.make_node("DequantizeLinear", [f"{tensor}.q", scale_name, zero_point], [f"{tensor}.dq"]))
         return f"{tensor}.dq"
 
     nodes.append(helper.make_node("QuantizeLinear", [input_name, scalar(input_scale, np.float32, f"{input_name}.scale"), scalar(0, activation_dtype, f"{input_name}.zero_point")], [f"{input_name}.q"]))
     nodes.append(helper.make_node("DequantizeLinear", [f"{input_name}.q", f"{input_name}.scale", f"{input_name}.zero_point"], [f"{input_name}.dq"]))
+    # outputs wider than the input (int8 MACs, int16 results) get a zero point of their own type
+    output_zero_point = f"{input_name}.zero_point" if output_bits == bits else scalar(0, _ACTIVATION_DTYPES[output_bits], f"{input_name}.output_zero_point")
     offset_blocks = {record.weight.block_size for record in records.values() if record.weight.has_offsets}
     assert len(offset_blocks) <= 1, "one LPBQ block size per graph"
     means = None
@@ -199,8 +202,8 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
             param_encodings.append(offset_encoding)
             nodes.append(helper.make_node("MatMul", [means, f"{offsets_name}.dq"], [f"{linear_name}.offset_matmul"]))
             part_scale = scalar(record.part_scale, np.float32, f"{linear_name}.part.scale")
-            codes_part = requantized(product, record.part_scale, part_scale)
-            offsets_part = requantized(f"{linear_name}.offset_matmul", record.part_scale, part_scale)
+            codes_part = requantized(product, record.part_scale, part_scale, output_bits)
+            offsets_part = requantized(f"{linear_name}.offset_matmul", record.part_scale, part_scale, output_bits)
             nodes.append(helper.make_node("Add", [codes_part, offsets_part], [f"{linear_name}.offset_sum"]))
             product = f"{linear_name}.offset_sum"
         if record.bias_codes is not None:
@@ -217,8 +220,8 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
             product = f"{linear_name}.biased"
         output_scale = record.output_scale
         output_name = f"{linear_name}.output"
-        activation_encodings.append(_activation_encoding(product, output_scale, bits))
-        nodes.append(helper.make_node("QuantizeLinear", [product, scalar(output_scale, np.float32, f"{output_name}.scale"), scalar(0, activation_dtype, f"{output_name}.zero_point")], [f"{output_name}.q"]))
+        activation_encodings.append(_activation_encoding(product, output_scale, output_bits))
+        nodes.append(helper.make_node("QuantizeLinear", [product, scalar(output_scale, np.float32, f"{output_name}.scale"), scalar(0, _ACTIVATION_DTYPES[output_bits], f"{output_name}.zero_point")], [f"{output_name}.q"]))
         nodes.append(helper.make_node("DequantizeLinear", [f"{output_name}.q", f"{output_name}.scale", f"{output_name}.zero_point"], [output_name]))
         outputs.append(helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [1, chunk_size, record.out_features]))
     graph = helper.make_graph(

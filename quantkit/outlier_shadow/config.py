@@ -42,6 +42,15 @@ class ShadowConfig:
       part over calibration text), those above ``output_outlier_ratio`` × the next
       largest are computed in FP on the CPU (their NPU weight rows are zero), so the
       graph's per-tensor output range covers only the rest. 0 disables it.
+    * ``sink_tokens``: the first positions of every sequence run whole on the shadow path,
+      in FP on the CPU (their NPU input is zero): the attention sink. On SmolLM2 position 0
+      carries the model's massive activations whatever its token (residual stream 24,926,
+      block 11's down_proj input 3,065; every other position ≤ 1,150 and ≤ 101), and every
+      later token attends to its keys and values. Its K/V is what PrefixQuant (arXiv
+      2410.05265) keeps in FP as a fixed prefix; here it is computed in FP with the prompt,
+      so any first token works. The NPU's ranges are recorded without these rows. Only
+      shadowed sites can take them (a pruned site has no FP columns in the bundle). 0
+      disables it.
     """
 
     scale_rule: str = "paper"
@@ -54,6 +63,7 @@ class ShadowConfig:
     weight_scale_rule: str = "mse"
     max_output_channels: int = 4
     output_outlier_ratio: float = 2.0
+    sink_tokens: int = 1
 
     def __post_init__(self) -> None:
         if self.scale_rule not in SCALE_RULES:
@@ -74,6 +84,8 @@ class ShadowConfig:
             raise ValueError(f"max_output_channels: got {self.max_output_channels!r}, expected an integer ≥ 0 (0 disables the output-side shadow)")
         if self.output_outlier_ratio < 1.0:
             raise ValueError(f"output_outlier_ratio: got {self.output_outlier_ratio}, expected ≥ 1 (a channel's max is compared with ratio × the next largest)")
+        if not isinstance(self.sink_tokens, int) or self.sink_tokens < 0:
+            raise ValueError(f"sink_tokens: got {self.sink_tokens!r}, expected an integer ≥ 0 (0 disables the FP sink rows), e.g. 1")
         if not 0.0 <= self.prune_fraction <= 1.0:
             raise ValueError(f"prune_fraction: got {self.prune_fraction}, expected a share in [0, 1]")
 

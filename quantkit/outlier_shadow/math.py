@@ -12,6 +12,7 @@ import torch
 
 from quantkit.calibration.quantiles import LOG10_MIN, NUM_BINS, quantile_from_log_histogram
 from quantkit.quant_primitives import fake_quantize_symmetric, symmetric_scale
+from quantkit.runtime.shadow import split_outliers  # Eq. 1, defined once with the runtime
 
 __all__ = [
     "paper_clip_threshold",
@@ -61,12 +62,6 @@ def mse_clip_threshold(histogram: torch.Tensor, absmax: float, shadowed: bool, m
         if error < best_error:
             best_t, best_error = t, error
     return best_t if total > 0 else absmax
-
-
-def split_outliers(x: torch.Tensor, threshold: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """Eq. 1 of §3.3: x = clip(x, t) + x_out; returns (clip(x), x_out)."""
-    clipped = x.clamp(-threshold, threshold)
-    return clipped, x - clipped
 
 
 def shadow_linear(

@@ -90,7 +90,8 @@ class ShadowPlan:
             raise ValueError(f"shadow plan version: got {values.get('version')!r}, expected {PLAN_VERSION}; recalibrate with this quantkit")
         return cls(
             # Plans written before weight_scale_rule existed were calibrated with min/max weights.
-            config=ShadowConfig.from_dict({"weight_scale_rule": "max", **values["config"]}),
+            # ... and before sink_tokens existed, with no sink rows.
+            config=ShadowConfig.from_dict({"weight_scale_rule": "max", "sink_tokens": 0, **values["config"]}),
             sites={name: SiteShadowPlan(**site) for name, site in values["sites"].items()},
             hot_coverage_=values["hot_coverage_"],
         )

@@ -16,8 +16,8 @@ from torch import nn
 
 from quantkit.models.architecture import DecoderLayout
 from quantkit.models.swap import replaced_linears
-from quantkit.outlier_shadow.math import split_outliers
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
+from quantkit.runtime.shadow import split_outliers
 from quantkit.runtime.qdq import QdqLinear, QuantizedWeight, activation_scale, int32_bias_codes, int32_bias_scales
 from quantkit.weights.quantize import WeightCodes, quantized_weights
 
@@ -26,10 +26,11 @@ if TYPE_CHECKING:
 
 __all__ = ["DeployedLinear", "deployed_record", "simulated_quantization", "WeightCodes"]
 
-def deployed_record(linear: nn.Linear, name: str, site: SiteShadowPlan, bits: int, output_clip: float | None, weight: QuantizedWeight, means_clip: float | None = None) -> QdqLinear:
+def deployed_record(linear: nn.Linear, name: str, site: SiteShadowPlan, bits: int, output_clip: float | None, weight: QuantizedWeight, means_clip: float | None = None, output_bits: int | None = None) -> QdqLinear:
     """The NPU graph's arithmetic for ``linear`` (module ``name``): input scale from the
     site's clip, the quantized weight, INT32 bias, output scale from ``output_clip``
-    (None: float output, used only while the output ranges are being recorded), the grid
+    (None: float output, used only while the output ranges are being recorded) at
+    ``output_bits`` (None: ``bits``), the grid
     of the block means from ``means_clip`` (block offsets; None: the input's). The rows
     of the site's output-side shadow channels are zero: the CPU computes those outputs."""
     output_channels = site.output_channels_.get(name, [])
@@ -42,9 +43,9 @@ def deployed_record(linear: nn.Linear, name: str, site: SiteShadowPlan, bits: in
         bias_codes = int32_bias_codes(linear.bias, bias_scales)
         if output_channels:
             bias_codes[output_channels] = 0
-    output_scale = None if output_clip is None else activation_scale(output_clip, bits)
+    output_scale = None if output_clip is None else activation_scale(output_clip, output_bits or bits)
     means_scale = activation_scale(min(means_clip, site.threshold_), bits) if means_clip is not None and weight.has_offsets else None
-    return QdqLinear(weight, input_scale, output_scale, bits, bias_codes, bias_scales, means_scale)
+    return QdqLinear(weight, input_scale, output_scale, bits, bias_codes, bias_scales, means_scale, output_bits)
 
 
 class DeployedLinear(nn.Module):
@@ -54,13 +55,14 @@ class DeployedLinear(nn.Module):
     on demand). ``observer``, when set, sees the NPU accumulator before output
     requantization (the calibration of the output ranges)."""
 
-    def __init__(self, linear: nn.Linear, site: SiteShadowPlan, record: QdqLinear, name: str = ""):
+    def __init__(self, linear: nn.Linear, site: SiteShadowPlan, record: QdqLinear, name: str = "", sink_tokens: int = 0):
         super().__init__()
         device = linear.weight.device
         self.record = record.to(device)
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.threshold = site.threshold_
         self.shadowed = site.shadowed
+        self.sink_tokens = sink_tokens if site.shadowed else 0  # the first positions of each sequence run in FP (runtime/shadow.py)
         self.shadow_columns = linear.weight.detach()  # W_fp itself (no copy)
         channels = site.output_channels_.get(name, [])
         self.output_channels = torch.tensor(channels, dtype=torch.long, device=device)
@@ -70,7 +72,9 @@ class DeployedLinear(nn.Module):
         self.input_observer: Callable[[torch.Tensor], None] | None = None  # sees clip(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        clipped, excess = split_outliers(x, self.threshold)
+        # x is [..., T, in] at positions 0…T−1 (calibration runs whole sequences)
+        sink_rows = torch.arange(x.shape[-2], device=x.device) < self.sink_tokens if self.sink_tokens else None
+        clipped, excess = split_outliers(x, self.threshold, sink_rows)
         if self.input_observer is not None:
             self.input_observer(clipped.detach())
         y = self.record.accumulate(clipped)
@@ -118,8 +122,8 @@ def simulated_quantization(
     def swap(name: str, linear: nn.Linear) -> DeployedLinear:
         site = plan.site_of(name)
         if precision is None:
-            return DeployedLinear(linear, site, deployed_record(linear, name, site, input_bits or 16, None, codes[name]), name)
+            return DeployedLinear(linear, site, deployed_record(linear, name, site, input_bits or 16, None, codes[name]), name, plan.config.sink_tokens)
         graph = precision.of(name)
-        return DeployedLinear(linear, site, deployed_record(linear, name, site, graph.activation_bits, graph.output_clip(name), codes[name], graph.means_clip_), name)
+        return DeployedLinear(linear, site, deployed_record(linear, name, site, graph.activation_bits, graph.output_clip(name), codes[name], graph.means_clip_, graph.out_bits), name, plan.config.sink_tokens)
 
     return replaced_linears(layout, names, swap)

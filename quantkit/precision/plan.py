@@ -26,12 +26,13 @@ class GraphPrecision:
     linear_names: list[str]
     block_index: int
     macs_per_token: int  # Σ in × out of its Linears
-    activation_bits: int  # 8 or 16, inputs and outputs of the graph
+    activation_bits: int  # 8 or 16: the graph's input, and so its MACs (int8 × int8 at A8)
     output_clips_: dict[str, dict[str, float]] = field(default_factory=dict)  # Linear → {"8": clip, "16": clip}
     weight_bits: int = 8  # 4 only with 16-bit activations (the HTP refuses W4A8 graphs)
     weight_block_size: int | None = None  # LPBQ blocks of this many inputs; None: per output channel
     weight_block_offsets: str = "none"  # its LPBQ weights' block-offset format (runtime.qdq.OFFSET_FORMATS), or "none"
     means_clip_: float | None = None  # block offsets: the largest |block mean| of the quantized input (runtime.qdq)
+    output_bits: int | None = None  # 8 or 16: its outputs' width (≥ activation_bits); None: activation_bits
 
     @property
     def kind(self) -> str:
@@ -45,8 +46,13 @@ class GraphPrecision:
     def name(self) -> str:
         return graph_name(self.block_index, self.linear_names[0])
 
+    @property
+    def out_bits(self) -> int:
+        """The width of the graph's outputs."""
+        return self.activation_bits if self.output_bits is None else self.output_bits
+
     def output_clip(self, linear_name: str, bits: int | None = None) -> float:
-        return self.output_clips_[linear_name][str(bits or self.activation_bits)]
+        return self.output_clips_[linear_name][str(bits or self.out_bits)]
 
 
 @dataclass
@@ -67,6 +73,8 @@ class PrecisionPlan:
                 raise ValueError(f"{graph.name}: activation_bits {graph.activation_bits}, expected one of {ACTIVATION_BITS}")
             if graph.weight_bits not in WEIGHT_BITS:
                 raise ValueError(f"{graph.name}: weight_bits {graph.weight_bits}, expected one of {WEIGHT_BITS}")
+            if graph.out_bits not in ACTIVATION_BITS or graph.out_bits < graph.activation_bits:
+                raise ValueError(f"{graph.name}: output_bits {graph.output_bits}, expected one of {ACTIVATION_BITS} and at least its activation_bits {graph.activation_bits}")
             if graph.weight_bits == 4 and graph.activation_bits != 16:
                 raise ValueError(f"{graph.name}: 4-bit weights with {graph.activation_bits}-bit activations; the HTP runs 4-bit weights only with 16-bit activations")
 
@@ -76,14 +84,16 @@ class PrecisionPlan:
                 return graph
         raise KeyError(f"{linear_name} has no entry in the precision plan")
 
-    def with_uniform_bits(self, bits: int) -> "PrecisionPlan":
-        """A copy with every graph at ``bits`` (its calibrated output ranges for that width)."""
+    def with_uniform_bits(self, bits: int, output_bits: int | None = None) -> "PrecisionPlan":
+        """A copy with every graph's input at ``bits`` and its outputs at ``output_bits``
+        (None: as wide as the input), with the output ranges calibrated for that width."""
         values = self.to_dict()
         values["mode"] = str(bits)
         for graph in values["graphs"].values():
             if bits == 8 and graph["weight_bits"] == 4:
                 raise ValueError(f"{graph_name(graph['block_index'], graph['linear_names'][0])} has 4-bit weights, which the HTP runs only with 16-bit activations; export it at 16 bits or recalibrate with --weight-bits 8")
             graph["activation_bits"] = bits
+            graph["output_bits"] = max(bits, output_bits or bits)
         return PrecisionPlan.from_dict(values)
 
     def weight_bits(self) -> int | str:

@@ -2,11 +2,14 @@
 16-bit only where they must (``--activation-bits auto``); 4-bit weights wherever they
 hold, INT8 only where they must (``--weight-bits auto``).
 
-Start with every NPU graph at A8; measure, for each graph alone at A8 (the rest of the
-model in FP), the KL divergence of the output distribution from FP's; promote to A16
-the graphs that buy the most accuracy per NPU MAC (KL / MACs, largest first) until the
-deployed arithmetic's validation perplexity is within the budget. The count promoted is
-found by bisection on measured perplexities. What the search measured is kept for the
+Start with every NPU graph at A8 and measure it; a point is held against the budget by
+the upper confidence bound of its perplexity over the validation windows
+(``sensitivity.realizations.relative_ppl_interval``), so that the decision holds on other
+text, not only on this one. When every graph at A8 is within it, that is the plan. Else
+measure, for each graph alone at A8 (the rest of the model in FP), the KL divergence of
+the output distribution from FP's, and promote to A16 the graphs that buy the most
+accuracy per NPU MAC (KL / MACs, largest first) until the bound is within the budget. The
+count promoted is found by bisection on measured points. What the search measured is kept for the
 report's Pareto curve (A8 MAC share against perplexity).
 
 The weight search is the same with W4 in place of A8 (on the A16 graphs, the only ones
@@ -66,19 +69,28 @@ def promotion_order(precision: PrecisionPlan, sensitivity: dict[str, float]) -> 
     return sorted(sensitivity, key=lambda name: (-sensitivity[name] / precision.graphs[name].macs_per_token, name))
 
 
-def _promote_within_budget(count: int, apply: Callable[[int], None], evaluate: Callable[[], float], describe: Callable[[], dict], points: list[dict], limit: float) -> float:
+Point = dict  # a measured point: "ppl" (the estimate), optionally "ppl_upper" (what is decided on) and more
+
+
+def _decided_value(point: Point) -> float:
+    """What a point is held against the budget by: its upper confidence bound where it has one."""
+    return point.get("ppl_upper", point["ppl"])
+
+
+def _promote_within_budget(count: int, apply: Callable[[int], None], evaluate: Callable[[], Point], describe: Callable[[], dict], points: list[dict], limit: float, measured: dict[int, Point] | None = None) -> Point:
     """Apply the smallest n in 0…count whose measured ``evaluate()`` after ``apply(n)`` is
-    ≤ ``limit``, by bisection (taken to fall with n; ``count`` when even that is over),
-    and return its value. Every measured point goes into ``points`` (sorted by n) with
-    ``describe()``'s fields."""
-    measured: dict[int, float] = {}
+    ≤ ``limit`` (:func:`_decided_value`), by bisection (taken to fall with n; ``count``
+    when even that is over), and return its point. Every measured point goes into
+    ``points`` (sorted by n) with ``describe()``'s fields; ``measured``: points already
+    measured (n → point, in ``points`` too)."""
+    measured = dict(measured or {})
 
     def measure(n: int) -> float:
         if n not in measured:
             apply(n)
-            measured[n] = evaluate()
-            points.append({"promoted": n, **describe(), "ppl": measured[n]})
-        return measured[n]
+            measured[n] = {"promoted": n, **describe(), **evaluate()}
+            points.append(measured[n])
+        return _decided_value(measured[n])
 
     low, high = 0, count
     if measure(low) <= limit:
@@ -89,24 +101,35 @@ def _promote_within_budget(count: int, apply: Callable[[int], None], evaluate: C
             low, high = (low, middle) if measure(middle) <= limit else (middle, high)
     apply(high)
     points.sort(key=lambda point: point["promoted"])
-    return measure(high)
+    measure(high)
+    return measured[high]
 
 
-def search_activation_bits(precision: PrecisionPlan, sensitivity: dict[str, float], evaluate: Callable[[PrecisionPlan], float], fp_ppl: float, budget_relative_ppl: float) -> float:
-    """Set ``precision``'s bits in place: the fewest graphs promoted to A16, in
-    :func:`promotion_order`, whose measured ``evaluate(precision)`` is within
-    fp_ppl × (1 + budget). Returns that perplexity; when even all-A16 is over budget,
+def search_activation_bits(precision: PrecisionPlan, sensitivity: Callable[[], dict[str, float]], evaluate: Callable[[PrecisionPlan], Point], fp_ppl: float, budget_relative_ppl: float) -> Point:
+    """Set ``precision``'s bits in place: every graph at A8 when that point is within
+    fp_ppl × (1 + budget) by :func:`_decided_value` (its upper confidence bound where
+    ``evaluate`` gives one); otherwise the fewest graphs promoted to A16, in
+    :func:`promotion_order` of ``sensitivity()`` (measured only then: it costs a model run
+    per graph), that are. Returns the chosen point; when even all-A16 is over budget,
     every graph stays A16 (block placement on the CPU is the last resort)."""
-    order = promotion_order(precision, sensitivity)
+    order: list[str] = []
 
     def apply(count: int) -> None:
         promoted = set(order[:count])
         for name, graph in precision.graphs.items():
             graph.activation_bits = 16 if name in promoted else 8
 
-    precision.sensitivity_ = {precision.graphs[name].name: value for name, value in sensitivity.items()}
     describe = lambda: {"a8_mac_share": precision.a8_mac_share()}  # noqa: E731
-    return _promote_within_budget(len(order), apply, lambda: evaluate(precision), describe, precision.search_, fp_ppl * (1 + budget_relative_ppl))
+    limit = fp_ppl * (1 + budget_relative_ppl)
+    apply(0)
+    every_graph_a8 = {"promoted": 0, **describe(), **evaluate(precision)}
+    precision.search_.append(every_graph_a8)
+    if _decided_value(every_graph_a8) <= limit:
+        return every_graph_a8
+    scores = sensitivity()
+    order += promotion_order(precision, scores)
+    precision.sensitivity_ = {precision.graphs[name].name: value for name, value in scores.items()}
+    return _promote_within_budget(len(order), apply, lambda: evaluate(precision), describe, precision.search_, limit, measured={0: every_graph_a8})
 
 
 def search_weight_bits(
@@ -136,4 +159,4 @@ def search_weight_bits(
 
     precision.weight_sensitivity_ = {precision.graphs[name].name: value for name, value in sensitivity.items()}
     describe = lambda: {"w4_mac_share": precision.w4_mac_share()}  # noqa: E731
-    return _promote_within_budget(len(order), apply, lambda: evaluate(precision), describe, precision.weight_search_, fp_ppl * (1 + budget_relative_ppl))
+    return _promote_within_budget(len(order), apply, lambda: {"ppl": evaluate(precision)}, describe, precision.weight_search_, fp_ppl * (1 + budget_relative_ppl))["ppl"]

@@ -334,9 +334,12 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
     on_npu = [g for g in precision.graphs.values() if g.block_index in npu]
     a16 = sorted(g.name for g in on_npu if g.activation_bits == 16)
     share = precision.a8_mac_share(npu)
+    config = inputs.config or {}
     items = [
+        *([("preset", f"--precision {config['precision']}")] if config.get("precision") else []),
         ("mode", _MODE_TEXT.get(precision.mode, precision.mode)),
         ("NPU MACs at A8", f"{100 * share:.1f}% (the rest A16)" if on_npu else "none: every block is on the CPU"),
+        *([("first positions in FP on the CPU (attention sink)", str(config["sink_tokens"]))] if config.get("sink_tokens") else []),
         ("NPU graphs at A16", f"{len(a16)} of {len(on_npu)}" + (f": {', '.join(a16[:12])}" + (", …" if len(a16) > 12 else "") if a16 else "")),
     ]
     four = [g for g in on_npu if g.weight_bits == 4]
@@ -348,6 +351,12 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
     if isinstance(ratio, (int, float)):
         weights += f"; NPU weight bytes {100 * ratio:.1f}% of INT8 weights"
     items.append(("NPU weights", weights))
+    summary_figures = inputs.summary or {}
+    for figure_name, label in (("prediction", "validation ΔPPL the decisions were made on"), ("confirmation", "validation ΔPPL on windows no decision saw")):
+        point = summary_figures.get(figure_name)
+        reference = (point or {}).get("fp") or summary_figures.get("perplexity", {}).get("fp")
+        if isinstance(point, dict) and reference:
+            items.append((label, f"{100 * (point['ppl'] / reference - 1):+.2f}% (95% bounds {100 * (point['ppl_lower'] / reference - 1):+.2f}% … {100 * (point['ppl_upper'] / reference - 1):+.2f}%)"))
     body = facts(items)
 
     fp = (inputs.summary or {}).get("perplexity", {}).get("fp") or (inputs.placement or {}).get("fp_ppl_")

@@ -246,3 +246,33 @@ def test_naive_w8a8_baseline_bundle(tiny_bundle, tmp_path):
     runtime.prefill(torch.arange(40) % 100)
     assert runtime.counters.outlier_values == 0 and runtime.counters.npu_runs == 4 * -(-40 // CHUNK) * len(manifest["placement"])
     assert lint_bundle(bundle).ok
+
+
+def test_int8_input_int16_output_graphs_run_on_qnn_htp(tiny_bundle, tmp_path):
+    """A8 inputs (int8 × int8 MACs) with int16 outputs: the graph stores both widths, the
+    encodings say so, HTP runs it with no CPU fallback, and the runtime's twin reads back
+    the same records and agrees with ONNX Runtime."""
+    from quantkit.runtime.npu import records_from_graph
+
+    bundle = export_bundle(tiny_bundle / "calib", tmp_path / "bundle8x16", chunk_size=CHUNK, activation_bits=8, output_bits=16, progress=False)
+    manifest = load_manifest(bundle)
+    assert manifest["quantization"]["a8_mac_share"] == 1.0
+    assert {(g["activation_bits"], g["output_bits"]) for g in manifest["graphs"]} == {(8, 16)}
+    entry = manifest["graphs"][0]
+    graph = onnx.load(str(bundle / entry["file"]))
+    types = {init.name: init.data_type for init in graph.graph.initializer}
+    assert types[f"{entry['input']}.zero_point"] == onnx.TensorProto.INT8
+    assert {types[f"{output}.zero_point"] for output in entry["outputs"]} == {onnx.TensorProto.INT16}
+    widths = {e["name"]: e["bw"] for e in json.loads((bundle / "encodings.json").read_text())["activation_encodings"]}
+    outputs = {bw for name, bw in widths.items() if name.startswith(tuple(entry["linears"])) and name != entry["input"]}
+    assert widths[entry["input"]] == 8 and outputs == {16}
+    inputs = load_file(str(bundle / "calibration_inputs.safetensors"))
+    records = records_from_graph(bundle, entry)
+    assert {(r.bits, r.out_bits) for r in records} == {(8, 16)}
+    x = inputs[entry["linears"][0]].float() * records[0].input_scale
+    for record, got in zip(records, cpu_session(bundle / entry["file"]).run(None, {entry["input"]: x.numpy()})):
+        assert np.abs(got - record(x).numpy()).max() <= record.output_scale * 1.001
+    report = lint_bundle(bundle, qnn=True)
+    assert report.ok, report.problems
+    eight = lint_bundle(tiny_bundle / "bundle", qnn=True)  # the same graphs with int8 outputs
+    assert np.median(list(report.sqnr_db.values())) > np.median(list(eight.sqnr_db.values())) + 6

@@ -30,6 +30,16 @@ def test_eq1_split_is_exact():
     assert torch.equal(outliers != 0, x.abs() > 2.5)
 
 
+def test_eq1_split_sends_the_sink_rows_whole_to_the_shadow_path():
+    x = _activation_with_outliers()
+    sink = torch.arange(x.shape[1]) < 1
+    clipped, outliers = split_outliers(x, 2.5, sink)
+    assert torch.equal(clipped + outliers, x)
+    assert torch.equal(clipped[:, 0], torch.zeros_like(x[:, 0])) and torch.equal(outliers[:, 0], x[:, 0])
+    plain_clipped, plain_outliers = split_outliers(x, 2.5)
+    assert torch.equal(clipped[:, 1:], plain_clipped[:, 1:]) and torch.equal(outliers[:, 1:], plain_outliers[:, 1:])
+
+
 def test_shadow_linear_equals_plain_reference():
     """y = Q(clip(x)) Wqᵀ + x_out[:, C] W[:, C]ᵀ + b, written out by hand."""
     x = _activation_with_outliers()

@@ -45,14 +45,27 @@ def test_promotion_order_is_most_kl_per_mac_first():
     assert promotion_order(plan, sensitivity) == [names[1], names[2], names[0], names[3]]
 
 
-def _additive_model(plan: PrecisionPlan, cost: dict[str, float], fp: float):
+def _additive_model(plan: PrecisionPlan, cost: dict[str, float], fp: float, margin: float = 0.0):
+    """Each A8 graph adds its cost; the upper bound lies ``margin`` (relative) above the estimate."""
     calls = []
 
-    def evaluate(candidate: PrecisionPlan) -> float:
+    def evaluate(candidate: PrecisionPlan) -> dict:
         calls.append({n: g.activation_bits for n, g in candidate.graphs.items()})
-        return fp * (1 + sum(cost[n] for n, g in candidate.graphs.items() if g.activation_bits == 8))
+        ppl = fp * (1 + sum(cost[n] for n, g in candidate.graphs.items() if g.activation_bits == 8))
+        return {"ppl": ppl, "ppl_upper": ppl * (1 + margin)}
 
     return evaluate, calls
+
+
+def _measured(sensitivity: dict[str, float]):
+    """sensitivity as the search asks for it (a callable), counting the calls."""
+    calls = []
+
+    def measure() -> dict[str, float]:
+        calls.append(1)
+        return dict(sensitivity)
+
+    return measure, calls
 
 
 @pytest.mark.parametrize("budget, promoted", [(0.10, 0), (0.05, 1), (0.02, 2), (0.004, 3)])
@@ -62,13 +75,27 @@ def test_search_promotes_the_fewest_graphs_that_meet_the_budget(budget, promoted
     cost = {names[0]: 0.004, names[1]: 0.03, names[2]: 0.04, names[3]: 0.001}  # A8 costs, additive
     sensitivity = dict(cost)
     evaluate, calls = _additive_model(plan, cost, 10.0)
-    ppl = search_activation_bits(plan, sensitivity, evaluate, 10.0, budget)
+    measure, measured = _measured(sensitivity)
+    point = search_activation_bits(plan, measure, evaluate, 10.0, budget)
     assert len(calls) <= 2 + 2  # all-A8, all-A16, then bisection over 4 graphs
     order = promotion_order(plan, sensitivity)
     assert {n for n, g in plan.graphs.items() if g.activation_bits == 16} == set(order[:promoted])
-    assert ppl <= 10.0 * (1 + budget) and ppl == evaluate(plan)
+    assert point["ppl"] <= 10.0 * (1 + budget) and point["ppl"] == evaluate(plan)["ppl"] and point["promoted"] == promoted
     assert [p["promoted"] for p in plan.search_] == sorted(p["promoted"] for p in plan.search_)
-    assert plan.sensitivity_ == {plan.graphs[n].name: v for n, v in sensitivity.items()}
+    # the per-graph sensitivity (a model run per graph) is measured only when every graph at A8 is over
+    assert len(measured) == (promoted > 0)
+    assert plan.sensitivity_ == ({plan.graphs[n].name: v for n, v in sensitivity.items()} if promoted else {})
+
+
+def test_search_decides_on_the_upper_bound_not_the_estimate():
+    plan = _plan()
+    names = list(plan.graphs)
+    cost = {names[0]: 0.004, names[1]: 0.003, names[2]: 0.002, names[3]: 0.0005}  # all-A8 estimate +0.95%
+    evaluate, _ = _additive_model(plan, cost, 10.0, margin=0.004)
+    measure, measured = _measured(cost)
+    point = search_activation_bits(plan, measure, evaluate, 10.0, 0.01)
+    assert plan.search_[0]["promoted"] == 0 and plan.search_[0]["ppl"] <= 10.1 < plan.search_[0]["ppl_upper"]  # the estimate alone would pass
+    assert point["promoted"] > 0 and point["ppl_upper"] <= 10.1 and measured == [1]
 
 
 def test_search_keeps_every_graph_a16_when_even_that_is_over_budget():
@@ -76,10 +103,10 @@ def test_search_keeps_every_graph_a16_when_even_that_is_over_budget():
     names = list(plan.graphs)
 
     def evaluate(candidate):
-        return 11.0 + sum(g.activation_bits == 8 for g in candidate.graphs.values())  # never within 1% of 10
+        return {"ppl": 11.0 + sum(g.activation_bits == 8 for g in candidate.graphs.values())}  # never within 1% of 10
 
-    ppl = search_activation_bits(plan, dict.fromkeys(names, 0.1), evaluate, 10.0, 0.01)
-    assert ppl == 11.0 and plan.a8_mac_share() == 0.0
+    point = search_activation_bits(plan, lambda: dict.fromkeys(names, 0.1), evaluate, 10.0, 0.01)
+    assert point["ppl"] == 11.0 and plan.a8_mac_share() == 0.0
 
 
 @pytest.mark.parametrize("budget, promoted", [(0.10, 0), (0.05, 1), (0.02, 2), (0.004, 3)])

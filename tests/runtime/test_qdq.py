@@ -269,3 +269,20 @@ def test_offset_linear_computes_the_documented_steps():
     # The block means of Q(x) times O/B are Q(x) times the offsets spread over their blocks, up to the means' rounding.
     assert torch.allclose(recording.accumulate(x), q @ quantized.dequantize().T, atol=means_scale * float(quantized.offset_weight().abs().sum(1).max()) + 1e-5)  # ≤ s_m / 2 per mean, plus float32 summation
     assert record.block_means_scale == means_scale and QdqLinear(quantized, input_scale, output_scale, 16).block_means_scale == input_scale  # default: the input's grid
+
+
+def test_an_int8_input_with_an_int16_output_keeps_the_int8_input_grid():
+    torch.manual_seed(0)
+    codes = torch.randint(-127, 128, (8, 16), dtype=torch.int8)
+    weight = QuantizedWeight(codes, torch.full((8,), 0.01))
+    x = torch.randn(4, 16)
+    input_scale, output_clip = activation_scale(2.0, 8), 8.0  # no output saturates
+    narrow = QdqLinear(weight, input_scale, activation_scale(output_clip, 8), 8)
+    wide = QdqLinear(weight, input_scale, activation_scale(output_clip, 16), 8, output_bits=16)
+    assert wide.out_bits == 16 and narrow.out_bits == 8 and QdqLinear(weight, input_scale, 0.1, 8, output_bits=8) == QdqLinear(weight, input_scale, 0.1, 8)
+    exact = torch.nn.functional.linear(fake_quantize_activation(x, input_scale, 8), weight.dequantize())
+    assert torch.equal(wide.accumulate(x), narrow.accumulate(x))  # the same int8 MACs
+    assert torch.equal(wide(x), fake_quantize_activation(exact, wide.output_scale, 16))
+    assert (wide(x) - exact).abs().max() < (narrow(x) - exact).abs().max()
+    with pytest.raises(ValueError, match="at least as wide as the input"):
+        QdqLinear(weight, activation_scale(2.0, 16), 0.1, 16, output_bits=8)
