@@ -162,7 +162,7 @@ def _add_export(subparsers) -> None:
     parser.add_argument("--qnn-context", action="store_true", help="also compile each graph for a Snapdragon target and write its EPContext model")
     parser.add_argument("--soc-model", type=int, default=None, help="QNN SoC model id for --qnn-context (e.g. 60: Snapdragon 8 Gen 3)")
     parser.add_argument("--htp-arch", type=int, default=None, help="HTP architecture for --qnn-context (e.g. 75)")
-    parser.add_argument("--output-bits", type=int, choices=(8, 16), default=None, help="with --activation-bits: the graphs' output width (default: as wide as the input); 16 with --activation-bits 8 keeps int8 MACs and writes int16 outputs")
+    parser.add_argument("--output-bits", type=int, choices=(8, 16), default=None, help="with --activation-bits: the graphs' output width (default: as wide as the input); 16 with --activation-bits 8 keeps int8 MACs and writes int16 outputs — ONNX Runtime's CPU provider runs it, onnxruntime-qnn's HTP refuses it (lint --qnn says so)")
     parser.add_argument("--naive-w8a8", action="store_true", help="write the plain-PTQ baseline instead (with --activation-bits 8): every block on the NPU, min/max INT8 ranges, no shadow path — for regression suites")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")

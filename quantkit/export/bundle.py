@@ -24,6 +24,7 @@ from quantkit.outlier_shadow.plan import PLAN_FILE, ShadowPlan
 from quantkit.weights.quantize import WEIGHTS_FILE, int8_weight_bytes, load_weights, quantized_weights
 from quantkit.precision.output_ranges import output_clips, record_npu_outputs, initial_precision
 from quantkit.precision.plan import PRECISION_FILE, PrecisionPlan
+from quantkit.runtime.shadow import split_outliers
 from quantkit.runtime.qdq import activation_scale, quantize_activation
 from quantkit.report import write_report
 from quantkit.hashing import file_sha256
@@ -74,7 +75,8 @@ def _converter_command(graph_file: str, input_name: str, shape: list[int]) -> st
 @torch.no_grad()
 def _capture_site_inputs(layout, plan: ShadowPlan, precision: PrecisionPlan, sites, sequence: torch.Tensor, chunk_size: int) -> dict[str, torch.Tensor]:
     """The first chunk of each NPU site's clipped FP input over one calibration sequence,
-    as integer codes (lossless for the graph: its first node quantizes to exactly these)."""
+    as integer codes (lossless for the graph: its first node quantizes to exactly these);
+    split as the runtime splits it (Eq. 1), the sink rows zero."""
     captured = {}
 
     def hook_for(site):
@@ -82,7 +84,8 @@ def _capture_site_inputs(layout, plan: ShadowPlan, precision: PrecisionPlan, sit
             x = args[0][:1, :chunk_size].float()
             if x.shape[1] < chunk_size:
                 x = torch.nn.functional.pad(x, (0, 0, 0, chunk_size - x.shape[1]))
-            clipped = x.clamp(-site.threshold_, site.threshold_)
+            sink_rows = torch.arange(chunk_size) < (plan.config.sink_tokens if site.shadowed else 0)
+            clipped, _ = split_outliers(x, site.threshold_, sink_rows)
             bits = precision.graphs[site.linear_names[0]].activation_bits
             codes = quantize_activation(clipped, activation_scale(site.threshold_, bits), bits)
             captured[site.linear_names[0]] = codes.to(torch.int8 if bits == 8 else torch.int16).cpu()

@@ -75,6 +75,21 @@ def test_shadow_path_carries_the_outliers(bundle):
     assert error_with < error_without
 
 
+def test_the_sink_position_runs_in_fp(bundle):
+    """Position 0 attends only to itself, and with --sink-tokens 1 (the default) every Linear
+    of its row runs on the shadow path in FP: its logits are FP's (a bias, as Qwen2's q/k/v,
+    still comes through the NPU graph's quantized bias); the later rows are quantized."""
+    runtime = BundleModel(bundle / "bundle")
+    assert runtime.sink_tokens == 1 and runtime.manifest["shadow"]["sink_tokens"] == 1
+    ids = _prompt()
+    fp = load_model(str(bundle / "model")).model(input_ids=ids[None], use_cache=False).logits[0].detach()
+    got = runtime.prefill(ids)
+    quantized = (got[1:] - fp[1:]).abs().max()
+    has_bias = "qwen2" in bundle.name  # the fixture's folder names its family
+    assert (got[0] - fp[0]).abs().max() < (0.5 * quantized if has_bias else 1e-4)
+    assert quantized > 1e-3
+
+
 def test_prompt_errors(bundle):
     runtime = BundleModel(bundle / "bundle")
     with pytest.raises(BundleError, match="the prompt is empty"):
