@@ -72,7 +72,7 @@ def tiny_folder(tmp_path_factory, tiny_tokenizer):
 def _config(root, budget: float) -> CalibrationConfig:
     return CalibrationConfig(
         model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
-        sensitivity_num_sequences=1, sensitivity_seq_len=32, weight_bits="4", weight_block_size=BLOCK, weight_block_offsets="int4", weight_bytes_budget=budget,
+        sensitivity_num_sequences=1, sensitivity_seq_len=32, activation_bits="16", weight_bits="4", weight_block_size=BLOCK, weight_block_offsets="int4", weight_bytes_budget=budget,
     )
 
 

@@ -35,7 +35,7 @@ def w4_bundle(request, tmp_path_factory, tiny_tokenizer):
     tiny_tokenizer.save_pretrained(root / "model")
     config = CalibrationConfig(
         model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
-        sensitivity_num_sequences=1, sensitivity_seq_len=32, weight_bits="4", weight_block_size=BLOCK,
+        sensitivity_num_sequences=1, sensitivity_seq_len=32, activation_bits="16", weight_bits="4", weight_block_size=BLOCK,
         weight_block_offsets=offsets or "none",
         weight_block_offset_graphs="gate_up,down" if offsets == "int4" else "qkv,o,gate_up,down",
     )
@@ -170,7 +170,7 @@ def test_weight_bits_auto_keeps_int8_where_4_bits_cost_the_budget(tmp_path, tiny
     """--weight-bits auto: measured points, each graph's stored weights in its graph's format."""
     config = CalibrationConfig(
         model=str(tiny_model_folder), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
-        sensitivity_num_sequences=1, sensitivity_seq_len=32, weight_bits="auto", weight_block_size=BLOCK, accuracy_budget=0.002,
+        sensitivity_num_sequences=1, sensitivity_seq_len=32, activation_bits="16", weight_bits="auto", weight_block_size=BLOCK, accuracy_budget=0.002,
     )
     calibrate(tmp_path / "calib", config, progress=False)
     precision = PrecisionPlan.load(tmp_path / "calib" / "precision.json")
