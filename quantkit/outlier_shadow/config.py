@@ -49,8 +49,9 @@ class ShadowConfig:
       later token attends to its keys and values. Its K/V is what PrefixQuant (arXiv
       2410.05265) keeps in FP as a fixed prefix; here it is computed in FP with the prompt,
       so any first token works. The NPU's ranges are recorded without these rows. Only
-      shadowed sites can take them (a pruned site has no FP columns in the bundle). 0
-      disables it.
+      shadowed sites can take them: a pruned site, or one with no value beyond its clip in
+      calibration, has no FP columns in the bundle and runs these rows on the NPU (all 120
+      of SmolLM2's default sites are shadowed). 0 disables it.
     """
 
     scale_rule: str = "paper"
