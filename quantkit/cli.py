@@ -152,7 +152,7 @@ def _add_export(subparsers) -> None:
     parser = subparsers.add_parser(
         "export",
         help="write the deployment bundle: INT8 QDQ ONNX graphs for QNN, encodings, shadow weights",
-        description="Export the calibration in CALIB as a deployment bundle (see DESIGN.md): one INT8 QDQ ONNX graph "
+        description="Export the calibration in CALIB as a deployment bundle (see docs/bundle-format.md): one INT8 QDQ ONNX graph "
         "per NPU subgraph, AIMET encodings 1.0.0 matching them, shadow and CPU weights, manifest with sha256.",
     )
     parser.add_argument("calib", help="folder written by `quantkit calibrate`")

@@ -1,6 +1,6 @@
 """The deployment bundle on disk: manifest, integrity checks, loading.
 
-This is the contract between calibration and runtime (see DESIGN.md): the runtime reads
+This is the contract between calibration and runtime (see docs/bundle-format.md): the runtime reads
 only what is described here. Every file of the bundle is listed in ``manifest.json``
 with its sha256; a bundle whose format, version or hashes do not check out is refused.
 No pickle anywhere: JSON, ONNX and safetensors only.

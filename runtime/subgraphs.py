@@ -1,6 +1,6 @@
 """The subgraphs G[c, k] of one prefill chunk (arXiv 2407.05858 §3.4), as scheduler tasks.
 
-Per decoder block placed on the NPU (graph boundaries as in the bundle, DESIGN.md; the
+Per decoder block placed on the NPU (graph boundaries as in the bundle, docs/bundle-format.md; the
 block's steps — norms, q/k norms, RoPE table, window, activation — come from the bundle's
 architecture description, ``architecture.ArchitectureDescription``):
 

@@ -1,4 +1,4 @@
-"""``export_bundle``: calibration folder + model → the deployment bundle (DESIGN.md).
+"""``export_bundle``: calibration folder + model → the deployment bundle (docs/bundle-format.md).
 
 Written into a temporary folder beside ``out`` (``atomic_directory``) and renamed into
 place only when every file, the manifest and its hashes are complete.

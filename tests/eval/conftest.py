@@ -1,4 +1,4 @@
-"""A tiny bundle shared by the eval tests (built once per session, a few seconds)."""
+"""A tiny bundle shared by the eval tests (built once per pytest run, a few seconds)."""
 
 import pytest
 
