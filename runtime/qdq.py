@@ -98,12 +98,13 @@ def activation_scale(clip: float, bits: int) -> float:
 def quantize_activation(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
     """ONNX QuantizeLinear with zero point 0: clamp(round_half_even(x / s), −2^(b−1), 2^(b−1)−1), as float codes."""
     low, high = -(2 ** (bits - 1)), 2 ** (bits - 1) - 1
-    return torch.clamp(torch.round(x.float() / torch.tensor(scale, dtype=torch.float32)), low, high)
+    codes = x.float() / torch.tensor(scale, dtype=torch.float32)  # a new tensor: rounded and clamped in place
+    return codes.round_().clamp_(low, high)
 
 
 def fake_quantize_activation(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:
     """QuantizeLinear then DequantizeLinear: codes · s."""
-    return quantize_activation(x, scale, bits) * torch.tensor(scale, dtype=torch.float32)
+    return quantize_activation(x, scale, bits).mul_(torch.tensor(scale, dtype=torch.float32))
 
 
 def int32_bias_scales(input_scale: float, weight_scales: torch.Tensor) -> torch.Tensor:

@@ -85,15 +85,19 @@ class DeployedLinear(nn.Module):
         if self.output_rows is not None:  # output-side shadow: these channels' NPU rows are zero
             y = y.index_add(-1, self.output_channels, nn.functional.linear(clipped, self.output_rows, self.output_bias))
         if self.shadowed:  # Eq. 1: NPU part + FP shadow part
-            # x_out is about 1% non-zero (SmolLM2): as a sparse matrix over the channels that
-            # hold outliers, times those channels' FP columns (gathered contiguous: sparse.mm
+            sink = self.sink_tokens
+            if sink:  # the sink rows are x_out in every channel: a dense product of those rows
+                y[..., :sink, :] += nn.functional.linear(excess[..., :sink, :], self.shadow_columns)
+            # Elsewhere x_out is about 1% non-zero (SmolLM2): as a sparse matrix over the channels
+            # that hold outliers, times those channels' FP columns (gathered contiguous: sparse.mm
             # over a transposed view is slower than the dense product), it costs a fraction of
             # the dense product, which was a third of a simulated forward's time.
-            flat = excess.reshape(-1, self.in_features)
+            rest = excess[..., sink:, :]
+            flat = rest.reshape(-1, self.in_features)
             active = flat.ne(0).any(dim=0).nonzero().squeeze(1)
             if active.numel():
                 columns = self.shadow_columns.T[active]  # [active, out]
-                y = y + torch.sparse.mm(flat[:, active].to_sparse(), columns).reshape(y.shape)
+                y[..., sink:, :] += torch.sparse.mm(flat[:, active].to_sparse(), columns).reshape(*rest.shape[:-1], -1)
         return y
 
 

@@ -9,7 +9,8 @@ text, not only on this one. When every graph at A8 is within it, that is the pla
 measure, for each graph alone at A8 (the rest of the model in FP), the KL divergence of
 the output distribution from FP's, and promote to A16 the graphs that buy the most
 accuracy per NPU MAC (KL / MACs, largest first) until the bound is within the budget. The
-count promoted is found by bisection on measured points. What the search measured is kept for the
+count promoted is predicted from the KLs (:func:`predicted_promotions`), then found on
+measured points: doubled while over, the prediction's neighbour, bisection. What the search measured is kept for the
 report's Pareto curve (A8 MAC share against perplexity).
 
 The weight search is the same with W4 in place of A8 (on the A16 graphs, the only ones
@@ -19,6 +20,7 @@ to INT8 weights in order of KL per weight byte (∝ MACs), the count found by bi
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -30,7 +32,7 @@ from quantkit.outlier_shadow.simulated_linear import WeightCodes, simulated_quan
 from quantkit.precision.plan import PrecisionPlan
 from quantkit.sensitivity.measure import FpReference, fp_reference, nll_and_kl
 
-__all__ = ["graph_sensitivity", "promotion_order", "search_activation_bits", "search_weight_bits"]
+__all__ = ["graph_sensitivity", "predicted_promotions", "promotion_order", "search_activation_bits", "search_weight_bits"]
 
 
 @torch.no_grad()
@@ -77,10 +79,21 @@ def _decided_value(point: Point) -> float:
     return point.get("ppl_upper", point["ppl"])
 
 
-def _promote_within_budget(count: int, apply: Callable[[int], None], evaluate: Callable[[], Point], describe: Callable[[], dict], points: list[dict], limit: float, measured: dict[int, Point] | None = None) -> Point:
+def _promote_within_budget(
+    count: int,
+    apply: Callable[[int], None],
+    evaluate: Callable[[], Point],
+    describe: Callable[[], dict],
+    points: list[dict],
+    limit: float,
+    measured: dict[int, Point] | None = None,
+    start: int | None = None,
+) -> Point:
     """Apply the smallest n in 0…count whose measured ``evaluate()`` after ``apply(n)`` is
-    ≤ ``limit`` (:func:`_decided_value`), by bisection (taken to fall with n; ``count``
-    when even that is over), and return its point. Every measured point goes into
+    ≤ ``limit`` (:func:`_decided_value`; taken to fall with n; ``count`` when even that is
+    over), and return its point. ``start``: a predicted n, measured first; doubled while
+    over, then n − 1 is tried, then bisection — a good prediction costs three points where
+    bisection over ``count`` costs log2(count) + 2. Every measured point goes into
     ``points`` (sorted by n) with ``describe()``'s fields; ``measured``: points already
     measured (n → point, in ``points`` too)."""
     measured = dict(measured or {})
@@ -92,17 +105,40 @@ def _promote_within_budget(count: int, apply: Callable[[int], None], evaluate: C
             points.append(measured[n])
         return _decided_value(measured[n])
 
-    low, high = 0, count
-    if measure(low) <= limit:
-        high = low
-    elif measure(high) <= limit:
-        while high - low > 1:  # invariant: measure(low) > limit ≥ measure(high)
-            middle = (low + high) // 2
-            low, high = (low, middle) if measure(middle) <= limit else (middle, high)
+    low, high = 0, 0
+    if measure(0) > limit:
+        high = min(max(start or count, 1), count)
+        while measure(high) > limit and high < count:  # gallop up from the prediction
+            low, high = high, min(count, 2 * high)
+        if measure(high) <= limit:
+            if high - 1 > low:  # the prediction's neighbour: over means the prediction was the smallest
+                low, high = (low, high - 1) if measure(high - 1) <= limit else (high - 1, high)
+            while high - low > 1:  # invariant: measure(low) > limit ≥ measure(high)
+                middle = (low + high) // 2
+                low, high = (low, middle) if measure(middle) <= limit else (middle, high)
     apply(high)
     points.sort(key=lambda point: point["promoted"])
     measure(high)
     return measured[high]
+
+
+def predicted_promotions(order: list[str], sensitivity: dict[str, float], every_graph_a8: Point, fp_ppl: float, limit: float) -> int:
+    """How many graphs of ``order`` to promote, taking their KL as additive shares of the
+    all-A8 point's excess NLL: the fewest whose share brings the upper bound (the estimate
+    plus the all-A8 point's margin) to ``limit``. Isolated KLs add up to less than the
+    joint loss, so this tends to be low; the search gallops up from it."""
+    excess = math.log(every_graph_a8["ppl"] / fp_ppl)
+    margin = math.log(_decided_value(every_graph_a8) / every_graph_a8["ppl"])
+    allowed = math.log(limit / fp_ppl) - margin
+    total = sum(sensitivity[name] for name in order)
+    if allowed <= 0 or excess <= 0 or total <= 0:
+        return len(order)
+    needed, covered = (1 - allowed / excess) * total, 0.0
+    for count, name in enumerate(order, 1):
+        covered += sensitivity[name]
+        if covered >= needed:
+            return count
+    return len(order)
 
 
 def search_activation_bits(precision: PrecisionPlan, sensitivity: Callable[[], dict[str, float]], evaluate: Callable[[PrecisionPlan], Point], fp_ppl: float, budget_relative_ppl: float) -> Point:
@@ -129,7 +165,8 @@ def search_activation_bits(precision: PrecisionPlan, sensitivity: Callable[[], d
     scores = sensitivity()
     order += promotion_order(precision, scores)
     precision.sensitivity_ = {precision.graphs[name].name: value for name, value in scores.items()}
-    return _promote_within_budget(len(order), apply, lambda: evaluate(precision), describe, precision.search_, limit, measured={0: every_graph_a8})
+    start = predicted_promotions(order, scores, every_graph_a8, fp_ppl, limit)
+    return _promote_within_budget(len(order), apply, lambda: evaluate(precision), describe, precision.search_, limit, measured={0: every_graph_a8}, start=start)
 
 
 def search_weight_bits(

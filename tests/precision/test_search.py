@@ -1,8 +1,11 @@
 """Per-graph activation precision: the plan, the promotion order and the budget search."""
 
+import math
+
 import pytest
 
 from quantkit.precision import GraphPrecision, PrecisionPlan, promotion_order, search_activation_bits, search_weight_bits
+from quantkit.precision.search import predicted_promotions
 
 
 def _plan(macs=(100, 100, 400, 200)) -> PrecisionPlan:
@@ -149,3 +152,54 @@ def test_weight_search_leaves_the_graphs_it_did_not_measure_alone():
     search_weight_bits(plan, dict(cost), int8_clips, evaluate, 10.0, 0.02)
     assert (plan.graphs[names[1]].activation_bits, plan.graphs[names[1]].weight_bits) == (8, 8)
     assert {n for n, g in plan.graphs.items() if g.weight_bits == 4} == {names[0], names[3]}
+
+
+def test_predicted_promotions_takes_the_kl_as_shares_of_the_excess():
+    plan = _plan()
+    names = list(plan.graphs)
+    cost = {names[0]: 0.004, names[1]: 0.03, names[2]: 0.04, names[3]: 0.001}
+    order = promotion_order(plan, cost)
+    every_graph_a8 = {"ppl": 10.0 * (1 + sum(cost.values())), "ppl_upper": 10.0 * (1 + sum(cost.values()))}
+    # 7.5% excess: within 5% needs a third of it covered, the first in order (o_proj, 0.03 of 0.075) does;
+    # within 0.05% needs more than the first three's 0.074
+    assert predicted_promotions(order, cost, every_graph_a8, 10.0, 10.0 * 1.05) == 1
+    assert predicted_promotions(order, cost, every_graph_a8, 10.0, 10.0 * 1.0005) == 4
+    # a margin as wide as the budget: nothing short of every graph can hold it
+    wide = {**every_graph_a8, "ppl_upper": every_graph_a8["ppl"] * 1.06}
+    assert predicted_promotions(order, cost, wide, 10.0, 10.0 * 1.05) == 4
+
+
+def test_search_from_a_good_prediction_measures_three_points():
+    """All-A8, the predicted count, and its neighbour: bisection over 40 graphs would take 7 or more."""
+    names = [f"model.layers.{i}.mlp.down_proj" for i in range(40)]
+    plan = PrecisionPlan(mode="auto", graphs={n: GraphPrecision([n], i, 100, 8, {n: {"8": 1.0, "16": 2.0}}) for i, n in enumerate(names)})
+    cost = {n: 0.001 * (1 + (i % 7)) for i, n in enumerate(names)}  # each A8 graph's ΔNLL, additive in NLL
+    calls = []
+
+    def evaluate(candidate):
+        calls.append(1)
+        return {"ppl": 10.0 * math.exp(sum(cost[n] for n, g in candidate.graphs.items() if g.activation_bits == 8))}
+
+    point = search_activation_bits(plan, lambda: dict(cost), evaluate, 10.0, 0.05)
+    promoted = {n for n, g in plan.graphs.items() if g.activation_bits == 16}
+    assert point["ppl"] <= 10.5 and len(calls) == 3
+    cheapest_promoted = min(cost[n] for n in promoted)
+    assert point["ppl"] * math.exp(cheapest_promoted) > 10.5  # one fewer would be over: the fewest
+
+
+def test_search_gallops_up_when_the_prediction_is_low():
+    """Graphs that cost more together than alone (+2% whenever two or more are A8): the
+    additive prediction (2) is over budget; the search doubles to 4, then finds 3."""
+    plan = _plan()
+    names = list(plan.graphs)
+    cost = {names[0]: 0.004, names[1]: 0.03, names[2]: 0.04, names[3]: 0.001}
+    promoted_counts = []
+
+    def evaluate(candidate):
+        a8 = [n for n, g in candidate.graphs.items() if g.activation_bits == 8]
+        promoted_counts.append(len(names) - len(a8))
+        return {"ppl": 10.0 * (1 + sum(cost[n] for n in a8) + (0.02 if len(a8) > 1 else 0.0))}
+
+    point = search_activation_bits(plan, lambda: dict(cost), evaluate, 10.0, 0.02)
+    assert point["promoted"] == 3 and point["ppl"] <= 10.2
+    assert promoted_counts == [0, 2, 4, 3]
