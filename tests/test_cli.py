@@ -26,12 +26,21 @@ def test_bad_model_is_a_one_line_error_not_a_traceback(tmp_path):
     assert result.returncode == 2
     assert "quantkit: error: model" in result.stderr and "is neither a built-in name" in result.stderr
     assert "Traceback" not in result.stderr
-    assert not (tmp_path / "calib").exists()
+    assert not (tmp_path / "calib").exists() and not (tmp_path / ".calib.partial").exists()  # nothing to resume: nothing left behind
 
 
-def test_bad_setting_is_reported_by_name(tmp_path, capsys):
-    assert main(["calibrate", "--num-sequences", "0", "--out", str(tmp_path / "c")]) == 2
-    assert "num_sequences: got 0, expected a positive integer" in capsys.readouterr().err
+def test_bad_setting_is_refused_where_it_is_parsed_naming_the_flag(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["calibrate", "--num-sequences", "0", "--out", str(tmp_path / "c")])
+    assert exit_info.value.code == 2
+    assert "argument --num-sequences: got 0, expected a positive integer" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
+
+
+def test_settings_that_only_clash_together_are_reported_by_name(tmp_path, capsys):
+    assert main(["calibrate", "--num-sequences", "2", "--out", str(tmp_path / "c")]) == 2
+    assert "aimet_num_sequences: got 8, expected at most num_sequences (2)" in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
 
 
 def test_calibrate_cli_runs_and_prints_the_summary(tmp_path, tiny_model_folder, capsys):
