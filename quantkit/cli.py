@@ -213,7 +213,7 @@ def _add_export(subparsers) -> None:
         "per NPU subgraph, AIMET encodings 1.0.0 matching them, shadow and CPU weights, manifest with sha256.",
     )
     parser.add_argument("calib", help="folder written by `quantkit calibrate`")
-    parser.add_argument("--out", default="bundle", help="bundle folder (default: %(default)s)")
+    parser.add_argument("--out", default="bundle", help="folder the bundle is written to (default: %(default)s)")
     parser.add_argument("--chunk-size", type=_positive_int, default=DEFAULT_CHUNK_SIZE, help="tokens per prefill chunk: the graphs' static shape (default: %(default)s)")
     parser.add_argument("--activation-bits", type=int, choices=(8, 16), default=None, help="NPU graph activations: by default each graph's calibrated width (calibrate --activation-bits auto|8|16); 8 or 16 put every graph at that width with the output ranges calibration recorded for it")
     parser.add_argument("--qnn-context", action="store_true", help="also compile each graph for a Snapdragon target and write its EPContext model")
@@ -278,10 +278,10 @@ def _add_report(subparsers) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--calib", default=None, help="folder written by `quantkit calibrate`")
     source.add_argument("--bundle", default=None, help="folder written by `quantkit export`")
-    parser.add_argument("--accuracy", default="benchmarks/results/accuracy.json", help="results of benchmarks/accuracy.py (default: %(default)s)")
-    parser.add_argument("--prefill", default="benchmarks/results/prefill.json", help="results of benchmarks/prefill.py (default: %(default)s)")
+    parser.add_argument("--accuracy", default="benchmarks/results/accuracy.json", help="the results JSON of benchmarks/accuracy.py for the accuracy section (default: %(default)s)")
+    parser.add_argument("--prefill", default="benchmarks/results/prefill.json", help="the results JSON of benchmarks/prefill.py for the prefill section (default: %(default)s)")
     parser.add_argument("--regress", default=None, help="results.json written by `quantkit regress` (e.g. regress/results.json)")
-    parser.add_argument("--out", default="report", help="report folder, replaced whole (default: %(default)s)")
+    parser.add_argument("--out", default="report", help="folder the report is written to, replaced whole (default: %(default)s)")
     parser.set_defaults(handler=_run_report)
 
 
@@ -347,8 +347,8 @@ def _add_regress(subparsers) -> None:
         "and a table of what regressed when any check fails.",
     )
     parser.add_argument("suite", help="suite YAML file: the tasks, the candidates and their thresholds (e.g. eval/suites/smollm2.yaml)")
-    parser.add_argument("--out", default="regress", help="results folder (default: %(default)s)")
-    parser.add_argument("--candidates", default=None, help="comma-separated candidates to run (default: all in the suite)")
+    parser.add_argument("--out", default="regress", help="folder results.json and junit.xml are written to (default: %(default)s)")
+    parser.add_argument("--candidates", default=None, help="comma-separated names of the suite's candidates to run (default: all in the suite)")
     parser.add_argument("--bundle", action="append", default=[], metavar="NAME=PATH", help="override a candidate's bundle path (repeatable)")
     parser.add_argument("--update-baselines", action="store_true", help="store the measured values as the suite's baselines")
     parser.add_argument("--fresh-reference", action="store_true", help="evaluate the FP reference again instead of using its cached results")
@@ -382,7 +382,7 @@ def _run_regress(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantkit", description="Calibrate small LLMs for INT8 execution on mobile NPUs (llm.npu, arXiv 2407.05858).")
     parser.add_argument("--version", action="version", version=f"quantkit {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details of every step")
     subparsers = parser.add_subparsers(title="subcommands", metavar="COMMAND", required=True)
     _add_calibrate(subparsers)
     _add_eval(subparsers)

@@ -52,3 +52,36 @@ def test_calibrate_cli_runs_and_prints_the_summary(tmp_path, tiny_model_folder, 
     printed = capsys.readouterr().out
     assert "Validation perplexity" in printed and "aimet_w8a8_per_tensor" in printed
     assert (out / "encodings.json").is_file()
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["eval", "bundle", "--tasks", "quantkit_lastword", "--limit", "-3"], "argument --limit: got '-3', expected a positive number"),
+        (["eval", "bundle", "--tasks", "quantkit_lastword", "--limit", "nan"], "argument --limit: got 'nan', expected a positive number"),
+        (["eval", "bundle", "--tasks", "quantkit_lastword", "--max-length", "0"], "argument --max-length: got '0', expected a positive integer"),
+        (["export", "calib", "--chunk-size", "1.5"], "argument --chunk-size: got '1.5', expected a positive integer"),
+        (["export", "calib", "--soc-model", "-60"], "argument --soc-model: got '-60', expected a positive integer"),
+        (["run", "bundle", "--prompt", "x", "--top-p", "1.5"], r"argument --top-p: got '1.5', expected a number in \(0, 1\]"),
+        (["run", "bundle", "--prompt", "x", "--temperature", "-1"], "argument --temperature: got '-1', expected a number ≥ 0"),
+        (["run", "bundle", "--prompt", "x", "--max-new-tokens", "-1"], "argument --max-new-tokens: got '-1', expected an integer ≥ 0"),
+        (["calibrate", "--outlier-quantile", "2"], r"argument --outlier-quantile: got 2.0, expected a value in \(0.5, 1\)"),
+        (["calibrate", "--batch-size", "four"], "argument --batch-size: got 'four', expected an integer"),
+        (["calibrate", "--weight-bits", "2"], "argument --weight-bits: got '2', expected one of 4, 8, auto"),
+    ],
+)
+def test_numeric_and_named_flags_are_checked_where_parsed_naming_the_flag(argv, message, capsys):
+    import re
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert re.search(message, err), err
+    assert "Traceback" not in err and "islice" not in err
+
+
+def test_a_calibrate_that_cannot_load_its_model_leaves_nothing_behind(tmp_path, capsys):
+    assert main(["calibrate", "--model", str(tmp_path / "nonexistent"), "--out", str(tmp_path / "X")]) == 2
+    assert "quantkit: error: model" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # no X, no .X.partial

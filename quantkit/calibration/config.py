@@ -166,7 +166,7 @@ class StatisticsConfig:
     """
 
     num_sequences: int = setting_field(32, "calibration sequences the activation statistics are collected on", _positive_int)
-    seq_len: int = setting_field(512, "tokens per calibration sequence", _tokens)
+    seq_len: int = setting_field(512, "tokens in each calibration sequence", _tokens)
     batch_size: int = setting_field(4, "calibration sequences run through the model at once (memory, not results)", _positive_int)
 
     def __post_init__(self) -> None:
@@ -325,7 +325,7 @@ class EvaluationConfig:
     """
 
     eval_num_sequences: int = setting_field(8, "validation sequences decisions are measured on (as many again confirm them)", _positive_int)
-    eval_seq_len: int = setting_field(512, "tokens per validation sequence", _tokens)
+    eval_seq_len: int = setting_field(512, "tokens in each validation sequence", _tokens)
     bundle_chunk_size: int = setting_field(DEFAULT_CHUNK_SIZE, "prefill chunk of the bundle whose runtime perplexity the summary reports", _positive_int)
 
     def __post_init__(self) -> None:

@@ -155,3 +155,21 @@ def test_summary_perplexity_is_the_exported_bundles(tmp_path, tiny_model_folder)
     assert measured[16] == result.perplexities["quantkit"]
     assert measured[8] == pytest.approx(result.perplexities["quantkit"], rel=1e-4)
     assert result.perplexities["quantkit_simulated"] == pytest.approx(result.perplexities["quantkit"], rel=1e-3)
+
+
+def test_a_run_without_text_leaves_nothing_behind(tmp_path, tiny_model_folder):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(DataError):
+        calibrate(tmp_path / "calib", _config(tiny_model_folder, data=str(empty)), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", tiny_model_folder.name]  # no calib, no .calib.partial
+
+
+def test_a_failure_before_the_first_checkpoint_removes_the_staging_folder(tmp_path, tiny_model_folder, monkeypatch):
+    def fails(*args, **kwargs):
+        raise QuantkitError("layer 0 produced NaN")
+
+    monkeypatch.setattr(pipeline, "collect_activation_statistics", fails)
+    with pytest.raises(QuantkitError, match="NaN"):
+        calibrate(tmp_path / "calib", _config(tiny_model_folder), progress=False)
+    assert not (tmp_path / ".calib.partial").exists() and not (tmp_path / "calib").exists()
