@@ -309,7 +309,7 @@ def _add_run(subparsers) -> None:
     parser.add_argument("--temperature", type=_non_negative_float, default=0.0, help="sampling temperature: higher is more random; 0 always takes the most likely token (greedy) (default: %(default)s)")
     parser.add_argument("--top-k", type=_non_negative_int, default=0, help="sample among the k most likely tokens; 0 = all (default: %(default)s)")
     parser.add_argument("--top-p", type=_probability_mass, default=1.0, help="sample among the most likely tokens whose probabilities add up to this mass (nucleus sampling); 1 = all (default: %(default)s)")
-    parser.add_argument("--seed", type=_non_negative_int, default=None, help="random seed of the sampling, for output that repeats (default: a fresh seed each run)")
+    parser.add_argument("--seed", type=_non_negative_int, default=None, help="random seed of the sampling, for output that repeats (default: unseeded, so sampled output differs between runs)")
     parser.add_argument("--npu", choices=("cpu", "qnn"), default="cpu", help="NPU graph executor: ONNX Runtime CPU provider or QNN HTP (default: %(default)s)")
     parser.add_argument("--schedule", choices=("ooo", "inorder"), default="ooo", help="out-of-order (§3.4) or in-order subgraph execution (default: %(default)s)")
     parser.add_argument("--no-shadow", action="store_true", help="clip outliers instead of running the shadow path (for comparison)")

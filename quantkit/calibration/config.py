@@ -18,7 +18,7 @@ recipe file (``--recipe``)::
     evaluation: {eval_num_sequences: 8, eval_seq_len: 512, bundle_chunk_size: 256}
     aimet: {aimet_num_sequences: 8, aimet_config: default}
 
-Version 1 (before 0.2) was the same settings in one flat mapping; ``from_dict`` still reads it.
+Version 1 was the same settings in one flat mapping; ``from_dict`` still reads it.
 
 The (de)serialiser is the few generic functions at the end of this file, driven by
 ``dataclasses.fields``: pydantic would do the same but is not a dependency of quantkit, and
@@ -58,6 +58,7 @@ __all__ = [
     "setting_field",
     "check_setting",
     "load_recipe",
+    "read_settings",
 ]
 
 WEIGHT_MODES = ("4", "8", "auto")
@@ -444,7 +445,7 @@ class CalibrationConfig:
         """A config from ``to_dict``'s structure, or from version 1's flat mapping; settings
         absent from it take the defaults."""
         settings = read_settings(values, "calibration settings")
-        if values.get("version", 1) == 1 and "sink_tokens" not in settings:
+        if _format_version(values) == 1 and "sink_tokens" not in settings:
             settings["sink_tokens"] = 0  # written before sink rows existed: calibrated without them
         return cls._from_settings(settings)
 
@@ -494,13 +495,18 @@ def _known(values: dict, valid: tuple[str, ...], what: str) -> None:
         raise ConfigError(f"unknown {what} {unknown}; valid ones are {sorted(valid)}")
 
 
+def _format_version(values: dict) -> Any:
+    """``values``' version; without one, 1 (flat) unless it has sections."""
+    return values.get("version", CONFIG_VERSION if set(values) & set(SECTIONS) else 1)
+
+
 def read_settings(values: Any, what: str) -> dict[str, Any]:
     """The settings by name in ``values``: version 2's sections, or version 1's flat mapping
     (``version`` absent or 1). Unknown names and sections are refused with the valid ones;
     settings not in ``values`` are not in the result."""
     if not isinstance(values, dict):
         raise ConfigError(f"{what}: got {type(values).__name__}, expected a mapping of settings")
-    version = values.get("version", 1 if not set(values) & set(SECTIONS) else CONFIG_VERSION)
+    version = _format_version(values)
     if version not in (1, CONFIG_VERSION):
         raise ConfigError(f"version: got {version!r}, expected 1 or {CONFIG_VERSION}")
     types = {name: kind for cls in (CalibrationConfig, *SECTIONS.values()) for name, kind in _field_types(cls).items()}
