@@ -8,6 +8,7 @@ import dataclasses
 import logging
 import math
 import sys
+from typing import Callable
 
 from quantkit import __version__
 from quantkit.errors import QuantkitError
@@ -15,7 +16,7 @@ from quantkit.errors import QuantkitError
 __all__ = ["main", "build_parser"]
 
 
-def _number(kind: type, expected: str, ok) -> callable:
+def _number(kind: type, expected: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
     """An argparse type: ``kind`` (int or float) of the flag's text, refused unless ``ok``.
     argparse names the flag in the message: "argument --limit: got -3, expected ..."."""
 
@@ -39,7 +40,7 @@ _positive_float = _number(float, "a positive number (a count of items, or a frac
 _probability_mass = _number(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
 
 
-def _setting_type(item, kind: type):
+def _setting_type(item: dataclasses.Field, kind: type) -> Callable[[str], object]:
     """An argparse type for a calibration setting: its text as ``kind``, checked by the
     setting's own check (``calibration.config.setting_field``), so a bad value is refused
     where it is parsed, naming the flag."""
