@@ -64,7 +64,7 @@ def main(argv=None) -> int:
     calib = Path(args.calib) if args.calib else out / f"calib-{Path(args.model).name}"
     if not args.calib:
         # the defaults, but the per-graph precision search on: its all-A8 and all-A16 variants come from the same calibration
-        calibrate(calib, CalibrationConfig(model=args.model, device=args.device, activation_bits="auto"), overwrite=True)
+        calibrate(calib, CalibrationConfig.preset(model=args.model, device=args.device, activation_bits="auto"), overwrite=True)
     config = CalibrationConfig.load(calib / "config.json")
     if config.model != args.model:
         raise SystemExit(f"{calib} was calibrated for {config.model}, not {args.model}")
@@ -76,7 +76,7 @@ def main(argv=None) -> int:
     logits = LogitsModel(loaded.model)
     forward = lambda ids: logits(ids.to(device))  # noqa: E731
     test_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "test"), args.test_sequences, args.test_seq_len, source="test split")
-    validation_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "validation"), config.eval_num_sequences, config.eval_seq_len, source="validation split")
+    validation_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "validation"), config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len, source="validation split")
     statistics = ActivationStatistics.load(calib)
     plan = ShadowPlan.load(calib / PLAN_FILE)
     precision = PrecisionPlan.load(calib / PRECISION_FILE)
@@ -94,19 +94,19 @@ def main(argv=None) -> int:
     def quantsim_ppl(name: str, sim) -> float:
         return test_ppl(name, lambda ids: sim.model(ids.to(device)))
 
-    w8a8 = build_w8a8_quantsim(loaded.model, test_ids[:1].to(device), config.aimet_config)
+    w8a8 = build_w8a8_quantsim(loaded.model, test_ids[:1].to(device), config.aimet.aimet_config)
     load_quantizer_state(w8a8, calib / QUANTIZER_STATE_FILE)
     rows.append({"method": "naive_w8a8", "ppl": quantsim_ppl("naive_w8a8", w8a8), "npu_blocks": num_blocks, "shadow_bytes": 0, "a8_mac_share": 1.0})
     del w8a8
 
     # AIMET with 16-bit activations and min/max ranges, on the sequences calibration gave AIMET's W8A8.
-    aimet_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), config.aimet_num_sequences, config.seq_len, source="calibration split")
-    w8a16 = build_quantsim(loaded.model, aimet_ids[:1].to(device), config.aimet_config, activation_bits=16)
+    aimet_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), config.aimet.aimet_num_sequences, config.statistics.seq_len, source="calibration split")
+    w8a16 = build_quantsim(loaded.model, aimet_ids[:1].to(device), config.aimet.aimet_config, activation_bits=16)
     compute_w8a8_encodings(w8a16, aimet_ids)
     rows.append({"method": "naive_w8a16", "ppl": quantsim_ppl("naive_w8a16", w8a16), "npu_blocks": num_blocks, "shadow_bytes": 0, "a8_mac_share": 0.0})
     del w8a16
     # The AI Hub-style w4a16: AIMET QuantSim, 4-bit per-channel weights, 16-bit activations, min/max.
-    w4a16 = build_quantsim(loaded.model, aimet_ids[:1].to(device), config.aimet_config, activation_bits=16, weight_bits=4)
+    w4a16 = build_quantsim(loaded.model, aimet_ids[:1].to(device), config.aimet.aimet_config, activation_bits=16, weight_bits=4)
     compute_w8a8_encodings(w4a16, aimet_ids)
     rows.append({"method": "naive_w4a16", "ppl": quantsim_ppl("naive_w4a16", w4a16), "npu_blocks": num_blocks, "shadow_bytes": 0, "a8_mac_share": 0.0, "weight_bits": 4, "npu_weight_bytes": sum(packed_weight_bytes(layout.linear(n).out_features, layout.linear(n).in_features, 4) for n in layout.linear_names())})
     del w4a16
@@ -133,9 +133,9 @@ def main(argv=None) -> int:
     variants = {"quantkit_w8a16": (precision.with_uniform_bits(16), w8), "quantkit_w8a8": (precision.with_uniform_bits(8), w8)}
     variants[calibrated] = (precision, w8)  # a uniform calibration is its own row, measured once
     # 4-bit weights on every A16 graph (GPTQ against one set of calibration Hessians), the output ranges recorded again
-    calibration_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), config.num_sequences, config.seq_len, source="calibration split")
-    hessians = collect_input_hessians(layout, plan, calibration_ids, config.batch_size)
-    sensitivity_ids = validation_ids[: config.sensitivity_num_sequences, : config.sensitivity_seq_len]  # as calibration measures graphs
+    calibration_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), config.statistics.num_sequences, config.statistics.seq_len, source="calibration split")
+    hessians = collect_input_hessians(layout, plan, calibration_ids, config.statistics.batch_size)
+    sensitivity_ids = validation_ids[: config.search.sensitivity_num_sequences, : config.search.sensitivity_seq_len]  # as calibration measures graphs
     # (activation bits, LPBQ block, block offsets, graph kinds with offsets, NPU weight bytes budget as a fraction of INT8's)
     every_kind = {"qkv", "o", "gate_up", "down"}
     four_bit = {
@@ -152,7 +152,7 @@ def main(argv=None) -> int:
     for method, (bits, block, offsets, offset_graphs, budget) in four_bit.items():
         four = precision if bits == "calibrated" else precision.with_uniform_bits(bits)
         four = PrecisionPlan.from_dict(four.to_dict())  # a copy: the rows above keep INT8 weights
-        weights = assign_four_bit_weights(layout, plan, four, w8, calibration_ids, calibration_ids[:4], block, "gptq", config.batch_size, hessians, offsets=offsets, offset_graphs=offset_graphs, bytes_budget=budget, sensitivity_ids=sensitivity_ids)
+        weights = assign_four_bit_weights(layout, plan, four, w8, calibration_ids, calibration_ids[:4], block, "gptq", config.statistics.batch_size, hessians, offsets=offsets, offset_graphs=offset_graphs, bytes_budget=budget, sensitivity_ids=sensitivity_ids)
         variants[method] = (four, weights)
     for method, (bits, weights) in variants.items():
         with simulated_quantization(layout, plan, bits, blocks=npu, weights=weights):

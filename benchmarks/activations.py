@@ -84,11 +84,11 @@ def main(argv=None) -> int:
     started = time.perf_counter()
     calib = Path(args.calib) if args.calib else out / "calib-activations"
     if not args.calib:
-        calibrate(calib, CalibrationConfig(model=args.model), overwrite=True)
+        calibrate(calib, CalibrationConfig.preset(model=args.model), overwrite=True)
     config = CalibrationConfig.load(calib / "config.json")
     loaded = load_model(config.model)
     tokenizer = loaded.tokenizer
-    windows = token_sequences(tokenizer, load_documents(config.data, "validation"), config.eval_num_sequences, config.eval_seq_len)
+    windows = token_sequences(tokenizer, load_documents(config.data, "validation"), config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len)
     test_ids = token_sequences(tokenizer, load_documents(config.data, "test"), args.test_sequences, args.test_seq_len, source="test split")
     wikitext = [json.loads(line)["text"] for line in (build_task_data() / "quantkit_wikitext.jsonl").read_text().splitlines() if line.strip()]
     plan = ShadowPlan.load(calib / PLAN_FILE)
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
 
     no_sink = ShadowPlan.from_dict(plan.to_dict())
     no_sink.config = type(plan.config).from_dict({**plan.config.to_dict(), "sink_tokens": 0})
-    calibration_ids = token_sequences(tokenizer, load_documents(config.data, "calibration"), 4, config.seq_len)
+    calibration_ids = token_sequences(tokenizer, load_documents(config.data, "calibration"), 4, config.statistics.seq_len)
     no_sink_precision = calibrated_precision(loaded.layout, no_sink, calibration_ids, "8", weights=load_weights(calib / WEIGHTS_FILE))  # its ranges see the first position
     variants = {
         "every graph A16": (plan, precision.with_uniform_bits(16), True),

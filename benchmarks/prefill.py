@@ -119,7 +119,7 @@ def main(argv=None) -> int:
         bundle = Path(args.bundle)
     else:
         if not (calib / "config.json").is_file():
-            calibrate(calib, CalibrationConfig(model=args.model))
+            calibrate(calib, CalibrationConfig.preset(model=args.model))
         bundle = out / f"bundle-{name}"
         if not bundle.is_dir():
             export_bundle(calib, bundle)

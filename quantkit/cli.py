@@ -6,7 +6,9 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import sys
+from typing import Callable
 
 from quantkit import __version__
 from quantkit.errors import QuantkitError
@@ -14,40 +16,96 @@ from quantkit.errors import QuantkitError
 __all__ = ["main", "build_parser"]
 
 
+def _number(kind: type, expected: str, ok: Callable[[float], bool]) -> Callable[[str], float]:
+    """An argparse type: ``kind`` (int or float) of the flag's text, refused unless ``ok``.
+    argparse names the flag in the message: "argument --limit: got -3, expected ..."."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}, expected {expected}") from None
+        if not (math.isfinite(value) and ok(value)):
+            raise argparse.ArgumentTypeError(f"got {text!r}, expected {expected}")
+        return value
+
+    parse.__name__ = kind.__name__  # argparse's fallback message names the type
+    return parse
+
+
+_positive_int = _number(int, "a positive integer", lambda v: v >= 1)
+_non_negative_int = _number(int, "an integer ≥ 0", lambda v: v >= 0)
+_non_negative_float = _number(float, "a number ≥ 0", lambda v: v >= 0)
+_positive_float = _number(float, "a positive number (a count of items, or a fraction of them when below 1)", lambda v: v > 0)
+_probability_mass = _number(float, "a number in (0, 1]", lambda v: 0 < v <= 1)
+
+
+def _setting_type(item: dataclasses.Field, kind: type) -> Callable[[str], object]:
+    """An argparse type for a calibration setting: its text as ``kind``, checked by the
+    setting's own check (``calibration.config.setting_field``), so a bad value is refused
+    where it is parsed, naming the flag."""
+    from quantkit.calibration.config import check_setting
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"got {text!r}, expected {'an integer' if kind is int else 'a number'}") from None
+        expected = check_setting(item, value) or (None if kind is not float or math.isfinite(value) else "a finite number")
+        if expected:
+            raise argparse.ArgumentTypeError(f"got {value!r}, expected {expected}")
+        return value
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+_METAVARS = {int: "N", float: "X", str: "VALUE"}
+
+
 def _add_calibrate(subparsers) -> None:
-    from quantkit.calibration.config import CalibrationConfig
+    import typing
+
+    from quantkit.calibration.config import SECTIONS, CalibrationConfig
+    from quantkit.calibration.presets import DEFAULT_PRESET, PRESETS
 
     parser = subparsers.add_parser(
         "calibrate",
         help="collect activation statistics, AIMET W8A8 baseline encodings and the outlier report",
         description="Calibrate a model: per-Linear activation statistics, AIMET W8A8 per-tensor encodings "
-        "(encodings JSON 1.0.0), FP vs W8A8 validation perplexity and an outlier heat-map, written to --out.",
+        "(encodings JSON 1.0.0), FP vs W8A8 validation perplexity and an outlier heat-map, written to --out. "
+        "Settings come from the --precision preset, then the --recipe file, then the flags given; "
+        "the run writes them all to --out/config.json, which is itself a recipe.",
     )
-    from quantkit.calibration.presets import DEFAULT_PRESET, PRESETS
-
-    defaults = CalibrationConfig()
-    parser.add_argument("--precision", choices=list(PRESETS), default=DEFAULT_PRESET, help="precision preset: w8a8-mixed (INT8 weights, A8 inputs wherever they stay within --accuracy-budget), w8a16, w4a16 (4-bit LPBQ weights with int4 block offsets within 55%% of the INT8 bytes); the flags below override single settings (default: %(default)s)")
-    parser.add_argument("--model", default=defaults.model, help="Hugging Face folder, .gguf file, or built-in name (default: %(default)s)")
-    parser.add_argument("--data", default=defaults.data, help="built-in corpus 'enwiki', a .txt/.jsonl file, or a datasets name[:config] (default: %(default)s)")
-    parser.add_argument("--out", default="calib", help="output folder (default: %(default)s)")
-    parser.add_argument("--device", default=defaults.device, help="torch device: cpu or cuda (default: %(default)s)")
-    for field in dataclasses.fields(CalibrationConfig):
-        if field.name in {"precision", "model", "data", "device", "version"}:
-            continue
-        preset_sets = field.name in {key for settings in PRESETS.values() for key in settings}
-        # None: not given, the preset's (or the config's) value applies
-        parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default), default=None, help="(default: from --precision)" if preset_sets else f"(default: {field.default})")
+    parser.add_argument("--recipe", metavar="FILE", default=None, help="a YAML or JSON file of settings in config.json's structure (top-level model, data, rotation, device, precision; sections statistics, outliers, search, weights, evaluation, aimet), any part of it; flags given beside it override its settings")
+    parser.add_argument("--precision", choices=list(PRESETS), default=None, help=f"precision preset the settings start from: w8a8-mixed (INT8 weights, A8 inputs wherever they stay within --accuracy-budget), w8a16, w4a16 (4-bit LPBQ weights with int4 block offsets within 55%% of the INT8 bytes); the recipe and the flags override single settings (default: the recipe's, else {DEFAULT_PRESET})")
+    parser.add_argument("--out", default="calib", help="folder the calibration is written to (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--restart", action="store_true", help="discard a partial run of --out instead of resuming it")
+    preset_sets = {key for settings in PRESETS.values() for key in settings}
+    for section, cls in {"": CalibrationConfig, **SECTIONS}.items():
+        summary = " ".join((cls.__doc__ or "").split("\n\n")[0].split())  # the docstring's first paragraph
+        group = parser.add_argument_group(f"{section} settings" if section else "model and data", f"Section `{section}` of config.json and recipes: {summary}" if section else "Top-level keys of config.json and recipes.")
+        kinds = typing.get_type_hints(cls)
+        for item in dataclasses.fields(cls):
+            if item.name in {"precision", "version"} or item.name in SECTIONS:
+                continue
+            default = f"from --precision; {DEFAULT_PRESET}: {PRESETS[DEFAULT_PRESET].get(item.name, item.default)}" if item.name in preset_sets else item.default
+            # None: not given, the recipe's or the preset's value applies
+            group.add_argument(f"--{item.name.replace('_', '-')}", type=_setting_type(item, kinds[item.name]), default=None, metavar=_METAVARS[kinds[item.name]], help=f"{item.metadata['help']} (default: {default})".replace("%", "%%"))
     parser.set_defaults(handler=_run_calibrate)
 
 
 def _calibration_config(args):
-    """The --precision preset with the flags given beside it."""
-    from quantkit.calibration import CalibrationConfig
+    """The preset (--precision, else the recipe's), then the recipe's settings, then the flags given."""
+    from quantkit.calibration.config import SETTING_NAMES, CalibrationConfig, load_recipe
+    from quantkit.calibration.presets import DEFAULT_PRESET
 
-    fields = {f.name for f in dataclasses.fields(CalibrationConfig)} - {"version", "precision"}
-    return CalibrationConfig.preset(args.precision, **{name: getattr(args, name) for name in fields if getattr(args, name) is not None})
+    recipe = load_recipe(args.recipe) if args.recipe else {}
+    precision = args.precision or recipe.get("precision", DEFAULT_PRESET)
+    settings = {**recipe, **{name: getattr(args, name) for name in SETTING_NAMES if name != "precision" and getattr(args, name) is not None}}
+    settings.pop("precision", None)
+    return CalibrationConfig.preset(precision, **settings)
 
 
 def _run_calibrate(args) -> int:
@@ -69,10 +127,10 @@ def _add_eval(subparsers) -> None:
     )
     parser.add_argument("model", help="bundle folder (from `quantkit export`), or a model: built-in name, Hugging Face folder, .gguf file")
     parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names, e.g. quantkit_offline or quantkit_lastword,quantkit_choice")
-    parser.add_argument("--limit", type=float, default=None, help="at most N items per task (a fraction when below 1)")
+    parser.add_argument("--limit", type=_positive_float, default=None, help="evaluate at most N items per task, or that fraction of each task when below 1 (default: every item)")
     parser.add_argument("--npu", choices=("cpu", "qnn"), default="cpu", help="bundle NPU graph executor: ONNX Runtime CPU provider or QNN HTP (default: %(default)s)")
     parser.add_argument("--no-shadow", action="store_true", help="bundle: clip outliers instead of running the shadow path (for comparison)")
-    parser.add_argument("--max-length", type=int, default=None, help="longest input in tokens (default: the bundle's context length / the model's)")
+    parser.add_argument("--max-length", type=_positive_int, default=None, help="longest input, in tokens, the model is given (default: the bundle's context length / the model's)")
     parser.add_argument("--output", default=None, help="also write lm-eval's results as JSON to this file")
     parser.add_argument("--include-path", action="append", default=[], metavar="DIR", help="a folder of your own lm-eval task YAML files (lm-eval's --include_path; repeatable)")
     parser.set_defaults(handler=_run_eval)
@@ -129,7 +187,7 @@ def _add_prepare(subparsers) -> None:
         help="convert a model to the cache, build the enwiki corpus and the offline eval tasks (done once, offline)",
         description="Prepare offline assets: convert --model (GGUF or built-in) into the quantkit cache, build the enwiki splits and the offline lm-eval tasks.",
     )
-    parser.add_argument("--model", default="smollm2-135m", help="model to convert (default: %(default)s)")
+    parser.add_argument("--model", default="smollm2-135m", help="model to convert into the cache: a built-in name or a .gguf file (default: %(default)s)")
     parser.set_defaults(handler=_run_prepare)
 
 
@@ -156,15 +214,15 @@ def _add_export(subparsers) -> None:
         "per NPU subgraph, AIMET encodings 1.0.0 matching them, shadow and CPU weights, manifest with sha256.",
     )
     parser.add_argument("calib", help="folder written by `quantkit calibrate`")
-    parser.add_argument("--out", default="bundle", help="bundle folder (default: %(default)s)")
-    parser.add_argument("--chunk-size", type=int, default=DEFAULT_CHUNK_SIZE, help="tokens per prefill chunk: the graphs' static shape (default: %(default)s)")
+    parser.add_argument("--out", default="bundle", help="folder the bundle is written to (default: %(default)s)")
+    parser.add_argument("--chunk-size", type=_positive_int, default=DEFAULT_CHUNK_SIZE, help="tokens per prefill chunk: the graphs' static shape (default: %(default)s)")
     parser.add_argument("--activation-bits", type=int, choices=(8, 16), default=None, help="NPU graph activations: by default each graph's calibrated width (calibrate --activation-bits auto|8|16); 8 or 16 put every graph at that width with the output ranges calibration recorded for it")
     parser.add_argument("--qnn-context", action="store_true", help="also compile each graph for a Snapdragon target and write its EPContext model")
-    parser.add_argument("--soc-model", type=int, default=None, help="QNN SoC model id for --qnn-context (e.g. 60: Snapdragon 8 Gen 3)")
-    parser.add_argument("--htp-arch", type=int, default=None, help="HTP architecture for --qnn-context (e.g. 75)")
+    parser.add_argument("--soc-model", type=_positive_int, default=None, help="QNN SoC model id for --qnn-context (e.g. 60: Snapdragon 8 Gen 3)")
+    parser.add_argument("--htp-arch", type=_positive_int, default=None, help="HTP architecture for --qnn-context (e.g. 75)")
     parser.add_argument("--output-bits", type=int, choices=(8, 16), default=None, help="with --activation-bits: the graphs' output width (default: as wide as the input); 16 with --activation-bits 8 keeps int8 MACs and writes int16 outputs — ONNX Runtime's CPU provider runs it, onnxruntime-qnn's HTP refuses it (lint --qnn says so)")
     parser.add_argument("--naive-w8a8", action="store_true", help="write the plain-PTQ baseline instead (with --activation-bits 8): every block on the NPU, min/max INT8 ranges, no shadow path — for regression suites")
-    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--device", default="cpu", help="torch device the model runs on while the graphs' output ranges are recorded: cpu or cuda (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.set_defaults(handler=_run_export)
 
@@ -184,7 +242,7 @@ def _add_lint(subparsers) -> None:
         description="Check a deployment bundle; exit status 1 and a list of problems when anything is off. "
         "--qnn also compiles and runs every NPU graph on the QNN HTP backend (CPU fallback disabled) and compares it, and ONNX Runtime CPU, with the graph's float result.",
     )
-    parser.add_argument("bundle")
+    parser.add_argument("bundle", help="folder written by `quantkit export`")
     parser.add_argument("--qnn", action="store_true", help="run every graph on QNN HTP and on ONNX Runtime CPU and compare both with the graph's float result")
     parser.set_defaults(handler=_run_lint)
 
@@ -221,10 +279,10 @@ def _add_report(subparsers) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--calib", default=None, help="folder written by `quantkit calibrate`")
     source.add_argument("--bundle", default=None, help="folder written by `quantkit export`")
-    parser.add_argument("--accuracy", default="benchmarks/results/accuracy.json", help="results of benchmarks/accuracy.py (default: %(default)s)")
-    parser.add_argument("--prefill", default="benchmarks/results/prefill.json", help="results of benchmarks/prefill.py (default: %(default)s)")
+    parser.add_argument("--accuracy", default="benchmarks/results/accuracy.json", help="the results JSON of benchmarks/accuracy.py for the accuracy section (default: %(default)s)")
+    parser.add_argument("--prefill", default="benchmarks/results/prefill.json", help="the results JSON of benchmarks/prefill.py for the prefill section (default: %(default)s)")
     parser.add_argument("--regress", default=None, help="results.json written by `quantkit regress` (e.g. regress/results.json)")
-    parser.add_argument("--out", default="report", help="report folder, replaced whole (default: %(default)s)")
+    parser.add_argument("--out", default="report", help="folder the report is written to, replaced whole (default: %(default)s)")
     parser.set_defaults(handler=_run_report)
 
 
@@ -246,13 +304,13 @@ def _add_run(subparsers) -> None:
     )
     parser.add_argument("bundle", help="folder written by `quantkit export`")
     prompt = parser.add_mutually_exclusive_group(required=True)
-    prompt.add_argument("--prompt", help="prompt text")
-    prompt.add_argument("--prompt-file", help="file holding the prompt (UTF-8)")
-    parser.add_argument("--max-new-tokens", type=int, default=64, help="(default: %(default)s)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: %(default)s)")
-    parser.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens; 0 = all (default: %(default)s)")
-    parser.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default: %(default)s)")
-    parser.add_argument("--seed", type=int, default=None, help="seed for sampling")
+    prompt.add_argument("--prompt", help="the text the model continues")
+    prompt.add_argument("--prompt-file", help="a UTF-8 file holding the text the model continues")
+    parser.add_argument("--max-new-tokens", type=_non_negative_int, default=64, help="tokens to generate after the prompt (default: %(default)s)")
+    parser.add_argument("--temperature", type=_non_negative_float, default=0.0, help="sampling temperature: higher is more random; 0 always takes the most likely token (greedy) (default: %(default)s)")
+    parser.add_argument("--top-k", type=_non_negative_int, default=0, help="sample among the k most likely tokens; 0 = all (default: %(default)s)")
+    parser.add_argument("--top-p", type=_probability_mass, default=1.0, help="sample among the most likely tokens whose probabilities add up to this mass (nucleus sampling); 1 = all (default: %(default)s)")
+    parser.add_argument("--seed", type=_non_negative_int, default=None, help="random seed of the sampling, for output that repeats (default: unseeded, so sampled output differs between runs)")
     parser.add_argument("--npu", choices=("cpu", "qnn"), default="cpu", help="NPU graph executor: ONNX Runtime CPU provider or QNN HTP (default: %(default)s)")
     parser.add_argument("--schedule", choices=("ooo", "inorder"), default="ooo", help="out-of-order (§3.4) or in-order subgraph execution (default: %(default)s)")
     parser.add_argument("--no-shadow", action="store_true", help="clip outliers instead of running the shadow path (for comparison)")
@@ -289,9 +347,9 @@ def _add_regress(subparsers) -> None:
         "candidate bundle, thresholds against FP and stored baselines. Writes OUT/results.json and OUT/junit.xml; exit status 1 "
         "and a table of what regressed when any check fails.",
     )
-    parser.add_argument("suite", help="suite YAML file")
-    parser.add_argument("--out", default="regress", help="results folder (default: %(default)s)")
-    parser.add_argument("--candidates", default=None, help="comma-separated candidates to run (default: all in the suite)")
+    parser.add_argument("suite", help="suite YAML file: the tasks, the candidates and their thresholds (e.g. eval/suites/smollm2.yaml)")
+    parser.add_argument("--out", default="regress", help="folder results.json and junit.xml are written to (default: %(default)s)")
+    parser.add_argument("--candidates", default=None, help="comma-separated names of the suite's candidates to run (default: all in the suite)")
     parser.add_argument("--bundle", action="append", default=[], metavar="NAME=PATH", help="override a candidate's bundle path (repeatable)")
     parser.add_argument("--update-baselines", action="store_true", help="store the measured values as the suite's baselines")
     parser.add_argument("--fresh-reference", action="store_true", help="evaluate the FP reference again instead of using its cached results")
@@ -325,7 +383,7 @@ def _run_regress(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="quantkit", description="Calibrate small LLMs for INT8 execution on mobile NPUs (llm.npu, arXiv 2407.05858).")
     parser.add_argument("--version", action="version", version=f"quantkit {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debug details of every step")
     subparsers = parser.add_subparsers(title="subcommands", metavar="COMMAND", required=True)
     _add_calibrate(subparsers)
     _add_eval(subparsers)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 __all__ = [
     "QuantkitError",
+    "ConfigError",
     "ModelLoadError",
     "UnsupportedArchitectureError",
     "DataError",
@@ -15,6 +16,10 @@ __all__ = [
 
 class QuantkitError(Exception):
     """Base class of every error quantkit raises on purpose (the CLI prints these cleanly)."""
+
+
+class ConfigError(QuantkitError, ValueError):
+    """A setting, config file or recipe holds a value or a name quantkit does not accept."""
 
 
 class ModelLoadError(QuantkitError):

@@ -27,7 +27,7 @@ def test_default_model_loads_with_its_architecture(smollm2):
 
 
 def smoke_calibration_config() -> CalibrationConfig:
-    return CalibrationConfig(num_sequences=2, seq_len=128, batch_size=2, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=128, sensitivity_num_sequences=1, sensitivity_seq_len=64, accuracy_budget=0.05)
+    return CalibrationConfig.preset(num_sequences=2, seq_len=128, batch_size=2, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=128, sensitivity_num_sequences=1, sensitivity_seq_len=64, accuracy_budget=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -79,6 +79,6 @@ def test_bundle_runtime_tracks_fp_on_real_text(smoke_calibration, smollm2):
     from quantkit.eval.perplexity import perplexity
 
     config = smoke_calibration_config()
-    validation = token_sequences(smollm2.tokenizer, load_documents(config.data, "validation"), config.eval_num_sequences, config.eval_seq_len)
+    validation = token_sequences(smollm2.tokenizer, load_documents(config.data, "validation"), config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len)
     measured = perplexity(lambda batch: runtime.prefill(batch[0])[None], validation, progress=False)
     assert measured == pytest.approx(smoke_calibration.perplexities["quantkit"], rel=0.002)

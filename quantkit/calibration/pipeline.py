@@ -1,8 +1,9 @@
 """``calibrate``: the main verb. Statistics, AIMET W8A8 baseline, report — into one folder.
 
-The folder is built under ``.<out>.partial`` beside ``out`` and renamed into place only
-when complete; the statistics pass checkpoints there after every batch, so running the
-same command again after a kill resumes where it stopped.
+The folder is built under ``.<out>.partial`` beside ``out`` (created once the model and
+text are loaded, removed again by a failure before the first checkpoint) and renamed into
+place only when complete; the statistics pass checkpoints there after every batch, so
+running the same command again after a kill resumes where it stopped.
 """
 
 from __future__ import annotations
@@ -78,7 +79,9 @@ def _peak_memory_mb() -> float:
 
 def _fingerprint(config: CalibrationConfig, source_sha256: str, calibration_ids: torch.Tensor) -> str:
     """Identity of the statistics a run computes: a checkpoint only resumes the same run."""
-    relevant = {k: v for k, v in config.to_dict().items() if k in {"model", "data", "num_sequences", "seq_len", "batch_size", "outlier_quantile", "rotation", "sink_tokens", "version"}}
+    settings = config.settings()
+    relevant = {k: settings[k] for k in ("model", "data", "num_sequences", "seq_len", "batch_size", "outlier_quantile", "rotation", "sink_tokens")}
+    relevant["version"] = 1  # as when the config was flat (version 1): partial runs written then still resume
     digest = hashlib.sha256(json.dumps(relevant, sort_keys=True).encode())
     digest.update(source_sha256.encode())
     digest.update(calibration_ids.numpy().tobytes())
@@ -99,9 +102,9 @@ def _int8_weights(layout, plan, calibration_ids: torch.Tensor, config: Calibrati
     weights there, and rounded to nearest INT8 then loses +0.7% validation perplexity on
     SmolLM2 (−0.1% unrotated), so GPTQ rounds INT8 too (``--weight-rounding gptq``)."""
     rule = plan.config.weight_scale_rule
-    if config.rotation == "none" or config.weight_rounding != "gptq":
+    if config.rotation == "none" or config.weights.weight_rounding != "gptq":
         return quantized_weights(layout, layout.linear_names(), rule), None
-    hessians = collect_input_hessians(layout, plan, calibration_ids, config.batch_size, progress)
+    hessians = collect_input_hessians(layout, plan, calibration_ids, config.statistics.batch_size, progress)
     return quantized_weights(layout, layout.linear_names(), rule, 8, None, "gptq", hessians, progress), hessians
 
 
@@ -135,11 +138,11 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, held_o
     and the chosen arithmetic's point on the confirmation windows."""
     validation_ids, fp_ppl = held_out.search, held_out.fp_ppl
     layout = loaded.layout
-    sensitivity_ids = validation_ids[: config.sensitivity_num_sequences, : config.sensitivity_seq_len]
+    sensitivity_ids = validation_ids[: config.search.sensitivity_num_sequences, : config.search.sensitivity_seq_len]
     with _timed(timings, "output_ranges"):
         plan = build_shadow_plan(statistics, layout, config.shadow_config())
         weights, hessians = _int8_weights(layout, plan, calibration_ids, config, progress)
-        precision = calibrated_precision(layout, plan, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], config.activation_bits, weights=weights)  # also sets the output-side shadow channels
+        precision = calibrated_precision(layout, plan, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], config.search.activation_bits, weights=weights)  # also sets the output-side shadow channels
         plan.save(staging / PLAN_FILE)
 
     measured_realizations: dict[tuple, torch.Tensor] = {}  # (graph bits, CPU blocks, count, windows) → per-window NLL draws: each point is measured once
@@ -161,17 +164,17 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, held_o
         # with realizations > 1 the expected draw, not one draw (sensitivity/realizations.py)
         return _point(realizations_of(precision, cpu_blocks, realizations, candidate_weights, desc), held_out.search_fp_nll)["ppl"]
 
-    if config.activation_bits == "auto":
+    if config.search.activation_bits == "auto":
         with _timed(timings, "precision_search"):
             sensitivity = lambda: graph_sensitivity(layout, plan, precision, sensitivity_ids, weights, progress=progress)  # noqa: E731  only if every graph at A8 is over
-            evaluate = lambda p: _point(realizations_of(p, frozenset(), config.search_realizations, desc=f"quantkit PPL (A8 share {p.a8_mac_share():.0%})"), held_out.search_fp_nll)  # noqa: E731
-            search_activation_bits(precision, sensitivity, evaluate, fp_ppl, config.accuracy_budget)
-    if config.weight_bits in ("4", "auto"):
+            evaluate = lambda p: _point(realizations_of(p, frozenset(), config.search.search_realizations, desc=f"quantkit PPL (A8 share {p.a8_mac_share():.0%})"), held_out.search_fp_nll)  # noqa: E731
+            search_activation_bits(precision, sensitivity, evaluate, fp_ppl, config.search.accuracy_budget)
+    if config.weights.weight_bits in ("4", "auto"):
         int8_weights, int8_clips = weights, {name: dict(graph.output_clips_) for name, graph in precision.graphs.items()}
         with _timed(timings, "weights_4bit"):
-            block_size = config.weight_block_size or None
-            weights = assign_four_bit_weights(layout, plan, precision, weights, calibration_ids, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], block_size, config.weight_rounding, config.batch_size, hessians, progress=progress, offsets=config.weight_block_offsets, offset_graphs=config.offset_graph_kinds, bytes_budget=config.weight_bytes_budget or None, sensitivity_ids=sensitivity_ids)
-        if config.weight_bits == "auto":
+            block_size = config.weights.weight_block_size or None
+            weights = assign_four_bit_weights(layout, plan, precision, weights, calibration_ids, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], block_size, config.weights.weight_rounding, config.statistics.batch_size, hessians, progress=progress, offsets=config.weights.weight_block_offsets, offset_graphs=config.weights.offset_graph_kinds, bytes_budget=config.weights.weight_bytes_budget or None, sensitivity_ids=sensitivity_ids)
+        if config.weights.weight_bits == "auto":
             four_bit = weights
             with _timed(timings, "weight_search"):
                 candidates = [name for name, graph in precision.graphs.items() if graph.weight_bits == 4]
@@ -181,7 +184,7 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, held_o
                     return {name: (four_bit if p.of(name).weight_bits == 4 else int8_weights)[name] for name in layout.linear_names()}
 
                 evaluate = lambda p: deployed_perplexity(p, desc=f"quantkit PPL (W4 share {p.w4_mac_share():.0%})", candidate_weights=weights_of(p))  # noqa: E731
-                search_weight_bits(precision, sensitivity, int8_clips, evaluate, fp_ppl, config.accuracy_budget)
+                search_weight_bits(precision, sensitivity, int8_clips, evaluate, fp_ppl, config.search.accuracy_budget)
                 weights = weights_of(precision)
     save_weights({name: weights[name] for name in layout.linear_names()}, staging / WEIGHTS_FILE)  # export serialises exactly these
     precision.save(staging / PRECISION_FILE)
@@ -192,9 +195,9 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, held_o
     # of the search's realizations too (and reuses the search's own measurement of the chosen point).
     # Every graph A16: the draws agree to the third decimal (SmolLM2 W4A16: 21.210 three times), one is measured.
     any_a8 = any(g.activation_bits == 8 for g in precision.graphs.values())
-    draws = config.search_realizations if any_a8 else 1
+    draws = config.search.search_realizations if any_a8 else 1
     with _timed(timings, "placement"):
-        placement = plan_placement(sensitivities, lambda cpu: deployed_perplexity(precision, cpu, f"quantkit PPL ({len(cpu)} CPU blocks)", realizations=draws), fp_ppl, config.accuracy_budget)
+        placement = plan_placement(sensitivities, lambda cpu: deployed_perplexity(precision, cpu, f"quantkit PPL ({len(cpu)} CPU blocks)", realizations=draws), fp_ppl, config.search.accuracy_budget)
         placement.save(staging / PLACEMENT_FILE)
     with _timed(timings, "confirmation"):  # the chosen arithmetic on windows the decisions never saw
         cpu_blocks = frozenset(placement.cpu_block_indices)
@@ -214,8 +217,8 @@ def _aimet_baseline(loaded, calibration_ids: torch.Tensor, validation_ids: torch
     """AIMET W8A8 encodings (written as 1.0.0 + quantizer state) and their perplexity."""
     device = next(loaded.model.parameters()).device
     with _timed(timings, "aimet_encodings"):
-        sim = build_w8a8_quantsim(loaded.model, calibration_ids[:1].to(device), config.aimet_config)
-        compute_w8a8_encodings(sim, calibration_ids[: config.aimet_num_sequences], progress=progress)
+        sim = build_w8a8_quantsim(loaded.model, calibration_ids[:1].to(device), config.aimet.aimet_config)
+        compute_w8a8_encodings(sim, calibration_ids[: config.aimet.aimet_num_sequences], progress=progress)
         encodings = quantsim_encodings_1_0_0(sim)
         write_encodings(encodings, staging / ENCODINGS_FILE)
         save_quantizer_state(sim, staging / QUANTIZER_STATE_FILE)
@@ -235,7 +238,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     with its PNG plots, see ``quantkit.report``) and ``config.json``.
 
     >>> from quantkit.calibration import calibrate, CalibrationConfig
-    >>> result = calibrate("calib", CalibrationConfig(num_sequences=8))   # doctest: +SKIP
+    >>> result = calibrate("calib", CalibrationConfig.preset(num_sequences=8))  # doctest: +SKIP
     >>> print(result.summary)                                              # doctest: +SKIP
     """
     config = config or CalibrationConfig()
@@ -245,43 +248,55 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     staging = out.parent / f".{out.name}.partial"
     if restart and staging.exists():
         shutil.rmtree(staging)
-    staging.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
     started = time.perf_counter()
 
     with _timed(timings, "load"):
         log.info("loading model %s", config.model)
         loaded = load_model(config.model, config.device, rotation=config.rotation)
-        device = next(loaded.model.parameters()).device
         calibration_ids = token_sequences(
-            loaded.tokenizer, load_documents(config.data, "calibration"), config.num_sequences, config.seq_len, source=f"--data {config.data} (calibration split)"
+            loaded.tokenizer, load_documents(config.data, "calibration"), config.statistics.num_sequences, config.statistics.seq_len, source=f"--data {config.data} (calibration split)"
         )
         # the search's windows, then as many again to confirm its decision on (one cut: disjoint)
         windows = token_sequences(
-            loaded.tokenizer, load_documents(config.data, "validation"), 2 * config.eval_num_sequences, config.eval_seq_len, source=f"--data {config.data} (validation split)"
+            loaded.tokenizer, load_documents(config.data, "validation"), 2 * config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len, source=f"--data {config.data} (validation split)"
         )
-        validation_ids, confirmation_ids = windows[: config.eval_num_sequences], windows[config.eval_num_sequences :]
+        validation_ids, confirmation_ids = windows[: config.evaluation.eval_num_sequences], windows[config.evaluation.eval_num_sequences :]
+    # Only now is there work to resume: a run that fails to load its model or text leaves nothing behind.
+    resuming = staging.exists()
+    staging.mkdir(parents=True, exist_ok=True)
+    try:
+        return _calibrate_loaded(out, staging, config, loaded, calibration_ids, windows, validation_ids, confirmation_ids, timings, started, progress)
+    except BaseException:
+        if not resuming and not (staging / "checkpoint" / "progress.json").is_file():
+            shutil.rmtree(staging, ignore_errors=True)  # failed before its first checkpoint: nothing to resume
+        raise
+
+
+def _calibrate_loaded(out: Path, staging: Path, config: CalibrationConfig, loaded, calibration_ids: torch.Tensor, windows: torch.Tensor, validation_ids: torch.Tensor, confirmation_ids: torch.Tensor, timings: dict, started: float, progress: bool) -> CalibrationResult:
+    """``calibrate`` once the model and its text are loaded, built in ``staging``."""
+    device = next(loaded.model.parameters()).device
     with _timed(timings, "statistics"):
         statistics = collect_activation_statistics(
             loaded.layout,
             calibration_ids,
-            batch_size=config.batch_size,
-            outlier_quantile=config.outlier_quantile,
+            batch_size=config.statistics.batch_size,
+            outlier_quantile=config.outliers.outlier_quantile,
             checkpoint_dir=staging / "checkpoint",
             fingerprint=_fingerprint(config, loaded.source_sha256, calibration_ids),
             progress=progress,
-            skip_positions=config.sink_tokens,
+            skip_positions=config.outliers.sink_tokens,
         )
-        statistics.save(staging, metadata={"model": config.model, "source_sha256": loaded.source_sha256, "outlier_quantile": config.outlier_quantile})
+        statistics.save(staging, metadata={"model": config.model, "source_sha256": loaded.source_sha256, "outlier_quantile": config.outliers.outlier_quantile})
     with _timed(timings, "fp_eval"):
         fp_model = LogitsModel(loaded.model)
         fp_nll = sequence_nll(lambda ids: fp_model(ids.to(device)), windows, desc="FP perplexity", progress=progress)
-        held_out = _HeldOut(validation_ids, fp_nll[: config.eval_num_sequences], confirmation_ids, fp_nll[config.eval_num_sequences :])
+        held_out = _HeldOut(validation_ids, fp_nll[: config.evaluation.eval_num_sequences], confirmation_ids, fp_nll[config.evaluation.eval_num_sequences :])
         perplexities = {"fp": held_out.fp_ppl}
     plan, precision, sensitivities, placement, realizations, weight_bytes = _plan_quantization(loaded, statistics, calibration_ids, held_out, config, staging, timings, progress)
     config.save(staging / "config.json")
     with _timed(timings, "bundle_perplexity"):  # what ships: the exported bundle through the runtime
-        perplexities["quantkit"] = bundle_perplexity(staging, validation_ids, config.bundle_chunk_size, config.device, progress)
+        perplexities["quantkit"] = bundle_perplexity(staging, validation_ids, config.evaluation.bundle_chunk_size, config.device, progress)
     perplexities["quantkit_simulated"] = placement.ppl_
     encodings, perplexities["aimet_w8a8_per_tensor"] = _aimet_baseline(loaded, calibration_ids, validation_ids, config, staging, timings, progress)
 
@@ -293,7 +308,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
     out_features = {name: loaded.layout.linear(name).out_features for name in loaded.layout.linear_names()}
     resident = plan.resident_shadow_parameters(out_features, blocks=placement.npu_block_indices)
     model_parameters = sum(p.numel() for p in loaded.model.parameters())
-    summary = format_summary(config.model, perplexities, top_layers, config.outlier_quantile, timings, peak, placement, resident / model_parameters, precision, realizations, weight_bytes, loaded.rotation, config.search_realizations, config.bundle_chunk_size)
+    summary = format_summary(config.model, perplexities, top_layers, config.outliers.outlier_quantile, timings, peak, placement, resident / model_parameters, precision, realizations, weight_bytes, loaded.rotation, config.search.search_realizations, config.evaluation.bundle_chunk_size)
     (staging / SUMMARY_TEXT).write_text(summary + "\n")
     (staging / SUMMARY_JSON).write_text(
         json.dumps(
@@ -306,7 +321,7 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
                 "prediction": realizations["search"],  # the chosen arithmetic on the search's windows: ppl, ppl_lower, ppl_upper (one-sided 95% bounds over windows)
                 "confirmation": {**realizations["confirmation"], "fp": realizations["confirmation_fp"], "windows": list(confirmation_ids.shape)},
                 "quantkit_rounding_realizations": realizations["confirmation_draws"],  # on the confirmation windows
-                "bundle_chunk_size": config.bundle_chunk_size,  # perplexity["quantkit"]: the bundle exported at this chunk size, through the runtime
+                "bundle_chunk_size": config.evaluation.bundle_chunk_size,  # perplexity["quantkit"]: the bundle exported at this chunk size, through the runtime
                 "npu_blocks": placement.npu_blocks,
                 "rotation": loaded.rotation.to_dict() if loaded.rotation else None,
                 "activation_bits": precision.mode,

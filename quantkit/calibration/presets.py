@@ -1,7 +1,8 @@
 """Named precision presets for ``quantkit calibrate --precision``: the recipes users know
 from Qualcomm AI Hub and ExecuTorch's QNN backend, each the best measured recipe of its
 kind here (``docs``/README: ``benchmarks/accuracy.py``). A preset fills the settings it
-names; a flag given beside it overrides that one setting.
+names (by setting name, whatever its section of ``CalibrationConfig``); a flag or a recipe
+setting given beside it overrides that one setting.
 
 * ``w8a8-mixed`` (the default): INT8 weights, every NPU graph's input at A8 (int8 × int8
   MACs) unless the search must promote one to A16 to stay within the accuracy budget;

@@ -156,7 +156,7 @@ def export_bundle(
     placement = PlacementPlan.load(calib / PLACEMENT_FILE)
     loaded = load_model(config.model, device, rotation=config.rotation)  # the basis calibration measured in
     layout = loaded.layout
-    sequences = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), _OUTPUT_RANGE_SEQUENCES, config.seq_len, source="calibration split")
+    sequences = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), _OUTPUT_RANGE_SEQUENCES, config.statistics.seq_len, source="calibration split")
     if naive_w8a8:
         if activation_bits != 8:
             raise QuantkitError("--naive-w8a8 is the INT8 baseline: pass --activation-bits 8")
@@ -267,7 +267,7 @@ def export_bundle(
             "chunk_size": chunk_size,
             "context_length": architecture.max_positions,
             "quantization": {
-                "weights": _weights_description(weight_bits, block_sizes, plan.config.weight_scale_rule, config.weight_rounding, *_offsets_summary(graphs)),
+                "weights": _weights_description(weight_bits, block_sizes, plan.config.weight_scale_rule, config.weights.weight_rounding, *_offsets_summary(graphs)),
                 "weight_bits": weight_bits[0] if len(weight_bits) == 1 else "mixed",  # each graph entry has its own
                 "npu_weight_bytes": npu_weight_bytes,
                 "npu_weight_bytes_vs_w8": npu_weight_bytes / w8_weight_bytes if w8_weight_bytes else 1.0,

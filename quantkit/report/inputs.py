@@ -49,6 +49,12 @@ class ReportInputs:
     regress: ResultsFile | None = None  # results.json of `quantkit regress`
 
     @property
+    def settings(self) -> dict:
+        """The calibration's settings by name: config.json holds them in sections (version 2) or flat (version 1)."""
+        config = self.config or {}
+        return {name: value for key, item in config.items() for name, value in (item.items() if isinstance(item, dict) else [(key, item)])}
+
+    @property
     def model(self) -> str | None:
         for value in (
             (self.summary or {}).get("model"),

@@ -120,7 +120,7 @@ def summary_section(inputs: ReportInputs, folder: Path) -> Section:
         items.append(("calibration time", f"{seconds.get('total', sum(seconds.values())):.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total") + ")"))
     if "peak_memory_mb" in summary:
         items.append(("peak memory", f"{summary['peak_memory_mb']:.0f} MB"))
-    config = inputs.config or {}
+    config = inputs.settings
     settings = [f"{key} = {config[key]}" for key in ("outlier_quantile", "scale_rule", "hot_coverage", "max_resident_fraction", "prune_fraction", "weight_scale_rule", "accuracy_budget") if key in config]
     body = ppl_table + facts(items) + (note("Settings: " + ", ".join(settings) + ".") if settings else "")
     return Section("summary", "Summary", body)
@@ -334,7 +334,7 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
     on_npu = [g for g in precision.graphs.values() if g.block_index in npu]
     a16 = sorted(g.name for g in on_npu if g.activation_bits == 16)
     share = precision.a8_mac_share(npu)
-    config = inputs.config or {}
+    config = inputs.settings
     items = [
         *([("preset", f"--precision {config['precision']}")] if config.get("precision") else []),
         ("mode", _MODE_TEXT.get(precision.mode, precision.mode)),
@@ -362,7 +362,7 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
     fp = (inputs.summary or {}).get("perplexity", {}).get("fp") or (inputs.placement or {}).get("fp_ppl_")
     budget = (inputs.placement or {}).get("budget_relative_ppl")
     if budget is None:
-        budget = (inputs.config or {}).get("accuracy_budget")
+        budget = inputs.settings.get("accuracy_budget")
     points = precision.search_
     if points and fp:
         promoted = sum(g.activation_bits == 16 for g in precision.graphs.values())

@@ -22,7 +22,7 @@ def _load_script():
 
 def test_accuracy_benchmark_writes_every_method(tmp_path, tiny_model_folder):
     calib = tmp_path / "calib"
-    calibrate(calib, CalibrationConfig(model=str(tiny_model_folder), num_sequences=4, seq_len=32, aimet_num_sequences=2, eval_num_sequences=2, eval_seq_len=32, sensitivity_num_sequences=1, sensitivity_seq_len=32, activation_bits="auto"), progress=False)
+    calibrate(calib, CalibrationConfig.preset(model=str(tiny_model_folder), num_sequences=4, seq_len=32, aimet_num_sequences=2, eval_num_sequences=2, eval_seq_len=32, sensitivity_num_sequences=1, sensitivity_seq_len=32, activation_bits="auto"), progress=False)
     out = tmp_path / "results"
     code = _load_script().main(["--model", str(tiny_model_folder), "--calib", str(calib), "--out", str(out), "--test-sequences", "2", "--test-seq-len", "32", "--alphas", "0.5,0.8", "--bytes-budget", "0.6"])
     assert code == 0

@@ -14,7 +14,7 @@ from tests.conftest import PLANTED_CHANNELS
 def _config(folder, **overrides):
     values = dict(model=str(folder), num_sequences=4, seq_len=32, batch_size=2, aimet_num_sequences=2, eval_num_sequences=2, eval_seq_len=32, sensitivity_num_sequences=1, sensitivity_seq_len=32)
     values.update(overrides)
-    return CalibrationConfig(**values)
+    return CalibrationConfig.preset(**values)
 
 
 def test_calibrate_writes_every_artefact(tmp_path, tiny_model_folder):
@@ -99,18 +99,18 @@ def test_too_little_data_is_a_clear_error(tmp_path, tiny_model_folder):
 )
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
-        CalibrationConfig(**{field: value})
+        CalibrationConfig.preset(**{field: value})
 
 
 @pytest.mark.parametrize("activation_bits, pruned", [("16", 0.5), ("8", 0.0), ("auto", 0.0)])
 def test_shadow_path_is_pruned_for_16_bit_graphs_only(activation_bits, pruned):
     """An INT8 range cannot absorb a pruned layer's outliers: A8-capable plans keep every shadow site."""
-    assert CalibrationConfig(activation_bits=activation_bits, prune_fraction=0.5).shadow_config().prune_fraction == pruned
+    assert CalibrationConfig.preset(activation_bits=activation_bits, prune_fraction=0.5).shadow_config().prune_fraction == pruned
 
 
 def test_config_rejects_bad_values_of_rotation():
     with pytest.raises(ValueError, match="rotation: got 'spin', expected one of none, hadamard"):
-        CalibrationConfig(rotation="spin")
+        CalibrationConfig.preset(rotation="spin")
 
 
 def test_config_rejects_unknown_keys():
@@ -142,12 +142,12 @@ def test_summary_perplexity_is_the_exported_bundles(tmp_path, tiny_model_folder)
     assert every_graph_a8["promoted"] == 0 and bool(precision.sensitivity_) == (every_graph_a8["ppl_upper"] > summary["perplexity"]["fp"])
     for figure in ("prediction", "confirmation"):
         assert summary[figure]["ppl_lower"] <= summary[figure]["ppl"] <= summary[figure]["ppl_upper"]
-    assert summary["confirmation"]["windows"] == [config.eval_num_sequences, config.eval_seq_len]
+    assert summary["confirmation"]["windows"] == [config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len]
     realizations = summary["quantkit_rounding_realizations"]
     assert len(realizations) == (3 if summary["a8_mac_share"] > 0 else 1)  # every graph A16: the draws agree, one is measured
     assert all(abs(v / summary["confirmation"]["fp"] - 1) < 0.2 for v in realizations)
     loaded = load_model(config.model)
-    validation = token_sequences(loaded.tokenizer, load_documents(config.data, "validation"), config.eval_num_sequences, config.eval_seq_len)
+    validation = token_sequences(loaded.tokenizer, load_documents(config.data, "validation"), config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len)
     measured = {}
     for chunk in (16, 8):
         runtime = BundleModel(export_bundle(result.out, tmp_path / f"bundle{chunk}", chunk_size=chunk, progress=False))
@@ -155,3 +155,21 @@ def test_summary_perplexity_is_the_exported_bundles(tmp_path, tiny_model_folder)
     assert measured[16] == result.perplexities["quantkit"]
     assert measured[8] == pytest.approx(result.perplexities["quantkit"], rel=1e-4)
     assert result.perplexities["quantkit_simulated"] == pytest.approx(result.perplexities["quantkit"], rel=1e-3)
+
+
+def test_a_run_without_text_leaves_nothing_behind(tmp_path, tiny_model_folder):
+    empty = tmp_path / "empty.txt"
+    empty.write_text("")
+    with pytest.raises(DataError):
+        calibrate(tmp_path / "calib", _config(tiny_model_folder, data=str(empty)), progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.txt", tiny_model_folder.name]  # no calib, no .calib.partial
+
+
+def test_a_failure_before_the_first_checkpoint_removes_the_staging_folder(tmp_path, tiny_model_folder, monkeypatch):
+    def fails(*args, **kwargs):
+        raise QuantkitError("layer 0 produced NaN")
+
+    monkeypatch.setattr(pipeline, "collect_activation_statistics", fails)
+    with pytest.raises(QuantkitError, match="NaN"):
+        calibrate(tmp_path / "calib", _config(tiny_model_folder), progress=False)
+    assert not (tmp_path / ".calib.partial").exists() and not (tmp_path / "calib").exists()

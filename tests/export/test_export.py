@@ -34,7 +34,7 @@ def tiny_bundle(tmp_path_factory, tiny_tokenizer):
     plant_output_outliers(model)
     model.save_pretrained(model_folder)
     tiny_tokenizer.save_pretrained(model_folder)
-    config = CalibrationConfig(model=str(model_folder), num_sequences=4, seq_len=32, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=32, sensitivity_num_sequences=1, sensitivity_seq_len=32)
+    config = CalibrationConfig.preset(model=str(model_folder), num_sequences=4, seq_len=32, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=32, sensitivity_num_sequences=1, sensitivity_seq_len=32)
     calibrate(root / "calib", config, progress=False)
     export_bundle(root / "calib", root / "bundle", chunk_size=CHUNK, activation_bits=8, progress=False)  # the paper's INT8 scheme
     return root

@@ -70,7 +70,7 @@ def tiny_folder(tmp_path_factory, tiny_tokenizer):
 
 
 def _config(root, budget: float) -> CalibrationConfig:
-    return CalibrationConfig(
+    return CalibrationConfig.preset(
         model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
         sensitivity_num_sequences=1, sensitivity_seq_len=32, activation_bits="16", weight_bits="4", weight_block_size=BLOCK, weight_block_offsets="int4", weight_bytes_budget=budget,
     )
@@ -112,6 +112,6 @@ def test_a_budget_below_the_symmetric_weights_is_refused_naming_the_flag(tiny_fo
 
 @pytest.mark.parametrize("changes", [{"weight_bytes_budget": 1.5}, {"weight_bytes_budget": -0.1}, {"weight_block_offsets": "none"}, {"weight_bits": "auto"}])
 def test_bad_budget_settings_are_refused(tiny_folder, changes):
-    values = {**_config(tiny_folder, 0.55).to_dict(), **changes}
+    values = {**_config(tiny_folder, 0.55).settings(), **changes}
     with pytest.raises(ValueError, match="weight_bytes_budget"):
-        CalibrationConfig(**values)
+        CalibrationConfig.preset(**values)

@@ -39,7 +39,7 @@ def case(request, tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp(f"arch-{request.param}")
     architecture_case_model(request.param).save_pretrained(root / "model")
     tiny_tokenizer.save_pretrained(root / "model")
-    config = CalibrationConfig(model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64, sensitivity_num_sequences=1, sensitivity_seq_len=32)
+    config = CalibrationConfig.preset(model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64, sensitivity_num_sequences=1, sensitivity_seq_len=32)
     calibrate(root / "calib", config, progress=False)
     _export_with_placement(root, "cpu-fp", "fp-bundle")
     _export_with_placement(root, "npu", "bundle")
@@ -115,7 +115,7 @@ def test_a_dynamic_rope_model_is_refused_at_calibrate_naming_the_feature(tmp_pat
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
     tiny_tokenizer.save_pretrained(tmp_path / "model")
     with pytest.raises(UnsupportedArchitectureError, match="RoPE type 'dynamic' rescales its frequencies"):
-        calibrate(tmp_path / "calib", CalibrationConfig(model=str(tmp_path / "model"), num_sequences=2, seq_len=32, aimet_num_sequences=1), progress=False)
+        calibrate(tmp_path / "calib", CalibrationConfig.preset(model=str(tmp_path / "model"), num_sequences=2, seq_len=32, aimet_num_sequences=1), progress=False)
     assert not (tmp_path / "calib").exists()
 
 

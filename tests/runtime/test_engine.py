@@ -25,7 +25,7 @@ def bundle(request, tmp_path_factory, tiny_tokenizer):
     plant_output_outliers(model)
     model.save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
-    config = CalibrationConfig(model=str(folder), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64, sensitivity_num_sequences=1, sensitivity_seq_len=32)
+    config = CalibrationConfig.preset(model=str(folder), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64, sensitivity_num_sequences=1, sensitivity_seq_len=32)
     calibrate(root / "calib", config, progress=False)
     # Both placements in one bundle: the planted outliers live in block 0 (NPU, shadow
     # path); block 1 runs in FP on the CPU (placement.json is the editable plan export reads).

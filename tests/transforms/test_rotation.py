@@ -82,7 +82,7 @@ def rotated_bundle(tmp_path_factory, tiny_tokenizer):
     model = tiny_model("qwen2", planted_outliers=True)  # biases: the output-side rotation moves o/down biases too
     model.save_pretrained(root / "model")
     tiny_tokenizer.save_pretrained(root / "model")
-    config = CalibrationConfig(
+    config = CalibrationConfig.preset(
         model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
         sensitivity_num_sequences=1, sensitivity_seq_len=32, rotation="hadamard", activation_bits="16",
     )

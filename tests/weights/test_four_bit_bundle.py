@@ -33,7 +33,7 @@ def w4_bundle(request, tmp_path_factory, tiny_tokenizer):
     plant_output_outliers(model)
     model.save_pretrained(root / "model")
     tiny_tokenizer.save_pretrained(root / "model")
-    config = CalibrationConfig(
+    config = CalibrationConfig.preset(
         model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
         sensitivity_num_sequences=1, sensitivity_seq_len=32, activation_bits="16", weight_bits="4", weight_block_size=BLOCK,
         weight_block_offsets=offsets or "none",
@@ -161,14 +161,14 @@ def test_export_refuses_a8_for_4_bit_weights(w4_bundle, tmp_path):
 
 def test_config_rejects_4_bit_weights_with_8_bit_activations():
     with pytest.raises(ValueError, match="only with 16-bit activations"):
-        CalibrationConfig(weight_bits="4", activation_bits="8")
+        CalibrationConfig.preset(weight_bits="4", activation_bits="8")
     with pytest.raises(ValueError, match="weight_block_size"):
-        CalibrationConfig(weight_bits="4", weight_block_size=20)
+        CalibrationConfig.preset(weight_bits="4", weight_block_size=20)
 
 
 def test_weight_bits_auto_keeps_int8_where_4_bits_cost_the_budget(tmp_path, tiny_model_folder):
     """--weight-bits auto: measured points, each graph's stored weights in its graph's format."""
-    config = CalibrationConfig(
+    config = CalibrationConfig.preset(
         model=str(tiny_model_folder), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
         sensitivity_num_sequences=1, sensitivity_seq_len=32, activation_bits="16", weight_bits="auto", weight_block_size=BLOCK, accuracy_budget=0.002,
     )
