@@ -14,7 +14,7 @@ def _run(code: str, *flags: str) -> subprocess.CompletedProcess:
 
 def test_runtime_imports_no_calibration_aimet_or_transformers():
     result = _run(
-        "import sys, quantkit.runtime, quantkit.runtime.engine, quantkit.runtime.bundle, quantkit.runtime.generate, quantkit.runtime.tokenizer, quantkit.runtime.qdq, quantkit.runtime.npu, quantkit.export.qnn; "
+        "import sys, quantkit.runtime, quantkit.runtime.engine, quantkit.runtime.bundle, quantkit.runtime.generate, quantkit.runtime.tokenizer, quantkit.runtime.qdq, quantkit.runtime.npu, quantkit.runtime.sessions; "
         "heavy = [m for m in ('aimet_torch', 'transformers', 'quantkit.calibration', 'lm_eval') if m in sys.modules]; "
         "print(heavy); assert not heavy"
     )

@@ -219,7 +219,7 @@ def export_bundle(
             }
             if qnn_context:
                 context_file = f"npu/{graph.name}_ctx.onnx"
-                from quantkit.export.qnn import write_qnn_context
+                from quantkit.runtime.sessions import write_qnn_context
 
                 write_qnn_context(staging / graph_file, staging / context_file, soc_model, htp_arch)
                 entry["qnn_context"] = context_file
