@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from quantkit.calibration.statistics import ActivationStatistics
+from quantkit.statistics import ActivationStatistics
 from quantkit.models.architecture import DecoderLayout
 from quantkit.quant_primitives import INT8_QMAX
 from quantkit.runtime.bundle import graph_kind

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from quantkit.calibration.quantiles import LOG10_MIN, NUM_BINS, quantile_from_log_histogram
+from quantkit.quantiles import LOG10_MIN, NUM_BINS, quantile_from_log_histogram
 from quantkit.quant_primitives import fake_quantize_symmetric, symmetric_scale
 from quantkit.runtime.shadow import split_outliers  # Eq. 1, defined once with the runtime
 

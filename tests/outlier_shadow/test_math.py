@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from quantkit.calibration.quantiles import log_histogram
+from quantkit.quantiles import log_histogram
 from quantkit.outlier_shadow.math import (
     hot_channel_set,
     layer_importance,
