@@ -69,6 +69,8 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from quantkit.quant_primitives import symmetric_scale
+
 __all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "OFFSET_FORMATS", "PART_RANGE", "QuantizedWeight", "block_means", "offsets_per_input", "weight_grid", "packed_weight_bytes", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
 
 ACTIVATION_BITS = (8, 16)
@@ -81,7 +83,6 @@ LPBQ_MAX_BLOCK_SCALE = 2 ** (8 - 4)  # LPBQ block scales k ∈ 1…16 expand 4-b
 # scale per row 22.07, int8 per row 20.49).
 OFFSET_FORMATS = {"int8": 8, "int4": 4}
 PART_RANGE = 1.0  # partial products of an offset Linear: requantized on the output's grid (module docstring)
-_MIN_SCALE = 1e-8  # an all-zero range still gets a usable encoding
 
 
 def _check_bits(bits: int) -> None:
@@ -92,7 +93,7 @@ def _check_bits(bits: int) -> None:
 def activation_scale(clip: float, bits: int) -> float:
     """Per-tensor symmetric scale s = clip / (2^(b−1) − 1), rounded to float32 (what the graph stores)."""
     _check_bits(bits)
-    return float(torch.tensor(max(float(clip) / (2 ** (bits - 1) - 1), _MIN_SCALE), dtype=torch.float32))
+    return float(symmetric_scale(torch.tensor(float(clip), dtype=torch.float64), bits))
 
 
 def quantize_activation(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:

@@ -17,7 +17,7 @@ from torch import nn
 from quantkit.models.architecture import DecoderLayout
 from quantkit.models.swap import replaced_linears
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
-from quantkit.runtime.shadow import split_outliers
+from quantkit.runtime.shadow import combine, outlier_product, split_outliers
 from quantkit.runtime.qdq import QdqLinear, QuantizedWeight, activation_scale, int32_bias_codes, int32_bias_scales
 from quantkit.weights.quantize import WeightCodes, quantized_weights
 
@@ -82,19 +82,15 @@ class DeployedLinear(nn.Module):
             self.observer(y.detach())
         if self.record.output_scale is not None:
             y = self.record.requantize_output(y)
-        if self.output_rows is not None:  # output-side shadow: these channels' NPU rows are zero
-            y = y.index_add(-1, self.output_channels, nn.functional.linear(clipped, self.output_rows, self.output_bias))
-        if self.shadowed:  # Eq. 1: NPU part + FP shadow part
-            # x_out is about 1% non-zero (SmolLM2): as a sparse matrix over the channels that
-            # hold outliers, times those channels' FP columns (gathered contiguous: sparse.mm
-            # over a transposed view is slower than the dense product), it costs a fraction of
-            # the dense product, which was a third of a simulated forward's time.
-            flat = excess.reshape(-1, self.in_features)
-            active = flat.ne(0).any(dim=0).nonzero().squeeze(1)
-            if active.numel():
-                columns = self.shadow_columns.T[active]  # [active, out]
-                y = y + torch.sparse.mm(flat[:, active].to_sparse(), columns).reshape(y.shape)
-        return y
+        # output-side shadow: these channels' NPU rows are zero, the CPU computes them in FP
+        output_part = (self.output_channels, nn.functional.linear(clipped, self.output_rows, self.output_bias)) if self.output_rows is not None else None
+        outlier_part = None
+        if self.shadowed:  # the shadow product, over every channel (the runtime reads cold columns on demand)
+            # x_out is about 1% non-zero (SmolLM2): gathered contiguous, the active channels' FP
+            # columns cost a fraction of the dense product (sparse.mm over a transposed view is slower).
+            product = outlier_product(excess.reshape(-1, self.in_features), lambda active: self.shadow_columns.T[active])
+            outlier_part = None if product is None else product[0].reshape(y.shape)
+        return combine(y, output_part, outlier_part)  # Eq. 1: NPU part + FP shadow parts, the runtime's sum
 
 
 def simulated_quantization(
