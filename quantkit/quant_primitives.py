@@ -15,6 +15,7 @@ import torch
 
 __all__ = [
     "INT8_QMAX",
+    "MIN_SCALE",
     "symmetric_scale",
     "quantize_symmetric",
     "dequantize_symmetric",
@@ -38,17 +39,22 @@ _LPBQ_SEARCH_ELEMENTS = 2**18
 
 INT8_QMAX = 127
 # Smallest scale handed out: a tensor that is all zeros still gets a usable encoding.
-_MIN_SCALE = 1e-8
+MIN_SCALE = 1e-8
 
 
 def symmetric_scale(absmax: torch.Tensor | float, num_bits: int = 8) -> torch.Tensor:
     """Scale of a symmetric signed quantizer whose largest code maps to ``absmax``.
 
-    s = absmax / (2^(b-1) - 1); works per tensor (scalar) or per channel (vector).
+    s = max(absmax / (2^(b-1) - 1), MIN_SCALE) as float32; works per tensor (scalar) or per
+    channel (vector). A float64 tensor is divided in float64 and rounded once (the
+    activation scales of the deployed graphs, ``quantkit.runtime.qdq.activation_scale``);
+    anything else is divided in float32.
     """
     qmax = 2 ** (num_bits - 1) - 1
-    absmax = torch.as_tensor(absmax, dtype=torch.float32)
-    return torch.clamp(absmax / qmax, min=_MIN_SCALE)
+    absmax = torch.as_tensor(absmax)
+    if absmax.dtype != torch.float64:
+        absmax = absmax.to(torch.float32)
+    return torch.clamp(absmax / qmax, min=MIN_SCALE).to(torch.float32)
 
 
 def quantize_symmetric(x: torch.Tensor, scale: torch.Tensor, num_bits: int = 8, axis: int | None = None, full_range: bool = False) -> torch.Tensor:
@@ -154,7 +160,7 @@ def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: 
     blocks = weight.reshape(out_features * (in_features // block_size), block_size)
     weighting = None if importance is None else importance.float().reshape(1, -1, block_size).expand(out_features, -1, -1)
     block_scales = weight_scales_per_channel(blocks, num_bits, rule, None if weighting is None else weighting.reshape(blocks.shape), full_range).reshape(out_features, -1)
-    channel_scales = torch.clamp(block_scales.amax(dim=1) / max_block_scale, min=_MIN_SCALE)
+    channel_scales = torch.clamp(block_scales.amax(dim=1) / max_block_scale, min=MIN_SCALE)
     if rule == "max":
         return channel_scales, torch.clamp(torch.round(block_scales / channel_scales[:, None]), 1, max_block_scale).to(torch.uint8)
     blocks = blocks.reshape(out_features, -1, block_size)

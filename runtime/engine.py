@@ -91,7 +91,7 @@ class BundleModel:
             if self.placement[key[0]] == "npu":
                 sites[key] = ShadowSite(site, hot, cold, self.counters, enabled=shadow, sink_tokens=self.sink_tokens)
         self._graph_entries = {(g["block"], graph_kind(g["linears"][0])): g for g in self.manifest["graphs"]}
-        # Weight folding (npu.ort_cpu_session) moves an output on a rounding boundary by one
+        # Weight folding (sessions.ort_cpu_session) moves an output on a rounding boundary by one
         # step. In an all-A16 bundle that stays at float-rounding level (SmolLM2 W8A16, 512
         # tokens: mean NLL 2.566639 → 2.566634, 99.8% equal argmax); once any graph quantizes
         # to 8 bits, a flipped int8 code compounds over the blocks (auto A8/A16 bundle: 92.6%

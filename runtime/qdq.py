@@ -4,7 +4,8 @@ Calibration's evaluations (sensitivity, precision search, placement, the summary
 perplexity), the export (which serialises these records into QDQ ONNX graphs) and the
 runtime's torch twin of a graph (read back from the graph's initializers) all compute a
 quantized Linear with :class:`QdqLinear` — one definition, so what calibration measures
-is what ships. Pure torch and dependency-free: the runtime imports it.
+is what ships. Pure torch over ``quantkit.quant_primitives`` (the scale rule): the runtime
+imports it.
 
 Per Linear, for an input x already clipped on the CPU at the site's threshold t
 (the excess x − clip(x) goes to the FP shadow path, Eq. 1):
@@ -32,35 +33,25 @@ a float per-channel scale times an integer k in 1…16 = 2^(8−4), so the block
 sub-grid of one 8-bit per-channel grid.
 
 LPBQ with block offsets adds an asymmetric part the HTP runs as a second, small MatMul
-beside the LPBQ one (probed on onnxruntime-qnn 2.7 with CPU fallback off; QNN's LPBQ
-itself has no zero points). Each block of row j gets a real offset o[j, blk], held as
-the per-channel weight O[j, blk] = B · o[j, blk] ≈ codes_O[j, blk] · s_O[j] (int8 or int4
-codes, OFFSET_FORMATS) applied to the block means of the quantized input; codes then
-span the full [−8, 7]:
+beside the LPBQ one (QNN's LPBQ itself has no zero points). Each block of row j gets a
+real offset o[j, blk], held as the per-channel weight O[j, blk] = B · o[j, blk] ≈
+codes_O[j, blk] · s_O[j] (int8 or int4 codes, OFFSET_FORMATS) applied to the block means
+of the quantized input; codes then span the full [−8, 7]:
 
     W[j, i] = codes_W[j, i] · s_W[j] · k[j, blk] + o[j, blk]               (blk = i // B)
     m       = clamp(round(mean_B(q_x) / s_m), …) · s_m                    (block means, [in / B])
     y       = Q_p(q_x · W_codesᵀ) + Q_p(m · Oᵀ)                    s_p = PART_RANGE · s_y
 
 The block means have their own grid, s_m = means clip / (2^(b−1) − 1), the clip being
-the largest |block mean| recorded over calibration text (with the output ranges; a graph
-stores its s_m; bundles without one, and the recording pass itself, use s_x). A mean of
-B inputs rarely comes near the input's clip, and the HTP computes the offset MatMul
-accurately only while its requantization multiplier s_m · s_O / s_p stays well below 1:
-probed on a tiny model's int4-offset gate_up graph (onnxruntime-qnn 2.7, CPU fallback
-off), HTP against ONNX Runtime CPU measured 28.2 dB with s_m = s_x, 40.0 dB with s_x / 4
-and 50.8 dB with s_x / 16. A fixed s_x / 16 saturated 5–26% of the block means of
-SmolLM2's down and gate_up inputs (their largest |mean| is 0.04–0.31 of the clip).
-
-Both partial products are requantized before their Add (the HTP needs a quantized
-tensor between the MatMuls and the Add), on the output's own grid (PART_RANGE = 1).
-Measured on SmolLM2 (every graph's calibration inputs of the exported bundle): on that
-grid 29 of 19.9 M partial values saturate (the largest at 1.5× the output clip); on a 4×
-coarser grid none do, but the HTP then rounds each part on the coarser grid and its
-output falls to 27–38 dB SQNR against the float reference (ONNX Runtime CPU: 71–82 dB),
-under lint's 40 dB floor. For weights that were asymmetric 4-bit blocks before (GGUF
-Q4_1, the built-in model), this reproduces their grid up to the rounding of k and of the
-offsets.
+the largest |block mean| recorded over calibration text (a graph stores its s_m; bundles
+without one, and the recording pass itself, use s_x): the HTP computes the offset MatMul
+accurately only while its requantization multiplier s_m · s_O / s_p stays well below 1,
+and a mean of B inputs rarely comes near the input's clip. Both partial products are
+requantized before their Add (the HTP needs a quantized tensor between the MatMuls and
+the Add), on the output's own grid (PART_RANGE = 1): a coarser grid saturates nothing but
+costs the HTP's output its accuracy. For weights that were asymmetric 4-bit blocks before
+(GGUF Q4_1, the built-in model), this reproduces their grid up to the rounding of k and
+of the offsets. The measurements behind these choices are in docs/notes-runtime-qdq.md.
 """
 
 from __future__ import annotations
@@ -69,19 +60,17 @@ from dataclasses import dataclass, field, replace
 
 import torch
 
+from quantkit.quant_primitives import symmetric_scale
+
 __all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "OFFSET_FORMATS", "PART_RANGE", "QuantizedWeight", "block_means", "offsets_per_input", "weight_grid", "packed_weight_bytes", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
 
 ACTIVATION_BITS = (8, 16)
 WEIGHT_BITS = (4, 8)
 LPBQ_MAX_BLOCK_SCALE = 2 ** (8 - 4)  # LPBQ block scales k ∈ 1…16 expand 4-bit codes onto an 8-bit grid
 # Block-offset weight formats: name → bits of the codes; both keep a float32 scale per
-# output channel. One scale per tensor would save those bytes but loses what the offsets
-# buy (SmolLM2, LPBQ 32, weight-only, nearest, validation 4×512, FP 20.45: no offsets
-# 24.32, int4 offsets with one scale per tensor 24.67 (24.05 with an MSE-chosen scale), a
-# scale per row 22.07, int8 per row 20.49).
+# output channel (one scale per tensor loses what the offsets buy; docs/notes-runtime-qdq.md).
 OFFSET_FORMATS = {"int8": 8, "int4": 4}
 PART_RANGE = 1.0  # partial products of an offset Linear: requantized on the output's grid (module docstring)
-_MIN_SCALE = 1e-8  # an all-zero range still gets a usable encoding
 
 
 def _check_bits(bits: int) -> None:
@@ -92,7 +81,7 @@ def _check_bits(bits: int) -> None:
 def activation_scale(clip: float, bits: int) -> float:
     """Per-tensor symmetric scale s = clip / (2^(b−1) − 1), rounded to float32 (what the graph stores)."""
     _check_bits(bits)
-    return float(torch.tensor(max(float(clip) / (2 ** (bits - 1) - 1), _MIN_SCALE), dtype=torch.float32))
+    return float(symmetric_scale(torch.tensor(float(clip), dtype=torch.float64), bits))
 
 
 def quantize_activation(x: torch.Tensor, scale: float, bits: int) -> torch.Tensor:

@@ -17,13 +17,14 @@ import json
 import struct
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import torch
 
 from quantkit.runtime.cpu_ops import linear
 
-__all__ = ["RuntimeCounters", "ShadowSite", "ColdColumns", "split_outliers"]
+__all__ = ["RuntimeCounters", "ShadowSite", "ColdColumns", "split_outliers", "outlier_product", "combine"]
 
 _NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None}
 
@@ -35,6 +36,34 @@ def split_outliers(x: torch.Tensor, threshold: float, sink_rows: torch.Tensor | 
     if sink_rows is not None and bool(sink_rows.any()):
         clipped[..., sink_rows, :] = 0
     return clipped, x - clipped
+
+
+def outlier_product(excess: torch.Tensor, columns: Callable[[torch.Tensor], torch.Tensor]) -> tuple[torch.Tensor, int] | None:
+    """x_out·W_fpᵀ of Eq. 1 for x_out [rows, in]: (the product [rows, out], the number of
+    outlier values), None if no value crossed the clip. ``columns(active)`` gives
+    W_fp[:, active]ᵀ [len(active), out] for the sorted channels that hold outliers.
+
+    x_out is sparse (a fraction of a percent of its entries are non-zero), so it is
+    multiplied as a sparse matrix over those channels only. Each output is a sum over its
+    row's non-zeros in index order, so several Linears' columns side by side give the
+    values one product per Linear gives."""
+    active = excess.ne(0).any(dim=0).nonzero().flatten()
+    if active.numel() == 0:
+        return None
+    sparse = excess[:, active].to_sparse()  # row-major non-zeros: coalesced
+    return torch.sparse.mm(sparse, columns(active)), int(sparse._nnz())
+
+
+def combine(npu_out: torch.Tensor, output_part: tuple[torch.Tensor, torch.Tensor] | None, outlier_part: torch.Tensor | None) -> torch.Tensor:
+    """Eq. 1's sum for one Linear: the NPU output Q(clip(x))·Q(W)ᵀ, the output-side shadow
+    channels C put in (``output_part`` = (C, clip(x)·W[C]ᵀ + b[C]); their NPU rows are
+    zero), plus the shadow product x_out·W_fpᵀ (``outlier_part``)."""
+    y = npu_out
+    if output_part is not None:
+        y = y.index_add(-1, output_part[0], output_part[1])
+    if outlier_part is not None:
+        y = y + outlier_part
+    return y
 
 
 class ColdColumns:
@@ -130,26 +159,26 @@ class ShadowSite:
         return clipped, excess if self.shadowed else None
 
     def outlier_products(self, excess: torch.Tensor | None) -> list[torch.Tensor] | None:
-        """x_out·W_fpᵀ for each Linear of the site; None if no value crossed the clip.
-
-        x_out is sparse (a fraction of a percent of its entries are non-zero), so it is
-        multiplied as a sparse matrix over the channels that hold outliers only, against
-        those channels' FP columns of all the site's Linears at once. Each output is a sum
-        over its row's non-zeros in index order, so the Linears' columns side by side give
-        the values one product per Linear gives."""
+        """x_out·W_fpᵀ for each Linear of the site (:func:`outlier_product`, against those
+        channels' FP columns of all the site's Linears at once); None if no value crossed
+        the clip."""
         if excess is None:
             return None
-        active = excess.ne(0).any(dim=0).nonzero().flatten()  # channels holding outliers, sorted
-        if active.numel() == 0:
+        product = outlier_product(excess, self._columns)
+        if product is None:
             return None
-        sparse = excess[:, active].to_sparse()  # row-major non-zeros: coalesced
-        self.counters.outlier_values += int(sparse._nnz())
+        self.counters.outlier_values += product[1]
+        return list(product[0].split(self._out_sizes, dim=1))
+
+    def _columns(self, active: torch.Tensor) -> torch.Tensor:
+        """W_fp[:, active]ᵀ of every Linear of the site: resident hot rows, cold rows read
+        on demand from the bundle (only the rows needed)."""
         hot_mask = self._is_hot[active]
         hot_rows, cold_rows = self._slot[active[hot_mask]], self._slot[active[~hot_mask]]
-        weight = torch.empty(active.numel(), self._hot.shape[1])  # W_fp[:, active]ᵀ of every Linear
+        weight = torch.empty(active.numel(), self._hot.shape[1])
         weight[hot_mask] = self._hot[hot_rows]
-        if cold_rows.numel():  # read on demand from the bundle, only the rows needed
+        if cold_rows.numel():
             weight[~hot_mask] = torch.cat([self._cold_file.rows(f"{name}.cold", cold_rows) for name in self.linear_names], dim=1)
             self.counters.cold_loads += len(self.linear_names)
             self.counters.cold_columns += int(cold_rows.numel()) * len(self.linear_names)
-        return list(torch.sparse.mm(sparse, weight).split(self._out_sizes, dim=1))
+        return weight

@@ -30,7 +30,7 @@ from quantkit.runtime.architecture import ArchitectureDescription, Norm
 from quantkit.runtime.packing import ChunkRun
 from quantkit.runtime.cpu_ops import ROW_TILE, activation, apply_rope, causal_attention, linear, rms_norm, rope_cos_sin, softcap
 from quantkit.runtime.scheduler import CPU, NPU, Subgraph
-from quantkit.runtime.shadow import ShadowSite
+from quantkit.runtime.shadow import ShadowSite, combine
 
 __all__ = ["KVCache", "ChunkState", "ModelParts", "chunk_state", "chunk_subgraphs"]
 
@@ -196,11 +196,10 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
 
     def site_outputs(kind: str) -> list[torch.Tensor]:
         """The site's outputs (NPU + shadow), split into its parts (q, k, v / gate, up)."""
-        outputs = state.npu_out
-        if state.output_out is not None:  # output-side shadow channels, computed in FP
-            outputs = [y if part is None else y.index_add(-1, part[0], part[1]) for y, part in zip(outputs, state.output_out)]
-        if state.shadow_out is not None:  # Eq. 1: NPU part + CPU shadow part
-            outputs = [y + s for y, s in zip(outputs, state.shadow_out)]
+        count = len(state.npu_out)
+        output_parts = state.output_out if state.output_out is not None else [None] * count  # output-side shadow channels, computed in FP
+        outlier_parts = state.shadow_out if state.shadow_out is not None else [None] * count  # the CPU shadow part
+        outputs = [combine(y, output, outlier) for y, output, outlier in zip(state.npu_out, output_parts, outlier_parts)]  # Eq. 1
         state.npu_out, state.shadow_out, state.output_out, state.clipped, state.excess = [], None, None, None, None
         return arch.split_outputs(kind, outputs)
 

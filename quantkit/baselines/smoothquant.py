@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantkit.calibration.statistics import ActivationStatistics
+from quantkit.statistics import ActivationStatistics
 from quantkit.models.architecture import DecoderLayout
 from quantkit.models.swap import replaced_linears
 from quantkit.quant_primitives import quantize_weight_per_channel

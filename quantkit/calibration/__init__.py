@@ -2,7 +2,9 @@
 and ``calibrate`` — the main verb, which also builds the shadow and placement plans.
 
 Names are resolved on first use (PEP 562), so importing a submodule such as
-``quantkit.calibration.statistics`` does not pull in the whole pipeline.
+``quantkit.calibration.collect`` does not pull in the whole pipeline. The statistics
+file format and the quantiles it reads live below calibration (``quantkit.statistics``,
+``quantkit.quantiles``).
 """
 
 from importlib import import_module
@@ -10,16 +12,16 @@ from importlib import import_module
 __all__ = ["calibrate", "CalibrationConfig", "CalibrationResult", "collect_activation_statistics", "ActivationStatistics", "TensorStatistics"]
 
 _HOMES = {
-    "calibrate": "pipeline",
-    "CalibrationResult": "pipeline",
-    "CalibrationConfig": "config",
-    "collect_activation_statistics": "collect",
-    "ActivationStatistics": "statistics",
-    "TensorStatistics": "statistics",
+    "calibrate": f"{__name__}.pipeline",
+    "CalibrationResult": f"{__name__}.pipeline",
+    "CalibrationConfig": f"{__name__}.config",
+    "collect_activation_statistics": f"{__name__}.collect",
+    "ActivationStatistics": "quantkit.statistics",
+    "TensorStatistics": "quantkit.statistics",
 }
 
 
 def __getattr__(name: str):
     if name in _HOMES:
-        return getattr(import_module(f"{__name__}.{_HOMES[name]}"), name)
+        return getattr(import_module(_HOMES[name]), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

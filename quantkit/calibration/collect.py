@@ -18,7 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from quantkit.calibration.observers import ActivationObserver, ObserverPass
-from quantkit.calibration.statistics import ActivationStatistics, TensorStatistics
+from quantkit.statistics import ActivationStatistics, TensorStatistics
 from quantkit.errors import ResumeMismatchError
 from quantkit.models.architecture import DecoderLayout
 

@@ -22,7 +22,7 @@ import enum
 import torch
 from torch import nn
 
-from quantkit.calibration.quantiles import NUM_BINS, magnitude_histogram, quantile_from_log_histogram
+from quantkit.quantiles import NUM_BINS, magnitude_histogram, quantile_from_log_histogram
 from quantkit.errors import NonFiniteActivationError
 
 __all__ = ["ObserverPass", "ActivationObserver"]

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import torch
 
-from quantkit.calibration.statistics import ActivationStatistics
+from quantkit.statistics import ActivationStatistics
 from quantkit.models.architecture import DecoderLayout
 from quantkit.quant_primitives import INT8_QMAX
 from quantkit.runtime.bundle import graph_kind
@@ -174,29 +174,3 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
         lines.append(f"  {name:<42} {row.absmax:9.2f} {row.clip:8.3f} {row.absmax / row.clip:9.1f} {row.importance:9.0f} {row.num_outlier_channels:10d}")
     lines += ["", "Time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; peak memory {peak_memory_mb:.0f} MB"]
     return "\n".join(lines)
-
-
-def plot_sensitivity(sensitivities, placement, path: Path) -> None:
-    """Bar chart of per-block ΔNLL (quantizing that block alone), CPU-FP blocks marked."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from quantkit.sensitivity.placement import CPU_FP
-
-    blocks = [s.block for s in sensitivities]
-    values = [s.delta_nll * 1000 for s in sensitivities]
-    colors = ["#d62728" if placement.placement[b] == CPU_FP else "#1f77b4" for b in blocks]
-    figure, axis = plt.subplots(figsize=(12, 4), constrained_layout=True)
-    axis.bar(blocks, values, color=colors)
-    axis.set_xlabel("block")
-    axis.set_ylabel("ΔNLL, only this block quantized\n(milli-nats per token)")
-    axis.set_xticks(blocks)
-    axis.set_title(
-        f"Per-block sensitivity — {placement.npu_blocks}/{len(blocks)} blocks on the NPU (blue), "
-        f"{len(blocks) - placement.npu_blocks} on the CPU in FP (red); "
-        f"PPL {placement.ppl_:.2f} vs FP {placement.fp_ppl_:.2f} (budget +{100 * placement.budget_relative_ppl:g}%)"
-    )
-    figure.savefig(path, dpi=110)
-    plt.close(figure)

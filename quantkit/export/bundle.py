@@ -9,13 +9,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import torch
 from tqdm.auto import tqdm
 
 from quantkit.cache import atomic_directory
-from quantkit.calibration.config import CalibrationConfig
 from quantkit.data.corpus import load_documents, token_sequences
 from quantkit.errors import QuantkitError
 from quantkit.export.graphs import build_site_graph
@@ -26,7 +26,6 @@ from quantkit.precision.output_ranges import output_clips, record_npu_outputs, i
 from quantkit.precision.plan import PRECISION_FILE, PrecisionPlan
 from quantkit.runtime.shadow import split_outliers
 from quantkit.runtime.qdq import activation_scale, quantize_activation
-from quantkit.report import write_report
 from quantkit.hashing import file_sha256
 from quantkit.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, DEFAULT_CHUNK_SIZE, MANIFEST_FILE
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
@@ -63,6 +62,32 @@ def _offsets_summary(graphs: list[dict]) -> tuple[str, str]:
     if all(g["weight_block_offsets"] != "none" for g in lpbq if kind(g) in kinds):
         return formats, ", ".join(sorted(kinds))
     return formats, f"{len(with_offsets)} of {len(lpbq)} LPBQ graphs"
+
+
+def _calibration_settings(calib: Path) -> dict:
+    """The calibration settings export reads, from the folder's ``config.json`` as written
+    by ``CalibrationConfig.save`` (read as data: export does not import calibration):
+    version 2 in sections (``statistics.seq_len``), version 1 one flat mapping."""
+    values = json.loads((calib / "config.json").read_text())
+
+    def setting(section: str, key: str, default=None):
+        nested = values.get(section)
+        if isinstance(nested, dict) and key in nested:
+            return nested[key]
+        if key in values or default is not None:
+            return values.get(key, default)
+        raise KeyError(f"{section}.{key}")
+
+    try:
+        return {
+            "model": values["model"],
+            "data": values["data"],
+            "seq_len": setting("statistics", "seq_len"),
+            "rotation": values.get("rotation", "none"),  # absent: written before rotations existed
+            "weight_rounding": setting("weights", "weight_rounding", "gptq"),
+        }
+    except KeyError as error:
+        raise QuantkitError(f"{calib / 'config.json'}: no {error}; pass the folder written by `quantkit calibrate`") from None
 
 
 def _converter_command(graph_file: str, input_name: str, shape: list[int]) -> str:
@@ -147,16 +172,16 @@ def export_bundle(
         raise QuantkitError(f"--output-bits: got {output_bits}, expected 8 or 16, at least --activation-bits (given: {activation_bits}), and only with --activation-bits")
     if qnn_context and soc_model is None and htp_arch is None:
         raise QuantkitError("--qnn-context needs a target: --soc-model N (e.g. 60 for Snapdragon 8 Gen 3) or --htp-arch N (e.g. 75)")
-    config = CalibrationConfig.load(calib / "config.json")
+    config = _calibration_settings(calib)
     try:
         plan = ShadowPlan.load(calib / PLAN_FILE)
         precision = PrecisionPlan.load(calib / PRECISION_FILE)
     except (ValueError, KeyError, TypeError) as error:
         raise QuantkitError(f"{calib}: {error}") from error
     placement = PlacementPlan.load(calib / PLACEMENT_FILE)
-    loaded = load_model(config.model, device, rotation=config.rotation)  # the basis calibration measured in
+    loaded = load_model(config["model"], device, rotation=config["rotation"])  # the basis calibration measured in
     layout = loaded.layout
-    sequences = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), _OUTPUT_RANGE_SEQUENCES, config.statistics.seq_len, source="calibration split")
+    sequences = token_sequences(loaded.tokenizer, load_documents(config["data"], "calibration"), _OUTPUT_RANGE_SEQUENCES, config["seq_len"], source="calibration split")
     if naive_w8a8:
         if activation_bits != 8:
             raise QuantkitError("--naive-w8a8 is the INT8 baseline: pass --activation-bits 8")
@@ -219,7 +244,7 @@ def export_bundle(
             }
             if qnn_context:
                 context_file = f"npu/{graph.name}_ctx.onnx"
-                from quantkit.export.qnn import write_qnn_context
+                from quantkit.runtime.sessions import write_qnn_context
 
                 write_qnn_context(staging / graph_file, staging / context_file, soc_model, htp_arch)
                 entry["qnn_context"] = context_file
@@ -254,20 +279,21 @@ def export_bundle(
             cpu_state.pop("lm_head.weight", None)
         save_file(cpu_state, str(staging / "cpu.safetensors"))
         loaded.tokenizer.save_pretrained(staging / "tokenizer")
-        write_report(staging / "report", calib=calib)  # hashed in the manifest like every file
+        if (calib / "report").is_dir():  # the calibration's report, as calibration wrote it; hashed in the manifest like every file
+            shutil.copytree(calib / "report", staging / "report")
         plan.save(staging / PLAN_FILE)
         precision.save(staging / PRECISION_FILE)
         npu_macs = sum(g["macs_per_token"] for g in graphs)
         manifest = {
             "format": BUNDLE_FORMAT,
             "version": BUNDLE_VERSION,
-            "source_model": {"id": config.model, "sha256": loaded.source_sha256},
+            "source_model": {"id": config["model"], "sha256": loaded.source_sha256},
             "architecture": architecture.to_dict(),  # what each block computes (runtime/architecture.py)
             "rotation": loaded.rotation.to_dict() if loaded.rotation else None,  # fused into the weights: the residual stream's basis
             "chunk_size": chunk_size,
             "context_length": architecture.max_positions,
             "quantization": {
-                "weights": _weights_description(weight_bits, block_sizes, plan.config.weight_scale_rule, config.weights.weight_rounding, *_offsets_summary(graphs)),
+                "weights": _weights_description(weight_bits, block_sizes, plan.config.weight_scale_rule, config["weight_rounding"], *_offsets_summary(graphs)),
                 "weight_bits": weight_bits[0] if len(weight_bits) == 1 else "mixed",  # each graph entry has its own
                 "npu_weight_bytes": npu_weight_bytes,
                 "npu_weight_bytes_vs_w8": npu_weight_bytes / w8_weight_bytes if w8_weight_bytes else 1.0,

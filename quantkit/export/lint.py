@@ -165,7 +165,7 @@ def _run_qnn(folder: Path, manifest: dict, report: LintReport) -> None:
     from safetensors.torch import load_file
 
     from quantkit.export.bundle import CALIBRATION_INPUTS_FILE
-    from quantkit.export.qnn import cpu_session, qnn_htp_session
+    from quantkit.runtime.sessions import cpu_session, qnn_htp_session
     from quantkit.quant_primitives import sqnr_db
     from quantkit.runtime.npu import records_from_graph
 

@@ -1,24 +1,21 @@
 """Shadow outlier execution: the math (arXiv 2407.05858 §3.3).
 
-Pure tensor functions, no modules or I/O; ``planner.py`` and ``simulated_linear.py``
-call them. Notation: x is a Linear's input activation, t its per-tensor INT8 clip
-threshold, s = t / 127 its scale, W the FP weight [out, in], Wq its INT8 per-channel
-fake-quantized copy, C the outlier input channels.
+Pure tensor functions, no modules or I/O; ``planner.py`` and
+``quantkit.precision.output_ranges`` call them. Eq. 1 itself (the split, the shadow
+product and the sum) is defined once, with the runtime: ``quantkit.runtime.shadow``.
+Notation: x is a Linear's input activation, t its per-tensor INT8 clip threshold,
+s = t / 127 its scale, W the FP weight [out, in], C the outlier input channels.
 """
 
 from __future__ import annotations
 
 import torch
 
-from quantkit.calibration.quantiles import LOG10_MIN, NUM_BINS, quantile_from_log_histogram
-from quantkit.quant_primitives import fake_quantize_symmetric, symmetric_scale
-from quantkit.runtime.shadow import split_outliers  # Eq. 1, defined once with the runtime
+from quantkit.quantiles import LOG10_MIN, NUM_BINS, quantile_from_log_histogram
 
 __all__ = [
     "paper_clip_threshold",
     "mse_clip_threshold",
-    "split_outliers",
-    "shadow_linear",
     "hot_channel_set",
     "output_outlier_channels",
     "layer_importance",
@@ -62,31 +59,6 @@ def mse_clip_threshold(histogram: torch.Tensor, absmax: float, shadowed: bool, m
         if error < best_error:
             best_t, best_error = t, error
     return best_t if total > 0 else absmax
-
-
-def shadow_linear(
-    x: torch.Tensor,
-    weight_int8: torch.Tensor,
-    weight_fp_columns: torch.Tensor,
-    outlier_channels: torch.Tensor,
-    threshold: float,
-    bias: torch.Tensor | None = None,
-    num_bits: int = 8,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The NPU part and the shadow part of one Linear (§3.3, Eq. 1):
-
-        y_npu    = Q(clip(x)) @ Wqᵀ                        (INT8 on the NPU)
-        y_shadow = x_out[..., C] @ W_fp[:, C]ᵀ              (FP on the CPU)
-        y        = y_npu + y_shadow (+ bias)
-
-    ``weight_int8`` is the dequantized INT8 weight, ``weight_fp_columns`` = W_fp[:, C].
-    Outliers outside C are dropped (clipped) — the caller passes every channel that may
-    hold one. Returns (y_npu + bias, y_shadow).
-    """
-    clipped, outliers = split_outliers(x, threshold)
-    y_npu = torch.nn.functional.linear(fake_quantize_symmetric(clipped, symmetric_scale(threshold, num_bits), num_bits), weight_int8, bias)
-    y_shadow = outliers[..., outlier_channels] @ weight_fp_columns.T
-    return y_npu, y_shadow
 
 
 def hot_channel_set(channel_outlier_count: torch.Tensor, coverage: float) -> torch.Tensor:

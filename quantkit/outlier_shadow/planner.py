@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from quantkit.calibration.statistics import ActivationStatistics
+from quantkit.statistics import ActivationStatistics
 from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.config import ShadowConfig
 from quantkit.outlier_shadow.math import hot_channel_set, layer_importance, mse_clip_threshold, paper_clip_threshold, pruned_layers

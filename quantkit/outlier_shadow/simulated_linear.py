@@ -17,7 +17,7 @@ from torch import nn
 from quantkit.models.architecture import DecoderLayout
 from quantkit.models.swap import replaced_linears
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
-from quantkit.runtime.shadow import split_outliers
+from quantkit.runtime.shadow import combine, outlier_product, split_outliers
 from quantkit.runtime.qdq import QdqLinear, QuantizedWeight, activation_scale, int32_bias_codes, int32_bias_scales
 from quantkit.weights.quantize import WeightCodes, quantized_weights
 
@@ -82,23 +82,22 @@ class DeployedLinear(nn.Module):
             self.observer(y.detach())
         if self.record.output_scale is not None:
             y = self.record.requantize_output(y)
-        if self.output_rows is not None:  # output-side shadow: these channels' NPU rows are zero
-            y = y.index_add(-1, self.output_channels, nn.functional.linear(clipped, self.output_rows, self.output_bias))
-        if self.shadowed:  # Eq. 1: NPU part + FP shadow part
+        # output-side shadow: these channels' NPU rows are zero, the CPU computes them in FP
+        output_part = (self.output_channels, nn.functional.linear(clipped, self.output_rows, self.output_bias)) if self.output_rows is not None else None
+        outlier_part = None
+        if self.shadowed:  # the shadow product, over every channel (the runtime reads cold columns on demand)
             sink = self.sink_tokens
-            if sink:  # the sink rows are x_out in every channel: a dense product of those rows
-                y[..., :sink, :] += nn.functional.linear(excess[..., :sink, :], self.shadow_columns)
-            # Elsewhere x_out is about 1% non-zero (SmolLM2): as a sparse matrix over the channels
-            # that hold outliers, times those channels' FP columns (gathered contiguous: sparse.mm
-            # over a transposed view is slower than the dense product), it costs a fraction of
-            # the dense product, which was a third of a simulated forward's time.
-            rest = excess[..., sink:, :]
-            flat = rest.reshape(-1, self.in_features)
-            active = flat.ne(0).any(dim=0).nonzero().squeeze(1)
-            if active.numel():
-                columns = self.shadow_columns.T[active]  # [active, out]
-                y[..., sink:, :] += torch.sparse.mm(flat[:, active].to_sparse(), columns).reshape(*rest.shape[:-1], -1)
-        return y
+            rows = excess[..., sink:, :]
+            # x_out is about 1% non-zero (SmolLM2) outside the sink rows: gathered contiguous, the active
+            # channels' FP columns cost a fraction of the dense product (sparse.mm over a transposed view is slower).
+            product = outlier_product(rows.reshape(-1, self.in_features), lambda active: self.shadow_columns.T[active])
+            rest = None if product is None else product[0].reshape(*rows.shape[:-1], -1)
+            if sink:  # the sink rows are x_out in every channel: one dense product (not every column gathered)
+                dense = nn.functional.linear(excess[..., :sink, :], self.shadow_columns)
+                outlier_part = torch.cat([dense, rows.new_zeros(*rows.shape[:-1], self.out_features) if rest is None else rest], dim=-2)
+            else:
+                outlier_part = rest
+        return combine(y, output_part, outlier_part)  # Eq. 1: NPU part + FP shadow parts, the runtime's sum
 
 
 def simulated_quantization(

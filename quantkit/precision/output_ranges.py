@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from quantkit.calibration.quantiles import NUM_BINS, log_histogram
+from quantkit.quantiles import NUM_BINS, log_histogram
 from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.math import mse_clip_threshold, output_outlier_channels
 from quantkit.outlier_shadow.plan import ShadowPlan

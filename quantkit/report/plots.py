@@ -1,13 +1,13 @@
-"""Charts of the benchmark results and of the per-graph precision (matplotlib, Agg
-backend, PNG). The calibration's own plots (outlier heat-map, per-block sensitivity)
-live in ``quantkit.calibration.report``."""
+"""Charts of the benchmark results, the per-block sensitivity and the per-graph precision
+(matplotlib, Agg backend, PNG). The outlier heat-map, drawn while calibrating from the
+statistics, lives in ``quantkit.calibration.report``."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Sequence
 
-__all__ = ["plot_delta_ppl", "plot_prefill_speed", "plot_precision_pareto", "plot_precision_map", "PRECISION_COLOURS"]
+__all__ = ["plot_delta_ppl", "plot_prefill_speed", "plot_sensitivity", "plot_precision_pareto", "plot_precision_map", "PRECISION_COLOURS"]
 
 _BAR = "#8c96a8"
 _HIGHLIGHT = "#1f77b4"
@@ -135,4 +135,30 @@ def plot_precision_map(cells: Sequence[Sequence[str]], kinds: Sequence[str], pat
     handles = [Patch(color=colour, label=labels[name]) for name, colour in PRECISION_COLOURS.items()]
     axis.legend(handles=handles, loc="lower center", bbox_to_anchor=(0.5, 1.0), ncol=3, frameon=False)
     figure.savefig(path, dpi=_DPI)
+    plt.close(figure)
+
+
+def plot_sensitivity(sensitivities, placement, path: Path) -> None:
+    """Bar chart of per-block ΔNLL (quantizing that block alone), CPU-FP blocks marked."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from quantkit.sensitivity.placement import CPU_FP
+
+    blocks = [s.block for s in sensitivities]
+    values = [s.delta_nll * 1000 for s in sensitivities]
+    colors = ["#d62728" if placement.placement[b] == CPU_FP else "#1f77b4" for b in blocks]
+    figure, axis = plt.subplots(figsize=(12, 4), constrained_layout=True)
+    axis.bar(blocks, values, color=colors)
+    axis.set_xlabel("block")
+    axis.set_ylabel("ΔNLL, only this block quantized\n(milli-nats per token)")
+    axis.set_xticks(blocks)
+    axis.set_title(
+        f"Per-block sensitivity — {placement.npu_blocks}/{len(blocks)} blocks on the NPU (blue), "
+        f"{len(blocks) - placement.npu_blocks} on the CPU in FP (red); "
+        f"PPL {placement.ppl_:.2f} vs FP {placement.fp_ppl_:.2f} (budget +{100 * placement.budget_relative_ppl:g}%)"
+    )
+    figure.savefig(path, dpi=110)
     plt.close(figure)

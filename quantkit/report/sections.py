@@ -17,7 +17,7 @@ from typing import Callable
 
 from quantkit.report.html import Section, escape, facts, figure, hint, note, table
 from quantkit.report.inputs import HEATMAP_PNG, SENSITIVITY_PNG, ReportInputs
-from quantkit.report.plots import plot_delta_ppl, plot_precision_map, plot_precision_pareto, plot_prefill_speed
+from quantkit.report.plots import plot_delta_ppl, plot_precision_map, plot_precision_pareto, plot_prefill_speed, plot_sensitivity
 
 __all__ = [
     "SectionBuilder",
@@ -263,7 +263,6 @@ def sensitivity_section(inputs: ReportInputs, folder: Path) -> Section:
     title = "Block sensitivity"
     caption = "ΔNLL of the validation text when only that block runs quantized (blue: NPU, red: kept on the CPU in FP)."
     if inputs.sensitivity is not None and inputs.placement is not None:
-        from quantkit.calibration.report import plot_sensitivity
         from quantkit.sensitivity import BlockSensitivity, PlacementPlan
 
         sensitivities = [BlockSensitivity(**row) for row in inputs.sensitivity]

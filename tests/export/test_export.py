@@ -16,7 +16,7 @@ from quantkit.cli import main
 from quantkit.errors import QuantkitError
 from quantkit.export import export_bundle, lint_bundle
 from quantkit.export.lint import MIN_SQNR_DB, SQNR_MARGIN_DB
-from quantkit.export.qnn import cpu_session
+from quantkit.runtime.sessions import cpu_session
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan
 from quantkit.runtime.bundle import BundleError, file_sha256, load_manifest

@@ -1,71 +1,15 @@
 import pytest
 import torch
 
-from quantkit.calibration.quantiles import log_histogram
+from quantkit.quantiles import log_histogram
 from quantkit.outlier_shadow.math import (
     hot_channel_set,
     layer_importance,
     mse_clip_threshold,
     paper_clip_threshold,
     pruned_layers,
-    shadow_linear,
-    split_outliers,
 )
-from quantkit.quant_primitives import fake_quantize_symmetric, quantize_weight_per_channel, symmetric_scale
-
-
-def _activation_with_outliers(seed=0):
-    torch.manual_seed(seed)
-    x = torch.randn(2, 64, 32)
-    x[..., 7] *= 30.0
-    x[0, 3, 11] = 55.0
-    return x
-
-
-def test_eq1_split_is_exact():
-    x = _activation_with_outliers()
-    clipped, outliers = split_outliers(x, 2.5)
-    assert torch.equal(clipped + outliers, x)
-    assert clipped.abs().max() <= 2.5
-    assert torch.equal(outliers != 0, x.abs() > 2.5)
-
-
-def test_eq1_split_sends_the_sink_rows_whole_to_the_shadow_path():
-    x = _activation_with_outliers()
-    sink = torch.arange(x.shape[1]) < 1
-    clipped, outliers = split_outliers(x, 2.5, sink)
-    assert torch.equal(clipped + outliers, x)
-    assert torch.equal(clipped[:, 0], torch.zeros_like(x[:, 0])) and torch.equal(outliers[:, 0], x[:, 0])
-    plain_clipped, plain_outliers = split_outliers(x, 2.5)
-    assert torch.equal(clipped[:, 1:], plain_clipped[:, 1:]) and torch.equal(outliers[:, 1:], plain_outliers[:, 1:])
-
-
-def test_shadow_linear_equals_plain_reference():
-    """y = Q(clip(x)) Wqᵀ + x_out[:, C] W[:, C]ᵀ + b, written out by hand."""
-    x = _activation_with_outliers()
-    torch.manual_seed(1)
-    weight, bias = torch.randn(16, 32), torch.randn(16)
-    weight_int8, _ = quantize_weight_per_channel(weight)
-    threshold = 2.5
-    channels = torch.nonzero((x.abs() > threshold).reshape(-1, 32).any(dim=0)).flatten()
-    y_npu, y_shadow = shadow_linear(x, weight_int8, weight[:, channels], channels, threshold, bias)
-
-    scale = threshold / 127
-    reference_npu = torch.zeros(2, 64, 16)
-    reference_shadow = torch.zeros(2, 64, 16)
-    for b in range(2):
-        for t in range(64):
-            row = x[b, t]
-            clipped = torch.clamp(row, -threshold, threshold)
-            codes = torch.clamp(torch.round(clipped / scale), -127, 127)
-            reference_npu[b, t] = (codes * scale) @ weight_int8.T + bias
-            excess = row - clipped
-            reference_shadow[b, t] = excess[channels] @ weight[:, channels].T
-    assert torch.allclose(y_npu, reference_npu, atol=1e-5)
-    assert torch.allclose(y_shadow, reference_shadow, atol=1e-5)
-    # With every outlier channel shadowed, only INT8 rounding inside the range is lost:
-    exact_input = fake_quantize_symmetric(x.clamp(-threshold, threshold), symmetric_scale(threshold)) + (x - x.clamp(-threshold, threshold))
-    assert torch.allclose(y_npu + y_shadow, exact_input @ weight_int8.T + bias + (x - x.clamp(-threshold, threshold)) @ (weight - weight_int8).T, atol=1e-4)
+from quantkit.quant_primitives import quantize_weight_per_channel
 
 
 def test_paper_rule_uses_max_when_close_and_percentile_otherwise():

@@ -262,7 +262,7 @@ def test_folded_weights_change_only_the_float_summation_order(bundle, tmp_path):
     import numpy as np
     import onnx
 
-    from quantkit.runtime.npu import ort_cpu_session
+    from quantkit.runtime.sessions import ort_cpu_session
 
     manifest = BundleModel(bundle / "bundle").manifest
     x = np.random.default_rng(0).standard_normal((1, CHUNK, 1)).astype(np.float32)

@@ -7,7 +7,7 @@ import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
 
-from quantkit.export.qnn import cpu_session
+from quantkit.runtime.sessions import cpu_session
 from quantkit.runtime.qdq import QdqLinear, QuantizedWeight, activation_scale, fake_quantize_activation, int32_bias_codes, int32_bias_scales, quantize_activation
 
 

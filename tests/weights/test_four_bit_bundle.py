@@ -186,7 +186,7 @@ def test_weight_bits_auto_keeps_int8_where_4_bits_cost_the_budget(tmp_path, tiny
 def test_an_offset_graph_without_a_means_grid_reads_back_on_the_input_grid(w4_bundle, tmp_path):
     """Bundles written before the block means had their own grid requantized them on the
     input's: the read-back record does the same, and still equals ONNX Runtime's result."""
-    from quantkit.export.qnn import cpu_session
+    from quantkit.runtime.sessions import cpu_session
     from quantkit.quant_primitives import sqnr_db
 
     bundle = w4_bundle / "bundle"

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from quantkit.calibration.quantiles import _BIN_WIDTH, LOG10_MIN, NUM_BINS, log_histogram, quantile_from_log_histogram
+from quantkit.quantiles import _BIN_WIDTH, LOG10_MIN, NUM_BINS, log_histogram, quantile_from_log_histogram
 
 
 @pytest.mark.parametrize("q", [0.5, 0.99, 0.999, 0.9999])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from quantkit.calibration.observers import ActivationObserver
+from quantkit.quantiles import quantile_from_log_histogram
 
 __all__ = ["TensorStatistics", "ActivationStatistics", "STATISTICS_FILE", "SUMMARY_FILE", "REPORTED_QUANTILES"]
 
@@ -35,12 +35,12 @@ class TensorStatistics:
     channel_outlier_excess: torch.Tensor  # [C] float64: Σ (|x| - t) over those values
 
     @classmethod
-    def from_observer(cls, observer: ActivationObserver) -> "TensorStatistics":
+    def from_observer(cls, observer: object) -> "TensorStatistics":
+        """The statistics an observer holds in its ``<field>_`` buffers (calibration's
+        ``ActivationObserver``)."""
         return cls(**{field: getattr(observer, f"{field}_").detach().cpu().clone() for field in _TENSOR_FIELDS})
 
     def quantile(self, q: float) -> float:
-        from quantkit.calibration.quantiles import quantile_from_log_histogram
-
         return quantile_from_log_histogram(self.histogram, q, float(self.absmax))
 
     def summary(self) -> dict:
