@@ -25,20 +25,28 @@ import tempfile
 import time
 from pathlib import Path
 
+from quantkit.eval.perplexity import perplexity
+from quantkit.runtime.bundle import DEFAULT_CHUNK_SIZE
+from quantkit.runtime.qdq import packed_weight_bytes
+
 from quantkit.baselines import llm_int8_simulation, smoothquant_simulation
 from quantkit.calibration import ActivationStatistics, CalibrationConfig, calibrate
+from quantkit.calibration.aimet_baseline import (
+    QUANTIZER_STATE_FILE,
+    LogitsModel,
+    build_quantsim,
+    build_w8a8_quantsim,
+    compute_w8a8_encodings,
+    load_quantizer_state,
+)
 from quantkit.calibration.bundle_perplexity import bundle_perplexity
-from quantkit.calibration.aimet_baseline import QUANTIZER_STATE_FILE, LogitsModel, build_quantsim, build_w8a8_quantsim, compute_w8a8_encodings, load_quantizer_state
 from quantkit.data.corpus import load_documents, token_sequences
-from quantkit.eval.perplexity import perplexity
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.outlier_shadow.plan import PLAN_FILE
 from quantkit.precision import PRECISION_FILE, PrecisionPlan, assign_four_bit_weights
-from quantkit.runtime.bundle import DEFAULT_CHUNK_SIZE
-from quantkit.runtime.qdq import packed_weight_bytes
-from quantkit.weights import WEIGHTS_FILE, collect_input_hessians, quantized_weights, save_weights
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
+from quantkit.weights import WEIGHTS_FILE, collect_input_hessians, quantized_weights, save_weights
 
 DEFAULT_ALPHAS = (0.5, 0.6, 0.7, 0.8, 0.9)
 
@@ -51,7 +59,9 @@ def _parse(argv):
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--test-sequences", type=int, default=8)
     parser.add_argument("--test-seq-len", type=int, default=512)
-    parser.add_argument("--bytes-budget", type=float, default=0.55, help="NPU weight bytes of the budgeted int4-offset row, a fraction of INT8's (--weight-bytes-budget)")
+    parser.add_argument(
+        "--bytes-budget", type=float, default=0.55, help="NPU weight bytes of the budgeted int4-offset row, a fraction of INT8's (--weight-bytes-budget)"
+    )
     parser.add_argument("--alphas", default=",".join(map(str, DEFAULT_ALPHAS)), help="SmoothQuant α values swept on the validation split")
     return parser.parse_args(argv)
 
@@ -69,14 +79,22 @@ def main(argv=None) -> int:
     if config.model != args.model:
         raise SystemExit(f"{calib} was calibrated for {config.model}, not {args.model}")
     if config.rotation != "none":  # its plan is in the rotated basis; the baselines here run on the original weights
-        raise SystemExit(f"{calib} was calibrated with --rotation {config.rotation}; this benchmark compares on the original basis: pass a calibration made with --rotation none")
+        raise SystemExit(
+            f"{calib} was calibrated with --rotation {config.rotation}; this benchmark compares on the original basis: pass a calibration made with --rotation none"
+        )
 
     loaded = load_model(args.model, args.device)
     layout, device = loaded.layout, next(loaded.model.parameters()).device
     logits = LogitsModel(loaded.model)
     forward = lambda ids: logits(ids.to(device))  # noqa: E731
     test_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "test"), args.test_sequences, args.test_seq_len, source="test split")
-    validation_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "validation"), config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len, source="validation split")
+    validation_ids = token_sequences(
+        loaded.tokenizer,
+        load_documents(config.data, "validation"),
+        config.evaluation.eval_num_sequences,
+        config.evaluation.eval_seq_len,
+        source="validation split",
+    )
     statistics = ActivationStatistics.load(calib)
     plan = ShadowPlan.load(calib / PLAN_FILE)
     precision = PrecisionPlan.load(calib / PRECISION_FILE)
@@ -100,7 +118,9 @@ def main(argv=None) -> int:
     del w8a8
 
     # AIMET with 16-bit activations and min/max ranges, on the sequences calibration gave AIMET's W8A8.
-    aimet_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), config.aimet.aimet_num_sequences, config.statistics.seq_len, source="calibration split")
+    aimet_ids = token_sequences(
+        loaded.tokenizer, load_documents(config.data, "calibration"), config.aimet.aimet_num_sequences, config.statistics.seq_len, source="calibration split"
+    )
     w8a16 = build_quantsim(loaded.model, aimet_ids[:1].to(device), config.aimet.aimet_config, activation_bits=16)
     compute_w8a8_encodings(w8a16, aimet_ids)
     rows.append({"method": "naive_w8a16", "ppl": quantsim_ppl("naive_w8a16", w8a16), "npu_blocks": num_blocks, "shadow_bytes": 0, "a8_mac_share": 0.0})
@@ -108,7 +128,17 @@ def main(argv=None) -> int:
     # The AI Hub-style w4a16: AIMET QuantSim, 4-bit per-channel weights, 16-bit activations, min/max.
     w4a16 = build_quantsim(loaded.model, aimet_ids[:1].to(device), config.aimet.aimet_config, activation_bits=16, weight_bits=4)
     compute_w8a8_encodings(w4a16, aimet_ids)
-    rows.append({"method": "naive_w4a16", "ppl": quantsim_ppl("naive_w4a16", w4a16), "npu_blocks": num_blocks, "shadow_bytes": 0, "a8_mac_share": 0.0, "weight_bits": 4, "npu_weight_bytes": sum(packed_weight_bytes(layout.linear(n).out_features, layout.linear(n).in_features, 4) for n in layout.linear_names())})
+    rows.append(
+        {
+            "method": "naive_w4a16",
+            "ppl": quantsim_ppl("naive_w4a16", w4a16),
+            "npu_blocks": num_blocks,
+            "shadow_bytes": 0,
+            "a8_mac_share": 0.0,
+            "weight_bits": 4,
+            "npu_weight_bytes": sum(packed_weight_bytes(layout.linear(n).out_features, layout.linear(n).in_features, 4) for n in layout.linear_names()),
+        }
+    )
     del w4a16
 
     alphas = [float(a) for a in args.alphas.split(",")]
@@ -118,7 +148,17 @@ def main(argv=None) -> int:
             sweep[alpha] = perplexity(forward, validation_ids, desc=f"SmoothQuant α={alpha} validation PPL")
     best_alpha = min(sweep, key=sweep.get)
     with smoothquant_simulation(layout, statistics, best_alpha):
-        rows.append({"method": "smoothquant_static", "ppl": test_ppl("smoothquant_static"), "npu_blocks": num_blocks, "shadow_bytes": 0, "a8_mac_share": 1.0, "alpha": best_alpha, "validation_sweep": sweep})
+        rows.append(
+            {
+                "method": "smoothquant_static",
+                "ppl": test_ppl("smoothquant_static"),
+                "npu_blocks": num_blocks,
+                "shadow_bytes": 0,
+                "a8_mac_share": 1.0,
+                "alpha": best_alpha,
+                "validation_sweep": sweep,
+            }
+        )
 
     with llm_int8_simulation(layout):
         # Dynamic per-token scales and run-time FP columns: not a static NPU graph.
@@ -133,7 +173,9 @@ def main(argv=None) -> int:
     variants = {"quantkit_w8a16": (precision.with_uniform_bits(16), w8), "quantkit_w8a8": (precision.with_uniform_bits(8), w8)}
     variants[calibrated] = (precision, w8)  # a uniform calibration is its own row, measured once
     # 4-bit weights on every A16 graph (GPTQ against one set of calibration Hessians), the output ranges recorded again
-    calibration_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "calibration"), config.statistics.num_sequences, config.statistics.seq_len, source="calibration split")
+    calibration_ids = token_sequences(
+        loaded.tokenizer, load_documents(config.data, "calibration"), config.statistics.num_sequences, config.statistics.seq_len, source="calibration split"
+    )
     hessians = collect_input_hessians(layout, plan, calibration_ids, config.statistics.batch_size)
     sensitivity_ids = validation_ids[: config.search.sensitivity_num_sequences, : config.search.sensitivity_seq_len]  # as calibration measures graphs
     # (activation bits, LPBQ block, block offsets, graph kinds with offsets, NPU weight bytes budget as a fraction of INT8's)
@@ -152,7 +194,22 @@ def main(argv=None) -> int:
     for method, (bits, block, offsets, offset_graphs, budget) in four_bit.items():
         four = precision if bits == "calibrated" else precision.with_uniform_bits(bits)
         four = PrecisionPlan.from_dict(four.to_dict())  # a copy: the rows above keep INT8 weights
-        weights = assign_four_bit_weights(layout, plan, four, w8, calibration_ids, calibration_ids[:4], block, "gptq", config.statistics.batch_size, hessians, offsets=offsets, offset_graphs=offset_graphs, bytes_budget=budget, sensitivity_ids=sensitivity_ids)
+        weights = assign_four_bit_weights(
+            layout,
+            plan,
+            four,
+            w8,
+            calibration_ids,
+            calibration_ids[:4],
+            block,
+            "gptq",
+            config.statistics.batch_size,
+            hessians,
+            offsets=offsets,
+            offset_graphs=offset_graphs,
+            bytes_budget=budget,
+            sensitivity_ids=sensitivity_ids,
+        )
         variants[method] = (four, weights)
     for method, (bits, weights) in variants.items():
         with simulated_quantization(layout, plan, bits, blocks=npu, weights=weights):
@@ -223,9 +280,17 @@ def _markdown(result: dict) -> str:
         shadow = "n/a" if row["shadow_bytes"] is None else f"{row['shadow_bytes'] / 1e6:.2f} MB ({100 * row['shadow_bytes'] / result['model_bytes']:.2f}%)"
         extra = f" (α={row['alpha']})" if "alpha" in row else " (calibrated)" if row.get("calibrated") else ""
         bits = "W4/W8" if row.get("weight_bits") == "mixed" else f"W{row.get('weight_bits')}"
-        weight = f"{row['npu_weight_bytes'] / 1e6:.1f} MB ({bits})" if row.get("npu_weight_bytes") else "n/a" if row["npu_blocks"] is None or not row["npu_blocks"] else "W8"
+        weight = (
+            f"{row['npu_weight_bytes'] / 1e6:.1f} MB ({bits})"
+            if row.get("npu_weight_bytes")
+            else "n/a"
+            if row["npu_blocks"] is None or not row["npu_blocks"]
+            else "W8"
+        )
         simulated = f"{row['ppl_simulated']:.3f}" if "ppl_simulated" in row else ""
-        lines.append(f"| {row['method']}{extra} | {row['ppl']:.3f} | {row['delta_ppl_percent']:+.2f}% | {simulated} | {blocks} | {_share(row)} | {weight} | {shadow} |")
+        lines.append(
+            f"| {row['method']}{extra} | {row['ppl']:.3f} | {row['delta_ppl_percent']:+.2f}% | {simulated} | {blocks} | {_share(row)} | {weight} | {shadow} |"
+        )
     lines += [
         "",
         "NPU MACs at A8: share of the NPU-placed Linears' multiply-accumulates whose activations are INT8 (the rest A16); "

@@ -37,18 +37,18 @@ import time
 from pathlib import Path
 
 import torch
+from quantkit.eval.perplexity import perplexity
+from quantkit.eval.tasks import build_task_data
+from quantkit.runtime.engine import BundleModel
 
 from quantkit.calibration import CalibrationConfig, calibrate
 from quantkit.data.corpus import load_documents, token_sequences
-from quantkit.eval.perplexity import perplexity
-from quantkit.eval.tasks import build_task_data
 from quantkit.export import export_bundle
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan
 from quantkit.outlier_shadow.plan import PLAN_FILE
 from quantkit.precision import PRECISION_FILE, PrecisionPlan
 from quantkit.precision.output_ranges import calibrated_precision
-from quantkit.runtime.engine import BundleModel
 from quantkit.sensitivity.placement import PLACEMENT_FILE
 from quantkit.weights import WEIGHTS_FILE, load_weights
 
@@ -97,7 +97,9 @@ def main(argv=None) -> int:
     no_sink = ShadowPlan.from_dict(plan.to_dict())
     no_sink.config = type(plan.config).from_dict({**plan.config.to_dict(), "sink_tokens": 0})
     calibration_ids = token_sequences(tokenizer, load_documents(config.data, "calibration"), 4, config.statistics.seq_len)
-    no_sink_precision = calibrated_precision(loaded.layout, no_sink, calibration_ids, "8", weights=load_weights(calib / WEIGHTS_FILE))  # its ranges see the first position
+    no_sink_precision = calibrated_precision(
+        loaded.layout, no_sink, calibration_ids, "8", weights=load_weights(calib / WEIGHTS_FILE)
+    )  # its ranges see the first position
     variants = {
         "every graph A16": (plan, precision.with_uniform_bits(16), True),
         "every graph A8, no sink rows": (no_sink, no_sink_precision, True),
@@ -141,7 +143,16 @@ def main(argv=None) -> int:
     for row in rows:
         for text in ("validation", "wikitext", "test"):
             row[f"{text}_delta_percent"] = 100 * (row[text] / fp[text] - 1)
-    result = {"model": config.model, "calibration": str(calib), "chunk_size": args.chunk_size, "validation_tokens": list(windows.shape), "test_tokens": list(test_ids.shape), "wikitext_documents": len(wikitext), "seconds": time.perf_counter() - started, "rows": rows}
+    result = {
+        "model": config.model,
+        "calibration": str(calib),
+        "chunk_size": args.chunk_size,
+        "validation_tokens": list(windows.shape),
+        "test_tokens": list(test_ids.shape),
+        "wikitext_documents": len(wikitext),
+        "seconds": time.perf_counter() - started,
+        "rows": rows,
+    }
     (out / "activations.json").write_text(json.dumps(result, indent=2))
     table = _markdown(result)
     (out / "activations.md").write_text(table)
@@ -159,7 +170,13 @@ def _markdown(result: dict) -> str:
     for row in result["rows"]:
         cells = [f"{row[t]:.3f}" + ("" if row["technique"] == "fp" else f" ({row[t + '_delta_percent']:+.2f}%)") for t in ("validation", "wikitext", "test")]
         share = "n/a" if row["a8_mac_share"] is None else f"{100 * row['a8_mac_share']:.1f}%"
-        ships = "" if row["ships_on_htp"] is None else "yes" if row["ships_on_htp"] else "no: the QNN provider refuses int8-in/int16-out MatMuls with per-channel weights"
+        ships = (
+            ""
+            if row["ships_on_htp"] is None
+            else "yes"
+            if row["ships_on_htp"]
+            else "no: the QNN provider refuses int8-in/int16-out MatMuls with per-channel weights"
+        )
         lines.append(f"| {row['technique']} | {' | '.join(cells)} | {share} | {ships} |")
     lines += [
         "",

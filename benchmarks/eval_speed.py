@@ -42,7 +42,17 @@ def _run(model: str, model_args: str, limit: int, manager, batch_size) -> dict:
     import lm_eval
 
     began = time.perf_counter()
-    results = lm_eval.simple_evaluate(model=model, model_args=model_args, tasks=list(TASKS), limit=limit, batch_size=batch_size, device="cpu", task_manager=manager, bootstrap_iters=0, log_samples=False)
+    results = lm_eval.simple_evaluate(
+        model=model,
+        model_args=model_args,
+        tasks=list(TASKS),
+        limit=limit,
+        batch_size=batch_size,
+        device="cpu",
+        task_manager=manager,
+        bootstrap_iters=0,
+        log_samples=False,
+    )
     seconds = time.perf_counter() - began
     metrics = {task: {k: v for k, v in values.items() if isinstance(v, float) and "stderr" not in k} for task, values in results["results"].items()}
     return {"seconds": seconds, "items": _requests(results), "metrics": metrics}
@@ -60,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     import quantkit.eval.hf_reference  # noqa: F401  (registers the hf-scored lm-eval model)
     import quantkit.eval.lm  # noqa: F401  (registers the quantkit lm-eval model)
     from quantkit.eval.tasks import TaskDataConfig, task_manager
+
     from quantkit.models.loading import prepare_model_folder
 
     manager = task_manager(TaskDataConfig(num_lastword=2000), include_defaults=False)  # the shipped suite's sizes
@@ -94,6 +105,7 @@ def write_results(record: dict, out: Path) -> str:
     lines.append(f"FP reference (hf-scored) metrics within 1e-5 relative of lm-eval's hf model: {record['hf_scored_within_1e-5_of_hf']}")
     (out / "eval_speed.md").write_text("\n".join(lines) + "\n")
     return "\n".join(lines)
+
 
 if __name__ == "__main__":
     main()

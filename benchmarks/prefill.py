@@ -27,19 +27,18 @@ import json
 import os
 import platform
 import shutil
-import statistics
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+from quantkit.runtime.bundle import load_manifest
+from quantkit.runtime.engine import BundleModel
 
 from quantkit.calibration import CalibrationConfig, calibrate
 from quantkit.data.corpus import load_documents
 from quantkit.export import export_bundle
-from quantkit.runtime.bundle import load_manifest
-from quantkit.runtime.engine import BundleModel
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
 
 CONFIGS = ("hf_fp32", "runtime_fp", "int8_inorder", "int8_shadow_inorder", "int8_shadow_ooo")
@@ -148,7 +147,12 @@ def main(argv=None) -> int:
     for config in CONFIGS:
         runs = sorted(measured[config], key=lambda r: r["seconds"])
         median = runs[len(runs) // 2]
-        row = {"config": config, "tokens_per_s": args.prompt_tokens / median["seconds"], "seconds": median["seconds"], "seconds_all": [r["seconds"] for r in measured[config]]}
+        row = {
+            "config": config,
+            "tokens_per_s": args.prompt_tokens / median["seconds"],
+            "seconds": median["seconds"],
+            "seconds_all": [r["seconds"] for r in measured[config]],
+        }
         row.update({k: v for k, v in median.items() if k != "seconds"})
         rows.append(row)
     by_config = {row["config"]: row["tokens_per_s"] for row in rows}
@@ -167,12 +171,20 @@ def main(argv=None) -> int:
         "rows": rows,
     }
     (out / "prefill.json").write_text(json.dumps(result, indent=1))
-    lines = [f"Prefill of {args.prompt_tokens} tokens ({args.model}, median of {args.repeats}, {os.cpu_count()} CPU cores)", "", "| config | tokens/s | s | bubble ratio |", "|---|---|---|---|"]
+    lines = [
+        f"Prefill of {args.prompt_tokens} tokens ({args.model}, median of {args.repeats}, {os.cpu_count()} CPU cores)",
+        "",
+        "| config | tokens/s | s | bubble ratio |",
+        "|---|---|---|---|",
+    ]
     for row in rows:
         bubble = f"{row['bubble_ratio']:.1%} ({row['critical_processor'].upper()})" if "bubble_ratio" in row else "–"
         lines.append(f"| {row['config']} | {row['tokens_per_s']:.1f} | {row['seconds']:.2f} | {bubble} |")
     ratios = result["ratios"]
-    lines += ["", f"int8_shadow_ooo / hf_fp32 = {ratios['int8_shadow_ooo_over_hf_fp32']:.2f}×; shadow overhead (in order) = {ratios['shadow_overhead_inorder']:+.1%}; out-of-order / in-order = {ratios['ooo_over_inorder']:.2f}×"]
+    lines += [
+        "",
+        f"int8_shadow_ooo / hf_fp32 = {ratios['int8_shadow_ooo_over_hf_fp32']:.2f}×; shadow overhead (in order) = {ratios['shadow_overhead_inorder']:+.1%}; out-of-order / in-order = {ratios['ooo_over_inorder']:.2f}×",
+    ]
     (out / "prefill.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return 0

@@ -87,9 +87,21 @@ def _row(rows: list[dict], key: str, value: str) -> dict:
 
 PRESET_ROWS = [
     # preset, what ships, results file, key, row
-    ("**`w8a8-mixed`** (default)", "INT8 weights; A8 inputs on every graph the search keeps within the accuracy budget, A16 on the rest; the first position in FP on the CPU", "activations.json", "technique", "calibrated plan (precision.json)"),
+    (
+        "**`w8a8-mixed`** (default)",
+        "INT8 weights; A8 inputs on every graph the search keeps within the accuracy budget, A16 on the rest; the first position in FP on the CPU",
+        "activations.json",
+        "technique",
+        "calibrated plan (precision.json)",
+    ),
     ("`w8a16`", "INT8 weights, every graph A16", "accuracy.json", "method", "quantkit_w8a16"),
-    ("`w4a16`", "LPBQ-32 INT4 weights (GPTQ), int4 block offsets within 55% of the INT8 bytes, every graph A16", "accuracy.json", "method", "quantkit_w4a16_block32_int4_offsets_55pct"),
+    (
+        "`w4a16`",
+        "LPBQ-32 INT4 weights (GPTQ), int4 block offsets within 55% of the INT8 bytes, every graph A16",
+        "accuracy.json",
+        "method",
+        "quantkit_w4a16_block32_int4_offsets_55pct",
+    ),
 ]
 
 
@@ -110,7 +122,16 @@ def presets_table(results: Path) -> str:
             weight_bytes = f"{100 * row['npu_weight_bytes'] / int8_bytes:.1f}%" if int8_bytes and row.get("npu_weight_bytes") else "—"
         rows.append([preset, ships, _share(row["a8_mac_share"]), validation, wikitext, test, weight_bytes, f"`{name}`: {value}"])
     table = _table(
-        ["preset", "what ships", "NPU MACs at A8", "validation PPL (vs FP)", "`quantkit_wikitext` word PPL (vs FP)", "test-split PPL (vs FP)", "NPU weight bytes vs INT8", "results file: row"],
+        [
+            "preset",
+            "what ships",
+            "NPU MACs at A8",
+            "validation PPL (vs FP)",
+            "`quantkit_wikitext` word PPL (vs FP)",
+            "test-split PPL (vs FP)",
+            "NPU weight bytes vs INT8",
+            "results file: row",
+        ],
         ["l", "l", "r", "r", "r", "r", "r", "l"],
         rows,
     )
@@ -152,9 +173,13 @@ def accuracy_table(results: Path) -> str:
         if row.get("alpha") is not None:
             label += f" (α {row['alpha']:g})"
         twin = f"{row['ppl_simulated']:.3f}" if row.get("ppl_simulated") is not None else "—"
-        weight_bytes = f"{row['npu_weight_bytes'] / 1e6:.1f} MB ({100 * row['npu_weight_bytes'] / int8_bytes:.1f}%)" if row.get("npu_weight_bytes") and int8_bytes else "—"
+        weight_bytes = (
+            f"{row['npu_weight_bytes'] / 1e6:.1f} MB ({100 * row['npu_weight_bytes'] / int8_bytes:.1f}%)" if row.get("npu_weight_bytes") and int8_bytes else "—"
+        )
         shadow = f"{row['shadow_bytes'] / 1e6:.2f} MB ({100 * row['shadow_bytes'] / data['model_bytes']:.2f}%)" if row.get("shadow_bytes") else "—"
-        rows.append([f"{label} `{row['method']}`", f"{row['ppl']:.3f}", _pct(row["delta_ppl_percent"]), twin, _share(row.get("a8_mac_share")), weight_bytes, shadow])
+        rows.append(
+            [f"{label} `{row['method']}`", f"{row['ppl']:.3f}", _pct(row["delta_ppl_percent"]), twin, _share(row.get("a8_mac_share")), weight_bytes, shadow]
+        )
     table = _table(
         ["method", "test PPL", "vs FP", "torch twin", "NPU MACs at A8", "NPU weight bytes (vs INT8)", "resident shadow weights (vs model)"],
         ["l", "r", "r", "r", "r", "r", "r"],
@@ -170,7 +195,16 @@ def activations_table(results: Path) -> str:
     rows = []
     for row in data["rows"]:
         ships = "—" if row["ships_on_htp"] is None else ("yes" if row["ships_on_htp"] else "no")
-        rows.append([row["technique"], _ppl(row["validation"], row["validation_delta_percent"]), _ppl(row["wikitext"], row["wikitext_delta_percent"]), _ppl(row["test"], row["test_delta_percent"]), _share(row["a8_mac_share"]), ships])
+        rows.append(
+            [
+                row["technique"],
+                _ppl(row["validation"], row["validation_delta_percent"]),
+                _ppl(row["wikitext"], row["wikitext_delta_percent"]),
+                _ppl(row["test"], row["test_delta_percent"]),
+                _share(row["a8_mac_share"]),
+                ships,
+            ]
+        )
     table = _table(
         ["arithmetic", "validation PPL", "`quantkit_wikitext` word PPL", "test-split PPL", "NPU MACs at A8", "runs on QNN HTP"],
         ["l", "r", "r", "r", "r", "l"],

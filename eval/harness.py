@@ -74,7 +74,6 @@ def evaluate(
     0.45
     """
     import lm_eval
-
     import quantkit.eval.hf_reference  # noqa: F401  (registers the "hf-scored" lm-eval model)
     import quantkit.eval.lm  # noqa: F401  (registers the "quantkit" lm-eval model)
     from quantkit.eval.tasks import OFFLINE_GROUP, OFFLINE_TASKS, check_task_names, task_manager

@@ -49,10 +49,10 @@ from lm_eval import utils
 from lm_eval.api.model import TemplateLM
 from lm_eval.api.registry import register_model
 from lm_eval.models.utils import handle_stop_sequences, normalize_gen_kwargs
+from quantkit.runtime.packing import prefix_tree
 from tqdm import tqdm
 
 from quantkit.errors import EvaluationError
-from quantkit.runtime.packing import prefix_tree
 
 __all__ = ["QuantkitLM", "plan_prefixes"]
 
@@ -116,9 +116,8 @@ class QuantkitLM(TemplateLM):
         device: str | None = None,
     ) -> None:
         super().__init__()
-        from transformers import AutoTokenizer
-
         from quantkit.runtime.engine import BundleModel
+        from transformers import AutoTokenizer
 
         if bundle is None:
             raise EvaluationError("the quantkit model needs model_args bundle=<folder written by `quantkit export`>")
@@ -184,7 +183,12 @@ class QuantkitLM(TemplateLM):
 
     def get_model_info(self) -> dict:
         manifest = self.model.manifest
-        return {"bundle": str(self.bundle), "source_model": manifest.get("source_model"), "quantization": manifest.get("quantization"), "chunk_size": manifest.get("chunk_size")}
+        return {
+            "bundle": str(self.bundle),
+            "source_model": manifest.get("source_model"),
+            "quantization": manifest.get("quantization"),
+            "chunk_size": manifest.get("chunk_size"),
+        }
 
     def tok_encode(self, string: str, add_special_tokens: bool | None = None, left_truncate_len: int | None = None, **kwargs) -> list[int]:
         # As lm-eval's hf model: the tokenizer's own default unless told, never a second BOS.
@@ -280,7 +284,9 @@ class QuantkitLM(TemplateLM):
         (lm-eval's rolling windows, the first one conditioned on the prefix token)."""
         windows, owners = [], []
         for owner, (string,) in enumerate(req.args for req in requests):
-            token_windows = utils.get_rolling_token_windows(token_list=self.tok_encode(string), prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1)
+            token_windows = utils.get_rolling_token_windows(
+                token_list=self.tok_encode(string), prefix_token=self.prefix_token_id, max_seq_len=self.max_length, context_len=1
+            )
             for context, continuation in map(utils.make_disjoint_window, token_windows):
                 windows.append((None, context, continuation))
                 owners.append(owner)
@@ -314,7 +320,9 @@ class QuantkitLM(TemplateLM):
         prompt = self.tok_encode(context, left_truncate_len=self.max_length - max_gen_toks)
         generated: list[int] = []
         text = ""
-        stream = self.model.generate(torch.tensor(prompt, dtype=torch.long), max_gen_toks, temperature=float(settings.get("temperature", 0.0)), stop_token_ids=(self.eot_token_id,))
+        stream = self.model.generate(
+            torch.tensor(prompt, dtype=torch.long), max_gen_toks, temperature=float(settings.get("temperature", 0.0)), stop_token_ids=(self.eot_token_id,)
+        )
         for token in stream:
             if int(token) == self.eot_token_id:
                 break

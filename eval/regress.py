@@ -42,7 +42,19 @@ __all__ = ["Suite", "TaskCheck", "CheckResult", "RegressionReport", "load_suite"
 SUITES_DIR = Path(__file__).resolve().parent / "suites"
 _LOWER_IS_BETTER = {"word_perplexity", "byte_perplexity", "bits_per_byte", "perplexity"}
 _TASK_KEYS = {"metric", "min_ratio_to_reference", "max_relative_increase", "min_value", "max_value"}
-_SUITE_KEYS = {"suite", "reference", "limit", "task_data", "tasks", "candidates", "baselines", "baseline_tolerance", "npu", "include_path", "reference_batch_size"}
+_SUITE_KEYS = {
+    "suite",
+    "reference",
+    "limit",
+    "task_data",
+    "tasks",
+    "candidates",
+    "baselines",
+    "baseline_tolerance",
+    "npu",
+    "include_path",
+    "reference_batch_size",
+}
 _REFERENCE_MAX_LENGTH = 1024  # the hf model's window for the FP reference: the model's own 8192 needs far more memory here
 
 
@@ -119,7 +131,14 @@ class RegressionReport:
         return "\n".join("  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in rows)
 
     def to_dict(self) -> dict:
-        return {"suite": self.suite, "passed": self.passed, "reference": self.reference, "candidates": self.candidates, "checks": [asdict(c) for c in self.checks], "seconds": self.seconds}
+        return {
+            "suite": self.suite,
+            "passed": self.passed,
+            "reference": self.reference,
+            "candidates": self.candidates,
+            "checks": [asdict(c) for c in self.checks],
+            "seconds": self.seconds,
+        }
 
     def timings(self) -> str:
         """One line per evaluation: how long the reference and each candidate took."""
@@ -255,7 +274,9 @@ def _metric(results: dict, task: str, metric: str, who: str) -> float:
     raise EvaluationError(f"{who}: task {task} reports no metric {metric!r}; it reports {', '.join(available)}")
 
 
-def compare(suite: Suite, reference: dict[str, float], candidates: dict[str, dict[str, float]], baselines: dict[str, dict[str, float]] | None = None) -> RegressionReport:
+def compare(
+    suite: Suite, reference: dict[str, float], candidates: dict[str, dict[str, float]], baselines: dict[str, dict[str, float]] | None = None
+) -> RegressionReport:
     """Apply the suite's checks to measured metrics (task → value per candidate)."""
     report = RegressionReport(suite.name, reference, candidates)
     for name, measured in candidates.items():
@@ -286,7 +307,9 @@ def compare(suite: Suite, reference: dict[str, float], candidates: dict[str, dic
     return report
 
 
-def _reference_results(suite: Suite, tasks: list[str], task_settings: str, task_config, evaluate: Callable[..., dict], output: Path, fresh: bool) -> tuple[dict, bool]:
+def _reference_results(
+    suite: Suite, tasks: list[str], task_settings: str, task_config, evaluate: Callable[..., dict], output: Path, fresh: bool
+) -> tuple[dict, bool]:
     """The FP reference's lm-eval results, cached in the quantkit cache under a key of
     everything they depend on: the model's source sha256, tasks, limit, the offline task
     data settings, the user's task files and the lm-eval version. Candidates change
@@ -307,7 +330,15 @@ def _reference_results(suite: Suite, tasks: list[str], task_settings: str, task_
         raise EvaluationError(f"reference {suite.reference!r}: {error}") from None
     from quantkit.eval.hf_reference import FP_REFERENCE_MODEL
 
-    key = {"reference": suite.reference, "model": FP_REFERENCE_MODEL, "sha256": model_sha, "tasks": tasks, "limit": suite.limit, "task_settings": task_settings, "lm_eval": lm_eval.__version__}
+    key = {
+        "reference": suite.reference,
+        "model": FP_REFERENCE_MODEL,
+        "sha256": model_sha,
+        "tasks": tasks,
+        "limit": suite.limit,
+        "task_settings": task_settings,
+        "lm_eval": lm_eval.__version__,
+    }
     if suite.include_paths:  # the user's own task files: their contents are part of what FP measured
         digest = hashlib.sha256()
         for path in sorted(p for folder in suite.include_paths for p in Path(folder).rglob("*") if p.is_file()):
@@ -318,7 +349,16 @@ def _reference_results(suite: Suite, tasks: list[str], task_settings: str, task_
         results = json.loads(cached.read_text())
         output.write_text(json.dumps(results, indent=2) + "\n")
         return results, True
-    results = evaluate(suite.reference, tasks, limit=suite.limit, output=output, task_config=task_config, batch_size=suite.reference_batch_size, max_length=_REFERENCE_MAX_LENGTH, include_paths=suite.include_paths)
+    results = evaluate(
+        suite.reference,
+        tasks,
+        limit=suite.limit,
+        output=output,
+        task_config=task_config,
+        batch_size=suite.reference_batch_size,
+        max_length=_REFERENCE_MAX_LENGTH,
+        include_paths=suite.include_paths,
+    )
     cached.parent.mkdir(parents=True, exist_ok=True)
     partial = cached.with_suffix(".partial")
     partial.write_text(output.read_text() if output.is_file() else json.dumps(results))
@@ -392,7 +432,9 @@ def run_suite(
         candidates = {n: candidates[n] for n in only}
     for name, bundle in candidates.items():  # fail before any evaluation runs
         if not is_bundle(bundle):
-            raise EvaluationError(f"candidate {name}: {bundle} is not a bundle folder (no manifest.json); make it with `quantkit export`, or pass --bundle {name}=PATH")
+            raise EvaluationError(
+                f"candidate {name}: {bundle} is not a bundle folder (no manifest.json); make it with `quantkit export`, or pass --bundle {name}=PATH"
+            )
     tasks = [check.task for check in suite.tasks]
     offline = all(task.startswith("quantkit") for task in tasks)
     task_config = suite.task_config()
@@ -411,7 +453,9 @@ def run_suite(
     measured = {}
     for name, bundle in candidates.items():
         began = time.perf_counter()
-        results = evaluate(bundle, tasks, limit=suite.limit, npu=suite.npu, output=out / f"{name}.lm_eval.json", task_config=task_config, include_paths=suite.include_paths)
+        results = evaluate(
+            bundle, tasks, limit=suite.limit, npu=suite.npu, output=out / f"{name}.lm_eval.json", task_config=task_config, include_paths=suite.include_paths
+        )
         seconds[name] = time.perf_counter() - began
         measured[name] = {check.task: _metric(results, check.task, check.metric, f"candidate {name}") for check in suite.tasks}
     report = compare(suite, reference, measured, baselines)

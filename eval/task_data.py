@@ -205,7 +205,9 @@ def last_word_items(documents: list[str], num_items: int, seed: int, min_context
     return [{"doc_id": doc_id, **item} for doc_id, item in _shuffled_round_robin(per_document, num_items, rng, "last-word")]
 
 
-def choice_items(documents: list[str], num_items: int, seed: int, num_choices: int = 4, min_context_chars: int = 100, max_context_chars: int = 600) -> list[dict]:
+def choice_items(
+    documents: list[str], num_items: int, seed: int, num_choices: int = 4, min_context_chars: int = 100, max_context_chars: int = 600
+) -> list[dict]:
     """``num_items`` items ``{"doc_id", "context", "choices", "label"}`` (see the module docstring)."""
     if num_choices < 2:
         raise DataError(f"num_choices: got {num_choices}, expected at least 2")
@@ -213,7 +215,12 @@ def choice_items(documents: list[str], num_items: int, seed: int, num_choices: i
     per_document = [_choice_candidates(d, min_context_chars, max_context_chars) for d in documents]
     chosen = _shuffled_round_robin(per_document, num_items, rng, "choice")
     # Distractor pool: every sentence within the choice length bounds, in text order.
-    pool = [(doc_id, text) for doc_id, document in enumerate(documents) for paragraph in paragraphs(document) for text in (paragraph[s:e] for s, e in sentence_spans(paragraph))]
+    pool = [
+        (doc_id, text)
+        for doc_id, document in enumerate(documents)
+        for paragraph in paragraphs(document)
+        for text in (paragraph[s:e] for s, e in sentence_spans(paragraph))
+    ]
     pool = [(doc_id, text) for doc_id, text in pool if MIN_CHOICE_CHARS <= len(text) <= MAX_CHOICE_CHARS]
     items = []
     for doc_id, candidate in chosen:

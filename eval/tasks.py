@@ -86,7 +86,10 @@ def _task_yamls(folder: Path) -> dict[str, dict]:
             "output_type": "loglikelihood_rolling",
             "doc_to_text": "",
             "doc_to_target": "{{text}}",
-            "metric_list": [{"metric": m, "aggregation": a, "higher_is_better": False} for m, a in (("word_perplexity", "weighted_perplexity"), ("byte_perplexity", "weighted_perplexity"), ("bits_per_byte", "bits_per_byte"))],
+            "metric_list": [
+                {"metric": m, "aggregation": a, "higher_is_better": False}
+                for m, a in (("word_perplexity", "weighted_perplexity"), ("byte_perplexity", "weighted_perplexity"), ("bits_per_byte", "bits_per_byte"))
+            ],
             "metadata": metadata,
         },
         "quantkit_lastword": {
@@ -95,7 +98,10 @@ def _task_yamls(folder: Path) -> dict[str, dict]:
             "output_type": "loglikelihood",
             "doc_to_text": "{{context}}",
             "doc_to_target": "{{' ' + target}}",
-            "metric_list": [{"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False}, {"metric": "acc", "aggregation": "mean", "higher_is_better": True}],
+            "metric_list": [
+                {"metric": "perplexity", "aggregation": "perplexity", "higher_is_better": False},
+                {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+            ],
             "metadata": metadata,
         },
         "quantkit_choice": {
@@ -105,7 +111,10 @@ def _task_yamls(folder: Path) -> dict[str, dict]:
             "doc_to_text": "{{context}}",
             "doc_to_choice": "choices",
             "doc_to_target": "label",
-            "metric_list": [{"metric": "acc", "aggregation": "mean", "higher_is_better": True}, {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True}],
+            "metric_list": [
+                {"metric": "acc", "aggregation": "mean", "higher_is_better": True},
+                {"metric": "acc_norm", "aggregation": "mean", "higher_is_better": True},
+            ],
             "metadata": metadata,
         },
         OFFLINE_GROUP: {"group": OFFLINE_GROUP, "task": list(OFFLINE_TASKS), "metadata": metadata},
@@ -148,9 +157,9 @@ def build_task_data(config: TaskDataConfig | None = None, folder: str | Path | N
     ['quantkit_choice.jsonl', 'quantkit_choice.yaml', ..., 'settings.json']
     """
     import yaml
+    from quantkit.eval.task_data import choice_items, last_word_items, perplexity_documents
 
     from quantkit.data.corpus import load_documents
-    from quantkit.eval.task_data import choice_items, last_word_items, perplexity_documents
 
     config = config or TaskDataConfig()
     folder = Path(folder).expanduser().absolute() if folder is not None else default_task_folder(config)
@@ -180,7 +189,9 @@ def build_task_data(config: TaskDataConfig | None = None, folder: str | Path | N
 _MANAGERS: dict[tuple[str, bool], object] = {}
 
 
-def task_manager(config: TaskDataConfig | None = None, include_defaults: bool = True, folder: str | Path | None = None, include_paths: Sequence[str | Path] = ()):
+def task_manager(
+    config: TaskDataConfig | None = None, include_defaults: bool = True, folder: str | Path | None = None, include_paths: Sequence[str | Path] = ()
+):
     """An ``lm_eval.tasks.TaskManager`` that knows the offline tasks (building their data
     if missing), the task YAMLs under ``include_paths`` (lm-eval's ``--include_path``: a
     user's own tasks) and, with ``include_defaults``, every task lm-eval ships (indexing
@@ -204,4 +215,6 @@ def check_task_names(manager, tasks: list[str]) -> None:
     unknown = [t for t in tasks if t not in set(manager.all_tasks)]
     if unknown:
         offline = ", ".join((f"{OFFLINE_GROUP} (all three)", *OFFLINE_TASKS))
-        raise EvaluationError(f"unknown task {', '.join(map(repr, unknown))}; the offline tasks are {offline}, and lm-eval's own tasks (lambada_openai, hellaswag, …) work where their data can be downloaded")
+        raise EvaluationError(
+            f"unknown task {', '.join(map(repr, unknown))}; the offline tasks are {offline}, and lm-eval's own tasks (lambada_openai, hellaswag, …) work where their data can be downloaded"
+        )

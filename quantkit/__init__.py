@@ -24,9 +24,7 @@ __all__ = ["__version__"]
 # code runs straight from a checkout with no install, this finder does the same mapping,
 # for exactly those two names.
 _CHECKOUT_ROOT = Path(__file__).resolve().parent.parent
-_CHECKOUT_SUBPACKAGES = {
-    f"{__name__}.{folder}": _CHECKOUT_ROOT / folder for folder in ("runtime", "eval")
-}
+_CHECKOUT_SUBPACKAGES = {f"{__name__}.{folder}": _CHECKOUT_ROOT / folder for folder in ("runtime", "eval")}
 
 
 class _CheckoutSubpackageFinder(importlib.abc.MetaPathFinder):
@@ -34,18 +32,12 @@ class _CheckoutSubpackageFinder(importlib.abc.MetaPathFinder):
         location = _CHECKOUT_SUBPACKAGES.get(fullname)
         if location is None:
             return None
-        return importlib.util.spec_from_file_location(
-            fullname, location / "__init__.py", submodule_search_locations=[str(location)]
-        )
+        return importlib.util.spec_from_file_location(fullname, location / "__init__.py", submodule_search_locations=[str(location)])
 
 
 def _running_from_checkout() -> bool:
-    return (_CHECKOUT_ROOT / "pyproject.toml").is_file() and all(
-        (location / "__init__.py").is_file() for location in _CHECKOUT_SUBPACKAGES.values()
-    )
+    return (_CHECKOUT_ROOT / "pyproject.toml").is_file() and all((location / "__init__.py").is_file() for location in _CHECKOUT_SUBPACKAGES.values())
 
 
-if _running_from_checkout() and not any(
-    isinstance(finder, _CheckoutSubpackageFinder) for finder in sys.meta_path
-):
+if _running_from_checkout() and not any(isinstance(finder, _CheckoutSubpackageFinder) for finder in sys.meta_path):
     sys.meta_path.append(_CheckoutSubpackageFinder())

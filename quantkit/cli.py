@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import math
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from quantkit import __version__
 from quantkit.errors import QuantkitError
@@ -77,22 +77,43 @@ def _add_calibrate(subparsers) -> None:
         "Settings come from the --precision preset, then the --recipe file, then the flags given; "
         "the run writes them all to --out/config.json, which is itself a recipe.",
     )
-    parser.add_argument("--recipe", metavar="FILE", default=None, help="a YAML or JSON file of settings in config.json's structure (top-level model, data, rotation, device, precision; sections statistics, outliers, search, weights, evaluation, aimet), any part of it; flags given beside it override its settings")
-    parser.add_argument("--precision", choices=list(PRESETS), default=None, help=f"precision preset the settings start from: w8a8-mixed (INT8 weights, A8 inputs wherever they stay within --accuracy-budget), w8a16, w4a16 (4-bit LPBQ weights with int4 block offsets within 55%% of the INT8 bytes); the recipe and the flags override single settings (default: the recipe's, else {DEFAULT_PRESET})")
+    parser.add_argument(
+        "--recipe",
+        metavar="FILE",
+        default=None,
+        help="a YAML or JSON file of settings in config.json's structure (top-level model, data, rotation, device, precision; sections statistics, outliers, search, weights, evaluation, aimet), any part of it; flags given beside it override its settings",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=list(PRESETS),
+        default=None,
+        help=f"precision preset the settings start from: w8a8-mixed (INT8 weights, A8 inputs wherever they stay within --accuracy-budget), w8a16, w4a16 (4-bit LPBQ weights with int4 block offsets within 55%% of the INT8 bytes); the recipe and the flags override single settings (default: the recipe's, else {DEFAULT_PRESET})",
+    )
     parser.add_argument("--out", default="calib", help="folder the calibration is written to (default: %(default)s)")
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.add_argument("--restart", action="store_true", help="discard a partial run of --out instead of resuming it")
     preset_sets = {key for settings in PRESETS.values() for key in settings}
     for section, cls in {"": CalibrationConfig, **SECTIONS}.items():
         summary = " ".join((cls.__doc__ or "").split("\n\n")[0].split())  # the docstring's first paragraph
-        group = parser.add_argument_group(f"{section} settings" if section else "model and data", f"Section `{section}` of config.json and recipes: {summary}" if section else "Top-level keys of config.json and recipes.")
+        group = parser.add_argument_group(
+            f"{section} settings" if section else "model and data",
+            f"Section `{section}` of config.json and recipes: {summary}" if section else "Top-level keys of config.json and recipes.",
+        )
         kinds = typing.get_type_hints(cls)
         for item in dataclasses.fields(cls):
             if item.name in {"precision", "version"} or item.name in SECTIONS:
                 continue
-            default = f"from --precision; {DEFAULT_PRESET}: {PRESETS[DEFAULT_PRESET].get(item.name, item.default)}" if item.name in preset_sets else item.default
+            default = (
+                f"from --precision; {DEFAULT_PRESET}: {PRESETS[DEFAULT_PRESET].get(item.name, item.default)}" if item.name in preset_sets else item.default
+            )
             # None: not given, the recipe's or the preset's value applies
-            group.add_argument(f"--{item.name.replace('_', '-')}", type=_setting_type(item, kinds[item.name]), default=None, metavar=_METAVARS[kinds[item.name]], help=f"{item.metadata['help']} (default: {default})".replace("%", "%%"))
+            group.add_argument(
+                f"--{item.name.replace('_', '-')}",
+                type=_setting_type(item, kinds[item.name]),
+                default=None,
+                metavar=_METAVARS[kinds[item.name]],
+                help=f"{item.metadata['help']} (default: {default})".replace("%", "%%"),
+            )
     parser.set_defaults(handler=_run_calibrate)
 
 
@@ -127,12 +148,26 @@ def _add_eval(subparsers) -> None:
     )
     parser.add_argument("model", help="bundle folder (from `quantkit export`), or a model: built-in name, Hugging Face folder, .gguf file")
     parser.add_argument("--tasks", required=True, help="comma-separated lm-eval task names, e.g. quantkit_offline or quantkit_lastword,quantkit_choice")
-    parser.add_argument("--limit", type=_positive_float, default=None, help="evaluate at most N items per task, or that fraction of each task when below 1 (default: every item)")
-    parser.add_argument("--npu", choices=("cpu", "qnn"), default="cpu", help="bundle NPU graph executor: ONNX Runtime CPU provider or QNN HTP (default: %(default)s)")
+    parser.add_argument(
+        "--limit",
+        type=_positive_float,
+        default=None,
+        help="evaluate at most N items per task, or that fraction of each task when below 1 (default: every item)",
+    )
+    parser.add_argument(
+        "--npu", choices=("cpu", "qnn"), default="cpu", help="bundle NPU graph executor: ONNX Runtime CPU provider or QNN HTP (default: %(default)s)"
+    )
     parser.add_argument("--no-shadow", action="store_true", help="bundle: clip outliers instead of running the shadow path (for comparison)")
-    parser.add_argument("--max-length", type=_positive_int, default=None, help="longest input, in tokens, the model is given (default: the bundle's context length / the model's)")
+    parser.add_argument(
+        "--max-length",
+        type=_positive_int,
+        default=None,
+        help="longest input, in tokens, the model is given (default: the bundle's context length / the model's)",
+    )
     parser.add_argument("--output", default=None, help="also write lm-eval's results as JSON to this file")
-    parser.add_argument("--include-path", action="append", default=[], metavar="DIR", help="a folder of your own lm-eval task YAML files (lm-eval's --include_path; repeatable)")
+    parser.add_argument(
+        "--include-path", action="append", default=[], metavar="DIR", help="a folder of your own lm-eval task YAML files (lm-eval's --include_path; repeatable)"
+    )
     parser.set_defaults(handler=_run_eval)
 
 
@@ -140,7 +175,16 @@ def _run_eval(args) -> int:
     from quantkit.eval import evaluate, results_table
 
     limit = int(args.limit) if args.limit is not None and args.limit >= 1 else args.limit
-    results = evaluate(args.model, args.tasks, limit=limit, npu=args.npu, shadow=not args.no_shadow, max_length=args.max_length, output=args.output, include_paths=args.include_path)
+    results = evaluate(
+        args.model,
+        args.tasks,
+        limit=limit,
+        npu=args.npu,
+        shadow=not args.no_shadow,
+        max_length=args.max_length,
+        output=args.output,
+        include_paths=args.include_path,
+    )
     if results is None:  # a process other than rank 0 under `accelerate launch`: rank 0 reports
         return 0
     print(results_table(results))
@@ -166,9 +210,10 @@ def _add_lm_eval(subparsers) -> None:
 def run_lm_eval(arguments: list[str]) -> int:
     """``lm-eval ARGUMENTS`` with the ``quantkit`` and ``hf-scored`` models registered (lm-eval 0.4 has no
     plugin entry point, so its CLI cannot load it by itself)."""
+    from lm_eval.__main__ import cli_evaluate
+
     import quantkit.eval.hf_reference  # noqa: F401  registers the "hf-scored" lm-eval model
     import quantkit.eval.lm  # noqa: F401  registers the "quantkit" lm-eval model
-    from lm_eval.__main__ import cli_evaluate
 
     saved = sys.argv
     sys.argv = [LM_EVAL_COMMAND, *arguments]
@@ -215,14 +260,34 @@ def _add_export(subparsers) -> None:
     )
     parser.add_argument("calib", help="folder written by `quantkit calibrate`")
     parser.add_argument("--out", default="bundle", help="folder the bundle is written to (default: %(default)s)")
-    parser.add_argument("--chunk-size", type=_positive_int, default=DEFAULT_CHUNK_SIZE, help="tokens per prefill chunk: the graphs' static shape (default: %(default)s)")
-    parser.add_argument("--activation-bits", type=int, choices=(8, 16), default=None, help="NPU graph activations: by default each graph's calibrated width (calibrate --activation-bits auto|8|16); 8 or 16 put every graph at that width with the output ranges calibration recorded for it")
+    parser.add_argument(
+        "--chunk-size", type=_positive_int, default=DEFAULT_CHUNK_SIZE, help="tokens per prefill chunk: the graphs' static shape (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--activation-bits",
+        type=int,
+        choices=(8, 16),
+        default=None,
+        help="NPU graph activations: by default each graph's calibrated width (calibrate --activation-bits auto|8|16); 8 or 16 put every graph at that width with the output ranges calibration recorded for it",
+    )
     parser.add_argument("--qnn-context", action="store_true", help="also compile each graph for a Snapdragon target and write its EPContext model")
     parser.add_argument("--soc-model", type=_positive_int, default=None, help="QNN SoC model id for --qnn-context (e.g. 60: Snapdragon 8 Gen 3)")
     parser.add_argument("--htp-arch", type=_positive_int, default=None, help="HTP architecture for --qnn-context (e.g. 75)")
-    parser.add_argument("--output-bits", type=int, choices=(8, 16), default=None, help="with --activation-bits: the graphs' output width (default: as wide as the input); 16 with --activation-bits 8 keeps int8 MACs and writes int16 outputs — ONNX Runtime's CPU provider runs it, onnxruntime-qnn's HTP refuses it (lint --qnn says so)")
-    parser.add_argument("--naive-w8a8", action="store_true", help="write the plain-PTQ baseline instead (with --activation-bits 8): every block on the NPU, min/max INT8 ranges, no shadow path — for regression suites")
-    parser.add_argument("--device", default="cpu", help="torch device the model runs on while the graphs' output ranges are recorded: cpu or cuda (default: %(default)s)")
+    parser.add_argument(
+        "--output-bits",
+        type=int,
+        choices=(8, 16),
+        default=None,
+        help="with --activation-bits: the graphs' output width (default: as wide as the input); 16 with --activation-bits 8 keeps int8 MACs and writes int16 outputs — ONNX Runtime's CPU provider runs it, onnxruntime-qnn's HTP refuses it (lint --qnn says so)",
+    )
+    parser.add_argument(
+        "--naive-w8a8",
+        action="store_true",
+        help="write the plain-PTQ baseline instead (with --activation-bits 8): every block on the NPU, min/max INT8 ranges, no shadow path — for regression suites",
+    )
+    parser.add_argument(
+        "--device", default="cpu", help="torch device the model runs on while the graphs' output ranges are recorded: cpu or cuda (default: %(default)s)"
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace --out if it exists")
     parser.set_defaults(handler=_run_export)
 
@@ -230,7 +295,19 @@ def _add_export(subparsers) -> None:
 def _run_export(args) -> int:
     from quantkit.export import export_bundle
 
-    out = export_bundle(args.calib, args.out, chunk_size=args.chunk_size, activation_bits=args.activation_bits, output_bits=args.output_bits, qnn_context=args.qnn_context, soc_model=args.soc_model, htp_arch=args.htp_arch, device=args.device, overwrite=args.overwrite, naive_w8a8=args.naive_w8a8)
+    out = export_bundle(
+        args.calib,
+        args.out,
+        chunk_size=args.chunk_size,
+        activation_bits=args.activation_bits,
+        output_bits=args.output_bits,
+        qnn_context=args.qnn_context,
+        soc_model=args.soc_model,
+        htp_arch=args.htp_arch,
+        device=args.device,
+        overwrite=args.overwrite,
+        naive_w8a8=args.naive_w8a8,
+    )
     print(f"wrote {out}/ — check it with: quantkit lint {out} --qnn")
     return 0
 
@@ -279,8 +356,14 @@ def _add_report(subparsers) -> None:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--calib", default=None, help="folder written by `quantkit calibrate`")
     source.add_argument("--bundle", default=None, help="folder written by `quantkit export`")
-    parser.add_argument("--accuracy", default="benchmarks/results/accuracy.json", help="the results JSON of benchmarks/accuracy.py for the accuracy section (default: %(default)s)")
-    parser.add_argument("--prefill", default="benchmarks/results/prefill.json", help="the results JSON of benchmarks/prefill.py for the prefill section (default: %(default)s)")
+    parser.add_argument(
+        "--accuracy",
+        default="benchmarks/results/accuracy.json",
+        help="the results JSON of benchmarks/accuracy.py for the accuracy section (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--prefill", default="benchmarks/results/prefill.json", help="the results JSON of benchmarks/prefill.py for the prefill section (default: %(default)s)"
+    )
     parser.add_argument("--regress", default=None, help="results.json written by `quantkit regress` (e.g. regress/results.json)")
     parser.add_argument("--out", default="report", help="folder the report is written to, replaced whole (default: %(default)s)")
     parser.set_defaults(handler=_run_report)
@@ -307,12 +390,29 @@ def _add_run(subparsers) -> None:
     prompt.add_argument("--prompt", help="the text the model continues")
     prompt.add_argument("--prompt-file", help="a UTF-8 file holding the text the model continues")
     parser.add_argument("--max-new-tokens", type=_non_negative_int, default=64, help="tokens to generate after the prompt (default: %(default)s)")
-    parser.add_argument("--temperature", type=_non_negative_float, default=0.0, help="sampling temperature: higher is more random; 0 always takes the most likely token (greedy) (default: %(default)s)")
+    parser.add_argument(
+        "--temperature",
+        type=_non_negative_float,
+        default=0.0,
+        help="sampling temperature: higher is more random; 0 always takes the most likely token (greedy) (default: %(default)s)",
+    )
     parser.add_argument("--top-k", type=_non_negative_int, default=0, help="sample among the k most likely tokens; 0 = all (default: %(default)s)")
-    parser.add_argument("--top-p", type=_probability_mass, default=1.0, help="sample among the most likely tokens whose probabilities add up to this mass (nucleus sampling); 1 = all (default: %(default)s)")
-    parser.add_argument("--seed", type=_non_negative_int, default=None, help="random seed of the sampling, for output that repeats (default: unseeded, so sampled output differs between runs)")
+    parser.add_argument(
+        "--top-p",
+        type=_probability_mass,
+        default=1.0,
+        help="sample among the most likely tokens whose probabilities add up to this mass (nucleus sampling); 1 = all (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=_non_negative_int,
+        default=None,
+        help="random seed of the sampling, for output that repeats (default: unseeded, so sampled output differs between runs)",
+    )
     parser.add_argument("--npu", choices=("cpu", "qnn"), default="cpu", help="NPU graph executor: ONNX Runtime CPU provider or QNN HTP (default: %(default)s)")
-    parser.add_argument("--schedule", choices=("ooo", "inorder"), default="ooo", help="out-of-order (§3.4) or in-order subgraph execution (default: %(default)s)")
+    parser.add_argument(
+        "--schedule", choices=("ooo", "inorder"), default="ooo", help="out-of-order (§3.4) or in-order subgraph execution (default: %(default)s)"
+    )
     parser.add_argument("--no-shadow", action="store_true", help="clip outliers instead of running the shadow path (for comparison)")
     parser.add_argument("--trace", default=None, help="write the prefill schedule as a Chrome trace JSON (chrome://tracing, Perfetto)")
     parser.set_defaults(handler=_run_run)
@@ -331,7 +431,18 @@ def _run_run(args) -> int:
     else:
         prompt = args.prompt
     report = generate_text(
-        args.bundle, prompt, max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed, npu=args.npu, schedule=args.schedule, shadow=not args.no_shadow, trace=args.trace, stream=sys.stdout
+        args.bundle,
+        prompt,
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_k=args.top_k,
+        top_p=args.top_p,
+        seed=args.seed,
+        npu=args.npu,
+        schedule=args.schedule,
+        shadow=not args.no_shadow,
+        trace=args.trace,
+        stream=sys.stdout,
     )
     print(report.summary(), file=sys.stderr)
     if args.trace:
@@ -367,7 +478,9 @@ def _run_regress(args) -> int:
             raise EvaluationError(f"--bundle {item!r}: expected NAME=PATH, e.g. --bundle quantkit=bundle/")
         bundles[name] = path
     only = [n.strip() for n in args.candidates.split(",") if n.strip()] if args.candidates else None
-    report = run_suite(load_suite(args.suite), args.out, only=only, bundles=bundles, update_baselines=args.update_baselines, fresh_reference=args.fresh_reference)
+    report = run_suite(
+        load_suite(args.suite), args.out, only=only, bundles=bundles, update_baselines=args.update_baselines, fresh_reference=args.fresh_reference
+    )
     print(report.table())
     print(report.timings())
     print(f"\nwrote {args.out}/results.json and {args.out}/junit.xml")

@@ -78,7 +78,9 @@ def fake_quantize_symmetric(x: torch.Tensor, scale: torch.Tensor, num_bits: int 
     return dequantize_symmetric(quantize_symmetric(x, scale, num_bits, axis, full_range), scale, axis).to(x.dtype)
 
 
-def weight_scales_per_channel(weight: torch.Tensor, num_bits: int = 8, rule: str = "max", importance: torch.Tensor | None = None, full_range: bool = False) -> torch.Tensor:
+def weight_scales_per_channel(
+    weight: torch.Tensor, num_bits: int = 8, rule: str = "max", importance: torch.Tensor | None = None, full_range: bool = False
+) -> torch.Tensor:
     """Per-output-channel symmetric scales of a [out, in] weight.
 
     ``"max"``: s_j = max_i |W_ji| / qmax (min/max, nothing clipped). ``"mse"``: per row j,
@@ -127,7 +129,15 @@ def _rounding_errors(x: torch.Tensor, scales: torch.Tensor, num_bits: int, full_
     return trial.sum(dim=-1)
 
 
-def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: str = "max", max_block_scale: int = 16, importance: torch.Tensor | None = None, full_range: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def lpbq_scales(
+    weight: torch.Tensor,
+    block_size: int,
+    num_bits: int = 4,
+    rule: str = "max",
+    max_block_scale: int = 16,
+    importance: torch.Tensor | None = None,
+    full_range: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Low-power blockwise (LPBQ) scales of a [out, in] weight, blocks of ``block_size``
     inputs: (per-channel float32 scales s [out], uint8 block scales k [out, in / B]).
 
@@ -159,7 +169,9 @@ def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: 
     weight = weight.detach().float()
     blocks = weight.reshape(out_features * (in_features // block_size), block_size)
     weighting = None if importance is None else importance.float().reshape(1, -1, block_size).expand(out_features, -1, -1)
-    block_scales = weight_scales_per_channel(blocks, num_bits, rule, None if weighting is None else weighting.reshape(blocks.shape), full_range).reshape(out_features, -1)
+    block_scales = weight_scales_per_channel(blocks, num_bits, rule, None if weighting is None else weighting.reshape(blocks.shape), full_range).reshape(
+        out_features, -1
+    )
     channel_scales = torch.clamp(block_scales.amax(dim=1) / max_block_scale, min=MIN_SCALE)
     if rule == "max":
         return channel_scales, torch.clamp(torch.round(block_scales / channel_scales[:, None]), 1, max_block_scale).to(torch.uint8)
@@ -168,13 +180,22 @@ def lpbq_scales(weight: torch.Tensor, block_size: int, num_bits: int = 4, rule: 
     # trial grids stay in cache (same result, 2-4x faster on SmolLM2's 1536 x 576 Linears).
     rows = max(1, _LPBQ_SEARCH_ELEMENTS // in_features)
     searched = [
-        _best_channel_scales(blocks[start : start + rows], channel_scales[start : start + rows], num_bits, max_block_scale, None if weighting is None else weighting[start : start + rows], full_range)
+        _best_channel_scales(
+            blocks[start : start + rows],
+            channel_scales[start : start + rows],
+            num_bits,
+            max_block_scale,
+            None if weighting is None else weighting[start : start + rows],
+            full_range,
+        )
         for start in range(0, out_features, rows)
     ]
     return torch.cat([scales for scales, _ in searched]), torch.cat([integers for _, integers in searched]).to(torch.uint8)
 
 
-def _best_channel_scales(blocks: torch.Tensor, channel_scales: torch.Tensor, num_bits: int, max_block_scale: int, weighting: torch.Tensor | None, full_range: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _best_channel_scales(
+    blocks: torch.Tensor, channel_scales: torch.Tensor, num_bits: int, max_block_scale: int, weighting: torch.Tensor | None, full_range: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per row of ``blocks`` [out, n, B]: (the s_j among ``_LPBQ_CHANNEL_SCALE_FACTORS`` ×
     ``channel_scales`` whose best block integers give the row the least error, those integers)."""
     best_scales, best_integers, best_errors = None, None, None
@@ -186,11 +207,17 @@ def _best_channel_scales(blocks: torch.Tensor, channel_scales: torch.Tensor, num
             best_scales, best_integers, best_errors = scales, integers, row_errors
         else:
             better = row_errors < best_errors
-            best_scales, best_integers, best_errors = torch.where(better, scales, best_scales), torch.where(better[:, None], integers, best_integers), torch.where(better, row_errors, best_errors)
+            best_scales, best_integers, best_errors = (
+                torch.where(better, scales, best_scales),
+                torch.where(better[:, None], integers, best_integers),
+                torch.where(better, row_errors, best_errors),
+            )
     return best_scales, best_integers
 
 
-def _best_block_integers(blocks: torch.Tensor, channel_scales: torch.Tensor, num_bits: int, max_block_scale: int, weighting: torch.Tensor | None, full_range: bool) -> tuple[torch.Tensor, torch.Tensor]:
+def _best_block_integers(
+    blocks: torch.Tensor, channel_scales: torch.Tensor, num_bits: int, max_block_scale: int, weighting: torch.Tensor | None, full_range: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Per block of ``blocks`` [out, n, B]: (the k ∈ 1…K whose grid s_j · k gives the least
     (weighted) rounding-plus-clipping error, that error), both [out, n]."""
     best_integers, best_errors = None, None

@@ -35,7 +35,7 @@ class TensorStatistics:
     channel_outlier_excess: torch.Tensor  # [C] float64: Σ (|x| - t) over those values
 
     @classmethod
-    def from_observer(cls, observer: object) -> "TensorStatistics":
+    def from_observer(cls, observer: object) -> TensorStatistics:
         """The statistics an observer holds in its ``<field>_`` buffers (calibration's
         ``ActivationObserver``)."""
         return cls(**{field: getattr(observer, f"{field}_").detach().cpu().clone() for field in _TENSOR_FIELDS})
@@ -72,7 +72,7 @@ class ActivationStatistics(dict):
         (Path(folder) / SUMMARY_FILE).write_text(json.dumps(summary, indent=1))
 
     @classmethod
-    def load(cls, folder: Path) -> "ActivationStatistics":
+    def load(cls, folder: Path) -> ActivationStatistics:
         from safetensors.torch import load_file
 
         flat = load_file(str(Path(folder) / STATISTICS_FILE))

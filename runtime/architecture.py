@@ -126,7 +126,9 @@ class ArchitectureDescription:
 
     def __post_init__(self):
         if self.version != ARCHITECTURE_VERSION:
-            raise ArchitectureError(f"architecture description version {self.version}; this quantkit reads version {ARCHITECTURE_VERSION} — export the bundle again")
+            raise ArchitectureError(
+                f"architecture description version {self.version}; this quantkit reads version {ARCHITECTURE_VERSION} — export the bundle again"
+            )
         if self.activation not in ACTIVATIONS:
             raise ArchitectureError(f"activation got {self.activation!r}, expected one of {', '.join(ACTIVATIONS)}")
         if sorted(self.linears) != sorted(SITE_KINDS):
@@ -177,7 +179,9 @@ class ArchitectureDescription:
         if not isinstance(data, dict):
             raise ArchitectureError(f"the architecture description is a {type(data).__name__}, expected an object — export the bundle again")
         if data.get("version") != ARCHITECTURE_VERSION:
-            raise ArchitectureError(f"architecture description version {data.get('version')!r}; this quantkit reads version {ARCHITECTURE_VERSION} — export the bundle again")
+            raise ArchitectureError(
+                f"architecture description version {data.get('version')!r}; this quantkit reads version {ARCHITECTURE_VERSION} — export the bundle again"
+            )
         try:
             values = dict(data)
             for key in ("final_norm", "pre_attention_norm", "pre_mlp_norm", "post_attention_norm", "post_mlp_norm", "q_norm", "k_norm"):
@@ -188,4 +192,6 @@ class ArchitectureDescription:
             values["output_splits"] = {kind: tuple(widths) for kind, widths in values["output_splits"].items()}
             return cls(**values)
         except (KeyError, TypeError) as error:
-            raise ArchitectureError(f"the architecture description is incomplete or has unknown fields ({type(error).__name__}: {error}) — export the bundle again") from None
+            raise ArchitectureError(
+                f"the architecture description is incomplete or has unknown fields ({type(error).__name__}: {error}) — export the bundle again"
+            ) from None

@@ -14,7 +14,19 @@ from pathlib import Path
 from quantkit.errors import QuantkitError
 from quantkit.hashing import file_sha256
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MANIFEST_FILE", "DEFAULT_CHUNK_SIZE", "GRAPH_KINDS", "BundleError", "file_sha256", "bundle_problems", "load_manifest", "graph_kind", "graph_name"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BUNDLE_VERSION",
+    "MANIFEST_FILE",
+    "DEFAULT_CHUNK_SIZE",
+    "GRAPH_KINDS",
+    "BundleError",
+    "file_sha256",
+    "bundle_problems",
+    "load_manifest",
+    "graph_kind",
+    "graph_name",
+]
 
 BUNDLE_FORMAT = "quantkit-bundle"
 BUNDLE_VERSION = 3  # 2: cold shadow columns stored channel-major; 3: the architecture description (architecture.py)
@@ -51,9 +63,13 @@ def bundle_problems(folder: Path) -> tuple[dict | None, list[str]]:
     except (json.JSONDecodeError, UnicodeDecodeError) as error:
         return None, [f"{manifest_path}: not valid JSON ({error}); the bundle is damaged — export it again"]
     if not isinstance(manifest, dict) or manifest.get("format") != BUNDLE_FORMAT:
-        return None, [f"{manifest_path}: not a quantkit bundle manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r}, expected {BUNDLE_FORMAT!r})"]
+        return None, [
+            f"{manifest_path}: not a quantkit bundle manifest (format {manifest.get('format') if isinstance(manifest, dict) else None!r}, expected {BUNDLE_FORMAT!r})"
+        ]
     if manifest.get("version") != BUNDLE_VERSION:
-        return None, [f"{manifest_path}: bundle format version {manifest.get('version')!r}; this quantkit reads version {BUNDLE_VERSION} — export the bundle again with this quantkit"]
+        return None, [
+            f"{manifest_path}: bundle format version {manifest.get('version')!r}; this quantkit reads version {BUNDLE_VERSION} — export the bundle again with this quantkit"
+        ]
     problems = []
     files = manifest.get("files", {})
     for relative, expected in sorted(files.items()):

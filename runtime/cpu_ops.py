@@ -11,7 +11,6 @@ scale, window and optional logit soft-capping.
 from __future__ import annotations
 
 import torch
-
 from quantkit.runtime.architecture import RopeTable
 
 __all__ = ["rms_norm", "rope_cos_sin", "apply_rope", "causal_attention", "linear", "activation", "softcap", "ROW_TILE"]

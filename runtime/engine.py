@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-
 from quantkit.runtime.architecture import ArchitectureDescription, ArchitectureError
 from quantkit.runtime.bundle import BundleError, graph_kind, load_manifest
 from quantkit.runtime.npu import OrtGraph, QdqGraph
@@ -123,7 +122,9 @@ class BundleModel:
             raise BundleError(f"the prompt has {input_ids.numel()} tokens; this bundle's context is {self.context_length} — shorten the prompt")
         vocab = self.cpu[self.arch.embed_weight].shape[0]
         if int(input_ids.min()) < 0 or int(input_ids.max()) >= vocab:
-            raise BundleError(f"token ids must lie in [0, {vocab}); got {int(input_ids.min())}..{int(input_ids.max())} — was the prompt tokenized with another model's tokenizer?")
+            raise BundleError(
+                f"token ids must lie in [0, {vocab}); got {int(input_ids.min())}..{int(input_ids.max())} — was the prompt tokenized with another model's tokenizer?"
+            )
         return input_ids
 
     def _run(self, states: list[ChunkState], cache: KVCache, schedule: str | None, logits: list[bool]) -> tuple[Schedule, float]:
@@ -183,7 +184,10 @@ class BundleModel:
                 chunk_index, row = where[(segment, offset)]
                 rows_of[chunk_index].append(row)
         rows_of = [sorted(set(rows)) for rows in rows_of]
-        states = [chunk_state(self.arch, c.ids, torch.tensor(c.positions), c.runs, torch.tensor(rows, dtype=torch.long), c.released) for c, rows in zip(chunks, rows_of)]
+        states = [
+            chunk_state(self.arch, c.ids, torch.tensor(c.positions), c.runs, torch.tensor(rows, dtype=torch.long), c.released)
+            for c, rows in zip(chunks, rows_of)
+        ]
         cache = self._new_cache({index: segment.parent for index, segment in enumerate(segments)})
         self._run(states, cache, schedule, [bool(rows) for rows in rows_of])
         result = {}
@@ -219,7 +223,9 @@ class BundleModel:
             run_in_order(tasks)
         return state.logits[-1]
 
-    def generate(self, input_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_token_ids=()) -> Iterator[int]:
+    def generate(
+        self, input_ids, max_new_tokens: int, *, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stop_token_ids=()
+    ) -> Iterator[int]:
         """Yield up to ``max_new_tokens`` new token ids (greedy when temperature is 0),
         stopping after a token in ``stop_token_ids``. Timings land in ``self.last_generation``."""
         if max_new_tokens < 0:
@@ -227,7 +233,12 @@ class BundleModel:
         config = SamplingConfig(temperature, top_k, top_p, seed)
         generator = torch.Generator().manual_seed(seed) if seed is not None else None
         prefill = self.run_prefill(input_ids, logits="last")
-        self.last_generation = {"prompt_tokens": int(torch.as_tensor(input_ids).numel()), "prefill_seconds": prefill.seconds, "new_tokens": 0, "decode_seconds": 0.0}
+        self.last_generation = {
+            "prompt_tokens": int(torch.as_tensor(input_ids).numel()),
+            "prefill_seconds": prefill.seconds,
+            "new_tokens": 0,
+            "decode_seconds": 0.0,
+        }
         if max_new_tokens == 0:
             return
         logits, cache, stops = prefill.logits[-1], prefill.cache, set(stop_token_ids)

@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from quantkit.runtime.qdq import QdqLinear, QuantizedWeight
 from quantkit.runtime.sessions import ort_cpu_session, qnn_htp_session
 
@@ -70,7 +69,9 @@ def _weight_from_graph(values: dict[str, np.ndarray], linear_name: str) -> Quant
             offset_bits = 8 if stored_offsets.dtype == np.int8 else 4
             offset_codes = torch.from_numpy(stored_offsets.astype(np.int8).T.copy())
             offset_scales = torch.from_numpy(values[f"{offsets_name}.scale"].copy())
-        return QuantizedWeight(codes, torch.from_numpy(values[f"{weight_name}.channel_scale"].copy()), bits, block_size, block_scales, offset_codes, offset_scales, offset_bits)
+        return QuantizedWeight(
+            codes, torch.from_numpy(values[f"{weight_name}.channel_scale"].copy()), bits, block_size, block_scales, offset_codes, offset_scales, offset_bits
+        )
     return QuantizedWeight(codes, torch.from_numpy(values[f"{weight_name}.scale"].copy()), bits)
 
 

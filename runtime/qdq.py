@@ -62,7 +62,24 @@ import torch
 
 from quantkit.quant_primitives import symmetric_scale
 
-__all__ = ["ACTIVATION_BITS", "WEIGHT_BITS", "LPBQ_MAX_BLOCK_SCALE", "OFFSET_FORMATS", "PART_RANGE", "QuantizedWeight", "block_means", "offsets_per_input", "weight_grid", "packed_weight_bytes", "activation_scale", "fake_quantize_activation", "quantize_activation", "int32_bias_scales", "int32_bias_codes", "QdqLinear"]
+__all__ = [
+    "ACTIVATION_BITS",
+    "WEIGHT_BITS",
+    "LPBQ_MAX_BLOCK_SCALE",
+    "OFFSET_FORMATS",
+    "PART_RANGE",
+    "QuantizedWeight",
+    "block_means",
+    "offsets_per_input",
+    "weight_grid",
+    "packed_weight_bytes",
+    "activation_scale",
+    "fake_quantize_activation",
+    "quantize_activation",
+    "int32_bias_scales",
+    "int32_bias_codes",
+    "QdqLinear",
+]
 
 ACTIVATION_BITS = (8, 16)
 WEIGHT_BITS = (4, 8)
@@ -160,7 +177,9 @@ class QuantizedWeight:
         if self.block_size is not None:
             out_features, in_features = self.codes.shape
             if self.bits != 4 or in_features % self.block_size or tuple(self.block_scales.shape) != (out_features, in_features // self.block_size):
-                raise ValueError(f"QuantizedWeight: LPBQ needs 4-bit codes and block scales [{out_features}, {in_features} / {self.block_size}], got {self.bits}-bit, {tuple(self.block_scales.shape)}")
+                raise ValueError(
+                    f"QuantizedWeight: LPBQ needs 4-bit codes and block scales [{out_features}, {in_features} / {self.block_size}], got {self.bits}-bit, {tuple(self.block_scales.shape)}"
+                )
         if (self.offset_codes is None) != (self.offset_scales is None):
             raise ValueError("QuantizedWeight: offset codes and offset scales come together")
         if self.offset_codes is not None and (self.block_size is None or self.offset_codes.shape != self.block_scales.shape):
@@ -202,7 +221,7 @@ class QuantizedWeight:
         """Bytes the weight takes packed (:func:`packed_weight_bytes`)."""
         return packed_weight_bytes(*self.codes.shape, self.bits, self.block_size, self.offset_format)
 
-    def with_rows_zeroed(self, rows: list[int]) -> "QuantizedWeight":
+    def with_rows_zeroed(self, rows: list[int]) -> QuantizedWeight:
         """The same weight with output ``rows`` (codes and offsets) zero."""
         codes = self.codes.clone()
         codes[rows] = 0
@@ -211,9 +230,16 @@ class QuantizedWeight:
             offsets[rows] = 0
         return replace(self, codes=codes, offset_codes=offsets)
 
-    def to(self, device: torch.device | str) -> "QuantizedWeight":
+    def to(self, device: torch.device | str) -> QuantizedWeight:
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return replace(self, codes=self.codes.to(device), scales=self.scales.to(device), block_scales=move(self.block_scales), offset_codes=move(self.offset_codes), offset_scales=move(self.offset_scales))
+        return replace(
+            self,
+            codes=self.codes.to(device),
+            scales=self.scales.to(device),
+            block_scales=move(self.block_scales),
+            offset_codes=move(self.offset_codes),
+            offset_scales=move(self.offset_scales),
+        )
 
 
 @dataclass(frozen=True)
@@ -259,10 +285,19 @@ class QdqLinear:
         """c, the output's bit-width."""
         return self.bits if self.output_bits is None else self.output_bits
 
-    def to(self, device: torch.device | str) -> "QdqLinear":
+    def to(self, device: torch.device | str) -> QdqLinear:
         """The same record with its tensors on ``device``."""
         move = lambda t: None if t is None else t.to(device)  # noqa: E731
-        return QdqLinear(self.weight.to(device), self.input_scale, self.output_scale, self.bits, move(self.bias_codes), move(self.bias_scales), self.means_scale, self.output_bits)
+        return QdqLinear(
+            self.weight.to(device),
+            self.input_scale,
+            self.output_scale,
+            self.bits,
+            move(self.bias_codes),
+            move(self.bias_scales),
+            self.means_scale,
+            self.output_bits,
+        )
 
     @property
     def block_means_scale(self) -> float:

@@ -83,7 +83,18 @@ class Schedule:
         events = [{"name": "thread_name", "ph": "M", "pid": 0, "tid": tid, "args": {"name": p.upper()}} for p, tid in threads.items()]
         for run in self.runs:
             task = self.tasks[run.index]
-            events.append({"name": task.name, "cat": task.kind or task.processor, "ph": "X", "pid": 0, "tid": threads[run.processor], "ts": run.start * 1e6, "dur": (run.end - run.start) * 1e6, "args": task.args})
+            events.append(
+                {
+                    "name": task.name,
+                    "cat": task.kind or task.processor,
+                    "ph": "X",
+                    "pid": 0,
+                    "tid": threads[run.processor],
+                    "ts": run.start * 1e6,
+                    "dur": (run.end - run.start) * 1e6,
+                    "args": task.args,
+                }
+            )
         return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"bubble_ratio": self.bubble_ratio, "critical_processor": self.critical_processor}}
 
     def write_chrome_trace(self, path: str | Path) -> Path:

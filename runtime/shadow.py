@@ -15,13 +15,12 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
-
 from quantkit.runtime.cpu_ops import linear
 
 __all__ = ["RuntimeCounters", "ShadowSite", "ColdColumns", "split_outliers", "outlier_product", "combine"]
@@ -105,7 +104,9 @@ class RuntimeCounters:
 class ShadowSite:
     """The Linears that read one activation (q/k/v, o, gate/up or down) and their shadow weights."""
 
-    def __init__(self, site: dict, hot_weights: dict[str, torch.Tensor], cold_file: ColdColumns, counters: RuntimeCounters, enabled: bool = True, sink_tokens: int = 0):
+    def __init__(
+        self, site: dict, hot_weights: dict[str, torch.Tensor], cold_file: ColdColumns, counters: RuntimeCounters, enabled: bool = True, sink_tokens: int = 0
+    ):
         self.linear_names: list[str] = site["linear_names"]
         self.threshold = float(site["threshold_"])
         self.num_channels = int(site["num_channels"])

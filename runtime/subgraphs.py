@@ -25,10 +25,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
-
 from quantkit.runtime.architecture import ArchitectureDescription, Norm
-from quantkit.runtime.packing import ChunkRun
 from quantkit.runtime.cpu_ops import ROW_TILE, activation, apply_rope, causal_attention, linear, rms_norm, rope_cos_sin, softcap
+from quantkit.runtime.packing import ChunkRun
 from quantkit.runtime.scheduler import CPU, NPU, Subgraph
 from quantkit.runtime.shadow import ShadowSite, combine
 
@@ -120,7 +119,9 @@ class ChunkState:
     logits: torch.Tensor | None = None
 
 
-def chunk_state(arch: ArchitectureDescription, ids, positions: torch.Tensor, runs: list[ChunkRun], logit_rows: torch.Tensor | None = None, released=()) -> ChunkState:
+def chunk_state(
+    arch: ArchitectureDescription, ids, positions: torch.Tensor, runs: list[ChunkRun], logit_rows: torch.Tensor | None = None, released=()
+) -> ChunkState:
     """A chunk's state, with cos, sin of every RoPE table of ``arch`` at its positions."""
     rope = {name: rope_cos_sin(positions, table) for name, table in arch.ropes.items()}
     return ChunkState(torch.as_tensor(ids, dtype=torch.long), positions, runs, rope, logit_rows, tuple(released))
@@ -142,7 +143,9 @@ class ModelParts:
     chunk_size: int | None = 256
 
 
-def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk: int, last_attention: dict[int, int], tasks: list[Subgraph], logits: bool = True) -> None:
+def chunk_subgraphs(
+    parts: ModelParts, state: ChunkState, cache: KVCache, chunk: int, last_attention: dict[int, int], tasks: list[Subgraph], logits: bool = True
+) -> None:
     """Append the subgraphs of one chunk to ``tasks``. ``last_attention[b]`` is the index of
     the previous chunk's attention subgraph of block b (updated here). ``logits``: whether
     the chunk ends with the LM head (for ``state.logit_rows``)."""
@@ -220,10 +223,32 @@ def chunk_subgraphs(parts: ModelParts, state: ChunkState, cache: KVCache, chunk:
             cache.append(block, run.segment, k[:, rows], v[:, rows], int(state.positions[run.begin]))
             keys, values, key_positions = cache.context(block, run.segment)
             if chunk_size is None:
-                outputs.append(causal_attention(q[:, rows], keys, values, state.positions[rows], key_positions, scale=arch.attention_scale, window=layer.window, logit_softcap=arch.attention_softcap))
+                outputs.append(
+                    causal_attention(
+                        q[:, rows],
+                        keys,
+                        values,
+                        state.positions[rows],
+                        key_positions,
+                        scale=arch.attention_scale,
+                        window=layer.window,
+                        logit_softcap=arch.attention_softcap,
+                    )
+                )
                 continue
             for begin, end in _key_span_groups(int(state.positions[run.begin]), run.end - run.begin, chunk_size):
-                outputs.append(_attention_at_canonical_length(q[:, run.begin + begin : run.begin + end], keys, values, state.positions[run.begin + begin : run.begin + end], key_positions, chunk_size, arch, layer))
+                outputs.append(
+                    _attention_at_canonical_length(
+                        q[:, run.begin + begin : run.begin + end],
+                        keys,
+                        values,
+                        state.positions[run.begin + begin : run.begin + end],
+                        key_positions,
+                        chunk_size,
+                        arch,
+                        layer,
+                    )
+                )
             cache.trim(block, run.segment)
         cache.release(block, state.released)
         out = outputs[0] if len(outputs) == 1 else torch.cat(outputs, dim=1)
@@ -330,7 +355,16 @@ def _attention_at_canonical_length(q, keys, values, query_positions, key_positio
     rows = query_positions - base - top
     block = q.new_zeros(q.shape[0], bottom - top, q.shape[2])
     block[:, rows] = q
-    out = causal_attention(block, keys, values, torch.arange(base + top, base + bottom), key_positions, scale=arch.attention_scale, window=layer.window, logit_softcap=arch.attention_softcap)
+    out = causal_attention(
+        block,
+        keys,
+        values,
+        torch.arange(base + top, base + bottom),
+        key_positions,
+        scale=arch.attention_scale,
+        window=layer.window,
+        logit_softcap=arch.attention_softcap,
+    )
     return out[:, rows]
 
 

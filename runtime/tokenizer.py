@@ -17,7 +17,9 @@ class BundleTokenizer:
         folder = Path(folder)
         path = folder / "tokenizer" / "tokenizer.json"
         if not path.is_file():
-            raise BundleError(f"{folder}: no tokenizer/tokenizer.json in the bundle; pass token ids instead, or export the bundle from a model folder that has a tokenizer")
+            raise BundleError(
+                f"{folder}: no tokenizer/tokenizer.json in the bundle; pass token ids instead, or export the bundle from a model folder that has a tokenizer"
+            )
         self.tokenizer = Tokenizer.from_file(str(path))
         config_path = folder / "tokenizer" / "tokenizer_config.json"
         config = json.loads(config_path.read_text()) if config_path.is_file() else {}

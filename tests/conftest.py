@@ -36,7 +36,14 @@ def tiny_config(family: str):
     if family == "llama":
         return LlamaConfig(**common)
     if family == "llama3":
-        rope = {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 64}
+        rope = {
+            "rope_type": "llama3",
+            "rope_theta": 500000.0,
+            "factor": 8.0,
+            "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64,
+        }
         return LlamaConfig(**common, **tokens, rope_parameters=rope)
     if family == "qwen2":
         return Qwen2Config(**common)
@@ -51,11 +58,24 @@ def tiny_config(family: str):
     if family == "gemma3":
         return Gemma3TextConfig(**common, head_dim=16, sliding_window=64, query_pre_attn_scalar=16)
     if family == "gemma3-full":
-        rope = {"sliding_attention": {"rope_type": "default", "rope_theta": 10000.0}, "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0}}
+        rope = {
+            "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
+            "full_attention": {"rope_type": "linear", "factor": 8.0, "rope_theta": 1000000.0},
+        }
         layer_types = ["sliding_attention", "full_attention"]
-        return Gemma3TextConfig(**common, head_dim=16, sliding_window=TINY_WINDOW, query_pre_attn_scalar=32, layer_types=layer_types, rope_parameters=rope, final_logit_softcapping=30.0)
+        return Gemma3TextConfig(
+            **common,
+            head_dim=16,
+            sliding_window=TINY_WINDOW,
+            query_pre_attn_scalar=32,
+            layer_types=layer_types,
+            rope_parameters=rope,
+            final_logit_softcapping=30.0,
+        )
     if family == "phi3":
-        return Phi3Config(**common, **tokens, sliding_window=TINY_WINDOW, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5})
+        return Phi3Config(
+            **common, **tokens, sliding_window=TINY_WINDOW, rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "partial_rotary_factor": 0.5}
+        )
     raise ValueError(family)
 
 
@@ -127,7 +147,9 @@ def plant_output_outliers(model: torch.nn.Module, block: int = 0, factor: float 
     gate/up channels), which the output-side shadow computes in FP."""
     with torch.no_grad():
         mlp = model.model.layers[block].mlp
-        up, first = (mlp.gate_up_proj, mlp.gate_up_proj.out_features // 2) if hasattr(mlp, "gate_up_proj") else (mlp.up_proj, 0)  # fused: gate rows, then up rows
+        up, first = (
+            (mlp.gate_up_proj, mlp.gate_up_proj.out_features // 2) if hasattr(mlp, "gate_up_proj") else (mlp.up_proj, 0)
+        )  # fused: gate rows, then up rows
         for channel in PLANTED_OUTPUT_CHANNELS:
             up.weight[first + channel] *= factor
 
@@ -146,7 +168,9 @@ def tiny_tokenizer():
     from quantkit.data.corpus import load_documents
 
     trainer = ByteLevelBPETokenizer()
-    trainer.train_from_iterator(load_documents("enwiki", "calibration")[:5], vocab_size=TINY_VOCAB - 1, min_frequency=2, special_tokens=["<eos>"], show_progress=False)
+    trainer.train_from_iterator(
+        load_documents("enwiki", "calibration")[:5], vocab_size=TINY_VOCAB - 1, min_frequency=2, special_tokens=["<eos>"], show_progress=False
+    )
     return PreTrainedTokenizerFast(tokenizer_object=trainer._tokenizer, eos_token="<eos>")
 
 

@@ -46,7 +46,27 @@ def test_settings_that_only_clash_together_are_reported_by_name(tmp_path, capsys
 def test_calibrate_cli_runs_and_prints_the_summary(tmp_path, tiny_model_folder, capsys):
     out = tmp_path / "calib"
     code = main(
-        ["calibrate", "--model", str(tiny_model_folder), "--out", str(out), "--num-sequences", "2", "--seq-len", "32", "--aimet-num-sequences", "1", "--eval-num-sequences", "1", "--eval-seq-len", "32", "--sensitivity-num-sequences", "1", "--sensitivity-seq-len", "32"]
+        [
+            "calibrate",
+            "--model",
+            str(tiny_model_folder),
+            "--out",
+            str(out),
+            "--num-sequences",
+            "2",
+            "--seq-len",
+            "32",
+            "--aimet-num-sequences",
+            "1",
+            "--eval-num-sequences",
+            "1",
+            "--eval-seq-len",
+            "32",
+            "--sensitivity-num-sequences",
+            "1",
+            "--sensitivity-seq-len",
+            "32",
+        ]
     )
     assert code == 0
     printed = capsys.readouterr().out

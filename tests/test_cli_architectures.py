@@ -9,7 +9,22 @@ import pytest
 from quantkit.cli import main
 from tests.conftest import ARCHITECTURE_CASES, architecture_case_model
 
-CALIBRATE_SETTINGS = ["--num-sequences", "4", "--seq-len", "64", "--aimet-num-sequences", "1", "--eval-num-sequences", "2", "--eval-seq-len", "64", "--sensitivity-num-sequences", "1", "--sensitivity-seq-len", "32"]
+CALIBRATE_SETTINGS = [
+    "--num-sequences",
+    "4",
+    "--seq-len",
+    "64",
+    "--aimet-num-sequences",
+    "1",
+    "--eval-num-sequences",
+    "2",
+    "--eval-seq-len",
+    "64",
+    "--sensitivity-num-sequences",
+    "1",
+    "--sensitivity-seq-len",
+    "32",
+]
 
 
 @pytest.mark.slow

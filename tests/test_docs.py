@@ -124,7 +124,9 @@ def test_nothing_cites_a_document_outside_the_repository():
             problems += [f"{where}: cites {m.group(0)!r}, which is not in the repository" for m in OUTSIDE.finditer(line)]
             problems += [f"{where}: cites {m.group(1)}, no such file" for m in MARKDOWN_FILE.finditer(line) if not _exists(m.group(1), path)]
             if path.suffix == ".md":
-                problems += [f"{where}: links {m.group(1)}, no such file" for m in LINK.finditer(line) if "://" not in m.group(1) and not _exists(m.group(1), path)]
+                problems += [
+                    f"{where}: links {m.group(1)}, no such file" for m in LINK.finditer(line) if "://" not in m.group(1) and not _exists(m.group(1), path)
+                ]
     assert not problems, "\n".join(problems)
 
 

@@ -3,7 +3,15 @@ import math
 import pytest
 import torch
 
-from quantkit.quant_primitives import dequantize_symmetric, fake_quantize_symmetric, quantize_symmetric, quantize_weight_per_channel, sqnr_db, symmetric_scale, weight_scales_per_channel
+from quantkit.quant_primitives import (
+    dequantize_symmetric,
+    fake_quantize_symmetric,
+    quantize_symmetric,
+    quantize_weight_per_channel,
+    sqnr_db,
+    symmetric_scale,
+    weight_scales_per_channel,
+)
 
 
 def test_symmetric_scale_maps_absmax_to_largest_code():

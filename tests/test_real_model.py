@@ -27,7 +27,17 @@ def test_default_model_loads_with_its_architecture(smollm2):
 
 
 def smoke_calibration_config() -> CalibrationConfig:
-    return CalibrationConfig.preset(num_sequences=2, seq_len=128, batch_size=2, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=128, sensitivity_num_sequences=1, sensitivity_seq_len=64, accuracy_budget=0.05)
+    return CalibrationConfig.preset(
+        num_sequences=2,
+        seq_len=128,
+        batch_size=2,
+        aimet_num_sequences=1,
+        eval_num_sequences=2,
+        eval_seq_len=128,
+        sensitivity_num_sequences=1,
+        sensitivity_seq_len=64,
+        accuracy_budget=0.05,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -53,10 +63,10 @@ def test_bundle_runtime_tracks_fp_on_real_text(smoke_calibration, smollm2):
     NLL within 2% of FP, the same greedy prediction almost everywhere, a greedy
     continuation — and the calibration summary's perplexity is the bundle's within 0.2%."""
     import torch
+    from quantkit.runtime.engine import BundleModel
 
     from quantkit.data.corpus import load_documents
     from quantkit.export import export_bundle
-    from quantkit.runtime.engine import BundleModel
 
     bundle = export_bundle(smoke_calibration.out, smoke_calibration.out.parent / "bundle", chunk_size=64, progress=False)
     ids = torch.tensor(smollm2.tokenizer(load_documents("enwiki", "test")[0])["input_ids"][:150])
@@ -75,10 +85,13 @@ def test_bundle_runtime_tracks_fp_on_real_text(smoke_calibration, smollm2):
     assert len(tokens) == 8 and runtime.last_generation["decode_seconds"] > 0
 
     # The summary's quantkit figure predicts the exported bundle on the same tokens.
-    from quantkit.data.corpus import token_sequences
     from quantkit.eval.perplexity import perplexity
 
+    from quantkit.data.corpus import token_sequences
+
     config = smoke_calibration_config()
-    validation = token_sequences(smollm2.tokenizer, load_documents(config.data, "validation"), config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len)
+    validation = token_sequences(
+        smollm2.tokenizer, load_documents(config.data, "validation"), config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len
+    )
     measured = perplexity(lambda batch: runtime.prefill(batch[0])[None], validation, progress=False)
     assert measured == pytest.approx(smoke_calibration.perplexities["quantkit"], rel=0.002)

@@ -18,8 +18,7 @@ from torch import nn
 
 from quantkit.models.architecture import DecoderLayout
 from quantkit.models.swap import replaced_linears
-from quantkit.quant_primitives import quantize_weight_per_channel
-from quantkit.quant_primitives import fake_quantize_symmetric, symmetric_scale
+from quantkit.quant_primitives import fake_quantize_symmetric, quantize_weight_per_channel, symmetric_scale
 
 __all__ = ["LLMInt8Linear", "llm_int8_simulation", "LLM_INT8_THRESHOLD"]
 

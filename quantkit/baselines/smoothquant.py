@@ -22,11 +22,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from quantkit.statistics import ActivationStatistics
 from quantkit.models.architecture import DecoderLayout
 from quantkit.models.swap import replaced_linears
-from quantkit.quant_primitives import quantize_weight_per_channel
-from quantkit.quant_primitives import fake_quantize_symmetric, symmetric_scale
+from quantkit.quant_primitives import fake_quantize_symmetric, quantize_weight_per_channel, symmetric_scale
+from quantkit.statistics import ActivationStatistics
 
 __all__ = ["smoothing_factors", "SmoothQuantLinear", "smoothquant_simulation", "SMOOTHED_LINEARS"]
 

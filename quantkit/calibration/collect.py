@@ -11,16 +11,16 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm.auto import tqdm
 
 from quantkit.calibration.observers import ActivationObserver, ObserverPass
-from quantkit.statistics import ActivationStatistics, TensorStatistics
 from quantkit.errors import ResumeMismatchError
 from quantkit.models.architecture import DecoderLayout
+from quantkit.statistics import ActivationStatistics, TensorStatistics
 
 __all__ = ["collect_activation_statistics", "CHECKPOINT_STATE", "CHECKPOINT_PROGRESS"]
 

@@ -30,9 +30,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from quantkit.calibration.presets import DEFAULT_PRESET, PRESETS
 from quantkit.errors import ConfigError
@@ -193,17 +194,61 @@ class OutlierConfig:
       16-bit ranges hold it).
     """
 
-    outlier_quantile: float = setting_field(_SHADOW_DEFAULTS.percentile, "quantile of |x| above which activation values are outliers taken by the FP shadow path", _number_in(0.5, 1.0, "a value in (0.5, 1), e.g. 0.999", low_open=True, high_open=True))
-    scale_rule: str = setting_field(_SHADOW_DEFAULTS.scale_rule, "how an input's INT8 range is chosen: 'paper' (max|x| unless it exceeds k × the quantile) or 'mse' (the error-minimising clip)", _one_of(SCALE_RULES))
-    k: float = setting_field(_SHADOW_DEFAULTS.k, "with scale_rule paper: max|x| sets the range when it is at most k × the outlier quantile", _at_least(1.0, "≥ 1 (max|x| is compared with k × the percentile)"))
-    hot_coverage: float = setting_field(_SHADOW_DEFAULTS.hot_coverage, "share of the calibration outliers the resident (hot) shadow channels must hold", _number_in(0.0, 1.0, "a share in (0, 1]", low_open=True))
-    max_resident_fraction: float = setting_field(_SHADOW_DEFAULTS.max_resident_fraction, "cap on the resident shadow weights as a share of the model's parameters (1 disables it)", _number_in(0.0, 1.0, "a share in [0, 1], e.g. 0.02"))
-    prune_fraction: float = setting_field(_SHADOW_DEFAULTS.prune_fraction, "share of the least important layers whose shadow path is dropped (with --activation-bits 16 only)", _number_in(0.0, 1.0, "a share in [0, 1]"))
-    pruned_scale_rule: str = setting_field(_SHADOW_DEFAULTS.pruned_scale_rule, "the range of a pruned layer: 'max' (nothing clipped), 'mse' (error-minimising clip) or 'clip' (drop the outliers)", _one_of(PRUNED_SCALE_RULES))
-    weight_scale_rule: str = setting_field(_SHADOW_DEFAULTS.weight_scale_rule, "INT8 per-channel weight scales: 'mse' (error-minimising clip per row) or 'max' (min/max)", _one_of(WEIGHT_SCALE_RULES))
-    max_output_channels: int = setting_field(_SHADOW_DEFAULTS.max_output_channels, "largest output channels per NPU Linear that may be computed in FP on the CPU (0 disables the output-side shadow)", _non_negative_int("0 disables the output-side shadow"))
-    output_outlier_ratio: float = setting_field(_SHADOW_DEFAULTS.output_outlier_ratio, "an output channel goes to the CPU when its max is above this ratio × the next largest", _at_least(1.0, "≥ 1 (a channel's max is compared with ratio × the next largest)"))
-    sink_tokens: int = setting_field(_SHADOW_DEFAULTS.sink_tokens, "first positions of every sequence run whole in FP on the CPU (the attention sink; 0 keeps them on the NPU)", _non_negative_int("0 disables the FP sink rows"))
+    outlier_quantile: float = setting_field(
+        _SHADOW_DEFAULTS.percentile,
+        "quantile of |x| above which activation values are outliers taken by the FP shadow path",
+        _number_in(0.5, 1.0, "a value in (0.5, 1), e.g. 0.999", low_open=True, high_open=True),
+    )
+    scale_rule: str = setting_field(
+        _SHADOW_DEFAULTS.scale_rule,
+        "how an input's INT8 range is chosen: 'paper' (max|x| unless it exceeds k × the quantile) or 'mse' (the error-minimising clip)",
+        _one_of(SCALE_RULES),
+    )
+    k: float = setting_field(
+        _SHADOW_DEFAULTS.k,
+        "with scale_rule paper: max|x| sets the range when it is at most k × the outlier quantile",
+        _at_least(1.0, "≥ 1 (max|x| is compared with k × the percentile)"),
+    )
+    hot_coverage: float = setting_field(
+        _SHADOW_DEFAULTS.hot_coverage,
+        "share of the calibration outliers the resident (hot) shadow channels must hold",
+        _number_in(0.0, 1.0, "a share in (0, 1]", low_open=True),
+    )
+    max_resident_fraction: float = setting_field(
+        _SHADOW_DEFAULTS.max_resident_fraction,
+        "cap on the resident shadow weights as a share of the model's parameters (1 disables it)",
+        _number_in(0.0, 1.0, "a share in [0, 1], e.g. 0.02"),
+    )
+    prune_fraction: float = setting_field(
+        _SHADOW_DEFAULTS.prune_fraction,
+        "share of the least important layers whose shadow path is dropped (with --activation-bits 16 only)",
+        _number_in(0.0, 1.0, "a share in [0, 1]"),
+    )
+    pruned_scale_rule: str = setting_field(
+        _SHADOW_DEFAULTS.pruned_scale_rule,
+        "the range of a pruned layer: 'max' (nothing clipped), 'mse' (error-minimising clip) or 'clip' (drop the outliers)",
+        _one_of(PRUNED_SCALE_RULES),
+    )
+    weight_scale_rule: str = setting_field(
+        _SHADOW_DEFAULTS.weight_scale_rule,
+        "INT8 per-channel weight scales: 'mse' (error-minimising clip per row) or 'max' (min/max)",
+        _one_of(WEIGHT_SCALE_RULES),
+    )
+    max_output_channels: int = setting_field(
+        _SHADOW_DEFAULTS.max_output_channels,
+        "largest output channels per NPU Linear that may be computed in FP on the CPU (0 disables the output-side shadow)",
+        _non_negative_int("0 disables the output-side shadow"),
+    )
+    output_outlier_ratio: float = setting_field(
+        _SHADOW_DEFAULTS.output_outlier_ratio,
+        "an output channel goes to the CPU when its max is above this ratio × the next largest",
+        _at_least(1.0, "≥ 1 (a channel's max is compared with ratio × the next largest)"),
+    )
+    sink_tokens: int = setting_field(
+        _SHADOW_DEFAULTS.sink_tokens,
+        "first positions of every sequence run whole in FP on the CPU (the attention sink; 0 keeps them on the NPU)",
+        _non_negative_int("0 disables the FP sink rows"),
+    )
 
     def __post_init__(self) -> None:
         _check_fields(self)
@@ -251,9 +296,17 @@ class SearchConfig:
       once per block (30× for SmolLM2); a ranking needs less text than a perplexity.
     """
 
-    accuracy_budget: float = setting_field(0.01, "largest relative increase of validation perplexity over FP the deployed arithmetic may have", _number_in(0.0, 1.0, "a relative perplexity increase in [0, 1), e.g. 0.01", high_open=True))
-    activation_bits: str = setting_field("auto", "NPU graph input width: 'auto' (A8 wherever the budget holds, A16 elsewhere), '8' or '16' for every graph", _one_of(PRECISION_MODES))
-    search_realizations: int = setting_field(3, "rounding realizations averaged per point the activation-bits search measures (1: one draw, 3× faster)", _positive_int)
+    accuracy_budget: float = setting_field(
+        0.01,
+        "largest relative increase of validation perplexity over FP the deployed arithmetic may have",
+        _number_in(0.0, 1.0, "a relative perplexity increase in [0, 1), e.g. 0.01", high_open=True),
+    )
+    activation_bits: str = setting_field(
+        "auto", "NPU graph input width: 'auto' (A8 wherever the budget holds, A16 elsewhere), '8' or '16' for every graph", _one_of(PRECISION_MODES)
+    )
+    search_realizations: int = setting_field(
+        3, "rounding realizations averaged per point the activation-bits search measures (1: one draw, 3× faster)", _positive_int
+    )
     sensitivity_num_sequences: int = setting_field(4, "validation sequences per-graph and per-block sensitivity are measured on", _positive_int)
     sensitivity_seq_len: int = setting_field(256, "tokens per sensitivity sequence (cut from the evaluation sequences)", _tokens)
 
@@ -291,19 +344,31 @@ class WeightConfig:
       54.9996% of the INT8 bytes (README).
     """
 
-    weight_bits: str = setting_field("8", "NPU weight width: '8' (INT8 per channel), '4' (4-bit LPBQ on 16-bit graphs) or 'auto' (4-bit, INT8 back where the budget needs it)", _one_of(WEIGHT_MODES))
+    weight_bits: str = setting_field(
+        "8",
+        "NPU weight width: '8' (INT8 per channel), '4' (4-bit LPBQ on 16-bit graphs) or 'auto' (4-bit, INT8 back where the budget needs it)",
+        _one_of(WEIGHT_MODES),
+    )
     weight_block_size: int = setting_field(32, "inputs per 4-bit LPBQ block (0: one scale per output channel)", _block_size)
-    weight_rounding: str = setting_field("gptq", "how 4-bit weights are rounded: 'gptq' (against the calibration Hessians) or 'nearest'", _one_of(WEIGHT_ROUNDINGS))
+    weight_rounding: str = setting_field(
+        "gptq", "how 4-bit weights are rounded: 'gptq' (against the calibration Hessians) or 'nearest'", _one_of(WEIGHT_ROUNDINGS)
+    )
     weight_block_offsets: str = setting_field("none", "an offset per 4-bit block: 'none' (symmetric), 'int8' or 'int4' codes", _one_of(WEIGHT_BLOCK_OFFSETS))
     weight_block_offset_graphs: str = setting_field("qkv,o,gate_up,down", "comma-separated graph kinds whose 4-bit blocks may get offsets", _graph_kinds)
-    weight_bytes_budget: float = setting_field(0.0, "with block offsets: the NPU weights' bytes as a fraction of INT8's that offsets may fill (0: off)", _number_in(0.0, 1.0, "0 (off) or a fraction of the INT8 weight bytes in (0, 1], e.g. 0.55"))
+    weight_bytes_budget: float = setting_field(
+        0.0,
+        "with block offsets: the NPU weights' bytes as a fraction of INT8's that offsets may fill (0: off)",
+        _number_in(0.0, 1.0, "0 (off) or a fraction of the INT8 weight bytes in (0, 1], e.g. 0.55"),
+    )
 
     def __post_init__(self) -> None:
         _check_fields(self)
         if self.weight_block_offsets != "none" and (self.weight_bits == "8" or not self.weight_block_size):
             raise ConfigError("weight_block_offsets: block offsets belong to 4-bit LPBQ weights; use --weight-bits 4 (or auto) with --weight-block-size N > 0")
         if self.weight_bytes_budget and (self.weight_bits != "4" or self.weight_block_offsets == "none"):
-            raise ConfigError("weight_bytes_budget: the budget chooses which graphs get block offsets; use it with --weight-bits 4 and --weight-block-offsets int8 or int4")
+            raise ConfigError(
+                "weight_bytes_budget: the budget chooses which graphs get block offsets; use it with --weight-bits 4 and --weight-block-offsets int8 or int4"
+            )
 
     @property
     def offset_graph_kinds(self) -> set[str]:
@@ -398,7 +463,9 @@ class CalibrationConfig:
                 raise ConfigError(f"{name}: got {getattr(self, name)!r}, expected a {cls.__name__}")
         _check_fields(self)
         if self.version != CONFIG_VERSION:
-            raise ConfigError(f"version: got {self.version!r}, expected {CONFIG_VERSION} (this quantkit writes version {CONFIG_VERSION} and reads 1 and {CONFIG_VERSION})")
+            raise ConfigError(
+                f"version: got {self.version!r}, expected {CONFIG_VERSION} (this quantkit writes version {CONFIG_VERSION} and reads 1 and {CONFIG_VERSION})"
+            )
         # checks across sections
         statistics, search, evaluation = self.statistics, self.search, self.evaluation
         if self.aimet.aimet_num_sequences > statistics.num_sequences:
@@ -412,11 +479,13 @@ class CalibrationConfig:
                 f"evaluation sequences ({evaluation.eval_num_sequences} × {evaluation.eval_seq_len}) they are cut from"
             )
         if self.weights.weight_bits != "8" and search.activation_bits == "8":
-            raise ConfigError(f"weight_bits {self.weights.weight_bits} with activation_bits 8: the HTP runs 4-bit weights only with 16-bit activations; use --activation-bits 16 or auto (A8 graphs keep INT8 weights)")
+            raise ConfigError(
+                f"weight_bits {self.weights.weight_bits} with activation_bits 8: the HTP runs 4-bit weights only with 16-bit activations; use --activation-bits 16 or auto (A8 graphs keep INT8 weights)"
+            )
         self.shadow_config()  # the outlier settings as ShadowConfig validates them
 
     @classmethod
-    def preset(cls, precision: str = DEFAULT_PRESET, **overrides: Any) -> "CalibrationConfig":
+    def preset(cls, precision: str = DEFAULT_PRESET, **overrides: Any) -> CalibrationConfig:
         """The settings of the ``precision`` preset (``calibration.presets``), with
         ``overrides`` (settings by name, whatever their section) replacing single settings.
 
@@ -441,7 +510,7 @@ class CalibrationConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "CalibrationConfig":
+    def from_dict(cls, values: dict) -> CalibrationConfig:
         """A config from ``to_dict``'s structure, or from version 1's flat mapping; settings
         absent from it take the defaults."""
         settings = read_settings(values, "calibration settings")
@@ -453,11 +522,11 @@ class CalibrationConfig:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2))
 
     @classmethod
-    def load(cls, path: Path) -> "CalibrationConfig":
+    def load(cls, path: Path) -> CalibrationConfig:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     @classmethod
-    def _from_settings(cls, settings: dict[str, Any]) -> "CalibrationConfig":
+    def _from_settings(cls, settings: dict[str, Any]) -> CalibrationConfig:
         """A config from settings by name (sections flattened, names already checked)."""
         grouped: dict[str, dict[str, Any]] = {section: {} for section in SECTIONS}
         top: dict[str, Any] = {}

@@ -22,8 +22,8 @@ import enum
 import torch
 from torch import nn
 
-from quantkit.quantiles import NUM_BINS, magnitude_histogram, quantile_from_log_histogram
 from quantkit.errors import NonFiniteActivationError
+from quantkit.quantiles import NUM_BINS, magnitude_histogram, quantile_from_log_histogram
 
 __all__ = ["ObserverPass", "ActivationObserver"]
 

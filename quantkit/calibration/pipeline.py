@@ -16,10 +16,10 @@ import os
 import resource
 import shutil
 import time
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 import torch
 
@@ -42,11 +42,11 @@ from quantkit.errors import QuantkitError
 from quantkit.eval.perplexity import perplexity, sequence_nll
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import build_shadow_plan, simulated_quantization
+from quantkit.outlier_shadow.plan import PLAN_FILE
 from quantkit.precision.output_ranges import calibrated_precision
-from quantkit.precision.weight_bits import assign_four_bit_weights
 from quantkit.precision.plan import PRECISION_FILE, PrecisionPlan
 from quantkit.precision.search import graph_sensitivity, search_activation_bits, search_weight_bits
-from quantkit.outlier_shadow.plan import PLAN_FILE
+from quantkit.precision.weight_bits import assign_four_bit_weights
 from quantkit.report import write_report
 from quantkit.sensitivity import block_sensitivity, plan_placement
 from quantkit.sensitivity.placement import PLACEMENT_FILE
@@ -131,7 +131,9 @@ def _point(nll: torch.Tensor, fp_nll: torch.Tensor) -> dict[str, float]:
     return {"ppl": fp * (1 + estimate), "ppl_lower": fp * (1 + low), "ppl_upper": fp * (1 + high)}
 
 
-def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, held_out: _HeldOut, config: CalibrationConfig, staging: Path, timings: dict, progress: bool):
+def _plan_quantization(
+    loaded, statistics, calibration_ids: torch.Tensor, held_out: _HeldOut, config: CalibrationConfig, staging: Path, timings: dict, progress: bool
+):
     """Shadow plan (§3.3), NPU output ranges, per-graph activation bits, per-block
     sensitivity and placement under the budget (§3.4) — every measurement on the
     deployed arithmetic (``quantkit.runtime.qdq``) at the precision the bundle will have —
@@ -142,15 +144,26 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, held_o
     with _timed(timings, "output_ranges"):
         plan = build_shadow_plan(statistics, layout, config.shadow_config())
         weights, hessians = _int8_weights(layout, plan, calibration_ids, config, progress)
-        precision = calibrated_precision(layout, plan, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], config.search.activation_bits, weights=weights)  # also sets the output-side shadow channels
+        precision = calibrated_precision(
+            layout, plan, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], config.search.activation_bits, weights=weights
+        )  # also sets the output-side shadow channels
         plan.save(staging / PLAN_FILE)
 
     measured_realizations: dict[tuple, torch.Tensor] = {}  # (graph bits, CPU blocks, count, windows) → per-window NLL draws: each point is measured once
 
     def deployed(precision: PrecisionPlan, cpu_blocks: frozenset[int], candidate_weights: WeightCodes | None):
-        return simulated_quantization(layout, plan, precision, blocks=set(range(layout.num_blocks)) - cpu_blocks, weights=weights if candidate_weights is None else candidate_weights)
+        return simulated_quantization(
+            layout, plan, precision, blocks=set(range(layout.num_blocks)) - cpu_blocks, weights=weights if candidate_weights is None else candidate_weights
+        )
 
-    def realizations_of(precision: PrecisionPlan, cpu_blocks: frozenset[int], count: int, candidate_weights: WeightCodes | None = None, desc: str = "quantkit PPL", windows: torch.Tensor | None = None) -> torch.Tensor:
+    def realizations_of(
+        precision: PrecisionPlan,
+        cpu_blocks: frozenset[int],
+        count: int,
+        candidate_weights: WeightCodes | None = None,
+        desc: str = "quantkit PPL",
+        windows: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Mean NLL per window [count, N] of the deployed arithmetic, on ``windows`` (default: the search's)."""
         windows = validation_ids if windows is None else windows
         key = (tuple((name, g.activation_bits, g.weight_bits) for name, g in sorted(precision.graphs.items())), cpu_blocks, count, windows is validation_ids)
@@ -160,20 +173,45 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, held_o
             log.info("%s: %s realizations %s", desc, count, ", ".join(f"{math.exp(float(v.mean())):.3f}" for v in measured_realizations[key]))
         return measured_realizations[key]
 
-    def deployed_perplexity(precision: PrecisionPlan, cpu_blocks: frozenset[int] = frozenset(), desc: str = "quantkit PPL", candidate_weights: WeightCodes | None = None, realizations: int = 1) -> float:
+    def deployed_perplexity(
+        precision: PrecisionPlan,
+        cpu_blocks: frozenset[int] = frozenset(),
+        desc: str = "quantkit PPL",
+        candidate_weights: WeightCodes | None = None,
+        realizations: int = 1,
+    ) -> float:
         # with realizations > 1 the expected draw, not one draw (sensitivity/realizations.py)
         return _point(realizations_of(precision, cpu_blocks, realizations, candidate_weights, desc), held_out.search_fp_nll)["ppl"]
 
     if config.search.activation_bits == "auto":
         with _timed(timings, "precision_search"):
             sensitivity = lambda: graph_sensitivity(layout, plan, precision, sensitivity_ids, weights, progress=progress)  # noqa: E731  only if every graph at A8 is over
-            evaluate = lambda p: _point(realizations_of(p, frozenset(), config.search.search_realizations, desc=f"quantkit PPL (A8 share {p.a8_mac_share():.0%})"), held_out.search_fp_nll)  # noqa: E731
+            evaluate = lambda p: _point(
+                realizations_of(p, frozenset(), config.search.search_realizations, desc=f"quantkit PPL (A8 share {p.a8_mac_share():.0%})"),
+                held_out.search_fp_nll,
+            )  # noqa: E731
             search_activation_bits(precision, sensitivity, evaluate, fp_ppl, config.search.accuracy_budget)
     if config.weights.weight_bits in ("4", "auto"):
         int8_weights, int8_clips = weights, {name: dict(graph.output_clips_) for name, graph in precision.graphs.items()}
         with _timed(timings, "weights_4bit"):
             block_size = config.weights.weight_block_size or None
-            weights = assign_four_bit_weights(layout, plan, precision, weights, calibration_ids, calibration_ids[:_OUTPUT_RANGE_SEQUENCES], block_size, config.weights.weight_rounding, config.statistics.batch_size, hessians, progress=progress, offsets=config.weights.weight_block_offsets, offset_graphs=config.weights.offset_graph_kinds, bytes_budget=config.weights.weight_bytes_budget or None, sensitivity_ids=sensitivity_ids)
+            weights = assign_four_bit_weights(
+                layout,
+                plan,
+                precision,
+                weights,
+                calibration_ids,
+                calibration_ids[:_OUTPUT_RANGE_SEQUENCES],
+                block_size,
+                config.weights.weight_rounding,
+                config.statistics.batch_size,
+                hessians,
+                progress=progress,
+                offsets=config.weights.weight_block_offsets,
+                offset_graphs=config.weights.offset_graph_kinds,
+                bytes_budget=config.weights.weight_bytes_budget or None,
+                sensitivity_ids=sensitivity_ids,
+            )
         if config.weights.weight_bits == "auto":
             four_bit = weights
             with _timed(timings, "weight_search"):
@@ -197,7 +235,12 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, held_o
     any_a8 = any(g.activation_bits == 8 for g in precision.graphs.values())
     draws = config.search.search_realizations if any_a8 else 1
     with _timed(timings, "placement"):
-        placement = plan_placement(sensitivities, lambda cpu: deployed_perplexity(precision, cpu, f"quantkit PPL ({len(cpu)} CPU blocks)", realizations=draws), fp_ppl, config.search.accuracy_budget)
+        placement = plan_placement(
+            sensitivities,
+            lambda cpu: deployed_perplexity(precision, cpu, f"quantkit PPL ({len(cpu)} CPU blocks)", realizations=draws),
+            fp_ppl,
+            config.search.accuracy_budget,
+        )
         placement.save(staging / PLACEMENT_FILE)
     with _timed(timings, "confirmation"):  # the chosen arithmetic on windows the decisions never saw
         cpu_blocks = frozenset(placement.cpu_block_indices)
@@ -213,7 +256,9 @@ def _plan_quantization(loaded, statistics, calibration_ids: torch.Tensor, held_o
     return plan, precision, sensitivities, placement, realizations, weight_bytes
 
 
-def _aimet_baseline(loaded, calibration_ids: torch.Tensor, validation_ids: torch.Tensor, config: CalibrationConfig, staging: Path, timings: dict, progress: bool) -> tuple[dict, float]:
+def _aimet_baseline(
+    loaded, calibration_ids: torch.Tensor, validation_ids: torch.Tensor, config: CalibrationConfig, staging: Path, timings: dict, progress: bool
+) -> tuple[dict, float]:
     """AIMET W8A8 encodings (written as 1.0.0 + quantizer state) and their perplexity."""
     device = next(loaded.model.parameters()).device
     with _timed(timings, "aimet_encodings"):
@@ -227,7 +272,9 @@ def _aimet_baseline(loaded, calibration_ids: torch.Tensor, validation_ids: torch
     return encodings, ppl
 
 
-def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None, *, overwrite: bool = False, restart: bool = False, progress: bool = True) -> CalibrationResult:
+def calibrate(
+    out: str | Path = "calib", config: CalibrationConfig | None = None, *, overwrite: bool = False, restart: bool = False, progress: bool = True
+) -> CalibrationResult:
     """Calibrate ``config.model`` on ``config.data`` and write the results to ``out``.
 
     Writes ``statistics.safetensors`` + ``statistics.json`` (activation statistics of
@@ -255,11 +302,19 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
         log.info("loading model %s", config.model)
         loaded = load_model(config.model, config.device, rotation=config.rotation)
         calibration_ids = token_sequences(
-            loaded.tokenizer, load_documents(config.data, "calibration"), config.statistics.num_sequences, config.statistics.seq_len, source=f"--data {config.data} (calibration split)"
+            loaded.tokenizer,
+            load_documents(config.data, "calibration"),
+            config.statistics.num_sequences,
+            config.statistics.seq_len,
+            source=f"--data {config.data} (calibration split)",
         )
         # the search's windows, then as many again to confirm its decision on (one cut: disjoint)
         windows = token_sequences(
-            loaded.tokenizer, load_documents(config.data, "validation"), 2 * config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len, source=f"--data {config.data} (validation split)"
+            loaded.tokenizer,
+            load_documents(config.data, "validation"),
+            2 * config.evaluation.eval_num_sequences,
+            config.evaluation.eval_seq_len,
+            source=f"--data {config.data} (validation split)",
         )
         validation_ids, confirmation_ids = windows[: config.evaluation.eval_num_sequences], windows[config.evaluation.eval_num_sequences :]
     # Only now is there work to resume: a run that fails to load its model or text leaves nothing behind.
@@ -273,7 +328,19 @@ def calibrate(out: str | Path = "calib", config: CalibrationConfig | None = None
         raise
 
 
-def _calibrate_loaded(out: Path, staging: Path, config: CalibrationConfig, loaded, calibration_ids: torch.Tensor, windows: torch.Tensor, validation_ids: torch.Tensor, confirmation_ids: torch.Tensor, timings: dict, started: float, progress: bool) -> CalibrationResult:
+def _calibrate_loaded(
+    out: Path,
+    staging: Path,
+    config: CalibrationConfig,
+    loaded,
+    calibration_ids: torch.Tensor,
+    windows: torch.Tensor,
+    validation_ids: torch.Tensor,
+    confirmation_ids: torch.Tensor,
+    timings: dict,
+    started: float,
+    progress: bool,
+) -> CalibrationResult:
     """``calibrate`` once the model and its text are loaded, built in ``staging``."""
     device = next(loaded.model.parameters()).device
     with _timed(timings, "statistics"):
@@ -293,7 +360,9 @@ def _calibrate_loaded(out: Path, staging: Path, config: CalibrationConfig, loade
         fp_nll = sequence_nll(lambda ids: fp_model(ids.to(device)), windows, desc="FP perplexity", progress=progress)
         held_out = _HeldOut(validation_ids, fp_nll[: config.evaluation.eval_num_sequences], confirmation_ids, fp_nll[config.evaluation.eval_num_sequences :])
         perplexities = {"fp": held_out.fp_ppl}
-    plan, precision, sensitivities, placement, realizations, weight_bytes = _plan_quantization(loaded, statistics, calibration_ids, held_out, config, staging, timings, progress)
+    plan, precision, sensitivities, placement, realizations, weight_bytes = _plan_quantization(
+        loaded, statistics, calibration_ids, held_out, config, staging, timings, progress
+    )
     config.save(staging / "config.json")
     with _timed(timings, "bundle_perplexity"):  # what ships: the exported bundle through the runtime
         perplexities["quantkit"] = bundle_perplexity(staging, validation_ids, config.evaluation.bundle_chunk_size, config.device, progress)
@@ -308,7 +377,22 @@ def _calibrate_loaded(out: Path, staging: Path, config: CalibrationConfig, loade
     out_features = {name: loaded.layout.linear(name).out_features for name in loaded.layout.linear_names()}
     resident = plan.resident_shadow_parameters(out_features, blocks=placement.npu_block_indices)
     model_parameters = sum(p.numel() for p in loaded.model.parameters())
-    summary = format_summary(config.model, perplexities, top_layers, config.outliers.outlier_quantile, timings, peak, placement, resident / model_parameters, precision, realizations, weight_bytes, loaded.rotation, config.search.search_realizations, config.evaluation.bundle_chunk_size)
+    summary = format_summary(
+        config.model,
+        perplexities,
+        top_layers,
+        config.outliers.outlier_quantile,
+        timings,
+        peak,
+        placement,
+        resident / model_parameters,
+        precision,
+        realizations,
+        weight_bytes,
+        loaded.rotation,
+        config.search.search_realizations,
+        config.evaluation.bundle_chunk_size,
+    )
     (staging / SUMMARY_TEXT).write_text(summary + "\n")
     (staging / SUMMARY_JSON).write_text(
         json.dumps(
@@ -318,7 +402,9 @@ def _calibrate_loaded(out: Path, staging: Path, config: CalibrationConfig, loade
                 "validation_tokens": list(validation_ids.shape),
                 "calibration_tokens": list(calibration_ids.shape),
                 "perplexity": perplexities,
-                "prediction": realizations["search"],  # the chosen arithmetic on the search's windows: ppl, ppl_lower, ppl_upper (one-sided 95% bounds over windows)
+                "prediction": realizations[
+                    "search"
+                ],  # the chosen arithmetic on the search's windows: ppl, ppl_lower, ppl_upper (one-sided 95% bounds over windows)
                 "confirmation": {**realizations["confirmation"], "fp": realizations["confirmation_fp"], "windows": list(confirmation_ids.shape)},
                 "quantkit_rounding_realizations": realizations["confirmation_draws"],  # on the confirmation windows
                 "bundle_chunk_size": config.evaluation.bundle_chunk_size,  # perplexity["quantkit"]: the bundle exported at this chunk size, through the runtime
@@ -337,7 +423,15 @@ def _calibrate_loaded(out: Path, staging: Path, config: CalibrationConfig, loade
                 "num_activation_encodings": len(encodings["activation_encodings"]),
                 "num_param_encodings": len(encodings["param_encodings"]),
                 "top_outlier_layers": [
-                    {"layer": r.site, "shared_with": list(r.shared_with), "absmax": r.absmax, "clip": r.clip, "scale": r.scale, "absmax_over_scale": r.importance, "outlier_channels": r.num_outlier_channels}
+                    {
+                        "layer": r.site,
+                        "shared_with": list(r.shared_with),
+                        "absmax": r.absmax,
+                        "clip": r.clip,
+                        "scale": r.scale,
+                        "absmax_over_scale": r.importance,
+                        "outlier_channels": r.num_outlier_channels,
+                    }
                     for r in top_layers
                 ],
                 "seconds": timings,

@@ -22,5 +22,12 @@ DEFAULT_PRESET = "w8a8-mixed"
 PRESETS: dict[str, dict] = {
     "w8a8-mixed": {"activation_bits": "auto", "weight_bits": "8", "sink_tokens": 1},
     "w8a16": {"activation_bits": "16", "weight_bits": "8", "sink_tokens": 0},
-    "w4a16": {"activation_bits": "16", "weight_bits": "4", "weight_block_offsets": "int4", "weight_bytes_budget": 0.55, "accuracy_budget": 0.005, "sink_tokens": 0},
+    "w4a16": {
+        "activation_bits": "16",
+        "weight_bits": "4",
+        "weight_block_offsets": "int4",
+        "weight_bytes_budget": 0.55,
+        "accuracy_budget": 0.005,
+        "sink_tokens": 0,
+    },
 }

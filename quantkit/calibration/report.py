@@ -7,10 +7,10 @@ from pathlib import Path
 
 import torch
 
-from quantkit.statistics import ActivationStatistics
 from quantkit.models.architecture import DecoderLayout
 from quantkit.quant_primitives import INT8_QMAX
 from quantkit.runtime.bundle import graph_kind
+from quantkit.statistics import ActivationStatistics
 
 __all__ = ["OutlierLayer", "rank_outlier_layers", "plot_outlier_heatmap", "format_summary"]
 
@@ -89,7 +89,22 @@ def _confirmation_over(realizations: dict | None, fp: float | None, budget: floa
     return bool(realizations and fp) and realizations["confirmation"]["ppl"] > realizations.get("confirmation_fp", fp) * (1 + budget)
 
 
-def format_summary(model_id: str, perplexities: dict[str, float], top_layers: list[OutlierLayer], quantile: float, timings: dict[str, float], peak_memory_mb: float, placement=None, resident_shadow_share: float | None = None, precision=None, realizations: dict | None = None, weight_bytes: tuple[int, int] | None = None, rotation=None, search_realizations: int = 1, bundle_chunk_size: int | None = None) -> str:
+def format_summary(
+    model_id: str,
+    perplexities: dict[str, float],
+    top_layers: list[OutlierLayer],
+    quantile: float,
+    timings: dict[str, float],
+    peak_memory_mb: float,
+    placement=None,
+    resident_shadow_share: float | None = None,
+    precision=None,
+    realizations: dict | None = None,
+    weight_bytes: tuple[int, int] | None = None,
+    rotation=None,
+    search_realizations: int = 1,
+    bundle_chunk_size: int | None = None,
+) -> str:
     lines = [f"quantkit calibrate — {model_id}", "", "Validation perplexity"]
     fp = perplexities.get("fp")
     for method, value in perplexities.items():
@@ -146,7 +161,9 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
             f"{100 * precision.a8_mac_share(npu):.1f}% of NPU linear MACs at A8"
         )
         if precision.search_:
-            points = ", ".join(f"{100 * p['a8_mac_share']:.0f}% A8 → {p['ppl']:.2f}" + (f" (≤ {p['ppl_upper']:.2f})" if "ppl_upper" in p else "") for p in precision.search_)
+            points = ", ".join(
+                f"{100 * p['a8_mac_share']:.0f}% A8 → {p['ppl']:.2f}" + (f" (≤ {p['ppl_upper']:.2f})" if "ppl_upper" in p else "") for p in precision.search_
+            )
             each = f", each over {search_realizations} rounding realizations" if search_realizations > 1 else ""
             lines.append(f"  measured (A8 MAC share → PPL{each}, decided on the 95% upper bound): {points}")
         four = [g for g in graphs if g.weight_bits == 4]
@@ -154,7 +171,9 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
             blocks = sorted({g.weight_block_size for g in four if g.weight_block_size})
             form = f"LPBQ blocks of {', '.join(map(str, blocks))}" if blocks else "per output channel"
             with_offsets = [g for g in four if g.has_block_offsets]
-            offsets = f", {'/'.join(sorted({g.weight_block_offsets for g in with_offsets}))} block offsets on {len(with_offsets)} of them" if with_offsets else ""
+            offsets = (
+                f", {'/'.join(sorted({g.weight_block_offsets for g in with_offsets}))} block offsets on {len(with_offsets)} of them" if with_offsets else ""
+            )
             rest = ", the rest INT8" if len(four) < len(graphs) else ""
             lines.append(f"Weights: {len(four)}/{len(graphs)} NPU graphs INT4 ({form}{offsets}){rest}")
         if precision.weight_search_:
@@ -164,7 +183,9 @@ def format_summary(model_id: str, perplexities: dict[str, float], top_layers: li
         lines.append(f"Residual stream rotated: randomized Hadamard {rotation.construction} (seed {rotation.seed}), fused into the weights")
     if weight_bytes is not None:
         npu_bytes, int8_bytes = weight_bytes
-        lines.append(f"NPU weight bytes: {npu_bytes / 1e6:.1f} MB = {100 * npu_bytes / int8_bytes:.1f}% of the same graphs with INT8 weights ({int8_bytes / 1e6:.1f} MB)")
+        lines.append(
+            f"NPU weight bytes: {npu_bytes / 1e6:.1f} MB = {100 * npu_bytes / int8_bytes:.1f}% of the same graphs with INT8 weights ({int8_bytes / 1e6:.1f} MB)"
+        )
     if resident_shadow_share is not None:
         lines.append(f"Resident shadow weights: {100 * resident_shadow_share:.2f}% of the model's parameters")
     lines += ["", f"Top {len(top_layers)} outlier layers (clip = p{100 * quantile:g} of |x|, scale s = clip/127)"]

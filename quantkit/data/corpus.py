@@ -88,9 +88,9 @@ def _read_local_file(path: Path) -> list[str]:
         try:
             record = json.loads(line)
         except json.JSONDecodeError as error:
-            raise DataError(f"{path}, line {number}: not valid JSON ({error.msg}); each line must be an object like {{\"text\": \"...\"}}") from None
+            raise DataError(f'{path}, line {number}: not valid JSON ({error.msg}); each line must be an object like {{"text": "..."}}') from None
         if not isinstance(record, dict) or not isinstance(record.get("text"), str):
-            raise DataError(f"{path}, line {number}: expected an object with a string field \"text\"")
+            raise DataError(f'{path}, line {number}: expected an object with a string field "text"')
         documents.append(record["text"])
     return list(dict.fromkeys(documents))  # identical documents once: they would land in one split anyway
 

@@ -15,9 +15,9 @@ import hashlib
 import importlib.util
 import json
 import xml.etree.ElementTree as ElementTree
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
 
 from quantkit.cache import atomic_directory, cache_dir
 from quantkit.errors import DataError

@@ -19,16 +19,16 @@ from quantkit.cache import atomic_directory
 from quantkit.data.corpus import load_documents, token_sequences
 from quantkit.errors import QuantkitError
 from quantkit.export.graphs import build_site_graph
+from quantkit.hashing import file_sha256
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow.plan import PLAN_FILE, ShadowPlan
-from quantkit.weights.quantize import WEIGHTS_FILE, int8_weight_bytes, load_weights, quantized_weights
-from quantkit.precision.output_ranges import output_clips, record_npu_outputs, initial_precision
+from quantkit.precision.output_ranges import initial_precision, output_clips, record_npu_outputs
 from quantkit.precision.plan import PRECISION_FILE, PrecisionPlan
-from quantkit.runtime.shadow import split_outliers
-from quantkit.runtime.qdq import activation_scale, quantize_activation
-from quantkit.hashing import file_sha256
 from quantkit.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, DEFAULT_CHUNK_SIZE, MANIFEST_FILE
+from quantkit.runtime.qdq import activation_scale, quantize_activation
+from quantkit.runtime.shadow import split_outliers
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
+from quantkit.weights.quantize import WEIGHTS_FILE, int8_weight_bytes, load_weights, quantized_weights
 
 __all__ = ["export_bundle", "CALIBRATION_INPUTS_FILE"]
 
@@ -44,7 +44,11 @@ def _weights_description(bits: list[int], block_sizes: list[int], rule: str, rou
         parts.append(f"int8 symmetric per output channel ({rule} scales, nearest)")
     if 4 in bits:
         layout = f"LPBQ blocks of {', '.join(map(str, block_sizes))} inputs" if block_sizes else "per output channel"
-        kind = f"asymmetric ({block_offsets} block offsets{' on ' + offset_kinds + '; the rest symmetric' if offset_kinds else ''})" if block_offsets != "none" else "symmetric"
+        kind = (
+            f"asymmetric ({block_offsets} block offsets{' on ' + offset_kinds + '; the rest symmetric' if offset_kinds else ''})"
+            if block_offsets != "none"
+            else "symmetric"
+        )
         parts.append(f"int4 {kind}, {layout} ({rule} scales, {rounding} rounding)")
     return "; ".join(parts)
 
@@ -161,15 +165,21 @@ def export_bundle(
     calib, out = Path(calib), Path(out)
     for required in ("config.json", PLAN_FILE, PRECISION_FILE, PLACEMENT_FILE):
         if not (calib / required).is_file():
-            raise QuantkitError(f"{calib}: no {required}; pass the folder written by `quantkit calibrate` (a calibration made before per-graph precision existed must be run again)")
+            raise QuantkitError(
+                f"{calib}: no {required}; pass the folder written by `quantkit calibrate` (a calibration made before per-graph precision existed must be run again)"
+            )
     if out.exists() and not overwrite:
         raise QuantkitError(f"{out} already exists; choose another --out or pass --overwrite")
     if chunk_size < 1:
         raise QuantkitError(f"--chunk-size: got {chunk_size}, expected a positive number of tokens, e.g. 256")
     if activation_bits not in (None, 8, 16):
-        raise QuantkitError(f"--activation-bits: got {activation_bits}, expected 8 (every graph INT8, the paper's scheme), 16 (every graph A16) or nothing (the calibrated per-graph bits)")
+        raise QuantkitError(
+            f"--activation-bits: got {activation_bits}, expected 8 (every graph INT8, the paper's scheme), 16 (every graph A16) or nothing (the calibrated per-graph bits)"
+        )
     if output_bits is not None and (activation_bits is None or output_bits not in (8, 16) or output_bits < activation_bits):
-        raise QuantkitError(f"--output-bits: got {output_bits}, expected 8 or 16, at least --activation-bits (given: {activation_bits}), and only with --activation-bits")
+        raise QuantkitError(
+            f"--output-bits: got {output_bits}, expected 8 or 16, at least --activation-bits (given: {activation_bits}), and only with --activation-bits"
+        )
     if qnn_context and soc_model is None and htp_arch is None:
         raise QuantkitError("--qnn-context needs a target: --soc-model N (e.g. 60 for Snapdragon 8 Gen 3) or --htp-arch N (e.g. 75)")
     config = _calibration_settings(calib)
@@ -181,7 +191,9 @@ def export_bundle(
     placement = PlacementPlan.load(calib / PLACEMENT_FILE)
     loaded = load_model(config["model"], device, rotation=config["rotation"])  # the basis calibration measured in
     layout = loaded.layout
-    sequences = token_sequences(loaded.tokenizer, load_documents(config["data"], "calibration"), _OUTPUT_RANGE_SEQUENCES, config["seq_len"], source="calibration split")
+    sequences = token_sequences(
+        loaded.tokenizer, load_documents(config["data"], "calibration"), _OUTPUT_RANGE_SEQUENCES, config["seq_len"], source="calibration split"
+    )
     if naive_w8a8:
         if activation_bits != 8:
             raise QuantkitError("--naive-w8a8 is the INT8 baseline: pass --activation-bits 8")
@@ -264,7 +276,13 @@ def export_bundle(
                     "param_encodings": param_encodings,
                     "excluded_layers": [],
                     # one bit-width per bundle only when every graph has it (per-tensor entries carry their own "bw")
-                    "quantizer_args": {"activation_bitwidth": bundle_bits if isinstance(bundle_bits, int) else max(all_bits), "param_bitwidth": max(weight_bits), "dtype": "int", "per_channel_quantization": True, "is_symmetric": True},
+                    "quantizer_args": {
+                        "activation_bitwidth": bundle_bits if isinstance(bundle_bits, int) else max(all_bits),
+                        "param_bitwidth": max(weight_bits),
+                        "dtype": "int",
+                        "per_channel_quantization": True,
+                        "is_symmetric": True,
+                    },
                 },
                 indent=1,
             )
@@ -302,10 +320,18 @@ def export_bundle(
                 "activations": "symmetric per tensor, each graph's input at its activation_bits (int8 or int16: the MACs' width) and its outputs at its output_bits (int8 or int16), clipped inputs (shadow outliers in FP on the CPU)",
                 "bias": "int32, scale = input scale × weight scale",
                 "norms": "cpu (fp32)",
-                "scheme": "naive-w8a8 (min/max ranges, no shadow path, every block on the NPU)" if naive_w8a8 else "quantkit (clipped inputs + shadow outliers, sensitivity placement)",
+                "scheme": "naive-w8a8 (min/max ranges, no shadow path, every block on the NPU)"
+                if naive_w8a8
+                else "quantkit (clipped inputs + shadow outliers, sensitivity placement)",
             },
             # sink_tokens: the first positions of a sequence run whole in FP on the CPU (runtime/shadow.py)
-            "shadow": {"plan": PLAN_FILE, "resident": "shadow.safetensors", "cold": "shadow_cold.safetensors", "hot_coverage": plan.hot_coverage_, "sink_tokens": plan.config.sink_tokens},
+            "shadow": {
+                "plan": PLAN_FILE,
+                "resident": "shadow.safetensors",
+                "cold": "shadow_cold.safetensors",
+                "hot_coverage": plan.hot_coverage_,
+                "sink_tokens": plan.config.sink_tokens,
+            },
             "placement": placement.placement,
             "graphs": graphs,
             "qnn_target": {"soc_model": soc_model, "htp_arch": htp_arch} if qnn_context else None,

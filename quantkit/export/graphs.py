@@ -73,7 +73,15 @@ def _activation_encoding(name: str, scale: float, bits: int) -> dict:
 
 
 def _per_channel_encoding(name: str, scales: np.ndarray, bits: int) -> dict:
-    return {"name": name, "dtype": "INT", "bw": bits, "is_sym": True, "enc_type": "PER_CHANNEL", "scale": [float(s) for s in scales], "offset": [-(2 ** (bits - 1))] * len(scales)}
+    return {
+        "name": name,
+        "dtype": "INT",
+        "bw": bits,
+        "is_sym": True,
+        "enc_type": "PER_CHANNEL",
+        "scale": [float(s) for s in scales],
+        "offset": [-(2 ** (bits - 1))] * len(scales),
+    }
 
 
 def _int4_tensor(values: np.ndarray, name: str) -> onnx.TensorProto:
@@ -96,7 +104,10 @@ def _offset_nodes(offsets_name: str, weight: QuantizedWeight) -> tuple[list, lis
     if weight.offset_bits == 4:
         initializers = [_int4_tensor(codes, offsets_name), _int4_tensor(np.zeros(out_features, dtype=np.int8), f"{offsets_name}.zero_point")]
     else:
-        initializers = [numpy_helper.from_array(codes, offsets_name), numpy_helper.from_array(np.zeros(out_features, dtype=np.int8), f"{offsets_name}.zero_point")]
+        initializers = [
+            numpy_helper.from_array(codes, offsets_name),
+            numpy_helper.from_array(np.zeros(out_features, dtype=np.int8), f"{offsets_name}.zero_point"),
+        ]
     initializers.append(numpy_helper.from_array(scales, f"{offsets_name}.scale"))
     node = helper.make_node("DequantizeLinear", [offsets_name, f"{offsets_name}.scale", f"{offsets_name}.zero_point"], [f"{offsets_name}.dq"], axis=1)
     return [node], initializers, _per_channel_encoding(offsets_name, scales, weight.offset_bits)
@@ -109,7 +120,10 @@ def _weight_nodes(weight_name: str, weight: QuantizedWeight) -> tuple[list, list
     scales = weight.scales.numpy().astype(np.float32)
     out_features = codes.shape[1]
     if weight.bits == 8:
-        initializers = [numpy_helper.from_array(codes, weight_name), numpy_helper.from_array(np.zeros(out_features, dtype=np.int8), f"{weight_name}.zero_point")]
+        initializers = [
+            numpy_helper.from_array(codes, weight_name),
+            numpy_helper.from_array(np.zeros(out_features, dtype=np.int8), f"{weight_name}.zero_point"),
+        ]
     else:
         zero_shape = [out_features] if weight.block_size is None else [codes.shape[0] // weight.block_size, out_features]
         initializers = [_int4_tensor(codes, weight_name), _int4_tensor(np.zeros(zero_shape, dtype=np.int8), f"{weight_name}.zero_point")]
@@ -124,8 +138,15 @@ def _weight_nodes(weight_name: str, weight: QuantizedWeight) -> tuple[list, list
         numpy_helper.from_array(np.zeros(out_features, dtype=np.uint8), f"{weight_name}.block_scales.zero_point"),
     ]
     nodes = [
-        helper.make_node("DequantizeLinear", [f"{weight_name}.block_scales", f"{weight_name}.channel_scale", f"{weight_name}.block_scales.zero_point"], [f"{weight_name}.scale"], axis=1),
-        helper.make_node("DequantizeLinear", [weight_name, f"{weight_name}.scale", f"{weight_name}.zero_point"], [f"{weight_name}.dq"], axis=0, block_size=weight.block_size),
+        helper.make_node(
+            "DequantizeLinear",
+            [f"{weight_name}.block_scales", f"{weight_name}.channel_scale", f"{weight_name}.block_scales.zero_point"],
+            [f"{weight_name}.scale"],
+            axis=1,
+        ),
+        helper.make_node(
+            "DequantizeLinear", [weight_name, f"{weight_name}.scale", f"{weight_name}.zero_point"], [f"{weight_name}.dq"], axis=0, block_size=weight.block_size
+        ),
     ]
     encoding = {
         "name": weight_name,
@@ -142,7 +163,9 @@ def _weight_nodes(weight_name: str, weight: QuantizedWeight) -> tuple[list, list
     return nodes, initializers, encoding
 
 
-def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPrecision, site: SiteShadowPlan, chunk_size: int, weights: WeightCodes | None = None) -> NpuGraph:
+def build_site_graph(
+    layout: DecoderLayout, plan: ShadowPlan, precision: GraphPrecision, site: SiteShadowPlan, chunk_size: int, weights: WeightCodes | None = None
+) -> NpuGraph:
     """The QDQ graph of one shadow site (Linears sharing an input) for ``chunk_size``
     tokens: a serialisation of the deployed records (``quantkit.runtime.qdq.QdqLinear``)
     at the graph's input and output bit-widths — the arithmetic calibration measured."""
@@ -150,8 +173,14 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
     input_name = f"{site.linear_names[0]}.input"  # shared by every Linear of the site
     bits, output_bits = precision.activation_bits, precision.out_bits
     activation_dtype = _ACTIVATION_DTYPES[bits]
-    codes = weights if weights is not None else quantized_weights(layout, site.linear_names, plan.config.weight_scale_rule, precision.weight_bits, precision.weight_block_size)
-    records = {n: deployed_record(layout.linear(n), n, site, bits, precision.output_clip(n), codes[n], precision.means_clip_, output_bits) for n in site.linear_names}
+    codes = (
+        weights
+        if weights is not None
+        else quantized_weights(layout, site.linear_names, plan.config.weight_scale_rule, precision.weight_bits, precision.weight_block_size)
+    )
+    records = {
+        n: deployed_record(layout.linear(n), n, site, bits, precision.output_clip(n), codes[n], precision.means_clip_, output_bits) for n in site.linear_names
+    }
     input_scale = records[site.linear_names[0]].input_scale
     nodes, initializers = [], []
     activation_encodings = [_activation_encoding(input_name, input_scale, bits)]
@@ -170,7 +199,13 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
         nodes.append(helper.make_node("DequantizeLinear", [f"{tensor}.q", scale_name, zero_point], [f"{tensor}.dq"]))
         return f"{tensor}.dq"
 
-    nodes.append(helper.make_node("QuantizeLinear", [input_name, scalar(input_scale, np.float32, f"{input_name}.scale"), scalar(0, activation_dtype, f"{input_name}.zero_point")], [f"{input_name}.q"]))
+    nodes.append(
+        helper.make_node(
+            "QuantizeLinear",
+            [input_name, scalar(input_scale, np.float32, f"{input_name}.scale"), scalar(0, activation_dtype, f"{input_name}.zero_point")],
+            [f"{input_name}.q"],
+        )
+    )
     nodes.append(helper.make_node("DequantizeLinear", [f"{input_name}.q", f"{input_name}.scale", f"{input_name}.zero_point"], [f"{input_name}.dq"]))
     # outputs wider than the input (int8 MACs, int16 results) get a zero point of their own type
     output_zero_point = f"{input_name}.zero_point" if output_bits == bits else scalar(0, _ACTIVATION_DTYPES[output_bits], f"{input_name}.output_zero_point")
@@ -182,7 +217,11 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
         shape = scalar(np.array([1, chunk_size, site.num_channels // block_size, block_size], dtype=np.int64), np.int64, f"{input_name}.blocks.shape")
         nodes.append(helper.make_node("Reshape", [f"{input_name}.dq", shape], [f"{input_name}.blocks"]))
         blocks = requantized(f"{input_name}.blocks", input_scale, f"{input_name}.scale")
-        nodes.append(helper.make_node("ReduceMean", [blocks, scalar(np.array([-1], dtype=np.int64), np.int64, f"{input_name}.blocks.axes")], [f"{input_name}.block_means"], keepdims=0))
+        nodes.append(
+            helper.make_node(
+                "ReduceMean", [blocks, scalar(np.array([-1], dtype=np.int64), np.int64, f"{input_name}.blocks.axes")], [f"{input_name}.block_means"], keepdims=0
+            )
+        )
         means_scale = records[next(n for n, r in records.items() if r.weight.has_offsets)].block_means_scale
         means = requantized(f"{input_name}.block_means", means_scale, scalar(means_scale, np.float32, f"{input_name}.block_means.scale"))
     outputs = []
@@ -221,7 +260,13 @@ def build_site_graph(layout: DecoderLayout, plan: ShadowPlan, precision: GraphPr
         output_scale = record.output_scale
         output_name = f"{linear_name}.output"
         activation_encodings.append(_activation_encoding(product, output_scale, output_bits))
-        nodes.append(helper.make_node("QuantizeLinear", [product, scalar(output_scale, np.float32, f"{output_name}.scale"), scalar(0, _ACTIVATION_DTYPES[output_bits], f"{output_name}.zero_point")], [f"{output_name}.q"]))
+        nodes.append(
+            helper.make_node(
+                "QuantizeLinear",
+                [product, scalar(output_scale, np.float32, f"{output_name}.scale"), scalar(0, _ACTIVATION_DTYPES[output_bits], f"{output_name}.zero_point")],
+                [f"{output_name}.q"],
+            )
+        )
         nodes.append(helper.make_node("DequantizeLinear", [f"{output_name}.q", f"{output_name}.scale", f"{output_name}.zero_point"], [output_name]))
         outputs.append(helper.make_tensor_value_info(output_name, TensorProto.FLOAT, [1, chunk_size, record.out_features]))
     graph = helper.make_graph(

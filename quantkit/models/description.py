@@ -122,7 +122,9 @@ def _rope_tables(model: nn.Module, backbone: nn.Module, config) -> tuple[dict[st
         prefix = f"{name}_" if per_type else ""
         rope_type = rotary.rope_type[name] if per_type else rotary.rope_type
         if any(kind in rope_type for kind in _DYNAMIC_ROPE_TYPES):
-            raise _unsupported(model, f"RoPE type {rope_type!r} rescales its frequencies with the sequence length; a static-shape bundle needs a fixed RoPE table")
+            raise _unsupported(
+                model, f"RoPE type {rope_type!r} rescales its frequencies with the sequence length; a static-shape bundle needs a fixed RoPE table"
+            )
         if rope_type == "longrope":  # its short factors hold up to the original context; longer prompts switch tables
             parameters = config.rope_parameters[name] if per_type else config.rope_parameters
             max_positions = min(max_positions, int(parameters.get("original_max_position_embeddings") or max_positions))

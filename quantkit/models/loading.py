@@ -92,8 +92,7 @@ def load_model(model: str, device: str = "cpu", rotation: str = "none") -> Loade
         tokenizer = AutoTokenizer.from_pretrained(folder)
     except Exception as error:
         raise ModelLoadError(
-            f"{folder}: no usable tokenizer ({type(error).__name__}: {error}); the folder needs "
-            "tokenizer.json or the tokenizer files saved by save_pretrained"
+            f"{folder}: no usable tokenizer ({type(error).__name__}: {error}); the folder needs tokenizer.json or the tokenizer files saved by save_pretrained"
         ) from error
     hf_model.eval().to(torch_device)
     layout = find_decoder_layout(hf_model)
@@ -103,7 +102,9 @@ def load_model(model: str, device: str = "cpu", rotation: str = "none") -> Loade
             raise ModelLoadError(f"--rotation: got {rotation!r}, expected one of {', '.join(ROTATIONS)}")
         record = rotate_residual_stream(layout, describe_architecture(layout, check=False))
     architecture = describe_architecture(layout)  # refuses a block the runtime could not execute, now rather than after calibration
-    return LoadedModel(model=hf_model, tokenizer=tokenizer, layout=layout, architecture=architecture, model_id=model, source_sha256=sha, folder=folder, rotation=record)
+    return LoadedModel(
+        model=hf_model, tokenizer=tokenizer, layout=layout, architecture=architecture, model_id=model, source_sha256=sha, folder=folder, rotation=record
+    )
 
 
 def _check_hf_folder(folder: Path) -> None:

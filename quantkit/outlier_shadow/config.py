@@ -94,5 +94,5 @@ class ShadowConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ShadowConfig":
+    def from_dict(cls, values: dict) -> ShadowConfig:
         return from_checked_dict(cls, values, "shadow")

@@ -32,7 +32,9 @@ def paper_clip_threshold(absmax: float, percentile_value: float, k: float) -> fl
     return absmax if absmax <= k * percentile_value else percentile_value
 
 
-def mse_clip_threshold(histogram: torch.Tensor, absmax: float, shadowed: bool, max_outlier_fraction: float = 1e-3, num_candidates: int = 200, num_bits: int = 8) -> float:
+def mse_clip_threshold(
+    histogram: torch.Tensor, absmax: float, shadowed: bool, max_outlier_fraction: float = 1e-3, num_candidates: int = 200, num_bits: int = 8
+) -> float:
     """Clip point t minimising the expected squared error of per-tensor INT8 over the
     calibration histogram of |x|:
 

@@ -38,7 +38,6 @@ class SiteShadowPlan:
     # At run time an outlier may appear in any channel; the columns of the channels that
     # are not hot ("cold") are read from the bundle when one does (§3.3).
 
-
     @property
     def shadowed(self) -> bool:
         return not self.pruned and self.threshold_ < self.absmax_
@@ -70,7 +69,12 @@ class ShadowPlan:
         rows of the output-side shadow channels (of ``blocks`` only, e.g. those placed on
         the NPU; default all)."""
         hot = sum(len(site.hot_channels_) * out_features[name] for site in self._shadowed_sites(blocks) for name in site.linear_names)
-        rows = sum(len(channels) * site.num_channels for site in self.sites.values() if blocks is None or site.block_index in blocks for channels in site.output_channels_.values())
+        rows = sum(
+            len(channels) * site.num_channels
+            for site in self.sites.values()
+            if blocks is None or site.block_index in blocks
+            for channels in site.output_channels_.values()
+        )
         return hot + rows
 
     def cold_shadow_parameters(self, out_features: dict[str, int], blocks: set[int] | None = None) -> int:
@@ -85,7 +89,7 @@ class ShadowPlan:
         }
 
     @classmethod
-    def from_dict(cls, values: dict) -> "ShadowPlan":
+    def from_dict(cls, values: dict) -> ShadowPlan:
         if values.get("version") != PLAN_VERSION:
             raise ValueError(f"shadow plan version: got {values.get('version')!r}, expected {PLAN_VERSION}; recalibrate with this quantkit")
         return cls(
@@ -100,7 +104,7 @@ class ShadowPlan:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
     @classmethod
-    def load(cls, path: Path) -> "ShadowPlan":
+    def load(cls, path: Path) -> ShadowPlan:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
     def shadow_weights(self, layout, blocks: set[int] | None = None) -> dict[str, torch.Tensor]:

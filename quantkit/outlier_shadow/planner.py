@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from quantkit.statistics import ActivationStatistics
 from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.config import ShadowConfig
 from quantkit.outlier_shadow.math import hot_channel_set, layer_importance, mse_clip_threshold, paper_clip_threshold, pruned_layers
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
+from quantkit.statistics import ActivationStatistics
 
 __all__ = ["build_shadow_plan"]
 

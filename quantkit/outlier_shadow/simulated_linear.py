@@ -9,7 +9,8 @@ bundle's, up to float summation order (a test proves it).
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable, Iterable
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -17,8 +18,8 @@ from torch import nn
 from quantkit.models.architecture import DecoderLayout
 from quantkit.models.swap import replaced_linears
 from quantkit.outlier_shadow.plan import ShadowPlan, SiteShadowPlan
-from quantkit.runtime.shadow import combine, outlier_product, split_outliers
 from quantkit.runtime.qdq import QdqLinear, QuantizedWeight, activation_scale, int32_bias_codes, int32_bias_scales
+from quantkit.runtime.shadow import combine, outlier_product, split_outliers
 from quantkit.weights.quantize import WeightCodes, quantized_weights
 
 if TYPE_CHECKING:
@@ -26,7 +27,17 @@ if TYPE_CHECKING:
 
 __all__ = ["DeployedLinear", "deployed_record", "simulated_quantization", "WeightCodes"]
 
-def deployed_record(linear: nn.Linear, name: str, site: SiteShadowPlan, bits: int, output_clip: float | None, weight: QuantizedWeight, means_clip: float | None = None, output_bits: int | None = None) -> QdqLinear:
+
+def deployed_record(
+    linear: nn.Linear,
+    name: str,
+    site: SiteShadowPlan,
+    bits: int,
+    output_clip: float | None,
+    weight: QuantizedWeight,
+    means_clip: float | None = None,
+    output_bits: int | None = None,
+) -> QdqLinear:
     """The NPU graph's arithmetic for ``linear`` (module ``name``): input scale from the
     site's clip, the quantized weight, INT32 bias, output scale from ``output_clip``
     (None: float output, used only while the output ranges are being recorded) at
@@ -109,10 +120,10 @@ def simulated_quantization(
     input_bits: int | None = None,
 ):
     """Context manager: within it, the Linears of ``blocks`` (default: all) run as
-    DeployedLinear with the bit-widths and output ranges of ``precision`` (a
-    ``PrecisionPlan``; None: float outputs at ``input_bits`` — the output-range recording
-    pass); the FP Linears are put back afterwards. ``weights`` holds the NPU weights
-(calibration's, e.g. GPTQ-rounded); a Linear missing from it is rounded to nearest."""
+        DeployedLinear with the bit-widths and output ranges of ``precision`` (a
+        ``PrecisionPlan``; None: float outputs at ``input_bits`` — the output-range recording
+        pass); the FP Linears are put back afterwards. ``weights`` holds the NPU weights
+    (calibration's, e.g. GPTQ-rounded); a Linear missing from it is rounded to nearest."""
     selected = set(range(layout.num_blocks)) if blocks is None else set(blocks)
     names = [name for site in plan.sites.values() if site.block_index in selected for name in site.linear_names]
     codes = dict(weights or {})
@@ -127,6 +138,12 @@ def simulated_quantization(
         if precision is None:
             return DeployedLinear(linear, site, deployed_record(linear, name, site, input_bits or 16, None, codes[name]), name, plan.config.sink_tokens)
         graph = precision.of(name)
-        return DeployedLinear(linear, site, deployed_record(linear, name, site, graph.activation_bits, graph.output_clip(name), codes[name], graph.means_clip_, graph.out_bits), name, plan.config.sink_tokens)
+        return DeployedLinear(
+            linear,
+            site,
+            deployed_record(linear, name, site, graph.activation_bits, graph.output_clip(name), codes[name], graph.means_clip_, graph.out_bits),
+            name,
+            plan.config.sink_tokens,
+        )
 
     return replaced_linears(layout, names, swap)

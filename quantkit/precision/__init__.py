@@ -2,8 +2,8 @@
 and its weight bit-width (INT8, or INT4 on A16 graphs), decided in calibration on the
 deployed arithmetic under the accuracy budget."""
 
-from quantkit.precision.plan import PRECISION_FILE, PRECISION_MODES, GraphPrecision, PrecisionPlan  # first: calibration's config imports it
 from quantkit.precision.output_ranges import calibrated_precision, initial_precision, output_clips, record_npu_outputs
+from quantkit.precision.plan import PRECISION_FILE, PRECISION_MODES, GraphPrecision, PrecisionPlan  # first: calibration's config imports it
 from quantkit.precision.search import graph_sensitivity, promotion_order, search_activation_bits, search_weight_bits
 from quantkit.precision.weight_bits import assign_four_bit_weights
 

@@ -5,23 +5,37 @@ from __future__ import annotations
 
 import torch
 
-from quantkit.quantiles import NUM_BINS, log_histogram
 from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.math import mse_clip_threshold, output_outlier_channels
 from quantkit.outlier_shadow.plan import ShadowPlan
 from quantkit.outlier_shadow.simulated_linear import WeightCodes, simulated_quantization
 from quantkit.precision.plan import GraphPrecision, PrecisionPlan
+from quantkit.quantiles import NUM_BINS, log_histogram
 from quantkit.runtime.qdq import ACTIVATION_BITS, fake_quantize_activation
 from quantkit.runtime.qdq import block_means as record_block_means
 
-__all__ = ["record_npu_outputs", "choose_output_channels", "output_clips", "initial_precision", "calibrated_precision", "recalibrate_output_clips", "OUTPUT_RANGE_RULES"]
+__all__ = [
+    "record_npu_outputs",
+    "choose_output_channels",
+    "output_clips",
+    "initial_precision",
+    "calibrated_precision",
+    "recalibrate_output_clips",
+    "OUTPUT_RANGE_RULES",
+]
 
 OUTPUT_RANGE_RULES = ("mse", "max")
 
 
 @torch.no_grad()
 def record_npu_outputs(
-    layout: DecoderLayout, plan: ShadowPlan, sequences: torch.Tensor, input_bits: int = 16, batch_size: int = 4, weights: WeightCodes | None = None, block_means: dict[str, float] | None = None
+    layout: DecoderLayout,
+    plan: ShadowPlan,
+    sequences: torch.Tensor,
+    input_bits: int = 16,
+    batch_size: int = 4,
+    weights: WeightCodes | None = None,
+    block_means: dict[str, float] | None = None,
 ) -> dict[str, tuple[float, torch.Tensor, torch.Tensor]]:
     """Per Linear: (max |y_npu|, log-histogram of |y_npu|, per-channel max |y_npu|) of its
     NPU part y_npu = Q(clip(x)) Wqᵀ + b over ``sequences``, every block quantized with
@@ -110,7 +124,9 @@ def initial_precision(layout: DecoderLayout, plan: ShadowPlan, output_clips: dic
     return PrecisionPlan(mode=mode, graphs=graphs)
 
 
-def calibrated_precision(layout: DecoderLayout, plan: ShadowPlan, sequences: torch.Tensor, mode: str = "16", rule: str = "mse", weights: WeightCodes | None = None) -> PrecisionPlan:
+def calibrated_precision(
+    layout: DecoderLayout, plan: ShadowPlan, sequences: torch.Tensor, mode: str = "16", rule: str = "mse", weights: WeightCodes | None = None
+) -> PrecisionPlan:
     """Choose the output-side shadow channels (set in ``plan``), record the output ranges
     over ``sequences`` without them, and return the precision plan with every graph at A8
     (``mode`` "auto" / "8") or A16 ("16")."""
@@ -120,7 +136,9 @@ def calibrated_precision(layout: DecoderLayout, plan: ShadowPlan, sequences: tor
     return initial_precision(layout, plan, {name: output_clips(absmax, histogram, rule) for name, (absmax, histogram, _) in recorded.items()}, mode)
 
 
-def recalibrate_output_clips(layout: DecoderLayout, plan: ShadowPlan, precision: PrecisionPlan, sequences: torch.Tensor, weights: WeightCodes, rule: str = "mse") -> None:
+def recalibrate_output_clips(
+    layout: DecoderLayout, plan: ShadowPlan, precision: PrecisionPlan, sequences: torch.Tensor, weights: WeightCodes, rule: str = "mse"
+) -> None:
     """Record the output ranges again with ``weights`` (after the weights changed format,
     e.g. to INT4) and replace every graph's clips in ``precision``; the output-side shadow
     channels stay as chosen."""

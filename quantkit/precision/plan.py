@@ -74,9 +74,13 @@ class PrecisionPlan:
             if graph.weight_bits not in WEIGHT_BITS:
                 raise ValueError(f"{graph.name}: weight_bits {graph.weight_bits}, expected one of {WEIGHT_BITS}")
             if graph.out_bits not in ACTIVATION_BITS or graph.out_bits < graph.activation_bits:
-                raise ValueError(f"{graph.name}: output_bits {graph.output_bits}, expected one of {ACTIVATION_BITS} and at least its activation_bits {graph.activation_bits}")
+                raise ValueError(
+                    f"{graph.name}: output_bits {graph.output_bits}, expected one of {ACTIVATION_BITS} and at least its activation_bits {graph.activation_bits}"
+                )
             if graph.weight_bits == 4 and graph.activation_bits != 16:
-                raise ValueError(f"{graph.name}: 4-bit weights with {graph.activation_bits}-bit activations; the HTP runs 4-bit weights only with 16-bit activations")
+                raise ValueError(
+                    f"{graph.name}: 4-bit weights with {graph.activation_bits}-bit activations; the HTP runs 4-bit weights only with 16-bit activations"
+                )
 
     def of(self, linear_name: str) -> GraphPrecision:
         for graph in self.graphs.values():
@@ -84,14 +88,16 @@ class PrecisionPlan:
                 return graph
         raise KeyError(f"{linear_name} has no entry in the precision plan")
 
-    def with_uniform_bits(self, bits: int, output_bits: int | None = None) -> "PrecisionPlan":
+    def with_uniform_bits(self, bits: int, output_bits: int | None = None) -> PrecisionPlan:
         """A copy with every graph's input at ``bits`` and its outputs at ``output_bits``
         (None: as wide as the input), with the output ranges calibrated for that width."""
         values = self.to_dict()
         values["mode"] = str(bits)
         for graph in values["graphs"].values():
             if bits == 8 and graph["weight_bits"] == 4:
-                raise ValueError(f"{graph_name(graph['block_index'], graph['linear_names'][0])} has 4-bit weights, which the HTP runs only with 16-bit activations; export it at 16 bits or recalibrate with --weight-bits 8")
+                raise ValueError(
+                    f"{graph_name(graph['block_index'], graph['linear_names'][0])} has 4-bit weights, which the HTP runs only with 16-bit activations; export it at 16 bits or recalibrate with --weight-bits 8"
+                )
             graph["activation_bits"] = bits
             graph["output_bits"] = max(bits, output_bits or bits)
         return PrecisionPlan.from_dict(values)
@@ -114,10 +120,18 @@ class PrecisionPlan:
         return sum(g.macs_per_token for g in graphs if g.activation_bits == 8) / total if total else 0.0
 
     def to_dict(self) -> dict:
-        return {"version": self.version, "mode": self.mode, "graphs": {k: asdict(g) for k, g in self.graphs.items()}, "search_": self.search_, "sensitivity_": self.sensitivity_, "weight_search_": self.weight_search_, "weight_sensitivity_": self.weight_sensitivity_}
+        return {
+            "version": self.version,
+            "mode": self.mode,
+            "graphs": {k: asdict(g) for k, g in self.graphs.items()},
+            "search_": self.search_,
+            "sensitivity_": self.sensitivity_,
+            "weight_search_": self.weight_search_,
+            "weight_sensitivity_": self.weight_sensitivity_,
+        }
 
     @classmethod
-    def from_dict(cls, values: dict) -> "PrecisionPlan":
+    def from_dict(cls, values: dict) -> PrecisionPlan:
         if values.get("version") != PRECISION_VERSION:
             raise ValueError(f"precision plan version: got {values.get('version')!r}, expected {PRECISION_VERSION}; recalibrate with this quantkit")
         return cls(
@@ -133,5 +147,5 @@ class PrecisionPlan:
         Path(path).write_text(json.dumps(self.to_dict(), indent=1))
 
     @classmethod
-    def load(cls, path: Path) -> "PrecisionPlan":
+    def load(cls, path: Path) -> PrecisionPlan:
         return cls.from_dict(json.loads(Path(path).read_text()))

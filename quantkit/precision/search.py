@@ -21,7 +21,7 @@ to INT8 weights in order of KL per weight byte (∝ MACs), the count found by bi
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -141,7 +141,9 @@ def predicted_promotions(order: list[str], sensitivity: dict[str, float], every_
     return len(order)
 
 
-def search_activation_bits(precision: PrecisionPlan, sensitivity: Callable[[], dict[str, float]], evaluate: Callable[[PrecisionPlan], Point], fp_ppl: float, budget_relative_ppl: float) -> Point:
+def search_activation_bits(
+    precision: PrecisionPlan, sensitivity: Callable[[], dict[str, float]], evaluate: Callable[[PrecisionPlan], Point], fp_ppl: float, budget_relative_ppl: float
+) -> Point:
     """Set ``precision``'s bits in place: every graph at A8 when that point is within
     fp_ppl × (1 + budget) by :func:`_decided_value` (its upper confidence bound where
     ``evaluate`` gives one); otherwise the fewest graphs promoted to A16, in
@@ -183,7 +185,9 @@ def search_weight_bits(
     clips (``int8_clips``: site → its ``output_clips_`` recorded with INT8 weights).
     ``evaluate`` must pick each Linear's weights by its graph's ``weight_bits``."""
     order = promotion_order(precision, sensitivity)
-    four = {name: (precision.graphs[name].weight_block_size, precision.graphs[name].weight_block_offsets, precision.graphs[name].output_clips_) for name in order}
+    four = {
+        name: (precision.graphs[name].weight_block_size, precision.graphs[name].weight_block_offsets, precision.graphs[name].output_clips_) for name in order
+    }
 
     def apply(count: int) -> None:
         promoted = set(order[:count])
@@ -196,4 +200,6 @@ def search_weight_bits(
 
     precision.weight_sensitivity_ = {precision.graphs[name].name: value for name, value in sensitivity.items()}
     describe = lambda: {"w4_mac_share": precision.w4_mac_share()}  # noqa: E731
-    return _promote_within_budget(len(order), apply, lambda: {"ppl": evaluate(precision)}, describe, precision.weight_search_, fp_ppl * (1 + budget_relative_ppl))["ppl"]
+    return _promote_within_budget(
+        len(order), apply, lambda: {"ppl": evaluate(precision)}, describe, precision.weight_search_, fp_ppl * (1 + budget_relative_ppl)
+    )["ppl"]

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 import torch
 
-from quantkit.models.architecture import DecoderLayout
 from quantkit.errors import QuantkitError
+from quantkit.models.architecture import DecoderLayout
 from quantkit.outlier_shadow.plan import ShadowPlan
 from quantkit.precision.offset_budget import OffsetCandidate, choose_offset_graphs
 from quantkit.precision.output_ranges import recalibrate_output_clips
@@ -66,12 +66,20 @@ def assign_four_bit_weights(
     symmetric = quantized_weights(layout, [n for n in names if n not in offset_names or budgeted], rule, 4, block_size, rounding, hessians, progress)
     all_names = [n for graph in precision.graphs.values() for n in graph.linear_names]
     budget_bytes = int(bytes_budget * int8_weight_bytes(layout, all_names)) if budgeted else 0
-    fixed = sum((symmetric if graph.activation_bits == 16 else weights)[n].nbytes for graph in precision.graphs.values() for n in graph.linear_names) if budgeted else 0
+    fixed = (
+        sum((symmetric if graph.activation_bits == 16 else weights)[n].nbytes for graph in precision.graphs.values() for n in graph.linear_names)
+        if budgeted
+        else 0
+    )
     if fixed > budget_bytes:
-        raise QuantkitError(f"weight bytes budget: {budget_bytes / 1e6:.2f} MB is below the {fixed / 1e6:.2f} MB of the NPU weights without block offsets; raise --weight-bytes-budget")
+        raise QuantkitError(
+            f"weight bytes budget: {budget_bytes / 1e6:.2f} MB is below the {fixed / 1e6:.2f} MB of the NPU weights without block offsets; raise --weight-bytes-budget"
+        )
     with_offsets = quantized_weights(layout, [n for n in names if n in offset_names], rule, 4, block_size, rounding, hessians, progress, offsets)
     if budgeted:
-        with_offsets = _offsets_within_budget(layout, plan, precision, eligible, {**weights, **symmetric}, with_offsets, sensitivity_ids, budget_bytes - fixed, progress)
+        with_offsets = _offsets_within_budget(
+            layout, plan, precision, eligible, {**weights, **symmetric}, with_offsets, sensitivity_ids, budget_bytes - fixed, progress
+        )
     four = {**symmetric, **with_offsets}
     for graph in sixteen:
         first = four[graph.linear_names[0]]
@@ -82,7 +90,15 @@ def assign_four_bit_weights(
 
 
 def _offsets_within_budget(
-    layout: DecoderLayout, plan: ShadowPlan, precision: PrecisionPlan, eligible: list[str], symmetric: WeightCodes, with_offsets: WeightCodes, sensitivity_ids: torch.Tensor, bytes_available: int, progress: bool
+    layout: DecoderLayout,
+    plan: ShadowPlan,
+    precision: PrecisionPlan,
+    eligible: list[str],
+    symmetric: WeightCodes,
+    with_offsets: WeightCodes,
+    sensitivity_ids: torch.Tensor,
+    bytes_available: int,
+    progress: bool,
 ) -> WeightCodes:
     """The offset weights of the ``eligible`` graphs (site names) that
     :func:`choose_offset_graphs` takes with ``bytes_available`` more than their ``symmetric``
@@ -92,7 +108,9 @@ def _offsets_within_budget(
     sensitivity_ids = sensitivity_ids[:OFFSET_RANKING_SEQUENCES]
     reference = fp_reference(layout, sensitivity_ids)
     without = graph_sensitivity(layout, plan, precision, sensitivity_ids, symmetric, progress, eligible, label="W4 without offsets", reference=reference)
-    within = graph_sensitivity(layout, plan, precision, sensitivity_ids, {**symmetric, **with_offsets}, progress, eligible, label="W4 with offsets", reference=reference)
+    within = graph_sensitivity(
+        layout, plan, precision, sensitivity_ids, {**symmetric, **with_offsets}, progress, eligible, label="W4 with offsets", reference=reference
+    )
     size = lambda codes, site: sum(codes[n].nbytes for n in precision.graphs[site].linear_names)  # noqa: E731
     candidates = [OffsetCandidate(site, without[site], within[site], size(symmetric, site), size(with_offsets, site)) for site in eligible]
     chosen = choose_offset_graphs(candidates, bytes_available)

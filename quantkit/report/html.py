@@ -5,8 +5,8 @@ folder that opens offline in any browser."""
 from __future__ import annotations
 
 import html
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import Iterable, Sequence
 
 __all__ = ["Section", "escape", "table", "figure", "hint", "note", "facts", "render_page"]
 

@@ -16,7 +16,13 @@ DATA_DIR = "data"  # inside a report folder: the JSON the page was drawn from
 HEATMAP_PNG = "outlier_heatmap.png"
 SENSITIVITY_PNG = "sensitivity.png"
 # ReportInputs field -> file name, in a calibration folder and in a report's data/ folder
-CALIBRATION_DATA = {"summary": "summary.json", "sensitivity": "sensitivity.json", "placement": "placement.json", "config": "config.json", "precision": "precision.json"}
+CALIBRATION_DATA = {
+    "summary": "summary.json",
+    "sensitivity": "sensitivity.json",
+    "placement": "placement.json",
+    "config": "config.json",
+    "precision": "precision.json",
+}
 
 
 @dataclass(frozen=True)
@@ -116,7 +122,13 @@ def _regress_results(path: str | Path | None) -> ResultsFile | None:
     return _results_file(path, "checks", _CHECK_KEYS, shape, "`quantkit regress`")
 
 
-def load_report_inputs(calib: str | Path | None = None, bundle: str | Path | None = None, accuracy: str | Path | None = None, prefill: str | Path | None = None, regress: str | Path | None = None) -> ReportInputs:
+def load_report_inputs(
+    calib: str | Path | None = None,
+    bundle: str | Path | None = None,
+    accuracy: str | Path | None = None,
+    prefill: str | Path | None = None,
+    regress: str | Path | None = None,
+) -> ReportInputs:
     """Read what exists of the inputs. A named calibration folder or bundle must exist
     (a typo should not silently give an empty report); results files may be missing."""
     if calib is not None and bundle is not None:
@@ -132,9 +144,13 @@ def load_report_inputs(calib: str | Path | None = None, bundle: str | Path | Non
             raise QuantkitError(f"--calib {folder}: no such folder; pass the folder written by `quantkit calibrate --out`")
         data = _calibration_data(folder)
         if not data:
-            raise QuantkitError(f"--calib {folder}: none of {', '.join(CALIBRATION_DATA.values())} in it; pass the folder written by `quantkit calibrate --out`")
+            raise QuantkitError(
+                f"--calib {folder}: none of {', '.join(CALIBRATION_DATA.values())} in it; pass the folder written by `quantkit calibrate --out`"
+            )
         report = folder / "report"
-        return ReportInputs("calibration", folder, **data, heatmap=_existing(report / HEATMAP_PNG), sensitivity_plot=_existing(report / SENSITIVITY_PNG), **results)
+        return ReportInputs(
+            "calibration", folder, **data, heatmap=_existing(report / HEATMAP_PNG), sensitivity_plot=_existing(report / SENSITIVITY_PNG), **results
+        )
     if bundle is not None:
         from quantkit.runtime.bundle import BUNDLE_FORMAT, MANIFEST_FILE
 
@@ -149,5 +165,13 @@ def load_report_inputs(calib: str | Path | None = None, bundle: str | Path | Non
         own = folder / CALIBRATION_DATA["precision"]
         if own.is_file():  # the bits the bundle was exported with (``--activation-bits`` may override the calibration's)
             data["precision"] = _read_json(own, "run `quantkit export` again")
-        return ReportInputs("bundle", folder, **data, manifest=manifest, heatmap=_existing(report / HEATMAP_PNG), sensitivity_plot=_existing(report / SENSITIVITY_PNG), **results)
+        return ReportInputs(
+            "bundle",
+            folder,
+            **data,
+            manifest=manifest,
+            heatmap=_existing(report / HEATMAP_PNG),
+            sensitivity_plot=_existing(report / SENSITIVITY_PNG),
+            **results,
+        )
     return ReportInputs(None, None, **results)

@@ -4,8 +4,8 @@ statistics, lives in ``quantkit.calibration.report``."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 __all__ = ["plot_delta_ppl", "plot_prefill_speed", "plot_sensitivity", "plot_precision_pareto", "plot_precision_map", "PRECISION_COLOURS"]
 
@@ -54,7 +54,15 @@ def plot_delta_ppl(labels: Sequence[str], delta_percent: Sequence[float], highli
         axis.set_xlim(low * 1.3, high * 1.3 + 1e-9)
         axis.axvline(0, color="#333", linewidth=0.8)
     for position, value in zip(positions, delta_percent):
-        axis.annotate(f"{value:+.2f}%", (value, position), xytext=(4 if value >= 0 else -4, 0), textcoords="offset points", va="center", ha="left" if value >= 0 else "right", fontsize=10)
+        axis.annotate(
+            f"{value:+.2f}%",
+            (value, position),
+            xytext=(4 if value >= 0 else -4, 0),
+            textcoords="offset points",
+            va="center",
+            ha="left" if value >= 0 else "right",
+            fontsize=10,
+        )
     axis.set_xlabel("test perplexity increase over FP" + (" (log scale)" if logarithmic else " (%)") + " — lower is better")
     axis.grid(axis="x", alpha=0.3)
     axis.set_axisbelow(True)
@@ -62,7 +70,9 @@ def plot_delta_ppl(labels: Sequence[str], delta_percent: Sequence[float], highli
     plt.close(figure)
 
 
-def plot_prefill_speed(labels: Sequence[str], tokens_per_s: Sequence[float], speedups: Sequence[float | None], prompt_tokens: int | None, path: Path, highlight: str | None = None) -> None:
+def plot_prefill_speed(
+    labels: Sequence[str], tokens_per_s: Sequence[float], speedups: Sequence[float | None], prompt_tokens: int | None, path: Path, highlight: str | None = None
+) -> None:
     """Horizontal bars of prefill tokens/s, each labelled with its speed-up over the baseline."""
     plt, figure, axis, positions = _horizontal_bars(labels, tokens_per_s, highlight)
     axis.set_xlim(0, max(tokens_per_s) * 1.35)
@@ -97,7 +107,14 @@ def plot_precision_pareto(
         label = f"chosen bits: {a8_share_percent[chosen]:.0f}% at A8, {delta_ppl_percent[chosen]:+.2f}%"  # in the legend: never over a point
         axis.plot([a8_share_percent[chosen]], [delta_ppl_percent[chosen]], "o", markersize=12, color=_HIGHLIGHT, label=label)
     if placed is not None:
-        axis.plot([placed[0]], [placed[1]], "D", markersize=9, color=PRECISION_COLOURS["CPU-FP"], label=f"after block placement: {placed[0]:.0f}% of the NPU blocks' MACs at A8, {placed[1]:+.2f}%")
+        axis.plot(
+            [placed[0]],
+            [placed[1]],
+            "D",
+            markersize=9,
+            color=PRECISION_COLOURS["CPU-FP"],
+            label=f"after block placement: {placed[0]:.0f}% of the NPU blocks' MACs at A8, {placed[1]:+.2f}%",
+        )
     if budget_percent is not None:
         axis.axhline(budget_percent, color="#e0a800", linestyle="--", linewidth=1.5, label=f"budget +{budget_percent:g}%")
     axis.set_xlim(-5, 105)
@@ -122,7 +139,15 @@ def plot_precision_map(cells: Sequence[Sequence[str]], kinds: Sequence[str], pat
         for b, value in enumerate(row):
             if value:
                 axis.add_patch(Rectangle((b - 0.5, k - 0.5), 1, 1, facecolor=PRECISION_COLOURS[value], edgecolor="white", linewidth=1.5))
-                axis.text(b, k, {"A8": "8", "A16": "16", "W4A16": "4/16", "W4A16+offsets": "4o", "CPU-FP": "FP"}[value], ha="center", va="center", fontsize=8, color="#1d2330" if value == "A16" else "white")
+                axis.text(
+                    b,
+                    k,
+                    {"A8": "8", "A16": "16", "W4A16": "4/16", "W4A16+offsets": "4o", "CPU-FP": "FP"}[value],
+                    ha="center",
+                    va="center",
+                    fontsize=8,
+                    color="#1d2330" if value == "A16" else "white",
+                )
     axis.set_xlim(-0.5, num_blocks - 0.5)
     axis.set_ylim(len(kinds) - 0.5, -0.5)
     axis.set_xticks(range(num_blocks))

@@ -12,8 +12,8 @@ from __future__ import annotations
 
 import dataclasses
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 from quantkit.report.html import Section, escape, facts, figure, hint, note, table
 from quantkit.report.inputs import HEATMAP_PNG, SENSITIVITY_PNG, ReportInputs
@@ -86,8 +86,7 @@ def _missing_calibration(inputs: ReportInputs, what: str) -> str:
         return hint(f"No calibration given, so no {what}. Calibrate, then point the report at the folder:", _CALIBRATE_COMMANDS)
     if inputs.source == "bundle":
         return hint(
-            f"This bundle's report/ holds no {what} (it was exported before reports carried their data). "
-            "Use its calibration folder, or export again:",
+            f"This bundle's report/ holds no {what} (it was exported before reports carried their data). Use its calibration folder, or export again:",
             "quantkit report --calib CALIB\nquantkit export CALIB --out BUNDLE --overwrite",
         )
     return hint(f"The calibration folder has no {what}: the run did not finish or predates it. Calibrate again:", "quantkit calibrate --out CALIB --overwrite")
@@ -117,11 +116,20 @@ def summary_section(inputs: ReportInputs, folder: Path) -> Section:
         items.append(("resident shadow weights", f"{_count(summary['resident_shadow_parameters'])} parameters ({100 * share:.2f}% of the model)"))
     seconds = summary.get("seconds", {})
     if seconds:
-        items.append(("calibration time", f"{seconds.get('total', sum(seconds.values())):.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total") + ")"))
+        items.append(
+            (
+                "calibration time",
+                f"{seconds.get('total', sum(seconds.values())):.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total") + ")",
+            )
+        )
     if "peak_memory_mb" in summary:
         items.append(("peak memory", f"{summary['peak_memory_mb']:.0f} MB"))
     config = inputs.settings
-    settings = [f"{key} = {config[key]}" for key in ("outlier_quantile", "scale_rule", "hot_coverage", "max_resident_fraction", "prune_fraction", "weight_scale_rule", "accuracy_budget") if key in config]
+    settings = [
+        f"{key} = {config[key]}"
+        for key in ("outlier_quantile", "scale_rule", "hot_coverage", "max_resident_fraction", "prune_fraction", "weight_scale_rule", "accuracy_budget")
+        if key in config
+    ]
     body = ppl_table + facts(items) + (note("Settings: " + ", ".join(settings) + ".") if settings else "")
     return Section("summary", "Summary", body)
 
@@ -145,7 +153,14 @@ def accuracy_section(inputs: ReportInputs, folder: Path) -> Section | None:
         return None
     title = "Accuracy"
     if results.data is None:
-        return _missing_results("accuracy", title, results, "accuracy results", "The benchmark measures every method on the held-out test split:", f"python benchmarks/accuracy.py\nquantkit report --accuracy {results.path}")
+        return _missing_results(
+            "accuracy",
+            title,
+            results,
+            "accuracy results",
+            "The benchmark measures every method on the held-out test split:",
+            f"python benchmarks/accuracy.py\nquantkit report --accuracy {results.path}",
+        )
     data = results.data
     rows = data["rows"]
     fp = next((row["ppl"] for row in rows if row["method"] == "fp"), None)
@@ -173,7 +188,14 @@ def accuracy_section(inputs: ReportInputs, folder: Path) -> Section | None:
 
     with_shares = any("a8_mac_share" in row for row in rows)  # results written before per-graph bits have none
     cells = [
-        [_accuracy_label(row), f"{row['ppl']:.3f}", "" if delta(row) is None else f"{delta(row):+.2f}%", npu_blocks(row), *([a8_share(row)] if with_shares else []), shadow(row)]
+        [
+            _accuracy_label(row),
+            f"{row['ppl']:.3f}",
+            "" if delta(row) is None else f"{delta(row):+.2f}%",
+            npu_blocks(row),
+            *([a8_share(row)] if with_shares else []),
+            shadow(row),
+        ]
         for row in rows
     ]
     header = ["method", "test PPL", "ΔPPL vs FP", "blocks on NPU", *(["NPU MACs at A8"] if with_shares else []), "resident shadow weights"]
@@ -185,7 +207,9 @@ def accuracy_section(inputs: ReportInputs, folder: Path) -> Section | None:
         plot_delta_ppl([_accuracy_label(row) for row, _ in charted], [value for _, value in charted], highlight, folder / ACCURACY_PNG)
         body += figure(ACCURACY_PNG, "perplexity increase over FP per method", "Perplexity increase over FP per method (FP itself is the reference).")
     tokens = data.get("test_tokens")
-    measured = f"{data.get('model', 'the model')}, held-out test split" + (f", {tokens[0]}×{tokens[1]} tokens" if isinstance(tokens, list) and len(tokens) == 2 else "")
+    measured = f"{data.get('model', 'the model')}, held-out test split" + (
+        f", {tokens[0]}×{tokens[1]} tokens" if isinstance(tokens, list) and len(tokens) == 2 else ""
+    )
     body += note(f"Measured on {measured} by benchmarks/accuracy.py ({results.path.name}).")
     if with_shares:
         body += note(
@@ -204,21 +228,37 @@ def prefill_section(inputs: ReportInputs, folder: Path) -> Section | None:
         return None
     title = "Prefill speed"
     if results.data is None:
-        return _missing_results("prefill", title, results, "prefill results", "The benchmark times each configuration on one long prompt:", f"python benchmarks/prefill.py\nquantkit report --prefill {results.path}")
+        return _missing_results(
+            "prefill",
+            title,
+            results,
+            "prefill results",
+            "The benchmark times each configuration on one long prompt:",
+            f"python benchmarks/prefill.py\nquantkit report --prefill {results.path}",
+        )
     data = results.data
     rows = data["rows"]
     baseline = next((row["tokens_per_s"] for row in rows if row["config"] == _PREFILL_BASELINE), None)
     speedups = [row["tokens_per_s"] / baseline if baseline else None for row in rows]
     labels = [_PREFILL_LABELS.get(row["config"], row["config"]) for row in rows]
     prompt_tokens = data.get("prompt_tokens")
-    plot_prefill_speed(labels, [row["tokens_per_s"] for row in rows], speedups, prompt_tokens, folder / PREFILL_PNG, highlight=_PREFILL_LABELS[_PREFILL_FULL_METHOD])
+    plot_prefill_speed(
+        labels, [row["tokens_per_s"] for row in rows], speedups, prompt_tokens, folder / PREFILL_PNG, highlight=_PREFILL_LABELS[_PREFILL_FULL_METHOD]
+    )
     body = table(
         ["configuration", "config key", "tokens/s", f"speed-up vs {_PREFILL_LABELS[_PREFILL_BASELINE]}"],
-        [[label, row["config"], f"{row['tokens_per_s']:,.1f}", f"×{speedup:.2f}" if speedup is not None else "—"] for label, row, speedup in zip(labels, rows, speedups)],
+        [
+            [label, row["config"], f"{row['tokens_per_s']:,.1f}", f"×{speedup:.2f}" if speedup is not None else "—"]
+            for label, row, speedup in zip(labels, rows, speedups)
+        ],
         numeric_columns=(2, 3),
         highlight_rows=[i for i, row in enumerate(rows) if row["config"] == _PREFILL_FULL_METHOD],
     )
-    body += figure(PREFILL_PNG, "prefill tokens per second per configuration", "Prefill speed per configuration; bars labelled with the speed-up over HF transformers FP32.")
+    body += figure(
+        PREFILL_PNG,
+        "prefill tokens per second per configuration",
+        "Prefill speed per configuration; bars labelled with the speed-up over HF transformers FP32.",
+    )
     if baseline is None:
         body += note(f"No {_PREFILL_BASELINE} row in {results.path.name}, so no speed-ups.")
     body += note("Measured by benchmarks/prefill.py" + (f" on a {prompt_tokens}-token prompt" if prompt_tokens else "") + f" ({results.path.name}).")
@@ -244,7 +284,8 @@ def outlier_section(inputs: ReportInputs, folder: Path) -> Section:
             ["layer", "max|x|", "clip", "max|x| / clip", "max|x| / s", "outlier channels"],
             [
                 [
-                    row["layer"].removeprefix("model.") + (" (+" + ", ".join(name.rsplit(".", 1)[-1] for name in row.get("shared_with", [])) + ")" if row.get("shared_with") else ""),
+                    row["layer"].removeprefix("model.")
+                    + (" (+" + ", ".join(name.rsplit(".", 1)[-1] for name in row.get("shared_with", [])) + ")" if row.get("shared_with") else ""),
                     f"{row['absmax']:.2f}",
                     f"{row['clip']:.3f}",
                     f"{row['absmax'] / row['clip']:.1f}" if row["clip"] else "—",
@@ -287,7 +328,10 @@ def placement_section(inputs: ReportInputs, folder: Path) -> Section:
     cells = "".join(f'<span class="{"npu" if where == "npu" else "cpu"}" title="block {i}: {escape(where)}">{i}</span>' for i, where in enumerate(placement))
     legend = '<p class="legend">Blocks:<span style="background:#1f77b4"></span>NPU (INT8)<span style="background:#d62728"></span>CPU (FP32)</p>'
     cpu_blocks = [i for i, where in enumerate(placement) if where != "npu"]
-    items = [("blocks on the NPU", f"{len(placement) - len(cpu_blocks)} of {len(placement)}"), ("blocks on the CPU in FP", ", ".join(map(str, cpu_blocks)) or "none")]
+    items = [
+        ("blocks on the NPU", f"{len(placement) - len(cpu_blocks)} of {len(placement)}"),
+        ("blocks on the CPU in FP", ", ".join(map(str, cpu_blocks)) or "none"),
+    ]
     fp, ppl, budget = plan.get("fp_ppl_"), plan.get("ppl_"), plan.get("budget_relative_ppl")
     if fp and ppl is not None and budget is not None:
         verdict = "within" if ppl <= fp * (1 + budget) else "OVER"
@@ -306,7 +350,11 @@ def placement_section(inputs: ReportInputs, folder: Path) -> Section:
     return Section("placement", title, body)
 
 
-_MODE_TEXT = {"auto": "auto: each NPU graph A8 or A16, chosen on the deployed arithmetic under the budget", "8": "8: every NPU graph A8", "16": "16: every NPU graph A16"}
+_MODE_TEXT = {
+    "auto": "auto: each NPU graph A8 or A16, chosen on the deployed arithmetic under the budget",
+    "8": "8: every NPU graph A8",
+    "16": "16: every NPU graph A16",
+}
 
 
 def _block_placement(inputs: ReportInputs) -> list[str] | None:
@@ -342,7 +390,17 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
         ("NPU graphs at A16", f"{len(a16)} of {len(on_npu)}" + (f": {', '.join(a16[:12])}" + (", …" if len(a16) > 12 else "") if a16 else "")),
     ]
     four = [g for g in on_npu if g.weight_bits == 4]
-    weights = f"{len(four)} of {len(on_npu)} NPU graphs INT4" + (f" (LPBQ blocks of {', '.join(map(str, sorted({g.weight_block_size for g in four if g.weight_block_size})))})" if any(g.weight_block_size for g in four) else " (per output channel)" if four else "") + (", the rest INT8" if len(four) < len(on_npu) else "")
+    weights = (
+        f"{len(four)} of {len(on_npu)} NPU graphs INT4"
+        + (
+            f" (LPBQ blocks of {', '.join(map(str, sorted({g.weight_block_size for g in four if g.weight_block_size})))})"
+            if any(g.weight_block_size for g in four)
+            else " (per output channel)"
+            if four
+            else ""
+        )
+        + (", the rest INT8" if len(four) < len(on_npu) else "")
+    )
     with_offsets = [g for g in four if g.has_block_offsets]
     if with_offsets:
         weights += f"; {'/'.join(sorted({g.weight_block_offsets for g in with_offsets}))} block offsets on {len(with_offsets)} of the INT4 graphs"
@@ -355,7 +413,12 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
         point = summary_figures.get(figure_name)
         reference = (point or {}).get("fp") or summary_figures.get("perplexity", {}).get("fp")
         if isinstance(point, dict) and reference:
-            items.append((label, f"{100 * (point['ppl'] / reference - 1):+.2f}% (95% bounds {100 * (point['ppl_lower'] / reference - 1):+.2f}% … {100 * (point['ppl_upper'] / reference - 1):+.2f}%)"))
+            items.append(
+                (
+                    label,
+                    f"{100 * (point['ppl'] / reference - 1):+.2f}% (95% bounds {100 * (point['ppl_lower'] / reference - 1):+.2f}% … {100 * (point['ppl_upper'] / reference - 1):+.2f}%)",
+                )
+            )
     body = facts(items)
 
     fp = (inputs.summary or {}).get("perplexity", {}).get("fp") or (inputs.placement or {}).get("fp_ppl_")
@@ -370,9 +433,15 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
         summary = inputs.summary or {}
         placed = None
         # the calibration's final measurement, when it is of these bits (a bundle may be exported with others)
-        if isinstance(summary.get("a8_mac_share"), (int, float)) and abs(summary["a8_mac_share"] - share) < 1e-9 and isinstance(summary.get("perplexity", {}).get("quantkit"), (int, float)):
+        if (
+            isinstance(summary.get("a8_mac_share"), (int, float))
+            and abs(summary["a8_mac_share"] - share) < 1e-9
+            and isinstance(summary.get("perplexity", {}).get("quantkit"), (int, float))
+        ):
             placed = (100 * summary["a8_mac_share"], 100 * (summary["perplexity"]["quantkit"] / fp - 1))
-        plot_precision_pareto([100 * point["a8_mac_share"] for point in points], deltas, chosen, None if budget is None else 100 * budget, folder / PARETO_PNG, placed=placed)
+        plot_precision_pareto(
+            [100 * point["a8_mac_share"] for point in points], deltas, chosen, None if budget is None else 100 * budget, folder / PARETO_PNG, placed=placed
+        )
         body += figure(
             PARETO_PNG,
             "validation perplexity increase against the share of NPU MACs at A8",
@@ -388,7 +457,10 @@ def precision_section(inputs: ReportInputs, folder: Path) -> Section | None:
     elif precision.mode == "auto":
         body += note("No search points in precision.json (or no FP perplexity in summary.json), so no Pareto curve.")
 
-    by_cell = {(g.block_index, g.kind): ("W4A16+offsets" if g.has_block_offsets else "W4A16") if g.weight_bits == 4 else f"A{g.activation_bits}" for g in precision.graphs.values()}
+    by_cell = {
+        (g.block_index, g.kind): ("W4A16+offsets" if g.has_block_offsets else "W4A16") if g.weight_bits == 4 else f"A{g.activation_bits}"
+        for g in precision.graphs.values()
+    }
     cells = [["CPU-FP" if b not in npu else by_cell.get((b, kind), "") for b in range(num_blocks)] for kind in _GRAPH_KINDS]
     plot_precision_map(cells, _GRAPH_KINDS, folder / PRECISION_MAP_PNG)
     body += figure(
@@ -434,10 +506,16 @@ def bundle_section(inputs: ReportInputs, folder: Path) -> Section | None:
         ("chunk size", f"{manifest.get('chunk_size')} tokens (static graph shape)"),
         ("activations", quantization.get("activations", "?")),
         ("weights", quantization.get("weights", "?")),
-        ("NPU graphs", f"{len(manifest.get('graphs', []))} QDQ ONNX graphs, {_bundle_bits(quantization)}, {_size(bundle, [f for f in files if f.startswith('npu/')])}"),
+        (
+            "NPU graphs",
+            f"{len(manifest.get('graphs', []))} QDQ ONNX graphs, {_bundle_bits(quantization)}, {_size(bundle, [f for f in files if f.startswith('npu/')])}",
+        ),
         ("shadow weights", f"resident {_size(bundle, ['shadow.safetensors'])}, cold (read on demand) {_size(bundle, ['shadow_cold.safetensors'])}"),
         ("CPU weights", _size(bundle, ["cpu.safetensors"])),
-        ("QNN context binaries", ", ".join(f"{k} {v}" for k, v in target.items() if v is not None) if target else "none (add with `quantkit export --qnn-context`)"),
+        (
+            "QNN context binaries",
+            ", ".join(f"{k} {v}" for k, v in target.items() if v is not None) if target else "none (add with `quantkit export --qnn-context`)",
+        ),
     ]
     return Section("bundle", "Deployment bundle", facts(items) + note("Check it with: quantkit lint BUNDLE --qnn"))
 
@@ -449,14 +527,34 @@ def regress_section(inputs: ReportInputs, folder: Path) -> Section | None:
         return None
     title = "Accuracy regression suite"
     if results.data is None:
-        return _missing_results("regress", title, results, "regression results", "The suite runs lm-eval on the bundles and the FP reference:", f"quantkit regress eval/suites/smollm2.yaml --out {results.path.parent}\nquantkit report --regress {results.path}")
+        return _missing_results(
+            "regress",
+            title,
+            results,
+            "regression results",
+            "The suite runs lm-eval on the bundles and the FP reference:",
+            f"quantkit regress eval/suites/smollm2.yaml --out {results.path.parent}\nquantkit report --regress {results.path}",
+        )
     data = results.data
     checks = data["checks"]
     rows = [
-        [c["candidate"], c["task"], c["metric"], f"{c['value']:.4f}", "" if c.get("reference") is None else f"{c['reference']:.4f}", f"{c['check']} ({c['limit']:.4f})", "ok" if c["passed"] else "REGRESSED"]
+        [
+            c["candidate"],
+            c["task"],
+            c["metric"],
+            f"{c['value']:.4f}",
+            "" if c.get("reference") is None else f"{c['reference']:.4f}",
+            f"{c['check']} ({c['limit']:.4f})",
+            "ok" if c["passed"] else "REGRESSED",
+        ]
         for c in checks
     ]
-    body = table(["candidate", "task", "metric", "value", "FP", "check (limit)", "result"], rows, numeric_columns=(3, 4), highlight_rows=[i for i, c in enumerate(checks) if not c["passed"]])
+    body = table(
+        ["candidate", "task", "metric", "value", "FP", "check (limit)", "result"],
+        rows,
+        numeric_columns=(3, 4),
+        highlight_rows=[i for i, c in enumerate(checks) if not c["passed"]],
+    )
     failed = sum(1 for c in checks if not c["passed"])
     verdict = "passed" if not failed else f"{failed} of {len(checks)} checks regressed"
     body += note(f"Suite {data.get('suite', '?')}: {verdict} ({results.path.name}; highlighted rows regressed).")

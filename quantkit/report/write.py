@@ -4,8 +4,8 @@ drawn from (``data/``) — written to a temporary folder and renamed into place 
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 from quantkit import __version__
 from quantkit.cache import atomic_directory
@@ -29,7 +29,9 @@ def _check_replaceable(out: Path, bundle: str | Path | None) -> None:
     if out.is_dir():
         foreign = sorted(p.name for p in out.iterdir() if not (p.name == INDEX_FILE or p.suffix == ".png" or (p.name == DATA_DIR and p.is_dir())))
         if foreign:
-            raise QuantkitError(f"--out {out} holds files that are not part of a report ({', '.join(foreign[:3])}); choose another folder — it would be replaced whole")
+            raise QuantkitError(
+                f"--out {out} holds files that are not part of a report ({', '.join(foreign[:3])}); choose another folder — it would be replaced whole"
+            )
 
 
 def _write_data(inputs: ReportInputs, folder: Path) -> None:

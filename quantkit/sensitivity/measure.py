@@ -62,7 +62,9 @@ class FpReference:
 
 
 @torch.no_grad()
-def nll_and_kl(layout: DecoderLayout, sequences: torch.Tensor, reference: FpReference | None, batch_size: int = 1, start_block: int = 0) -> tuple[float, float, list[torch.Tensor]]:
+def nll_and_kl(
+    layout: DecoderLayout, sequences: torch.Tensor, reference: FpReference | None, batch_size: int = 1, start_block: int = 0
+) -> tuple[float, float, list[torch.Tensor]]:
     """Mean next-token NLL, mean KL(P_fp ‖ P) from ``reference`` (0 if None), and the
     log-probs. With ``start_block`` > 0 the model runs from that block on, fed the FP
     hidden states ``reference.block_inputs[batch][start_block]`` (valid when only blocks ≥
@@ -91,7 +93,15 @@ def fp_reference(layout: DecoderLayout, sequences: torch.Tensor, batch_size: int
     return FpReference(fp_nll, fp_log_probs, [log_probs.exp() for log_probs in fp_log_probs], block_inputs)
 
 
-def block_sensitivity(layout: DecoderLayout, plan: ShadowPlan, precision: PrecisionPlan, sequences: torch.Tensor, batch_size: int = 1, progress: bool = True, weights: WeightCodes | None = None) -> list[BlockSensitivity]:
+def block_sensitivity(
+    layout: DecoderLayout,
+    plan: ShadowPlan,
+    precision: PrecisionPlan,
+    sequences: torch.Tensor,
+    batch_size: int = 1,
+    progress: bool = True,
+    weights: WeightCodes | None = None,
+) -> list[BlockSensitivity]:
     """Sensitivity of every block, measured on ``sequences`` against the FP model, with
     the block's graphs at the bit-widths and output ranges of ``precision`` (the
     deployed arithmetic). Each run starts at its block (the ones before are FP)."""

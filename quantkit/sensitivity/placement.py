@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from quantkit.sensitivity.measure import BlockSensitivity
 
@@ -49,7 +49,7 @@ class PlacementPlan:
         Path(path).write_text(json.dumps(values, indent=1))
 
     @classmethod
-    def load(cls, path: Path) -> "PlacementPlan":
+    def load(cls, path: Path) -> PlacementPlan:
         values = json.loads(Path(path).read_text())
         values.pop("npu_blocks", None)
         values.pop("within_budget", None)

@@ -14,7 +14,7 @@ the spread of draws so the summary can state it.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from tqdm.auto import tqdm
@@ -27,13 +27,17 @@ __all__ = ["perplexity_realizations", "nll_realizations", "relative_ppl_interval
 REALIZATION_NOISE = 1e-6  # relative perturbation of the input embeddings: float32 rounding scale
 
 
-def perplexity_realizations(layout: DecoderLayout, sequences: torch.Tensor, count: int = 3, relative: float = REALIZATION_NOISE, progress: bool = True) -> list[float]:
+def perplexity_realizations(
+    layout: DecoderLayout, sequences: torch.Tensor, count: int = 3, relative: float = REALIZATION_NOISE, progress: bool = True
+) -> list[float]:
     """Perplexity of ``layout.model`` over ``sequences`` in each of :func:`nll_realizations`."""
     return [math.exp(float(row.mean())) for row in nll_realizations(layout, sequences, count, relative, progress)]
 
 
 @torch.no_grad()
-def nll_realizations(layout: DecoderLayout, sequences: torch.Tensor, count: int = 3, relative: float = REALIZATION_NOISE, progress: bool = True) -> torch.Tensor:
+def nll_realizations(
+    layout: DecoderLayout, sequences: torch.Tensor, count: int = 3, relative: float = REALIZATION_NOISE, progress: bool = True
+) -> torch.Tensor:
     """Mean NLL per sequence [count, N] of ``layout.model`` (as it is: run it inside
     ``simulated_quantization``) over ``sequences`` with the input embeddings multiplied by
     1 + ``relative``·N(0, 1), one seeded draw per realization (row)."""

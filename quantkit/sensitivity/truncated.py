@@ -11,8 +11,8 @@ as ``inputs_embeds``. transformers offers no "start at layer b" entry point.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from torch import nn

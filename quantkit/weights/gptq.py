@@ -25,7 +25,9 @@ __all__ = ["gptq_codes"]
 
 
 @torch.no_grad()
-def gptq_codes(weight: torch.Tensor, hessian: torch.Tensor, element_scales: torch.Tensor, num_bits: int, damping: float = 0.01, block: int = 128, full_range: bool = False) -> torch.Tensor:
+def gptq_codes(
+    weight: torch.Tensor, hessian: torch.Tensor, element_scales: torch.Tensor, num_bits: int, damping: float = 0.01, block: int = 128, full_range: bool = False
+) -> torch.Tensor:
     """int8 codes [out, in] of ``weight`` on the grid ``element_scales`` ([out, in] or
     [out, 1]), rounded by GPTQ against ``hessian`` = Σ xᵀx of the layer's inputs [in, in].
     ``damping`` × mean(diag H) is added to the diagonal (the paper's λ). ``full_range``:

@@ -5,7 +5,7 @@ with FP weights (Eq. 1), so the weight error only ever multiplies the clipped in
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 import torch
 from tqdm.auto import tqdm
@@ -17,7 +17,9 @@ __all__ = ["collect_input_hessians"]
 
 
 @torch.no_grad()
-def collect_input_hessians(layout: DecoderLayout, plan: ShadowPlan, sequences: torch.Tensor, batch_size: int = 4, progress: bool = True, sites: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+def collect_input_hessians(
+    layout: DecoderLayout, plan: ShadowPlan, sequences: torch.Tensor, batch_size: int = 4, progress: bool = True, sites: Iterable[str] | None = None
+) -> dict[str, torch.Tensor]:
     """Per NPU Linear name: the float64 Σ clip(x)ᵀ clip(x) [in, in] of its site's input over
     ``sequences`` (the FP model; the Linears of a site share one tensor). ``sites``: the
     site names (first Linears) to collect, default all."""

@@ -11,8 +11,8 @@ rounded onto the full-range LPBQ grid, GPTQ compensating the offsets' rounding t
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 import torch
 from safetensors import safe_open
@@ -24,7 +24,17 @@ from quantkit.quant_primitives import block_offsets, lpbq_scales, quantize_symme
 from quantkit.runtime.qdq import LPBQ_MAX_BLOCK_SCALE, OFFSET_FORMATS, QuantizedWeight, offsets_per_input, packed_weight_bytes, weight_grid
 from quantkit.weights.gptq import gptq_codes
 
-__all__ = ["WeightCodes", "WEIGHT_ROUNDINGS", "WEIGHT_BLOCK_OFFSETS", "WEIGHTS_FILE", "quantize_weight", "quantized_weights", "save_weights", "load_weights", "int8_weight_bytes"]
+__all__ = [
+    "WeightCodes",
+    "WEIGHT_ROUNDINGS",
+    "WEIGHT_BLOCK_OFFSETS",
+    "WEIGHTS_FILE",
+    "quantize_weight",
+    "quantized_weights",
+    "save_weights",
+    "load_weights",
+    "int8_weight_bytes",
+]
 
 WeightCodes = dict[str, QuantizedWeight]  # Linear name → its NPU weight
 WEIGHT_ROUNDINGS = ("nearest", "gptq")
@@ -32,7 +42,15 @@ WEIGHT_BLOCK_OFFSETS = ("none", *OFFSET_FORMATS)  # LPBQ symmetric, or with an o
 WEIGHTS_FILE = "weights.safetensors"
 
 
-def quantize_weight(weight: torch.Tensor, bits: int = 8, rule: str = "mse", block_size: int | None = None, rounding: str = "nearest", hessian: torch.Tensor | None = None, offsets: str = "none") -> QuantizedWeight:
+def quantize_weight(
+    weight: torch.Tensor,
+    bits: int = 8,
+    rule: str = "mse",
+    block_size: int | None = None,
+    rounding: str = "nearest",
+    hessian: torch.Tensor | None = None,
+    offsets: str = "none",
+) -> QuantizedWeight:
     """One [out, in] weight on the NPU grid: scales by ``rule`` (per channel, or LPBQ per
     block of ``block_size``), codes by ``rounding`` (``"gptq"`` needs the ``hessian``).
     Given a ``hessian``, the ``"mse"`` scales weight each input's error by its diagonal
@@ -87,7 +105,9 @@ def quantized_weights(
     for name in tqdm(names, desc=f"W{bits} weights ({rounding})", unit="linear", disable=not progress):
         linear = layout.linear(name)
         blocks = block_size if block_size and linear.bias is None else None
-        codes[name] = quantize_weight(linear.weight, bits, rule, blocks, rounding, None if hessians is None else hessians.get(name), offsets if blocks is not None else "none")
+        codes[name] = quantize_weight(
+            linear.weight, bits, rule, blocks, rounding, None if hessians is None else hessians.get(name), offsets if blocks is not None else "none"
+        )
     return codes
 
 
@@ -120,6 +140,15 @@ def load_weights(path: Path) -> WeightCodes:
         weights = {}
         for name, value in (handle.metadata() or {}).items():
             bits, block, *offset_bits = (int(v) for v in value.split(":"))  # offset bits: written since int4 offsets
-            optional = {key: handle.get_tensor(f"{name}.{key}") if f"{name}.{key}" in stored else None for key in ("block_scales", "offset_codes", "offset_scales")}
-            weights[name] = QuantizedWeight(handle.get_tensor(f"{name}.codes"), handle.get_tensor(f"{name}.scales"), bits, block or None, **optional, offset_bits=offset_bits[0] if offset_bits else 8)
+            optional = {
+                key: handle.get_tensor(f"{name}.{key}") if f"{name}.{key}" in stored else None for key in ("block_scales", "offset_codes", "offset_scales")
+            }
+            weights[name] = QuantizedWeight(
+                handle.get_tensor(f"{name}.codes"),
+                handle.get_tensor(f"{name}.scales"),
+                bits,
+                block or None,
+                **optional,
+                offset_bits=offset_bits[0] if offset_bits else 8,
+            )
     return weights

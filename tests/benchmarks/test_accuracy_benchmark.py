@@ -22,16 +22,61 @@ def _load_script():
 
 def test_accuracy_benchmark_writes_every_method(tmp_path, tiny_model_folder):
     calib = tmp_path / "calib"
-    calibrate(calib, CalibrationConfig.preset(model=str(tiny_model_folder), num_sequences=4, seq_len=32, aimet_num_sequences=2, eval_num_sequences=2, eval_seq_len=32, sensitivity_num_sequences=1, sensitivity_seq_len=32, activation_bits="auto"), progress=False)
+    calibrate(
+        calib,
+        CalibrationConfig.preset(
+            model=str(tiny_model_folder),
+            num_sequences=4,
+            seq_len=32,
+            aimet_num_sequences=2,
+            eval_num_sequences=2,
+            eval_seq_len=32,
+            sensitivity_num_sequences=1,
+            sensitivity_seq_len=32,
+            activation_bits="auto",
+        ),
+        progress=False,
+    )
     out = tmp_path / "results"
-    code = _load_script().main(["--model", str(tiny_model_folder), "--calib", str(calib), "--out", str(out), "--test-sequences", "2", "--test-seq-len", "32", "--alphas", "0.5,0.8", "--bytes-budget", "0.6"])
+    code = _load_script().main(
+        [
+            "--model",
+            str(tiny_model_folder),
+            "--calib",
+            str(calib),
+            "--out",
+            str(out),
+            "--test-sequences",
+            "2",
+            "--test-seq-len",
+            "32",
+            "--alphas",
+            "0.5,0.8",
+            "--bytes-budget",
+            "0.6",
+        ]
+    )
     assert code == 0
     result = json.loads((out / "accuracy.json").read_text())
     rows = {row["method"]: row for row in result["rows"]}
     assert list(rows) == [
-        "fp", "naive_w8a8", "naive_w8a16", "naive_w4a16", "smoothquant_static", "llm_int8", "quantkit_w8a16", "quantkit_w8a8", "quantkit_auto",
-        "quantkit_w4a16", "quantkit_w4a16_block64", "quantkit_w4a16_block32", "quantkit_w4a16_block32_offsets", "quantkit_w4a16_block32_int4_offsets",
-        "quantkit_w4a16_block32_int4_offsets_mlp", "quantkit_w4a16_block32_int4_offsets_60pct", "quantkit_w4_auto_block32",
+        "fp",
+        "naive_w8a8",
+        "naive_w8a16",
+        "naive_w4a16",
+        "smoothquant_static",
+        "llm_int8",
+        "quantkit_w8a16",
+        "quantkit_w8a8",
+        "quantkit_auto",
+        "quantkit_w4a16",
+        "quantkit_w4a16_block64",
+        "quantkit_w4a16_block32",
+        "quantkit_w4a16_block32_offsets",
+        "quantkit_w4a16_block32_int4_offsets",
+        "quantkit_w4a16_block32_int4_offsets_mlp",
+        "quantkit_w4a16_block32_int4_offsets_60pct",
+        "quantkit_w4_auto_block32",
     ]
     for row in result["rows"]:
         assert row["ppl"] > 1 and set(row) >= {"method", "ppl", "npu_blocks", "shadow_bytes", "a8_mac_share"}

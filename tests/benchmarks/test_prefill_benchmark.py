@@ -14,7 +14,20 @@ def test_prefill_benchmark_measures_every_configuration(tmp_path, tiny_model_fol
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     calib = tmp_path / "calib"
-    calibrate(calib, CalibrationConfig.preset(model=str(tiny_model_folder), num_sequences=4, seq_len=32, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=32, sensitivity_num_sequences=1, sensitivity_seq_len=32), progress=False)
+    calibrate(
+        calib,
+        CalibrationConfig.preset(
+            model=str(tiny_model_folder),
+            num_sequences=4,
+            seq_len=32,
+            aimet_num_sequences=1,
+            eval_num_sequences=2,
+            eval_seq_len=32,
+            sensitivity_num_sequences=1,
+            sensitivity_seq_len=32,
+        ),
+        progress=False,
+    )
     out = tmp_path / "results"
     assert module.main(["--model", str(tiny_model_folder), "--calib", str(calib), "--out", str(out), "--prompt-tokens", "300", "--repeats", "2"]) == 0
     result = json.loads((out / "prefill.json").read_text())

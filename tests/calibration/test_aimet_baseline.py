@@ -2,10 +2,10 @@ import json
 
 import pytest
 import torch
+from quantkit.eval.perplexity import perplexity
 
 from quantkit.calibration.aimet_baseline import build_quantsim, build_w8a8_quantsim, compute_w8a8_encodings, quantsim_encodings_1_0_0
 from quantkit.calibration.collect import collect_activation_statistics
-from quantkit.eval.perplexity import perplexity
 from quantkit.models.architecture import find_decoder_layout
 from tests.conftest import TINY_VOCAB, tiny_model
 

@@ -3,9 +3,9 @@ import torch
 
 from quantkit.calibration.collect import collect_activation_statistics
 from quantkit.calibration.observers import ObserverPass
-from quantkit.statistics import ActivationStatistics
 from quantkit.errors import ResumeMismatchError
 from quantkit.models.architecture import find_decoder_layout
+from quantkit.statistics import ActivationStatistics
 from tests.conftest import PLANTED_CHANNELS, TINY_FAMILIES, TINY_VOCAB, tiny_model
 
 

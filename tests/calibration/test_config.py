@@ -10,13 +10,42 @@ from quantkit.errors import ConfigError, QuantkitError
 
 # A config.json as calibrate wrote it before the sections (version 1), w8a16 preset.
 FLAT_V1 = {
-    "precision": "w8a16", "model": "smollm2-135m", "data": "enwiki", "num_sequences": 16, "seq_len": 256, "batch_size": 2,
-    "outlier_quantile": 0.995, "aimet_num_sequences": 4, "aimet_config": "default", "eval_num_sequences": 8, "eval_seq_len": 512,
-    "scale_rule": "paper", "k": 2.0, "hot_coverage": 0.8, "max_resident_fraction": 0.02, "prune_fraction": 0.5, "pruned_scale_rule": "max",
-    "weight_scale_rule": "mse", "max_output_channels": 4, "output_outlier_ratio": 2.0, "accuracy_budget": 0.01, "activation_bits": "16",
-    "weight_bits": "8", "weight_block_size": 32, "weight_rounding": "gptq", "weight_block_offsets": "none", "weight_block_offset_graphs": "qkv,o,gate_up,down",
-    "weight_bytes_budget": 0.0, "sensitivity_num_sequences": 4, "sensitivity_seq_len": 256, "sink_tokens": 0, "rotation": "none",
-    "search_realizations": 3, "bundle_chunk_size": 256, "device": "cpu", "version": 1,
+    "precision": "w8a16",
+    "model": "smollm2-135m",
+    "data": "enwiki",
+    "num_sequences": 16,
+    "seq_len": 256,
+    "batch_size": 2,
+    "outlier_quantile": 0.995,
+    "aimet_num_sequences": 4,
+    "aimet_config": "default",
+    "eval_num_sequences": 8,
+    "eval_seq_len": 512,
+    "scale_rule": "paper",
+    "k": 2.0,
+    "hot_coverage": 0.8,
+    "max_resident_fraction": 0.02,
+    "prune_fraction": 0.5,
+    "pruned_scale_rule": "max",
+    "weight_scale_rule": "mse",
+    "max_output_channels": 4,
+    "output_outlier_ratio": 2.0,
+    "accuracy_budget": 0.01,
+    "activation_bits": "16",
+    "weight_bits": "8",
+    "weight_block_size": 32,
+    "weight_rounding": "gptq",
+    "weight_block_offsets": "none",
+    "weight_block_offset_graphs": "qkv,o,gate_up,down",
+    "weight_bytes_budget": 0.0,
+    "sensitivity_num_sequences": 4,
+    "sensitivity_seq_len": 256,
+    "sink_tokens": 0,
+    "rotation": "none",
+    "search_realizations": 3,
+    "bundle_chunk_size": 256,
+    "device": "cpu",
+    "version": 1,
 }
 
 
@@ -64,7 +93,11 @@ def test_unknown_names_are_refused_listing_the_valid_ones():
         (OutlierConfig, {"k": 0.5}, r"k: got 0.5, expected ≥ 1"),
         (OutlierConfig, {"scale_rule": "max"}, "scale_rule: got 'max', expected one of paper, mse"),
         (WeightConfig, {"weight_block_size": 20}, "weight_block_size: got 20, expected 0 .per output channel. or a multiple of 16"),
-        (WeightConfig, {"weight_block_offset_graphs": "qkv,ffn"}, "weight_block_offset_graphs: got 'qkv,ffn', expected a comma-separated list of graph kinds from qkv, o, gate_up, down"),
+        (
+            WeightConfig,
+            {"weight_block_offset_graphs": "qkv,ffn"},
+            "weight_block_offset_graphs: got 'qkv,ffn', expected a comma-separated list of graph kinds from qkv, o, gate_up, down",
+        ),
         (WeightConfig, {"weight_block_offsets": "int4"}, "block offsets belong to 4-bit LPBQ weights"),
     ],
 )
@@ -88,7 +121,9 @@ def _write(path, text):
 
 
 def test_a_yaml_recipe_is_read_by_section_with_yaml_numbers_as_the_settings_types(tmp_path):
-    recipe = _write(tmp_path / "r.yaml", "precision: w4a16\nmodel: tiny\nstatistics:\n  num_sequences: 16\nsearch:\n  accuracy_budget: 0\nweights:\n  weight_bits: 4\n")
+    recipe = _write(
+        tmp_path / "r.yaml", "precision: w4a16\nmodel: tiny\nstatistics:\n  num_sequences: 16\nsearch:\n  accuracy_budget: 0\nweights:\n  weight_bits: 4\n"
+    )
     assert load_recipe(recipe) == {"precision": "w4a16", "model": "tiny", "num_sequences": 16, "accuracy_budget": 0.0, "weight_bits": "4"}
     assert isinstance(load_recipe(recipe)["accuracy_budget"], float)
 

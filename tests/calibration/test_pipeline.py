@@ -12,7 +12,17 @@ from tests.conftest import PLANTED_CHANNELS
 
 
 def _config(folder, **overrides):
-    values = dict(model=str(folder), num_sequences=4, seq_len=32, batch_size=2, aimet_num_sequences=2, eval_num_sequences=2, eval_seq_len=32, sensitivity_num_sequences=1, sensitivity_seq_len=32)
+    values = dict(
+        model=str(folder),
+        num_sequences=4,
+        seq_len=32,
+        batch_size=2,
+        aimet_num_sequences=2,
+        eval_num_sequences=2,
+        eval_seq_len=32,
+        sensitivity_num_sequences=1,
+        sensitivity_seq_len=32,
+    )
     values.update(overrides)
     return CalibrationConfig.preset(**values)
 
@@ -95,7 +105,11 @@ def test_too_little_data_is_a_clear_error(tmp_path, tiny_model_folder):
 
 @pytest.mark.parametrize(
     "field, value, message",
-    [("num_sequences", 0, "num_sequences: got 0, expected a positive integer"), ("outlier_quantile", 1.5, "outlier_quantile: got 1.5"), ("aimet_num_sequences", 64, "at most num_sequences")],
+    [
+        ("num_sequences", 0, "num_sequences: got 0, expected a positive integer"),
+        ("outlier_quantile", 1.5, "outlier_quantile: got 1.5"),
+        ("aimet_num_sequences", 64, "at most num_sequences"),
+    ],
 )
 def test_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):
@@ -122,20 +136,25 @@ def test_summary_perplexity_is_the_exported_bundles(tmp_path, tiny_model_folder)
     """The summary's quantkit figure is what ships: the bundle exported at the
     calibration's chunk size gives exactly that validation perplexity through the
     runtime, and one exported at another chunk size the same up to float summation order."""
-    from quantkit.data.corpus import load_documents, token_sequences
     from quantkit.eval.perplexity import perplexity
+    from quantkit.runtime.engine import BundleModel
+
+    from quantkit.data.corpus import load_documents, token_sequences
     from quantkit.export import export_bundle
     from quantkit.models.loading import load_model
     from quantkit.precision import PrecisionPlan
-    from quantkit.runtime.engine import BundleModel
 
     config = _config(tiny_model_folder, accuracy_budget=0.0, activation_bits="auto", bundle_chunk_size=16)  # the search promotes graphs, then places blocks
     result = calibrate(tmp_path / "calib", config, progress=False)
     precision = PrecisionPlan.load(result.out / "precision.json")
     summary = json.loads((result.out / "summary.json").read_text())
     assert precision.mode == "auto" and precision.search_
-    assert summary["a8_mac_share"] == pytest.approx(precision.a8_mac_share({b for b, p in enumerate(json.loads((result.out / "placement.json").read_text())["placement"]) if p == "npu"}))
-    assert "NPU graphs at A8" in result.summary and "confirmation (other validation windows" in result.summary and "exported bundle (chunk 16)" in result.summary
+    assert summary["a8_mac_share"] == pytest.approx(
+        precision.a8_mac_share({b for b, p in enumerate(json.loads((result.out / "placement.json").read_text())["placement"]) if p == "npu"})
+    )
+    assert (
+        "NPU graphs at A8" in result.summary and "confirmation (other validation windows" in result.summary and "exported bundle (chunk 16)" in result.summary
+    )
     # every graph at A8 is measured first; per-graph sensitivities and promotions only when its upper bound is over
     assert all(point["ppl_lower"] <= point["ppl"] <= point["ppl_upper"] for point in precision.search_)
     every_graph_a8 = precision.search_[0]
@@ -147,7 +166,9 @@ def test_summary_perplexity_is_the_exported_bundles(tmp_path, tiny_model_folder)
     assert len(realizations) == (3 if summary["a8_mac_share"] > 0 else 1)  # every graph A16: the draws agree, one is measured
     assert all(abs(v / summary["confirmation"]["fp"] - 1) < 0.2 for v in realizations)
     loaded = load_model(config.model)
-    validation = token_sequences(loaded.tokenizer, load_documents(config.data, "validation"), config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len)
+    validation = token_sequences(
+        loaded.tokenizer, load_documents(config.data, "validation"), config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len
+    )
     measured = {}
     for chunk in (16, 8):
         runtime = BundleModel(export_bundle(result.out, tmp_path / f"bundle{chunk}", chunk_size=chunk, progress=False))

@@ -26,7 +26,12 @@ def test_a_flag_overrides_one_setting_of_the_preset():
     from quantkit.cli import _calibration_config
 
     config = _calibration_config(args)
-    assert config.precision == "w4a16" and config.search.accuracy_budget == 0.02 and config.weights.weight_bits == "4" and config.weights.weight_bytes_budget == 0.55
+    assert (
+        config.precision == "w4a16"
+        and config.search.accuracy_budget == 0.02
+        and config.weights.weight_bits == "4"
+        and config.weights.weight_bytes_budget == 0.55
+    )
     assert _calibration_config(parser.parse_args(["calibrate"])) == CalibrationConfig()
 
 

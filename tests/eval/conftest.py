@@ -16,6 +16,15 @@ def tiny_bundle(tmp_path_factory, tiny_tokenizer):
     folder = root / "model"
     tiny_model("llama", planted_outliers=True).save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
-    config = CalibrationConfig.preset(model=str(folder), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64, sensitivity_num_sequences=1, sensitivity_seq_len=32)
+    config = CalibrationConfig.preset(
+        model=str(folder),
+        num_sequences=4,
+        seq_len=64,
+        aimet_num_sequences=1,
+        eval_num_sequences=2,
+        eval_seq_len=64,
+        sensitivity_num_sequences=1,
+        sensitivity_seq_len=32,
+    )
     calibrate(root / "calib", config, progress=False)
     return export_bundle(root / "calib", root / "bundle", chunk_size=CHUNK, progress=False)

@@ -5,10 +5,10 @@ import json
 import math
 
 import pytest
+from quantkit.eval import OFFLINE_TASKS, evaluate, results_table
 
 from quantkit.cli import main
 from quantkit.errors import EvaluationError
-from quantkit.eval import OFFLINE_TASKS, evaluate, results_table
 
 LIMIT = 3
 
@@ -91,7 +91,21 @@ def test_lm_eval_command_line_runs_the_quantkit_model(tiny_bundle, tmp_path):
     """`quantkit lm-eval` takes exactly lm-eval's arguments and gives evaluate()'s numbers."""
     tasks = _own_task(tmp_path / "my_tasks", tmp_path / "my_text.jsonl")
     out = tmp_path / "lm_eval_out"
-    code = main(["lm-eval", "--model", "quantkit", "--model_args", f"bundle={tiny_bundle}", "--tasks", "my_own_text", "--include_path", str(tasks), "--output_path", str(out)])
+    code = main(
+        [
+            "lm-eval",
+            "--model",
+            "quantkit",
+            "--model_args",
+            f"bundle={tiny_bundle}",
+            "--tasks",
+            "my_own_text",
+            "--include_path",
+            str(tasks),
+            "--output_path",
+            str(out),
+        ]
+    )
     assert code == 0
     written = [json.loads(p.read_text()) for p in out.rglob("results_*.json")]
     assert written, list(out.rglob("*"))

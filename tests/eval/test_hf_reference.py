@@ -5,9 +5,9 @@ import pytest
 import torch
 from lm_eval.api.instance import Instance
 from lm_eval.models.huggingface import HFLM
+from quantkit.eval.hf_reference import ScoredPositionsHFLM, context_batches, positions_to_keep, shared_context_groups
 
 from quantkit.data.corpus import load_documents
-from quantkit.eval.hf_reference import ScoredPositionsHFLM, context_batches, positions_to_keep, shared_context_groups
 
 MAX_LENGTH = 64
 
@@ -25,7 +25,15 @@ def test_positions_to_keep_covers_every_rows_continuation():
 
 
 def test_shared_context_groups_are_shared_multi_token_untruncated_contexts():
-    requests = [(None, [1, 2], [3]), (None, [1, 2], [4, 5]), (None, [1, 2], [6]), (None, [7], [8]), (None, [7], [9]), (None, [1] * 9, [2, 3]), (None, [1] * 9, [4, 5])]
+    requests = [
+        (None, [1, 2], [3]),
+        (None, [1, 2], [4, 5]),
+        (None, [1, 2], [6]),
+        (None, [7], [8]),
+        (None, [7], [9]),
+        (None, [1] * 9, [2, 3]),
+        (None, [1] * 9, [4, 5]),
+    ]
     # [1, 2] is shared with a multi-token option; [7]'s options are one token each (lm-eval
     # already runs those once); [1]*9 would be left-truncated at max_length 9.
     assert shared_context_groups(requests, max_length=9) == {(1, 2): [0, 1, 2]}
@@ -60,7 +68,10 @@ def test_scores_equal_lm_evals_hf_model_with_fewer_lm_head_positions(models, mon
     words = " ".join(load_documents("enwiki", "validation")[0].split()[:400]).split()
     # Contexts of many lengths (one longer than max_length: left-truncated), one- and
     # several-word continuations, and a context shared by four options.
-    requests = [(" ".join(words[i : i + n]), " " + " ".join(words[i + n : i + n + k])) for i, (n, k) in enumerate([(3, 1), (8, 1), (20, 3), (5, 2), (60, 1), (12, 5), (30, 1), (7, 1), (2, 4)])]
+    requests = [
+        (" ".join(words[i : i + n]), " " + " ".join(words[i + n : i + n + k]))
+        for i, (n, k) in enumerate([(3, 1), (8, 1), (20, 3), (5, 2), (60, 1), (12, 5), (30, 1), (7, 1), (2, 4)])
+    ]
     requests += [(" ".join(words[100:110]), " " + word) for word in words[110:114]]
     # A context shared by options of several words (scored once, options from its KV cache).
     requests += [(" ".join(words[200:206]), " " + " ".join(words[206 + 3 * k : 206 + 3 * k + k + 1])) for k in range(4)]
@@ -68,7 +79,11 @@ def test_scores_equal_lm_evals_hf_model_with_fewer_lm_head_positions(models, mon
     hf_positions, scored_positions = _lm_head_positions(hf), _lm_head_positions(scored)
     shared_contexts = []
     score_shared_contexts = scored._score_shared_contexts
-    monkeypatch.setattr(scored, "_score_shared_contexts", lambda contexts, continuations: shared_contexts.append(tuple(map(len, continuations))) or score_shared_contexts(contexts, continuations))
+    monkeypatch.setattr(
+        scored,
+        "_score_shared_contexts",
+        lambda contexts, continuations: shared_contexts.append(tuple(map(len, continuations))) or score_shared_contexts(contexts, continuations),
+    )
     expected, got = hf.loglikelihood(instances, disable_tqdm=True), scored.loglikelihood(instances, disable_tqdm=True)
     # Both four-option contexts (a word is several tokens of the tiny tokenizer), of two
     # lengths, in one padded batch.

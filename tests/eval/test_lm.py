@@ -6,11 +6,11 @@ import math
 import pytest
 import torch
 from lm_eval.api.instance import Instance
-
-from quantkit.errors import EvaluationError
 from quantkit.eval.lm import QuantkitLM, plan_prefixes
 from quantkit.runtime.bundle import BundleError
 from quantkit.runtime.engine import BundleModel
+
+from quantkit.errors import EvaluationError
 
 TEXT = (
     "The participating institutions each broadcast, in real time, a frequency signal with timecodes, "
@@ -160,4 +160,6 @@ def test_packed_scoring_equals_one_prefill_per_input(tiny_bundle):
     got = packed.loglikelihood(_instances("loglikelihood", requests), disable_tqdm=True)
     assert got == unpacked.loglikelihood(_instances("loglikelihood", requests), disable_tqdm=True)
     rolling = [(TEXT,), (TEXT[30:],)]
-    assert packed.loglikelihood_rolling(_instances("loglikelihood_rolling", rolling), disable_tqdm=True) == unpacked.loglikelihood_rolling(_instances("loglikelihood_rolling", rolling), disable_tqdm=True)
+    assert packed.loglikelihood_rolling(_instances("loglikelihood_rolling", rolling), disable_tqdm=True) == unpacked.loglikelihood_rolling(
+        _instances("loglikelihood_rolling", rolling), disable_tqdm=True
+    )

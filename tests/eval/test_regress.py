@@ -5,10 +5,10 @@ import json
 import xml.etree.ElementTree as ElementTree
 
 import pytest
+from quantkit.eval.regress import SUITES_DIR, Suite, TaskCheck, compare, load_suite, run_suite
 
 from quantkit.cli import main
 from quantkit.errors import EvaluationError
-from quantkit.eval.regress import SUITES_DIR, Suite, TaskCheck, compare, load_suite, run_suite
 
 SUITE = """
 suite: tiny
@@ -48,9 +48,18 @@ def test_shipped_suite_loads():
         ("reference: x\ntasks: {t: {metric: acc, min_ratio_to_reference: high}}\ncandidates: {a: {bundle: b}}", "min_ratio_to_reference must be a number"),
         ("reference: x\ntasks: {t: {metric: acc, min_ratio: 0.9}}\ncandidates: {a: {bundle: b}}", "unknown key(s) min_ratio"),
         ("reference: x\ntasks: {t: {metric: acc, min_value: 0.1}}\ncandidates: {a: b}", "must be {bundle: PATH}"),
-        ("reference: x\ntask_data: {num_items: 5}\ntasks: {t: {metric: acc, min_value: 0.1}}\ncandidates: {a: {bundle: b}}", "task_data: unknown key(s) num_items"),
-        ("reference: x\ntask_data: {num_lastword: many}\ntasks: {t: {metric: acc, min_value: 0.1}}\ncandidates: {a: {bundle: b}}", "task_data.num_lastword must be an integer"),
-        ("reference: x\ntask_data: {num_lastword: 0}\ntasks: {t: {metric: acc, min_value: 0.1}}\ncandidates: {a: {bundle: b}}", "num_lastword: got 0, expected at least 1"),
+        (
+            "reference: x\ntask_data: {num_items: 5}\ntasks: {t: {metric: acc, min_value: 0.1}}\ncandidates: {a: {bundle: b}}",
+            "task_data: unknown key(s) num_items",
+        ),
+        (
+            "reference: x\ntask_data: {num_lastword: many}\ntasks: {t: {metric: acc, min_value: 0.1}}\ncandidates: {a: {bundle: b}}",
+            "task_data.num_lastword must be an integer",
+        ),
+        (
+            "reference: x\ntask_data: {num_lastword: 0}\ntasks: {t: {metric: acc, min_value: 0.1}}\ncandidates: {a: {bundle: b}}",
+            "num_lastword: got 0, expected at least 1",
+        ),
         ("reference: x\ntask_data: 2000\ntasks: {t: {metric: acc, min_value: 0.1}}\ncandidates: {a: {bundle: b}}", "task_data must map settings to values"),
     ],
 )
@@ -67,7 +76,10 @@ def test_checks_against_the_reference_floors_and_baselines():
     suite = Suite(
         "s",
         "fp",
-        (TaskCheck("acc_task", "acc", min_ratio_to_reference=0.99, min_value=0.3), TaskCheck("ppl_task", "word_perplexity", max_relative_increase=0.01, max_value=30)),
+        (
+            TaskCheck("acc_task", "acc", min_ratio_to_reference=0.99, min_value=0.3),
+            TaskCheck("ppl_task", "word_perplexity", max_relative_increase=0.01, max_value=30),
+        ),
         {"a": "x", "b": "y"},
     )
     reference = {"acc_task": 0.50, "ppl_task": 20.0}
@@ -208,7 +220,9 @@ def test_include_path_and_reference_batching_reach_evaluate(tmp_path, tiny_bundl
     (tmp_path / "my_tasks" / "mine.yaml").write_text("task: mine\n")
     path = tmp_path / "suite.yaml"
     reference_model = tiny_bundle.parent / "model"
-    path.write_text(f"reference: {reference_model}\ninclude_path: my_tasks\nreference_batch_size: 8\ntasks:\n  mine: {{metric: acc, min_value: 0.1}}\ncandidates:\n  q: {{bundle: {tiny_bundle}}}\n")
+    path.write_text(
+        f"reference: {reference_model}\ninclude_path: my_tasks\nreference_batch_size: 8\ntasks:\n  mine: {{metric: acc, min_value: 0.1}}\ncandidates:\n  q: {{bundle: {tiny_bundle}}}\n"
+    )
     suite = load_suite(path)
     assert suite.include_paths == (tmp_path / "my_tasks",) and suite.reference_batch_size == 8
     calls = []

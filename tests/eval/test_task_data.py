@@ -4,8 +4,6 @@ item obeys the rule its module docstring states."""
 import re
 
 import pytest
-
-from quantkit.errors import DataError
 from quantkit.eval import task_data
 from quantkit.eval.task_data import (
     LENGTH_TOLERANCE,
@@ -18,6 +16,8 @@ from quantkit.eval.task_data import (
     running_text_segments,
     sentence_spans,
 )
+
+from quantkit.errors import DataError
 
 SEED = 1234
 

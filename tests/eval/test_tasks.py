@@ -4,9 +4,9 @@ settings change, and found by lm-eval through the TaskManager."""
 import json
 
 import pytest
+from quantkit.eval.tasks import OFFLINE_GROUP, OFFLINE_TASKS, TaskDataConfig, build_task_data, check_task_names, default_task_folder, task_manager
 
 from quantkit.errors import EvaluationError
-from quantkit.eval.tasks import OFFLINE_GROUP, OFFLINE_TASKS, TaskDataConfig, build_task_data, check_task_names, default_task_folder, task_manager
 
 SMALL = TaskDataConfig(num_docs=4, num_lastword=6, num_choice=5)
 
@@ -58,7 +58,9 @@ def test_task_manager_loads_the_offline_tasks(built):
 def test_unknown_task_names_the_offline_tasks(built):
     manager = task_manager(SMALL, include_defaults=False, folder=built[0])
     check_task_names(manager, ["quantkit_choice"])
-    with pytest.raises(EvaluationError, match="unknown task 'quantkit_choise'; the offline tasks are quantkit_offline .*quantkit_wikitext, quantkit_lastword, quantkit_choice"):
+    with pytest.raises(
+        EvaluationError, match="unknown task 'quantkit_choise'; the offline tasks are quantkit_offline .*quantkit_wikitext, quantkit_lastword, quantkit_choice"
+    ):
         check_task_names(manager, ["quantkit_choice", "quantkit_choise"])
 
 

@@ -8,6 +8,8 @@ import onnx
 import pytest
 import torch
 from onnx import numpy_helper
+from quantkit.runtime.bundle import BundleError, file_sha256, load_manifest
+from quantkit.runtime.sessions import cpu_session
 from safetensors.torch import load_file
 
 import quantkit.export.bundle as bundle_module
@@ -16,10 +18,8 @@ from quantkit.cli import main
 from quantkit.errors import QuantkitError
 from quantkit.export import export_bundle, lint_bundle
 from quantkit.export.lint import MIN_SQNR_DB, SQNR_MARGIN_DB
-from quantkit.runtime.sessions import cpu_session
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan
-from quantkit.runtime.bundle import BundleError, file_sha256, load_manifest
 
 CHUNK = 16
 
@@ -34,7 +34,16 @@ def tiny_bundle(tmp_path_factory, tiny_tokenizer):
     plant_output_outliers(model)
     model.save_pretrained(model_folder)
     tiny_tokenizer.save_pretrained(model_folder)
-    config = CalibrationConfig.preset(model=str(model_folder), num_sequences=4, seq_len=32, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=32, sensitivity_num_sequences=1, sensitivity_seq_len=32)
+    config = CalibrationConfig.preset(
+        model=str(model_folder),
+        num_sequences=4,
+        seq_len=32,
+        aimet_num_sequences=1,
+        eval_num_sequences=2,
+        eval_seq_len=32,
+        sensitivity_num_sequences=1,
+        sensitivity_seq_len=32,
+    )
     calibrate(root / "calib", config, progress=False)
     export_bundle(root / "calib", root / "bundle", chunk_size=CHUNK, activation_bits=8, progress=False)  # the paper's INT8 scheme
     return root
@@ -67,7 +76,16 @@ def test_bundle_has_the_designed_layout(tiny_bundle):
     for graph in manifest["graphs"]:
         assert graph["input_shape"][:2] == [1, CHUNK]
         assert graph["converter_command"].startswith(f"qnn-onnx-converter --input_network {graph['file']} --quantization_overrides encodings.json")
-    for name in ("encodings.json", "shadow.safetensors", "shadow_cold.safetensors", "cpu.safetensors", "tokenizer/tokenizer.json", "shadow_plan.json", "report/index.html", "report/outlier_heatmap.png"):
+    for name in (
+        "encodings.json",
+        "shadow.safetensors",
+        "shadow_cold.safetensors",
+        "cpu.safetensors",
+        "tokenizer/tokenizer.json",
+        "shadow_plan.json",
+        "report/index.html",
+        "report/outlier_heatmap.png",
+    ):
         assert name in manifest["files"], name
     assert not any(p.suffix in {".pkl", ".pt", ".bin"} and "qnn" not in p.name for p in bundle.rglob("*"))  # no pickle
     assert lint_bundle(bundle).ok
@@ -77,10 +95,11 @@ def test_graphs_serialise_the_records_calibration_measured_with(tiny_bundle):
     """One definition: the records the export built each graph from (the ones calibration's
     DeployedLinear runs) come back bit for bit from the graph's initializers, and ONNX
     Runtime computes them up to float summation order (at most one output step, rarely)."""
-    from quantkit.outlier_shadow.simulated_linear import deployed_record
-    from quantkit.weights import WEIGHTS_FILE, load_weights
-    from quantkit.precision import PrecisionPlan
     from quantkit.runtime.npu import records_from_graph
+
+    from quantkit.outlier_shadow.simulated_linear import deployed_record
+    from quantkit.precision import PrecisionPlan
+    from quantkit.weights import WEIGHTS_FILE, load_weights
 
     bundle = tiny_bundle / "bundle"
     manifest = load_manifest(bundle)
@@ -100,7 +119,10 @@ def test_graphs_serialise_the_records_calibration_measured_with(tiny_bundle):
         outputs = cpu_session(bundle / graph["file"]).run(None, {graph["input"]: x.numpy()})
         for name, record, got in zip(site.linear_names, read_back, outputs):
             built = deployed_record(loaded.layout.linear(name), name, site, graph_precision.activation_bits, graph_precision.output_clip(name), weights[name])
-            assert torch.equal(built.weight.dequantize(), record.weight.dequantize()) and (built.weight.bits, built.weight.block_size) == (record.weight.bits, record.weight.block_size)
+            assert torch.equal(built.weight.dequantize(), record.weight.dequantize()) and (built.weight.bits, built.weight.block_size) == (
+                record.weight.bits,
+                record.weight.block_size,
+            )
             assert (built.input_scale, built.output_scale, built.bits) == (record.input_scale, record.output_scale, record.bits)
             assert (built.bias_codes is None) == (record.bias_codes is None)
             if built.bias_codes is not None:
@@ -217,7 +239,11 @@ def test_w8a16_bundle_runs_on_qnn_htp(tiny_bundle, tmp_path):
     manifest = load_manifest(bundle)
     assert manifest["quantization"]["activation_bits"] == 16 and manifest["quantization"]["a8_mac_share"] == 0.0
     graph = onnx.load(str(bundle / manifest["graphs"][0]["file"]))
-    zero_points = {init.name: init.data_type for init in graph.graph.initializer if init.name.endswith(".zero_point") and ".weight" not in init.name and ".bias" not in init.name}
+    zero_points = {
+        init.name: init.data_type
+        for init in graph.graph.initializer
+        if init.name.endswith(".zero_point") and ".weight" not in init.name and ".bias" not in init.name
+    }
     assert set(zero_points.values()) == {onnx.TensorProto.INT16}
     encodings = json.loads((bundle / "encodings.json").read_text())
     assert {e["bw"] for e in encodings["activation_encodings"]} == {16}

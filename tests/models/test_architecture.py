@@ -11,7 +11,10 @@ def test_every_supported_family_is_found_by_structure(family):
     assert layout.num_blocks == 2
     names = layout.linear_names()
     assert len(names) == 2 * 7
-    assert names[:7] == [f"model.layers.0.{n}" for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")]
+    assert names[:7] == [
+        f"model.layers.0.{n}"
+        for n in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj", "mlp.gate_proj", "mlp.up_proj", "mlp.down_proj")
+    ]
     sites = layout.input_sites()
     assert [len(s.linear_names) for s in sites[:4]] == [3, 1, 2, 1]
     assert sites[3].num_channels == 128  # down_proj reads the FFN width
@@ -33,9 +36,12 @@ def test_fused_projections_are_one_site_each():
     """Phi-3's qkv_proj and gate_up_proj: one Linear per site, mapped onto the qkv and
     gate_up graph kinds."""
     from quantkit.runtime.bundle import graph_kind
+
     from tests.conftest import architecture_case_model
 
     layout = find_decoder_layout(architecture_case_model("phi3"))
     sites = layout.input_sites()[:4]
-    assert [s.linear_names for s in sites] == [(f"model.layers.0.{n}",) for n in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")]
+    assert [s.linear_names for s in sites] == [
+        (f"model.layers.0.{n}",) for n in ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj")
+    ]
     assert [graph_kind(s.name) for s in sites] == ["qkv", "o", "gate_up", "down"]

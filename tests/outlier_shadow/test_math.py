@@ -1,7 +1,6 @@
 import pytest
 import torch
 
-from quantkit.quantiles import log_histogram
 from quantkit.outlier_shadow.math import (
     hot_channel_set,
     layer_importance,
@@ -10,6 +9,7 @@ from quantkit.outlier_shadow.math import (
     pruned_layers,
 )
 from quantkit.quant_primitives import quantize_weight_per_channel
+from quantkit.quantiles import log_histogram
 
 
 def test_paper_rule_uses_max_when_close_and_percentile_otherwise():

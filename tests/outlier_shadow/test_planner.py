@@ -1,8 +1,8 @@
 import pytest
 import torch
+from quantkit.eval.perplexity import perplexity
 
 from quantkit.calibration.collect import collect_activation_statistics
-from quantkit.eval.perplexity import perplexity
 from quantkit.models.architecture import find_decoder_layout
 from quantkit.outlier_shadow import ShadowConfig, ShadowPlan, build_shadow_plan, simulated_quantization
 from quantkit.outlier_shadow.simulated_linear import DeployedLinear
@@ -45,7 +45,10 @@ def test_shadow_recovers_accuracy_on_planted_outliers(planted):
     layout, statistics, sequences = planted
     fp = perplexity(lambda ids: layout.model(input_ids=ids, use_cache=False).logits, sequences, progress=False)
     error = {}
-    for name, config in {"shadow": ShadowConfig(percentile=0.99, prune_fraction=0.0), "clipped": ShadowConfig(percentile=0.99, prune_fraction=1.0, pruned_scale_rule="clip")}.items():
+    for name, config in {
+        "shadow": ShadowConfig(percentile=0.99, prune_fraction=0.0),
+        "clipped": ShadowConfig(percentile=0.99, prune_fraction=1.0, pruned_scale_rule="clip"),
+    }.items():
         plan = build_shadow_plan(statistics, layout, config)
         with simulated_quantization(layout, plan, calibrated_precision(layout, plan, sequences[:2], "16")):
             error[name] = abs(perplexity(lambda ids: layout.model(input_ids=ids, use_cache=False).logits, sequences, progress=False) - fp)
@@ -103,7 +106,11 @@ def test_resident_cap_lowers_coverage_until_the_hot_columns_fit(planted):
 
 @pytest.mark.parametrize(
     "field, value, message",
-    [("max_output_channels", -1, "max_output_channels: got -1, expected an integer ≥ 0"), ("output_outlier_ratio", 0.5, "output_outlier_ratio: got 0.5, expected ≥ 1"), ("weight_scale_rule", "minmax", "weight_scale_rule: got 'minmax'")],
+    [
+        ("max_output_channels", -1, "max_output_channels: got -1, expected an integer ≥ 0"),
+        ("output_outlier_ratio", 0.5, "output_outlier_ratio: got 0.5, expected ≥ 1"),
+        ("weight_scale_rule", "minmax", "weight_scale_rule: got 'minmax'"),
+    ],
 )
 def test_shadow_config_rejects_bad_values(field, value, message):
     with pytest.raises(ValueError, match=message):

@@ -6,6 +6,7 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+from quantkit.runtime.qdq import packed_weight_bytes
 
 from quantkit.calibration import CalibrationConfig, calibrate
 from quantkit.errors import QuantkitError
@@ -13,7 +14,6 @@ from quantkit.export import export_bundle
 from quantkit.models.loading import load_model
 from quantkit.precision import PrecisionPlan
 from quantkit.precision.offset_budget import OffsetCandidate, choose_offset_graphs
-from quantkit.runtime.qdq import packed_weight_bytes
 from quantkit.weights import WEIGHTS_FILE, int8_weight_bytes, load_weights
 from tests.conftest import tiny_model
 
@@ -71,8 +71,19 @@ def tiny_folder(tmp_path_factory, tiny_tokenizer):
 
 def _config(root, budget: float) -> CalibrationConfig:
     return CalibrationConfig.preset(
-        model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
-        sensitivity_num_sequences=1, sensitivity_seq_len=32, activation_bits="16", weight_bits="4", weight_block_size=BLOCK, weight_block_offsets="int4", weight_bytes_budget=budget,
+        model=str(root / "model"),
+        num_sequences=4,
+        seq_len=64,
+        aimet_num_sequences=1,
+        eval_num_sequences=2,
+        eval_seq_len=64,
+        sensitivity_num_sequences=1,
+        sensitivity_seq_len=32,
+        activation_bits="16",
+        weight_bits="4",
+        weight_block_size=BLOCK,
+        weight_block_offsets="int4",
+        weight_bytes_budget=budget,
     )
 
 

@@ -36,8 +36,24 @@ def calib_folder(tmp_path):
             "resident_shadow_parameters": 1000,
             "model_parameters": 100000,
             "top_outlier_layers": [
-                {"layer": "model.layers.2.mlp.down_proj", "shared_with": [], "absmax": 50.0, "clip": 0.5, "scale": 0.5 / 127, "absmax_over_scale": 12700.0, "outlier_channels": 7},
-                {"layer": "model.layers.0.mlp.gate_proj", "shared_with": ["model.layers.0.mlp.up_proj"], "absmax": 8.0, "clip": 1.0, "scale": 1 / 127, "absmax_over_scale": 1016.0, "outlier_channels": 3},
+                {
+                    "layer": "model.layers.2.mlp.down_proj",
+                    "shared_with": [],
+                    "absmax": 50.0,
+                    "clip": 0.5,
+                    "scale": 0.5 / 127,
+                    "absmax_over_scale": 12700.0,
+                    "outlier_channels": 7,
+                },
+                {
+                    "layer": "model.layers.0.mlp.gate_proj",
+                    "shared_with": ["model.layers.0.mlp.up_proj"],
+                    "absmax": 8.0,
+                    "clip": 1.0,
+                    "scale": 1 / 127,
+                    "absmax_over_scale": 1016.0,
+                    "outlier_channels": 3,
+                },
             ],
             "seconds": {"load": 1.0, "statistics": 2.0, "total": 3.0},
             "peak_memory_mb": 512.0,
@@ -71,7 +87,10 @@ def accuracy_json(tmp_path):
         {"method": "llm_int8", "ppl": 10.2, "npu_blocks": None, "shadow_bytes": None, "delta_ppl_percent": 2.0},
         {"method": "quantkit", "ppl": 10.1, "npu_blocks": 3, "shadow_bytes": 2_000_000, "delta_ppl_percent": 1.0},
     ]
-    return write_json(tmp_path / "results" / "accuracy.json", {"model": "tiny-test-model", "test_tokens": [2, 32], "model_bytes": 100_000_000, "num_blocks": NUM_BLOCKS, "rows": rows})
+    return write_json(
+        tmp_path / "results" / "accuracy.json",
+        {"model": "tiny-test-model", "test_tokens": [2, 32], "model_bytes": 100_000_000, "num_blocks": NUM_BLOCKS, "rows": rows},
+    )
 
 
 @pytest.fixture
@@ -88,7 +107,12 @@ def prefill_json(tmp_path):
 
 # Per block: MACs per token of its NPU graphs (qkv, o, gate_up, down) and their Linears.
 GRAPH_MACS = {"qkv": 100, "o": 50, "gate_up": 200, "down": 100}
-GRAPH_LINEARS = {"qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), "o": ("self_attn.o_proj",), "gate_up": ("mlp.gate_proj", "mlp.up_proj"), "down": ("mlp.down_proj",)}
+GRAPH_LINEARS = {
+    "qkv": ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"),
+    "o": ("self_attn.o_proj",),
+    "gate_up": ("mlp.gate_proj", "mlp.up_proj"),
+    "down": ("mlp.down_proj",),
+}
 A16_GRAPHS = {(2, "gate_up"), (2, "down")}  # the auto plan's promotions; block 0 is on the CPU
 # A8 share of the NPU blocks 1-3: 1 - 300 / 1350; of all four blocks (the search's points): 1 - 300 / 1800
 NPU_A8_SHARE = 1 - 300 / 1350

@@ -81,10 +81,12 @@ def test_accuracy_section_shows_the_a8_share_when_rows_have_it(tmp_path, calib_f
     results["rows"].insert(-1, {"method": "quantkit_w8a8", "ppl": 10.6, "npu_blocks": 3, "shadow_bytes": 2_000_000, "a8_mac_share": 1.0, "calibrated": False})
     write_json(accuracy_json, results)
     new = _section(write_report(tmp_path / "new", calib=calib_folder, accuracy=accuracy_json).read_text(), "accuracy")
-    assert "<th class=\"num\">NPU MACs at A8</th>" in new
-    assert "<td>naive W8A16 (AIMET, per-tensor)</td><td class=\"num\">10.300</td><td class=\"num\">+3.00%</td><td class=\"num\">4/4</td><td class=\"num\">0%</td>" in new
+    assert '<th class="num">NPU MACs at A8</th>' in new
+    assert (
+        '<td>naive W8A16 (AIMET, per-tensor)</td><td class="num">10.300</td><td class="num">+3.00%</td><td class="num">4/4</td><td class="num">0%</td>' in new
+    )
     assert '<tr class="highlight"><td>quantkit, per-graph A8/A16 (auto)</td>' in new and new.count('<tr class="highlight">') == 1
-    assert "<td class=\"num\">75%</td>" in new and "<td class=\"num\">n/a</td>" in new
+    assert '<td class="num">75%</td>' in new and '<td class="num">n/a</td>' in new
 
 
 def test_four_bit_weights_show_in_the_map_the_facts_and_the_bundle(tmp_path, calib_folder):
@@ -99,7 +101,10 @@ def test_four_bit_weights_show_in_the_map_the_facts_and_the_bundle(tmp_path, cal
     write_json(calib_folder / "summary.json", {**summary, "npu_weight_bytes_vs_int8": 0.62})
     index = write_report(tmp_path / "report", calib=calib_folder)
     section = _section(index.read_text(), "precision")
-    assert "9 of 12 NPU graphs INT4 (LPBQ blocks of 32), the rest INT8; int4 block offsets on 3 of the INT4 graphs; NPU weight bytes 62.0% of INT8 weights" in section
+    assert (
+        "9 of 12 NPU graphs INT4 (LPBQ blocks of 32), the rest INT8; int4 block offsets on 3 of the INT4 graphs; NPU weight bytes 62.0% of INT8 weights"
+        in section
+    )
     assert "W4A16 green, dark green with block offsets" in section
     bundle = _bundle(tmp_path, calib_folder, with_data=True)
     manifest = json.loads((bundle / "manifest.json").read_text())

@@ -34,7 +34,7 @@ def test_full_inputs_give_every_section_and_valid_images(tmp_path, calib_folder,
             image.verify()
             assert image.format == "PNG", name
             assert name == "outlier_heatmap.png" or min(image.size) >= 300, (name, image.size)  # a copy of the 4×16 fixture; the rest drawn here
-    assert "class=\"hint\"" not in html
+    assert 'class="hint"' not in html
     # figures come from the inputs: speed-ups over hf_fp32, ΔPPL, placement, shadow share
     assert "×3.00" in _section(html, "prefill") and "×2.50" in _section(html, "prefill")
     accuracy = _section(html, "accuracy")
@@ -46,7 +46,14 @@ def test_full_inputs_give_every_section_and_valid_images(tmp_path, calib_folder,
     assert not re.search(r'(src|href)="(https?:|//|/)', html) and "<script" not in html
     # the JSON it was drawn from travels with it
     assert json.loads((index.parent / "data" / "prefill.json").read_text())["rows"][4]["tokens_per_s"] == 300.0
-    assert {p.name for p in (index.parent / "data").iterdir()} == {"summary.json", "sensitivity.json", "placement.json", "config.json", "accuracy.json", "prefill.json"}
+    assert {p.name for p in (index.parent / "data").iterdir()} == {
+        "summary.json",
+        "sensitivity.json",
+        "placement.json",
+        "config.json",
+        "accuracy.json",
+        "prefill.json",
+    }
 
 
 def test_missing_inputs_name_the_command_that_makes_them(tmp_path):
@@ -149,7 +156,7 @@ def test_bundle_report_reads_the_manifest_and_the_data_its_report_carries(tmp_pa
     bundle = _bundle(tmp_path, calib_folder, with_data=True)
     html = write_report(tmp_path / "report", bundle=bundle, accuracy=accuracy_json).read_text()
     assert _section_ids(html) == ALL_SECTIONS - {"prefill"} | {"bundle"}
-    assert "class=\"hint\"" not in html
+    assert 'class="hint"' not in html
     assert "1 QDQ ONNX graphs, W8A8, 2.0 MB" in _section(html, "bundle")
     assert "+0.50%" in _section(html, "summary")
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from quantkit.runtime.engine import BundleModel
 
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.precision import PrecisionPlan
-from quantkit.runtime.engine import BundleModel
 
 
 @torch.no_grad()

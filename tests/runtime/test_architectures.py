@@ -7,16 +7,16 @@ import json
 
 import pytest
 import torch
+from quantkit.runtime.architecture import ArchitectureDescription, LayerAttention
+from quantkit.runtime.engine import BundleModel
 
 from quantkit.calibration import CalibrationConfig, calibrate
 from quantkit.errors import UnsupportedArchitectureError
 from quantkit.export import export_bundle
+from quantkit.models.description import check_description
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.precision import PrecisionPlan
-from quantkit.models.description import check_description
-from quantkit.runtime.architecture import ArchitectureDescription, LayerAttention
-from quantkit.runtime.engine import BundleModel
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
 from tests.conftest import ARCHITECTURE_CASES, TINY_VOCAB, TINY_WINDOW, architecture_case_model, tiny_config
 from tests.runtime.simulation import simulated_greedy
@@ -39,7 +39,16 @@ def case(request, tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp(f"arch-{request.param}")
     architecture_case_model(request.param).save_pretrained(root / "model")
     tiny_tokenizer.save_pretrained(root / "model")
-    config = CalibrationConfig.preset(model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64, sensitivity_num_sequences=1, sensitivity_seq_len=32)
+    config = CalibrationConfig.preset(
+        model=str(root / "model"),
+        num_sequences=4,
+        seq_len=64,
+        aimet_num_sequences=1,
+        eval_num_sequences=2,
+        eval_seq_len=64,
+        sensitivity_num_sequences=1,
+        sensitivity_seq_len=32,
+    )
     calibrate(root / "calib", config, progress=False)
     _export_with_placement(root, "cpu-fp", "fp-bundle")
     _export_with_placement(root, "npu", "bundle")
@@ -115,7 +124,9 @@ def test_a_dynamic_rope_model_is_refused_at_calibrate_naming_the_feature(tmp_pat
     AutoModelForCausalLM.from_config(config).save_pretrained(tmp_path / "model")
     tiny_tokenizer.save_pretrained(tmp_path / "model")
     with pytest.raises(UnsupportedArchitectureError, match="RoPE type 'dynamic' rescales its frequencies"):
-        calibrate(tmp_path / "calib", CalibrationConfig.preset(model=str(tmp_path / "model"), num_sequences=2, seq_len=32, aimet_num_sequences=1), progress=False)
+        calibrate(
+            tmp_path / "calib", CalibrationConfig.preset(model=str(tmp_path / "model"), num_sequences=2, seq_len=32, aimet_num_sequences=1), progress=False
+        )
     assert not (tmp_path / "calib").exists()
 
 
@@ -125,7 +136,19 @@ def test_a_post_norm_block_is_refused_naming_the_missing_norm():
     from quantkit.models.architecture import find_decoder_layout
     from quantkit.models.description import describe_architecture
 
-    model = AutoModelForCausalLM.from_config(Olmo2Config(vocab_size=TINY_VOCAB, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2, pad_token_id=0, bos_token_id=0, eos_token_id=0))
+    model = AutoModelForCausalLM.from_config(
+        Olmo2Config(
+            vocab_size=TINY_VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            pad_token_id=0,
+            bos_token_id=0,
+            eos_token_id=0,
+        )
+    )
     with pytest.raises(UnsupportedArchitectureError, match="no input_layernorm"):
         describe_architecture(find_decoder_layout(model))
 
@@ -139,9 +162,20 @@ def _rope_scaled_model(kind: str):
     if kind == "yarn":
         config.rope_parameters = {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 128}
     else:  # LongRoPE as Phi-3-128k configures it: short factors up to the original context, long beyond
-        config = type(config)(**{**config.to_dict(), "original_max_position_embeddings": 128, "rope_parameters": {
-            "rope_type": "longrope", "rope_theta": 10000.0, "partial_rotary_factor": 0.5, "original_max_position_embeddings": 128,
-            "short_factor": [1.0, 1.1, 1.2, 1.3], "long_factor": [2.0, 3.0, 4.0, 5.0]}})
+        config = type(config)(
+            **{
+                **config.to_dict(),
+                "original_max_position_embeddings": 128,
+                "rope_parameters": {
+                    "rope_type": "longrope",
+                    "rope_theta": 10000.0,
+                    "partial_rotary_factor": 0.5,
+                    "original_max_position_embeddings": 128,
+                    "short_factor": [1.0, 1.1, 1.2, 1.3],
+                    "long_factor": [2.0, 3.0, 4.0, 5.0],
+                },
+            }
+        )
     torch.manual_seed(0)
     model = AutoModelForCausalLM.from_config(config).eval()
     sharpen_attention(model)

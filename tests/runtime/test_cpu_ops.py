@@ -2,7 +2,6 @@
 
 import pytest
 import torch
-
 from quantkit.runtime.cpu_ops import ROW_TILE, causal_attention
 
 
@@ -21,5 +20,7 @@ def test_attention_rows_in_aligned_row_tiles_equal_the_whole_chunks_rows(chunk, 
         whole = causal_attention(q, keys, values, torch.arange(base, end), torch.arange(end), scale=0.125, logit_softcap=softcap)
         for top in range(0, chunk, ROW_TILE):
             for bottom in range(top + ROW_TILE, chunk + 1, 3 * ROW_TILE):
-                part = causal_attention(q[:, top:bottom], keys, values, torch.arange(base + top, base + bottom), torch.arange(end), scale=0.125, logit_softcap=softcap)
+                part = causal_attention(
+                    q[:, top:bottom], keys, values, torch.arange(base + top, base + bottom), torch.arange(end), scale=0.125, logit_softcap=softcap
+                )
                 assert torch.equal(part, whole[:, top:bottom]), (span, top, bottom)

@@ -2,17 +2,17 @@
 
 import pytest
 import torch
+from quantkit.runtime.bundle import BundleError
+from quantkit.runtime.engine import BundleModel
 
 from quantkit.calibration import CalibrationConfig, calibrate
 from quantkit.export import export_bundle
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.precision import PRECISION_FILE, PrecisionPlan
-from quantkit.runtime.bundle import BundleError
-from quantkit.runtime.engine import BundleModel
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
-from tests.runtime.simulation import simulated_greedy
 from tests.conftest import PLANTED_OUTPUT_CHANNELS, TINY_VOCAB, plant_output_outliers, tiny_model
+from tests.runtime.simulation import simulated_greedy
 
 CHUNK = 16
 
@@ -25,7 +25,16 @@ def bundle(request, tmp_path_factory, tiny_tokenizer):
     plant_output_outliers(model)
     model.save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
-    config = CalibrationConfig.preset(model=str(folder), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64, sensitivity_num_sequences=1, sensitivity_seq_len=32)
+    config = CalibrationConfig.preset(
+        model=str(folder),
+        num_sequences=4,
+        seq_len=64,
+        aimet_num_sequences=1,
+        eval_num_sequences=2,
+        eval_seq_len=64,
+        sensitivity_num_sequences=1,
+        sensitivity_seq_len=32,
+    )
     calibrate(root / "calib", config, progress=False)
     # Both placements in one bundle: the planted outliers live in block 0 (NPU, shadow
     # path); block 1 runs in FP on the CPU (placement.json is the editable plan export reads).
@@ -134,7 +143,7 @@ def test_qdq_twin_of_each_graph_matches_onnx_runtime(bundle):
         ort_graph, twin = OrtGraph(runtime.folder, entry, "cpu"), QdqGraph(runtime.folder, entry)
         x = torch.randn(CHUNK - 3, entry["input_shape"][-1], generator=torch.Generator().manual_seed(1))
         for got, expected in zip(twin(x), ort_graph(x)):
-            step = float((expected.unique().diff().abs().min()))  # one output quantization step
+            step = float(expected.unique().diff().abs().min())  # one output quantization step
             assert (got - expected).abs().max() <= step * 1.001, entry["name"]
 
 
@@ -261,7 +270,6 @@ def test_folded_weights_change_only_the_float_summation_order(bundle, tmp_path):
     the few values that sat on a rounding boundary."""
     import numpy as np
     import onnx
-
     from quantkit.runtime.sessions import ort_cpu_session
 
     manifest = BundleModel(bundle / "bundle").manifest

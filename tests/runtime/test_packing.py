@@ -4,7 +4,6 @@ equality of packed logits with one prefill per request is in test_engine.py."""
 import random
 
 import pytest
-
 from quantkit.runtime.packing import Segment, pack_chunks, prefix_tree
 
 

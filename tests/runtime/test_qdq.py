@@ -6,16 +6,29 @@ import onnx
 import pytest
 import torch
 from onnx import TensorProto, helper, numpy_helper
-
+from quantkit.runtime.qdq import (
+    QdqLinear,
+    QuantizedWeight,
+    activation_scale,
+    fake_quantize_activation,
+    int32_bias_codes,
+    int32_bias_scales,
+    quantize_activation,
+)
 from quantkit.runtime.sessions import cpu_session
-from quantkit.runtime.qdq import QdqLinear, QuantizedWeight, activation_scale, fake_quantize_activation, int32_bias_codes, int32_bias_scales, quantize_activation
 
 
 def _quantize_linear_model(scale: float, bits: int, length: int) -> onnx.ModelProto:
     dtype = np.int8 if bits == 8 else np.int16
     nodes = [helper.make_node("QuantizeLinear", ["x", "s", "z"], ["q"]), helper.make_node("DequantizeLinear", ["q", "s", "z"], ["y"])]
     initializers = [numpy_helper.from_array(np.array(scale, dtype=np.float32), "s"), numpy_helper.from_array(np.array(0, dtype=dtype), "z")]
-    graph = helper.make_graph(nodes, "qdq", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [length])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [length])], initializers)
+    graph = helper.make_graph(
+        nodes,
+        "qdq",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [length])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [length])],
+        initializers,
+    )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)])
     model.ir_version = 10
     return model
@@ -26,7 +39,13 @@ def test_activation_quantization_is_onnx_quantize_linear_bit_for_bit(tmp_path, b
     scale = activation_scale(3.0, bits)
     qmax = 2 ** (bits - 1) - 1
     # ties (k + 0.5 steps: half to even), the full signed range (−2^(b−1) is a code) and saturation
-    x = torch.cat([(torch.arange(-6, 6) + 0.5) * scale, torch.tensor([-(qmax + 1) * scale, -(qmax + 5) * scale, (qmax + 5) * scale]), torch.randn(2000, generator=torch.Generator().manual_seed(0)) * 2])
+    x = torch.cat(
+        [
+            (torch.arange(-6, 6) + 0.5) * scale,
+            torch.tensor([-(qmax + 1) * scale, -(qmax + 5) * scale, (qmax + 5) * scale]),
+            torch.randn(2000, generator=torch.Generator().manual_seed(0)) * 2,
+        ]
+    )
     path = tmp_path / "qdq.onnx"
     path.write_bytes(_quantize_linear_model(scale, bits, x.numel()).SerializeToString())
     (expected,) = cpu_session(path).run(None, {"x": x.numpy()})
@@ -85,6 +104,7 @@ def test_int4_weights_dequantize_as_onnx_does_and_read_back(tmp_path, block_size
     """INT4 per channel and LPBQ blocks: the graph's DequantizeLinear chain gives exactly
     QuantizedWeight.dequantize(), and the records read the same weight back."""
     from quantkit.runtime.npu import _weight_from_graph
+
     from quantkit.weights.quantize import quantize_weight
 
     weight = torch.randn(24, 96, generator=torch.Generator().manual_seed(1)) * torch.linspace(0.1, 3.0, 96)
@@ -248,6 +268,7 @@ def test_offset_linear_computes_the_documented_steps():
     """Q_p(Q(x)·W_codesᵀ) + Q_p(m·Oᵀ), m the requantized block means; without an output
     scale (output-range recording) the plain sum, equal to Q(x)·Wᵀ for the real weight."""
     from quantkit.runtime.qdq import PART_RANGE, block_means
+
     from quantkit.weights.quantize import quantize_weight
 
     weight = _asymmetric_4_bit_blocks(24, 96, 32, seed=4)
@@ -267,8 +288,12 @@ def test_offset_linear_computes_the_documented_steps():
     recording = QdqLinear(quantized, input_scale, None, 16, means_scale=means_scale)
     assert torch.allclose(recording.accumulate(x), codes_part + offsets_part, atol=1e-5)
     # The block means of Q(x) times O/B are Q(x) times the offsets spread over their blocks, up to the means' rounding.
-    assert torch.allclose(recording.accumulate(x), q @ quantized.dequantize().T, atol=means_scale * float(quantized.offset_weight().abs().sum(1).max()) + 1e-5)  # ≤ s_m / 2 per mean, plus float32 summation
-    assert record.block_means_scale == means_scale and QdqLinear(quantized, input_scale, output_scale, 16).block_means_scale == input_scale  # default: the input's grid
+    assert torch.allclose(
+        recording.accumulate(x), q @ quantized.dequantize().T, atol=means_scale * float(quantized.offset_weight().abs().sum(1).max()) + 1e-5
+    )  # ≤ s_m / 2 per mean, plus float32 summation
+    assert (
+        record.block_means_scale == means_scale and QdqLinear(quantized, input_scale, output_scale, 16).block_means_scale == input_scale
+    )  # default: the input's grid
 
 
 def test_an_int8_input_with_an_int16_output_keeps_the_int8_input_grid():

@@ -7,7 +7,6 @@ import time
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
 from quantkit.runtime.scheduler import CPU, NPU, DurationEstimates, Subgraph, greedy_score, run_in_order, run_out_of_order
 
 

@@ -2,7 +2,6 @@
 the sum, against plain dense references."""
 
 import torch
-
 from quantkit.runtime.shadow import combine, outlier_product, split_outliers
 
 

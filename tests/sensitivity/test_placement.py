@@ -2,9 +2,9 @@ import math
 
 import pytest
 import torch
+from quantkit.eval.perplexity import perplexity
 
 from quantkit.calibration.collect import collect_activation_statistics
-from quantkit.eval.perplexity import perplexity
 from quantkit.models.architecture import find_decoder_layout
 from quantkit.outlier_shadow import ShadowConfig, build_shadow_plan, simulated_quantization
 from quantkit.precision import calibrated_precision

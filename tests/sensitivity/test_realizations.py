@@ -10,7 +10,9 @@ from quantkit.sensitivity.realizations import CONFIDENCE_Z, relative_ppl_interva
 
 def test_interval_is_the_paired_mean_over_windows_plus_minus_z_standard_errors():
     fp = torch.tensor([3.0, 2.5, 3.2, 2.8], dtype=torch.float64)
-    nll = torch.stack([fp + torch.tensor([0.010, 0.004, 0.012, 0.006], dtype=torch.float64), fp + torch.tensor([0.012, 0.002, 0.010, 0.008], dtype=torch.float64)])  # 2 realizations
+    nll = torch.stack(
+        [fp + torch.tensor([0.010, 0.004, 0.012, 0.006], dtype=torch.float64), fp + torch.tensor([0.012, 0.002, 0.010, 0.008], dtype=torch.float64)]
+    )  # 2 realizations
     delta = [0.011, 0.003, 0.011, 0.007]  # per window, over the realizations
     mean = sum(delta) / 4
     sd = math.sqrt(sum((d - mean) ** 2 for d in delta) / 3)

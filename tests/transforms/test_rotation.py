@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from quantkit.runtime.engine import BundleModel
 
 from quantkit.calibration import CalibrationConfig, calibrate
 from quantkit.errors import UnsupportedArchitectureError
@@ -15,7 +16,6 @@ from quantkit.models.description import check_description, describe_architecture
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.precision import PrecisionPlan
-from quantkit.runtime.engine import BundleModel
 from quantkit.transforms import rotate_residual_stream
 from quantkit.weights import WEIGHTS_FILE, load_weights
 from tests.conftest import ARCHITECTURE_CASES, PLANTED_CHANNELS, TINY_VOCAB, architecture_case_model, tiny_model
@@ -83,8 +83,16 @@ def rotated_bundle(tmp_path_factory, tiny_tokenizer):
     model.save_pretrained(root / "model")
     tiny_tokenizer.save_pretrained(root / "model")
     config = CalibrationConfig.preset(
-        model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
-        sensitivity_num_sequences=1, sensitivity_seq_len=32, rotation="hadamard", activation_bits="16",
+        model=str(root / "model"),
+        num_sequences=4,
+        seq_len=64,
+        aimet_num_sequences=1,
+        eval_num_sequences=2,
+        eval_seq_len=64,
+        sensitivity_num_sequences=1,
+        sensitivity_seq_len=32,
+        rotation="hadamard",
+        activation_bits="16",
     )
     calibrate(root / "calib", config, progress=False)
     export_bundle(root / "calib", root / "bundle", chunk_size=16, progress=False)

@@ -8,6 +8,9 @@ import onnx
 import onnx.numpy_helper
 import pytest
 import torch
+from quantkit.runtime.engine import BundleModel
+from quantkit.runtime.npu import records_from_graph
+from quantkit.runtime.qdq import activation_scale
 
 from quantkit.calibration import CalibrationConfig, calibrate
 from quantkit.export import export_bundle
@@ -15,9 +18,6 @@ from quantkit.export.lint import lint_bundle
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.precision import PrecisionPlan
-from quantkit.runtime.engine import BundleModel
-from quantkit.runtime.npu import records_from_graph
-from quantkit.runtime.qdq import activation_scale
 from quantkit.weights import WEIGHTS_FILE, load_weights
 from tests.conftest import TINY_VOCAB, plant_output_outliers, tiny_model
 
@@ -34,8 +34,17 @@ def w4_bundle(request, tmp_path_factory, tiny_tokenizer):
     model.save_pretrained(root / "model")
     tiny_tokenizer.save_pretrained(root / "model")
     config = CalibrationConfig.preset(
-        model=str(root / "model"), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
-        sensitivity_num_sequences=1, sensitivity_seq_len=32, activation_bits="16", weight_bits="4", weight_block_size=BLOCK,
+        model=str(root / "model"),
+        num_sequences=4,
+        seq_len=64,
+        aimet_num_sequences=1,
+        eval_num_sequences=2,
+        eval_seq_len=64,
+        sensitivity_num_sequences=1,
+        sensitivity_seq_len=32,
+        activation_bits="16",
+        weight_bits="4",
+        weight_block_size=BLOCK,
         weight_block_offsets=offsets or "none",
         weight_block_offset_graphs="gate_up,down" if offsets == "int4" else "qkv,o,gate_up,down",
     )
@@ -50,7 +59,9 @@ def test_manifest_graphs_and_encodings_declare_the_4_bit_weights(w4_bundle):
     quantization = manifest["quantization"]
     assert quantization["weight_bits"] == 4 and quantization["activation_bits"] == 16
     offsets = next((form for form in ("int8", "int4") if f"asymmetric ({form} block offsets" in quantization["weights"]), "")
-    assert ("block offsets on down, gate_up; the rest symmetric" in quantization["weights"]) == (offsets == "int4")  # the fixture's int4 bundle: only those kinds
+    assert ("block offsets on down, gate_up; the rest symmetric" in quantization["weights"]) == (
+        offsets == "int4"
+    )  # the fixture's int4 bundle: only those kinds
     offset_kinds = {"int8": {"qkv", "o", "gate_up", "down"}, "int4": {"gate_up", "down"}}.get(offsets, set())  # the fixture's --weight-block-offset-graphs
     assert quantization["npu_weight_bytes_vs_w8"] < (0.7 if offsets else 0.6)  # packed nibbles + scales (tiny rows: the scales weigh more)
     params = {e["name"]: e for e in json.loads((bundle / "encodings.json").read_text())["param_encodings"]}
@@ -122,7 +133,7 @@ def test_prefill_and_decode_equal_the_simulated_model(w4_bundle):
         fp = loaded.model(input_ids=ids[None], use_cache=False).logits[0]
     got = runtime.prefill(ids)
     assert (got - reference).abs().max() < 0.05 * (reference - fp).abs().max()  # A16: float summation order only
-    assert list(runtime.generate(ids, max_new_tokens=6)) == tokens[len(ids):]
+    assert list(runtime.generate(ids, max_new_tokens=6)) == tokens[len(ids) :]
 
 
 def test_lint_qnn_runs_every_4_bit_graph_on_the_htp(w4_bundle):
@@ -169,8 +180,18 @@ def test_config_rejects_4_bit_weights_with_8_bit_activations():
 def test_weight_bits_auto_keeps_int8_where_4_bits_cost_the_budget(tmp_path, tiny_model_folder):
     """--weight-bits auto: measured points, each graph's stored weights in its graph's format."""
     config = CalibrationConfig.preset(
-        model=str(tiny_model_folder), num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64,
-        sensitivity_num_sequences=1, sensitivity_seq_len=32, activation_bits="16", weight_bits="auto", weight_block_size=BLOCK, accuracy_budget=0.002,
+        model=str(tiny_model_folder),
+        num_sequences=4,
+        seq_len=64,
+        aimet_num_sequences=1,
+        eval_num_sequences=2,
+        eval_seq_len=64,
+        sensitivity_num_sequences=1,
+        sensitivity_seq_len=32,
+        activation_bits="16",
+        weight_bits="auto",
+        weight_block_size=BLOCK,
+        accuracy_budget=0.002,
     )
     calibrate(tmp_path / "calib", config, progress=False)
     precision = PrecisionPlan.load(tmp_path / "calib" / "precision.json")
@@ -187,6 +208,7 @@ def test_an_offset_graph_without_a_means_grid_reads_back_on_the_input_grid(w4_bu
     """Bundles written before the block means had their own grid requantized them on the
     input's: the read-back record does the same, and still equals ONNX Runtime's result."""
     from quantkit.runtime.sessions import cpu_session
+
     from quantkit.quant_primitives import sqnr_db
 
     bundle = w4_bundle / "bundle"

@@ -1,9 +1,9 @@
 """GPTQ rounding (weights/gptq.py) against round-to-nearest on the same grid."""
 
 import torch
+from quantkit.runtime.qdq import QuantizedWeight, weight_grid
 
 from quantkit.quant_primitives import quantize_symmetric
-from quantkit.runtime.qdq import QuantizedWeight, weight_grid
 from quantkit.weights.gptq import gptq_codes
 from quantkit.weights.quantize import quantize_weight
 
@@ -64,6 +64,8 @@ def test_gptq_rounds_the_rest_of_an_offset_weight_on_the_full_4_bit_range():
     gptq = quantize_weight(weight, bits=4, rule="mse", block_size=32, rounding="gptq", hessian=hessian, offsets="int8")
     rest = weight - (gptq.offset_weight() / 32).repeat_interleave(32, dim=1)
     grid = weight_grid(gptq.scales, gptq.block_scales, 32)
-    nearest = QuantizedWeight(quantize_symmetric(rest, grid, 4, full_range=True).to(torch.int8), gptq.scales, 4, 32, gptq.block_scales, gptq.offset_codes, gptq.offset_scales)
+    nearest = QuantizedWeight(
+        quantize_symmetric(rest, grid, 4, full_range=True).to(torch.int8), gptq.scales, 4, 32, gptq.block_scales, gptq.offset_codes, gptq.offset_scales
+    )
     assert -8 <= int(gptq.codes.min()) and int(gptq.codes.max()) <= 7
     assert _output_error(weight, gptq.dequantize(), x) < 0.7 * _output_error(weight, nearest.dequantize(), x)
