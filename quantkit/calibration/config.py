@@ -284,14 +284,13 @@ class SearchConfig:
       graph at A8 first, held against the budget by the upper confidence bound over the
       validation windows; per-graph KL and promotions only when that is over). ``"8"``
       puts every graph at A8, ``"16"`` every graph at A16 (W8A16).
-    * ``search_realizations=3``: with ``activation_bits="auto"`` each point the search
+    * ``search_realizations=1``: with ``activation_bits="auto"`` each point the search
       measures is the validation perplexity over this many rounding realizations
       (input embeddings × (1 + 1e-6·noise), ``sensitivity.realizations``). At A8 one
-      perplexity is one draw of the rounding: on SmolLM2 the all-A8 point measured 21.08
-      unperturbed and 21.12 / 21.10 / 21.20 perturbed, and exported search points 8 and 20
-      graphs apart measured +0.65% and +1.18% word perplexity through the runtime — the
-      more A16 one worse. A single draw under budget is luck; the mean is what an executor
-      can expect. 1 measures each point once (3× faster search).
+      perplexity is one draw of the rounding. With the sink rows in FP the draws agree
+      closely (the default plan's three confirmation draws on SmolLM2: 24.85–24.87), far
+      inside the interval over the validation windows that a point is decided on, so one
+      draw per point is measured; the confirmation always measures three.
     * ``sensitivity_num_sequences=4`` × 256 tokens: per-block sensitivity runs the model
       once per block (30× for SmolLM2); a ranking needs less text than a perplexity.
     """
@@ -305,7 +304,7 @@ class SearchConfig:
         "auto", "NPU graph input width: 'auto' (A8 wherever the budget holds, A16 elsewhere), '8' or '16' for every graph", _one_of(PRECISION_MODES)
     )
     search_realizations: int = setting_field(
-        3, "rounding realizations averaged per point the activation-bits search measures (1: one draw, 3× faster)", _positive_int
+        1, "rounding realizations averaged per point the activation-bits search measures (each one more model run per point)", _positive_int
     )
     sensitivity_num_sequences: int = setting_field(4, "validation sequences per-graph and per-block sensitivity are measured on", _positive_int)
     sensitivity_seq_len: int = setting_field(256, "tokens per sensitivity sequence (cut from the evaluation sequences)", _tokens)

@@ -45,10 +45,11 @@ from quantkit.outlier_shadow import build_shadow_plan, simulated_quantization
 from quantkit.outlier_shadow.plan import PLAN_FILE
 from quantkit.precision.output_ranges import calibrated_precision
 from quantkit.precision.plan import PRECISION_FILE, PrecisionPlan
-from quantkit.precision.search import graph_sensitivity, search_activation_bits, search_weight_bits
+from quantkit.precision.search import graph_sensitivity, search_activation_bits, search_weight_bits, sensitive_block_graphs
 from quantkit.precision.weight_bits import assign_four_bit_weights
 from quantkit.report import write_report
-from quantkit.sensitivity import block_sensitivity, plan_placement
+from quantkit.sensitivity import BlockSensitivity, block_sensitivity, plan_placement
+from quantkit.sensitivity.measure import FpReference, fp_reference
 from quantkit.sensitivity.placement import PLACEMENT_FILE
 from quantkit.sensitivity.realizations import nll_realizations, relative_ppl_interval
 from quantkit.weights import WEIGHTS_FILE, WeightCodes, collect_input_hessians, int8_weight_bytes, quantized_weights, save_weights
@@ -183,9 +184,25 @@ def _plan_quantization(
         # with realizations > 1 the expected draw, not one draw (sensitivity/realizations.py)
         return _point(realizations_of(precision, cpu_blocks, realizations, candidate_weights, desc), held_out.search_fp_nll)["ppl"]
 
+    references: list[FpReference] = []  # the FP run over the sensitivity windows, made once when first needed
+
+    def reference() -> FpReference:
+        if not references:
+            references.append(fp_reference(layout, sensitivity_ids))
+        return references[0]
+
+    a8_blocks: dict[int, BlockSensitivity] = {}  # each block alone at A8, when the search measured them
     if config.search.activation_bits == "auto":
         with _timed(timings, "precision_search"):
-            sensitivity = lambda: graph_sensitivity(layout, plan, precision, sensitivity_ids, weights, progress=progress)  # noqa: E731  only if every graph at A8 is over
+
+            def sensitivity() -> dict[str, float]:  # only if every graph at A8 is over
+                # every block alone at A8, then every graph alone of the blocks that hold most of that loss
+                every_graph_a8 = precision.with_uniform_bits(8)
+                for measured in block_sensitivity(layout, plan, every_graph_a8, sensitivity_ids, progress=progress, weights=weights, reference=reference()):
+                    a8_blocks[measured.block] = measured
+                candidates = sensitive_block_graphs(precision, {block: measured.kl for block, measured in a8_blocks.items()})
+                return graph_sensitivity(layout, plan, precision, sensitivity_ids, weights, progress=progress, graphs=candidates, reference=reference())
+
             evaluate = lambda p: _point(
                 realizations_of(p, frozenset(), config.search.search_realizations, desc=f"quantkit PPL (A8 share {p.a8_mac_share():.0%})"),
                 held_out.search_fp_nll,
@@ -227,7 +244,23 @@ def _plan_quantization(
     save_weights({name: weights[name] for name in layout.linear_names()}, staging / WEIGHTS_FILE)  # export serialises exactly these
     precision.save(staging / PRECISION_FILE)
     with _timed(timings, "sensitivity"):
-        sensitivities = block_sensitivity(layout, plan, precision, sensitivity_ids, progress=progress, weights=weights)
+        # a block whose graphs all kept A8 and INT8 weights was measured by the search as it ships
+        unchanged = {
+            block
+            for block in a8_blocks
+            if config.weights.weight_bits == "8" and all(g.activation_bits == 8 for g in precision.graphs.values() if g.block_index == block)
+        }
+        remeasured = block_sensitivity(
+            layout,
+            plan,
+            precision,
+            sensitivity_ids,
+            progress=progress,
+            weights=weights,
+            blocks=set(range(layout.num_blocks)) - unchanged,
+            reference=reference(),
+        )
+        sensitivities = sorted([a8_blocks[block] for block in unchanged] + remeasured, key=lambda measured: measured.block)
         (staging / SENSITIVITY_FILE).write_text(json.dumps([s.to_dict() for s in sensitivities], indent=1))
     # With A8 graphs a single perplexity is one rounding draw: placement measures the mean
     # of the search's realizations too (and reuses the search's own measurement of the chosen point).

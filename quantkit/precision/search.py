@@ -6,8 +6,9 @@ Start with every NPU graph at A8 and measure it; a point is held against the bud
 the upper confidence bound of its perplexity over the validation windows
 (``sensitivity.realizations.relative_ppl_interval``), so that the decision holds on other
 text, not only on this one. When every graph at A8 is within it, that is the plan. Else
-measure, for each graph alone at A8 (the rest of the model in FP), the KL divergence of
-the output distribution from FP's, and promote to A16 the graphs that buy the most
+measure, for each graph alone at A8 (the rest of the model in FP) — in the blocks that
+hold most of the loss (:func:`sensitive_block_graphs`; the caller measures the blocks) —
+the KL divergence of the output distribution from FP's, and promote to A16 the graphs that buy the most
 accuracy per NPU MAC (KL / MACs, largest first) until the bound is within the budget. The
 count promoted is predicted from the KLs (:func:`predicted_promotions`), then found on
 measured points: doubled while over, the prediction's neighbour, bisection. What the search measured is kept for the
@@ -32,7 +33,7 @@ from quantkit.outlier_shadow.simulated_linear import WeightCodes, simulated_quan
 from quantkit.precision.plan import PrecisionPlan
 from quantkit.sensitivity.measure import FpReference, fp_reference, nll_and_kl
 
-__all__ = ["graph_sensitivity", "predicted_promotions", "promotion_order", "search_activation_bits", "search_weight_bits"]
+__all__ = ["graph_sensitivity", "predicted_promotions", "promotion_order", "sensitive_block_graphs", "search_activation_bits", "search_weight_bits"]
 
 
 @torch.no_grad()
@@ -63,6 +64,22 @@ def graph_sensitivity(
             _, kl, _ = nll_and_kl(layout, sequences, reference, 1, graph.block_index)
         sensitivity[name] = max(kl, 0.0)
     return sensitivity
+
+
+def sensitive_block_graphs(precision: PrecisionPlan, block_kl: dict[int, float], coverage: float = 0.75, max_share: float = 0.25) -> list[str]:
+    """The graphs of the fewest blocks whose KL (each block alone at A8: ``block_kl``)
+    adds up to ``coverage`` of all blocks' — at most ``max_share`` of the blocks, at least
+    one: where per-graph sensitivity is worth a model run per graph. The A8 loss of an
+    LLM sits in a few blocks (massive activations); measuring every graph of every block
+    costs four times the runs of measuring the blocks."""
+    ranked = sorted(block_kl, key=lambda block: (-block_kl[block], block))
+    total, covered, chosen = sum(max(kl, 0.0) for kl in block_kl.values()), 0.0, []
+    for block in ranked[: max(1, int(max_share * len(ranked)))]:
+        chosen.append(block)
+        covered += max(block_kl[block], 0.0)
+        if covered >= coverage * total:
+            break
+    return [name for name, graph in precision.graphs.items() if graph.block_index in chosen]
 
 
 def promotion_order(precision: PrecisionPlan, sensitivity: dict[str, float]) -> list[str]:
@@ -130,12 +147,12 @@ def predicted_promotions(order: list[str], sensitivity: dict[str, float], every_
     excess = math.log(every_graph_a8["ppl"] / fp_ppl)
     margin = math.log(_decided_value(every_graph_a8) / every_graph_a8["ppl"])
     allowed = math.log(limit / fp_ppl) - margin
-    total = sum(sensitivity[name] for name in order)
+    total = sum(sensitivity.get(name, 0.0) for name in order)  # a graph not measured adds nothing
     if allowed <= 0 or excess <= 0 or total <= 0:
         return len(order)
     needed, covered = (1 - allowed / excess) * total, 0.0
     for count, name in enumerate(order, 1):
-        covered += sensitivity[name]
+        covered += sensitivity.get(name, 0.0)
         if covered >= needed:
             return count
     return len(order)
@@ -166,6 +183,7 @@ def search_activation_bits(
         return every_graph_a8
     scores = sensitivity()
     order += promotion_order(precision, scores)
+    order += [name for name in precision.graphs if name not in scores]  # not measured: promoted last, so all-A16 stays reachable
     precision.sensitivity_ = {precision.graphs[name].name: value for name, value in scores.items()}
     start = predicted_promotions(order, scores, every_graph_a8, fp_ppl, limit)
     return _promote_within_budget(len(order), apply, lambda: evaluate(precision), describe, precision.search_, limit, measured={0: every_graph_a8}, start=start)

@@ -12,6 +12,7 @@ The method is the same (quantize one unit, compare with FP), applied to our simu
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING
 
@@ -101,13 +102,17 @@ def block_sensitivity(
     batch_size: int = 1,
     progress: bool = True,
     weights: WeightCodes | None = None,
+    blocks: Iterable[int] | None = None,
+    reference: FpReference | None = None,
 ) -> list[BlockSensitivity]:
-    """Sensitivity of every block, measured on ``sequences`` against the FP model, with
-    the block's graphs at the bit-widths and output ranges of ``precision`` (the
-    deployed arithmetic). Each run starts at its block (the ones before are FP)."""
-    reference = fp_reference(layout, sequences, batch_size)
+    """Sensitivity of each of ``blocks`` (default every block), measured on ``sequences``
+    against the FP model, with the block's graphs at the bit-widths and output ranges of
+    ``precision`` (the deployed arithmetic). Each run starts at its block (the ones before
+    are FP). ``reference``: the FP run over ``sequences`` when the caller has it."""
+    reference = reference or fp_reference(layout, sequences, batch_size)
     results = []
-    for block in tqdm(range(layout.num_blocks), desc="block sensitivity", unit="block", disable=not progress):
+    measured = range(layout.num_blocks) if blocks is None else sorted(blocks)
+    for block in tqdm(measured, desc="block sensitivity", unit="block", disable=not progress):
         with simulated_quantization(layout, plan, precision, blocks={block}, weights=weights):
             nll, kl, _ = nll_and_kl(layout, sequences, reference, batch_size, block)
         results.append(BlockSensitivity(block=block, delta_nll=nll - reference.nll, kl=kl))

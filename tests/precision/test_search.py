@@ -5,7 +5,7 @@ import math
 import pytest
 
 from quantkit.precision import GraphPrecision, PrecisionPlan, promotion_order, search_activation_bits, search_weight_bits
-from quantkit.precision.search import predicted_promotions
+from quantkit.precision.search import predicted_promotions, sensitive_block_graphs
 
 
 def _plan(macs=(100, 100, 400, 200)) -> PrecisionPlan:
@@ -203,3 +203,26 @@ def test_search_gallops_up_when_the_prediction_is_low():
     point = search_activation_bits(plan, lambda: dict(cost), evaluate, 10.0, 0.02)
     assert point["promoted"] == 3 and point["ppl"] <= 10.2
     assert promoted_counts == [0, 2, 4, 3]
+
+
+def test_sensitive_block_graphs_are_the_blocks_that_hold_most_of_the_kl():
+    names = [f"model.layers.{block}.{kind}" for block in range(8) for kind in ("self_attn.q_proj", "mlp.down_proj")]
+    plan = PrecisionPlan(mode="auto", graphs={n: GraphPrecision([n], int(n.split(".")[2]), 100, 8, {n: {"8": 1.0, "16": 2.0}}) for n in names})
+    block_kl = {0: 0.01, 1: 0.5, 2: 0.02, 3: 0.3, 4: 0.01, 5: 0.02, 6: 0.1, 7: -0.001}  # 0.959 in all (a negative KL counts as 0)
+    # blocks 1 and 3 hold 0.8 of it, past 0.75; at most a quarter of the blocks (2) either way
+    assert sensitive_block_graphs(plan, block_kl) == [n for n in names if n.split(".")[2] in ("1", "3")]
+    assert sensitive_block_graphs(plan, block_kl, coverage=0.9) == [n for n in names if n.split(".")[2] in ("1", "3")]  # the cap
+    assert sensitive_block_graphs(plan, block_kl, coverage=0.9, max_share=0.5) == [n for n in names if n.split(".")[2] in ("1", "3", "6")]
+    assert sensitive_block_graphs(plan, dict.fromkeys(range(8), 0.0)) == [n for n in names if n.split(".")[2] == "0"]  # at least one
+
+
+def test_search_promotes_unmeasured_graphs_last():
+    """Graphs sensitivity() did not measure stay reachable: when the measured ones are not enough, they follow."""
+    plan = _plan()
+    names = list(plan.graphs)
+    cost = {names[0]: 0.004, names[1]: 0.03, names[2]: 0.04, names[3]: 0.001}
+    evaluate, _ = _additive_model(plan, cost, 10.0)
+    point = search_activation_bits(plan, lambda: {names[1]: 0.03}, evaluate, 10.0, 0.02)  # only one graph measured
+    promoted = {n for n, g in plan.graphs.items() if g.activation_bits == 16}
+    assert names[1] in promoted and point["ppl"] <= 10.2 and len(promoted) >= 2
+    assert set(plan.sensitivity_) == {plan.graphs[names[1]].name}  # the report shows what was measured

@@ -51,6 +51,11 @@ def test_planner_honours_the_budget_on_a_tiny_model_with_planted_outliers():
     sensitivities = block_sensitivity(layout, plan, precision, sequences, progress=False)
     assert max(sensitivities, key=lambda s: s.delta_nll).block == 2
     assert all(s.kl >= 0 for s in sensitivities)
+    # some blocks only, against a reference made once: the same figures
+    from quantkit.sensitivity.measure import fp_reference
+
+    some = block_sensitivity(layout, plan, precision, sequences, progress=False, blocks={3, 1}, reference=fp_reference(layout, sequences))
+    assert some == [sensitivities[1], sensitivities[3]]
     fp = perplexity(logits, sequences, progress=False)
 
     def evaluate(cpu_blocks):
