@@ -145,7 +145,7 @@ def main(argv=None) -> int:
             row[f"{text}_delta_percent"] = 100 * (row[text] / fp[text] - 1)
     result = {
         "model": config.model,
-        "calibration": str(calib),
+        "calibration": Path(calib).name,  # the folder, not where it lay
         "chunk_size": args.chunk_size,
         "validation_tokens": list(windows.shape),
         "test_tokens": list(test_ids.shape),

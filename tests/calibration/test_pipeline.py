@@ -159,9 +159,9 @@ def test_summary_perplexity_is_the_exported_bundles(tmp_path, tiny_model_folder)
     assert all(point["ppl_lower"] <= point["ppl"] <= point["ppl_upper"] for point in precision.search_)
     every_graph_a8 = precision.search_[0]
     assert every_graph_a8["promoted"] == 0 and bool(precision.sensitivity_) == (every_graph_a8["ppl_upper"] > summary["perplexity"]["fp"])
-    # per-graph sensitivity only in the blocks that hold most of the all-A8 loss (a quarter of them at most)
+    # per-graph sensitivity only in the blocks that hold most of the all-A8 loss (an eighth of them at most, one at least)
     measured_blocks = {graph.block_index for graph in precision.graphs.values() if graph.name in precision.sensitivity_}
-    assert len(measured_blocks) <= max(1, summary["num_blocks"] // 4)
+    assert len(measured_blocks) <= max(1, summary["num_blocks"] // 8)
     assert [s["block"] for s in json.loads((result.out / "sensitivity.json").read_text())] == list(range(summary["num_blocks"]))
     for figure in ("prediction", "confirmation"):
         assert summary[figure]["ppl_lower"] <= summary[figure]["ppl"] <= summary[figure]["ppl_upper"]

@@ -210,8 +210,9 @@ def test_sensitive_block_graphs_are_the_blocks_that_hold_most_of_the_kl():
     plan = PrecisionPlan(mode="auto", graphs={n: GraphPrecision([n], int(n.split(".")[2]), 100, 8, {n: {"8": 1.0, "16": 2.0}}) for n in names})
     block_kl = {0: 0.01, 1: 0.5, 2: 0.02, 3: 0.3, 4: 0.01, 5: 0.02, 6: 0.1, 7: -0.001}  # 0.959 in all (a negative KL counts as 0)
     # blocks 1 and 3 hold 0.8 of it, past 0.75; at most a quarter of the blocks (2) either way
-    assert sensitive_block_graphs(plan, block_kl) == [n for n in names if n.split(".")[2] in ("1", "3")]
-    assert sensitive_block_graphs(plan, block_kl, coverage=0.9) == [n for n in names if n.split(".")[2] in ("1", "3")]  # the cap
+    assert sensitive_block_graphs(plan, block_kl, max_share=0.25) == [n for n in names if n.split(".")[2] in ("1", "3")]
+    assert sensitive_block_graphs(plan, block_kl, coverage=0.9, max_share=0.25) == [n for n in names if n.split(".")[2] in ("1", "3")]  # the cap
+    assert sensitive_block_graphs(plan, block_kl) == [n for n in names if n.split(".")[2] == "1"]  # an eighth: one block
     assert sensitive_block_graphs(plan, block_kl, coverage=0.9, max_share=0.5) == [n for n in names if n.split(".")[2] in ("1", "3", "6")]
     assert sensitive_block_graphs(plan, dict.fromkeys(range(8), 0.0)) == [n for n in names if n.split(".")[2] == "0"]  # at least one
 
