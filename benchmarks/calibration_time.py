@@ -70,6 +70,8 @@ def write_results(record: dict, out: Path) -> str:
             f"{run['peak_memory_mb'] / 1024:.1f} | {run['a8_mac_share']:.1%} | " + " | ".join(cells) + " |"
         )
     lines.append(f"\nStage columns in seconds. {record['model']}, {record['machine']}; runs one after the other in one invocation.")
+    if record.get("remark"):
+        lines.append(record["remark"])
     plans = {run["calibration"]: run["graph_activation_bits"] for run in runs if run["preset"] == runs[-1]["preset"]}
     if len(plans) > 1:
         lines.append(f"Same plan in every {runs[-1]['preset']} run: {len({json.dumps(p, sort_keys=True) for p in plans.values()}) == 1}")
@@ -82,11 +84,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--work", required=True, help="folder the calibrations are written to (kept)")
     parser.add_argument("--runs", nargs="+", default=["w8a16", "w8a8-mixed"], help="PRESET or PRESET:THREADS, in order (default: %(default)s)")
     parser.add_argument("--out", default="benchmarks/results", help="results folder (default: %(default)s)")
+    parser.add_argument("--remark", default="", help="what else ran on the machine, recorded with the results (e.g. beside which run)")
     args, extra = parser.parse_known_args(argv)  # anything else goes to every `quantkit calibrate`
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     runs = [_run(spec, work, extra) for spec in args.runs]
-    record = {"model": "smollm2-135m", "calibrate_flags": extra, "machine": f"{platform.machine()}, {os.cpu_count()} cores", "runs": runs}
+    record = {
+        "model": "smollm2-135m",
+        "calibrate_flags": extra,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "runs": runs,
+        "remark": args.remark,
+    }
     print(write_results(record, Path(args.out)))
 
 

@@ -43,6 +43,7 @@ COMMANDS = {
     "activations.json": "python benchmarks/activations.py",
     "prefill.json": "python benchmarks/prefill.py",
     "eval_speed.json": "python benchmarks/eval_speed.py --bundle BUNDLE",
+    "calibration_time.json": "python benchmarks/calibration_time.py --work DIR --runs w8a16 w8a8-mixed w8a8-mixed:1",
 }
 
 
@@ -252,12 +253,34 @@ def eval_speed_table(results: Path) -> str:
     return "\n".join([table, "", note, _source("eval_speed.json")])
 
 
+def calibration_time_table(results: Path) -> str:
+    data = _load(results, "calibration_time.json")
+    first = data["runs"][0]["wall_seconds"]
+    rows = [
+        [
+            f"`{run['preset']}`",
+            str(run["threads"] or "default"),
+            f"{run['wall_seconds'] / 60:.1f}",
+            f"{run['wall_seconds'] / first:.2f}",
+            f"{run['peak_memory_mb'] / 1024:.1f}",
+            _share(run["a8_mac_share"]),
+        ]
+        for run in data["runs"]
+    ]
+    table = _table(["preset", "torch threads", "calibration (min)", "× first row", "peak RSS (GB)", "NPU MACs at A8"], ["l", "r", "r", "r", "r", "r"], rows)
+    note = f"{data['model']}, `quantkit calibrate --precision PRESET`, one run after the other on {data['machine']}." + (
+        f" {data['remark']}" if data.get("remark") else ""
+    )
+    return "\n".join([table, "", note, _source("calibration_time.json")])
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "presets": presets_table,
     "accuracy": accuracy_table,
     "activations": activations_table,
     "prefill": prefill_table,
     "eval_speed": eval_speed_table,
+    "calibration_time": calibration_time_table,
 }
 
 

@@ -20,7 +20,7 @@ class QnnUnavailableError(QuantkitError):
 
 def ort_cpu_session(path: Path, threads: int = 1, fold_weights: bool = False):
     """An ONNX Runtime CPU session standing in for the NPU. ``threads=1`` runs the graph on
-    the calling thread (the NPU worker): one session per graph, each with its own spinning
+    the calling thread (the NPU worker): one ONNX Runtime session per graph, each with its own spinning
     thread pool, would starve the CPU worker's torch ops; 0 is ONNX Runtime's default.
 
     Basic optimizations only: ONNX Runtime 1.31's extended QDQ fusions turned a QDQ MatMul

@@ -141,7 +141,9 @@ def test_the_citation_check_can_fail(tmp_path):
 
 HISTORY = re.compile(r"session|last run|earlier run", re.IGNORECASE)
 # ONNX Runtime's own vocabulary: its classes, config keys, and the helpers that make sessions.
-ORT_WORDS = re.compile(r"InferenceSession|SessionOptions|sess_options|\w+_session\b|\bsession\.[\w.]+|\b(?:ONNX Runtime|ORT|HTP|CPU|QNN)(?: CPU)? sessions?\b")
+ORT_WORDS = re.compile(
+    r"InferenceSession|SessionOptions|sess_options|\w+_session\b|\bsession\.[\w.]+|\bsessions\.(?:py|\w+_session)\b|\b(?:ONNX Runtime|ORT|HTP|CPU|QNN)(?: CPU)?(?: and QNN HTP)? sessions?\b"
+)  # also runtime/sessions.py, the module that makes them
 
 
 def _history(text: str) -> bool:
@@ -162,3 +164,10 @@ def test_the_history_check_can_fail():
     assert _history("Measured in the last run on this machine") and _history("an earlier session found")
     assert not _history("ort.InferenceSession(path, sess_options=SessionOptions()); cpu_session(); session.disable_cpu_ep_fallback")
     assert not _history("An HTP session with CPU fallback disabled; ONNX Runtime sessions on the CPU")
+
+
+def test_docs_name_only_modules_that_exist():
+    """A module path in README or docs (`quantkit/…py`, `runtime/…py`, `eval/…py`, `benchmarks/…py`) is a file of the repository."""
+    named = re.compile(r"`((?:quantkit|runtime|eval|benchmarks|tests)/[\w/]+\.py)")
+    missing = [f"{path.relative_to(ROOT)}: {module}" for path in _documents() for module in named.findall(path.read_text()) if not (ROOT / module).exists()]
+    assert not missing, missing
