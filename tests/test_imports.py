@@ -22,7 +22,7 @@ LAYERS = (
     ("algorithms", ("quantkit.outlier_shadow", "quantkit.precision", "quantkit.weights", "quantkit.sensitivity", "quantkit.baselines")),
     ("artefacts", ("quantkit.export", "quantkit.report")),
     ("calibration", ("quantkit.calibration",)),
-    ("entry points", ("quantkit.cli", "quantkit.__main__")),
+    ("entry points", ("quantkit.cli", "quantkit.cli_docs", "quantkit.__main__")),
 )
 
 
