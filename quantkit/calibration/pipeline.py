@@ -8,6 +8,7 @@ running the same command again after a kill resumes where it stopped.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -184,12 +185,9 @@ def _plan_quantization(
         # with realizations > 1 the expected draw, not one draw (sensitivity/realizations.py)
         return _point(realizations_of(precision, cpu_blocks, realizations, candidate_weights, desc), held_out.search_fp_nll)["ppl"]
 
-    references: list[FpReference] = []  # the FP run over the sensitivity windows, made once when first needed
-
-    def reference() -> FpReference:
-        if not references:
-            references.append(fp_reference(layout, sensitivity_ids))
-        return references[0]
+    @functools.cache
+    def reference() -> FpReference:  # the FP run over the sensitivity windows, made once when first needed
+        return fp_reference(layout, sensitivity_ids)
 
     a8_blocks: dict[int, BlockSensitivity] = {}  # each block alone at A8, when the search measured them
     if config.search.activation_bits == "auto":
