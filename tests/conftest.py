@@ -79,6 +79,15 @@ def tiny_config(family: str):
     raise ValueError(family)
 
 
+def tiny_calibration_config(model, **overrides):
+    """The default preset at the sizes a tiny model calibrates in seconds (4×64 calibration
+    tokens, 1 AIMET sequence, 2×64 evaluation tokens, 1×32 sensitivity), with ``overrides``."""
+    from quantkit.calibration import CalibrationConfig
+
+    sizes = dict(num_sequences=4, seq_len=64, aimet_num_sequences=1, eval_num_sequences=2, eval_seq_len=64, sensitivity_num_sequences=1, sensitivity_seq_len=32)
+    return CalibrationConfig.preset(model=str(model), **{**sizes, **overrides})
+
+
 def tiny_model(family: str = "llama", seed: int = 0, planted_outliers: bool = False) -> torch.nn.Module:
     """A 2-block random decoder; with ``planted_outliers`` a few input channels of the
     first block's MLP input are scaled up (random weights have no natural outliers)."""

@@ -15,7 +15,7 @@ from quantkit.models.loading import load_model
 from quantkit.precision import PrecisionPlan
 from quantkit.precision.offset_budget import OffsetCandidate, choose_offset_graphs
 from quantkit.weights import WEIGHTS_FILE, int8_weight_bytes, load_weights
-from tests.conftest import tiny_model
+from tests.conftest import tiny_calibration_config, tiny_model
 
 BLOCK = 32
 
@@ -70,15 +70,8 @@ def tiny_folder(tmp_path_factory, tiny_tokenizer):
 
 
 def _config(root, budget: float) -> CalibrationConfig:
-    return CalibrationConfig.preset(
-        model=str(root / "model"),
-        num_sequences=4,
-        seq_len=64,
-        aimet_num_sequences=1,
-        eval_num_sequences=2,
-        eval_seq_len=64,
-        sensitivity_num_sequences=1,
-        sensitivity_seq_len=32,
+    return tiny_calibration_config(
+        str(root / "model"),
         activation_bits="16",
         weight_bits="4",
         weight_block_size=BLOCK,

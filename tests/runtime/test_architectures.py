@@ -18,7 +18,7 @@ from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.precision import PrecisionPlan
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
-from tests.conftest import ARCHITECTURE_CASES, TINY_VOCAB, TINY_WINDOW, architecture_case_model, tiny_config
+from tests.conftest import ARCHITECTURE_CASES, TINY_VOCAB, TINY_WINDOW, architecture_case_model, tiny_calibration_config, tiny_config
 from tests.runtime.simulation import simulated_greedy
 
 CHUNK = 16
@@ -39,16 +39,7 @@ def case(request, tmp_path_factory, tiny_tokenizer):
     root = tmp_path_factory.mktemp(f"arch-{request.param}")
     architecture_case_model(request.param).save_pretrained(root / "model")
     tiny_tokenizer.save_pretrained(root / "model")
-    config = CalibrationConfig.preset(
-        model=str(root / "model"),
-        num_sequences=4,
-        seq_len=64,
-        aimet_num_sequences=1,
-        eval_num_sequences=2,
-        eval_seq_len=64,
-        sensitivity_num_sequences=1,
-        sensitivity_seq_len=32,
-    )
+    config = tiny_calibration_config(str(root / "model"))
     calibrate(root / "calib", config, progress=False)
     _export_with_placement(root, "cpu-fp", "fp-bundle")
     _export_with_placement(root, "npu", "bundle")

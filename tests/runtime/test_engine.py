@@ -5,13 +5,13 @@ import torch
 from quantkit.runtime.bundle import BundleError
 from quantkit.runtime.engine import BundleModel
 
-from quantkit.calibration import CalibrationConfig, calibrate
+from quantkit.calibration import calibrate
 from quantkit.export import export_bundle
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.precision import PRECISION_FILE, PrecisionPlan
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
-from tests.conftest import PLANTED_OUTPUT_CHANNELS, TINY_VOCAB, plant_output_outliers, tiny_model
+from tests.conftest import PLANTED_OUTPUT_CHANNELS, TINY_VOCAB, plant_output_outliers, tiny_calibration_config, tiny_model
 from tests.runtime.simulation import simulated_greedy
 
 CHUNK = 16
@@ -25,16 +25,7 @@ def bundle(request, tmp_path_factory, tiny_tokenizer):
     plant_output_outliers(model)
     model.save_pretrained(folder)
     tiny_tokenizer.save_pretrained(folder)
-    config = CalibrationConfig.preset(
-        model=str(folder),
-        num_sequences=4,
-        seq_len=64,
-        aimet_num_sequences=1,
-        eval_num_sequences=2,
-        eval_seq_len=64,
-        sensitivity_num_sequences=1,
-        sensitivity_seq_len=32,
-    )
+    config = tiny_calibration_config(str(folder))
     calibrate(root / "calib", config, progress=False)
     # Both placements in one bundle: the planted outliers live in block 0 (NPU, shadow
     # path); block 1 runs in FP on the CPU (placement.json is the editable plan export reads).

@@ -18,7 +18,7 @@ from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.precision import PrecisionPlan
 from quantkit.transforms import rotate_residual_stream
 from quantkit.weights import WEIGHTS_FILE, load_weights
-from tests.conftest import ARCHITECTURE_CASES, PLANTED_CHANNELS, TINY_VOCAB, architecture_case_model, tiny_model
+from tests.conftest import ARCHITECTURE_CASES, PLANTED_CHANNELS, TINY_VOCAB, architecture_case_model, tiny_calibration_config, tiny_model
 
 ROTATABLE = tuple(case for case in ARCHITECTURE_CASES if case != "gemma3")
 IDS = torch.randint(0, TINY_VOCAB, (1, 40), generator=torch.Generator().manual_seed(0))
@@ -82,15 +82,8 @@ def rotated_bundle(tmp_path_factory, tiny_tokenizer):
     model = tiny_model("qwen2", planted_outliers=True)  # biases: the output-side rotation moves o/down biases too
     model.save_pretrained(root / "model")
     tiny_tokenizer.save_pretrained(root / "model")
-    config = CalibrationConfig.preset(
-        model=str(root / "model"),
-        num_sequences=4,
-        seq_len=64,
-        aimet_num_sequences=1,
-        eval_num_sequences=2,
-        eval_seq_len=64,
-        sensitivity_num_sequences=1,
-        sensitivity_seq_len=32,
+    config = tiny_calibration_config(
+        str(root / "model"),
         rotation="hadamard",
         activation_bits="16",
     )

@@ -19,7 +19,7 @@ from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.precision import PrecisionPlan
 from quantkit.weights import WEIGHTS_FILE, load_weights
-from tests.conftest import TINY_VOCAB, plant_output_outliers, tiny_model
+from tests.conftest import TINY_VOCAB, plant_output_outliers, tiny_calibration_config, tiny_model
 
 CHUNK = 16
 BLOCK = 32
@@ -33,15 +33,8 @@ def w4_bundle(request, tmp_path_factory, tiny_tokenizer):
     plant_output_outliers(model)
     model.save_pretrained(root / "model")
     tiny_tokenizer.save_pretrained(root / "model")
-    config = CalibrationConfig.preset(
-        model=str(root / "model"),
-        num_sequences=4,
-        seq_len=64,
-        aimet_num_sequences=1,
-        eval_num_sequences=2,
-        eval_seq_len=64,
-        sensitivity_num_sequences=1,
-        sensitivity_seq_len=32,
+    config = tiny_calibration_config(
+        str(root / "model"),
         activation_bits="16",
         weight_bits="4",
         weight_block_size=BLOCK,
@@ -179,15 +172,8 @@ def test_config_rejects_4_bit_weights_with_8_bit_activations():
 
 def test_weight_bits_auto_keeps_int8_where_4_bits_cost_the_budget(tmp_path, tiny_model_folder):
     """--weight-bits auto: measured points, each graph's stored weights in its graph's format."""
-    config = CalibrationConfig.preset(
-        model=str(tiny_model_folder),
-        num_sequences=4,
-        seq_len=64,
-        aimet_num_sequences=1,
-        eval_num_sequences=2,
-        eval_seq_len=64,
-        sensitivity_num_sequences=1,
-        sensitivity_seq_len=32,
+    config = tiny_calibration_config(
+        str(tiny_model_folder),
         activation_bits="16",
         weight_bits="auto",
         weight_block_size=BLOCK,
