@@ -320,7 +320,11 @@ def _add_lint(subparsers) -> None:
         "--qnn also compiles and runs every NPU graph on the QNN HTP backend (CPU fallback disabled) and compares it, and ONNX Runtime CPU, with the graph's float result.",
     )
     parser.add_argument("bundle", help="folder written by `quantkit export`")
-    parser.add_argument("--qnn", action="store_true", help="run every graph on QNN HTP and on ONNX Runtime CPU and compare both with the graph's float result")
+    parser.add_argument(
+        "--qnn",
+        action="store_true",
+        help="run every graph on QNN HTP and on ONNX Runtime CPU and compare both with the graph's float result (and its EPContext model, where the bundle has one)",
+    )
     parser.set_defaults(handler=_run_lint)
 
 
@@ -329,7 +333,8 @@ def _run_lint(args) -> int:
 
     report = lint_bundle(args.bundle, qnn=args.qnn)
     for name, value in report.sqnr_db.items():
-        print(f"{name:<20} SQNR vs float: QNN HTP {value:6.1f} dB, ONNX Runtime CPU {report.cpu_sqnr_db[name]:6.1f} dB")
+        context = f", its context binary {report.context_sqnr_db[name]:6.1f} dB" if name in report.context_sqnr_db else ""
+        print(f"{name:<20} SQNR vs float: QNN HTP {value:6.1f} dB, ONNX Runtime CPU {report.cpu_sqnr_db[name]:6.1f} dB{context}")
     if report.sqnr_db:
         values = list(report.sqnr_db.values())
         floors = ", ".join(f"A{bits} {floor:g} dB" for bits, floor in MIN_SQNR_DB.items())

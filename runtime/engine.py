@@ -57,6 +57,7 @@ class BundleModel:
     """
 
     def __init__(self, folder: str | Path, npu: str = "cpu", shadow: bool = True, schedule: str = "ooo", npu_threads: int = 1, cpu_threads: int = 1):
+        started = time.perf_counter()
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)
         try:
@@ -97,9 +98,13 @@ class BundleModel:
         # equal argmax), so such bundles run their graphs as written.
         fold_weights = all(entry["activation_bits"] == 16 for entry in self._graph_entries.values())
         npu_graphs = {key: OrtGraph(self.folder, entry, npu, npu_threads, fold_weights) for key, entry in self._graph_entries.items()}
+        self.npu = npu
+        self.npu_graph_files = {graph.entry["name"]: graph.source for graph in npu_graphs.values()}  # what each NPU session was made from
+        self.npu_context_graphs = sum(graph.from_context for graph in npu_graphs.values())  # loaded from a compiled QNN context binary
         self._parts = ModelParts(self.arch, self.cpu, self.placement, sites, npu_graphs, self._count_npu_run, self.chunk_size)
         self._decode_parts: ModelParts | None = None
         self.cpu_threads = cpu_threads
+        self.load_seconds = time.perf_counter() - started  # with npu="qnn": every graph compiled or loaded from its context binary
 
     @contextmanager
     def _torch_threads(self):

@@ -22,6 +22,8 @@ class GenerationReport:
     critical_processor: str
     outlier_values: int
     cold_loads: int
+    load_seconds: float = 0.0  # loading the bundle: reading it, making every NPU graph's session
+    npu_sessions: str = ""  # what the NPU sessions were made from
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -33,8 +35,14 @@ class GenerationReport:
         steps = max(self.new_tokens - 1, 0)
         return steps / self.decode_seconds if self.decode_seconds else float("nan")
 
+    @property
+    def first_token_seconds(self) -> float:
+        """From loading the bundle to the first new token (its prefill)."""
+        return self.load_seconds + self.prefill_seconds
+
     def summary(self) -> str:
         return (
+            f"start-up: {self.load_seconds:.2f} s ({self.npu_sessions}); first token {self.first_token_seconds:.2f} s after it began\n"
             f"prefill: {self.prompt_tokens} tokens in {self.prefill_seconds:.2f} s = {self.prefill_tokens_per_s:.1f} tokens/s "
             f"(bubble ratio {self.bubble_ratio:.1%} of the {self.critical_processor.upper()}, {self.outlier_values} outlier values, {self.cold_loads} cold reads)\n"
             f"decode:  {self.new_tokens} tokens, {self.decode_tokens_per_s:.1f} tokens/s"
@@ -94,4 +102,16 @@ def generate_text(
         critical_processor=schedule_run.critical_processor,
         outlier_values=model.counters.outlier_values,
         cold_loads=model.counters.cold_loads,
+        load_seconds=model.load_seconds,
+        npu_sessions=npu_sessions(model),
     )
+
+
+def npu_sessions(model) -> str:
+    """Where the bundle's NPU sessions came from, in words."""
+    if model.npu != "qnn":
+        return f"{len(model.npu_graph_files)} NPU graphs on ONNX Runtime's CPU provider"
+    contexts = model.npu_context_graphs
+    if contexts == len(model.npu_graph_files):
+        return f"QNN HTP: {contexts} graphs loaded from their context binaries"
+    return f"QNN HTP: {len(model.npu_graph_files) - contexts} graphs compiled at start-up" + (f", {contexts} from context binaries" if contexts else "")

@@ -30,8 +30,13 @@ class OrtGraph:
         self.chunk_size = entry["input_shape"][1]
         path = folder / entry["file"]
         if npu == "qnn":
-            self.session = qnn_htp_session(path)
+            # A bundle exported with --qnn-context holds each graph compiled for its target:
+            # its EPContext model is loaded as it is on the device, nothing compiled here.
+            self.from_context = bool(entry.get("qnn_context"))
+            self.source = folder / entry["qnn_context"] if self.from_context else path
+            self.session = qnn_htp_session(self.source)
         else:
+            self.from_context, self.source = False, path
             self.session = ort_cpu_session(path, threads, fold_weights)
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:

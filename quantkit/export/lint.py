@@ -39,6 +39,7 @@ class LintReport:
     problems: list[str] = field(default_factory=list)
     sqnr_db: dict[str, float] = field(default_factory=dict)  # per graph, with --qnn: QNN HTP vs the float reference
     cpu_sqnr_db: dict[str, float] = field(default_factory=dict)  # ONNX Runtime CPU vs the float reference
+    context_sqnr_db: dict[str, float] = field(default_factory=dict)  # with --qnn-context bundles: the EPContext model on QNN HTP vs the float reference
 
     @property
     def ok(self) -> bool:
@@ -205,6 +206,8 @@ def _run_qnn(folder: Path, manifest: dict, report: LintReport) -> None:
         htp = torch.from_numpy(np.concatenate([h.ravel() for h in htp_outputs]))
         bits = records[0].bits
         report.sqnr_db[entry["name"]] = htp_sqnr = sqnr_db(reference, htp)
+        if entry.get("qnn_context"):
+            _check_context(folder, entry, feed, reference, htp_sqnr, bits, report)
         report.cpu_sqnr_db[entry["name"]] = cpu_sqnr = sqnr_db(reference, cpu)
         if htp_sqnr < cpu_sqnr - SQNR_MARGIN_DB and htp_sqnr < EXACT_SQNR_DB:
             report.problems.append(
@@ -212,6 +215,31 @@ def _run_qnn(folder: Path, manifest: dict, report: LintReport) -> None:
             )
         if htp_sqnr < MIN_SQNR_DB[bits]:
             report.problems.append(f"{entry['name']}: QNN HTP SQNR vs float {htp_sqnr:.1f} dB < {MIN_SQNR_DB[bits]:g} dB, the floor for A{bits} graphs")
+
+
+def _check_context(folder: Path, entry: dict, feed: dict, reference, htp_sqnr: float, bits: int, report: LintReport) -> None:
+    """The graph's EPContext model (``export --qnn-context``), loaded as the device loads it,
+    held to the QDQ graph's test: its SQNR vs the float reference at least the floor of its
+    width and not more than SQNR_MARGIN_DB below the QDQ graph's on HTP."""
+    import torch
+
+    from quantkit.quant_primitives import sqnr_db
+    from quantkit.runtime.sessions import qnn_htp_session
+
+    name, context = entry["name"], entry["qnn_context"]
+    try:
+        outputs = qnn_htp_session(folder / context).run(None, feed)
+    except Exception as error:  # ONNX Runtime reports a context it cannot load as a generic failure
+        report.problems.append(
+            f"{name}: {context} does not load on this QNN HTP backend ({str(error).splitlines()[0]}); export the bundle again with --qnn-context"
+        )
+        return
+    report.context_sqnr_db[name] = context_sqnr = sqnr_db(reference, torch.from_numpy(np.concatenate([o.ravel() for o in outputs])))
+    if (context_sqnr < htp_sqnr - SQNR_MARGIN_DB and context_sqnr < EXACT_SQNR_DB) or context_sqnr < MIN_SQNR_DB[bits]:
+        report.problems.append(
+            f"{name}: {context} SQNR vs float {context_sqnr:.1f} dB where its QDQ graph on QNN HTP has {htp_sqnr:.1f} dB; "
+            "the context binary does not compute this graph: export the bundle again with --qnn-context"
+        )
 
 
 def lint_bundle(folder: str | Path, qnn: bool = False, progress: bool = False) -> LintReport:

@@ -316,3 +316,33 @@ def test_lint_inputs_are_split_as_the_runtime_splits_them(tiny_bundle):
     shadowed = [site for site in plan.sites.values() if site.shadowed]
     assert shadowed and all(inputs[site.linear_names[0]][0, 0].abs().max() == 0 for site in shadowed)
     assert all(inputs[site.linear_names[0]][0, 1:].abs().max() > 0 for site in shadowed)
+
+
+def test_qnn_context_bundle_runs_its_context_binaries(tiny_bundle, tmp_path):
+    """`export --qnn-context` writes each graph compiled for a Snapdragon target; the runtime
+    loads those EPContext models on QNN HTP instead of compiling the QDQ graphs, lint holds
+    them to their QDQ graphs, and the tokens do not change."""
+    from quantkit.runtime.engine import BundleModel
+    from quantkit.runtime.generate import npu_sessions
+
+    bundle = export_bundle(tiny_bundle / "calib", tmp_path / "ctx", chunk_size=CHUNK, activation_bits=8, qnn_context=True, soc_model=60, progress=False)
+    manifest = load_manifest(bundle)
+    assert manifest["qnn_target"] == {"soc_model": 60, "htp_arch": None}
+    for entry in manifest["graphs"]:
+        # the context model holds no QDQ node to compile: one EPContext node over the binary
+        assert [node.op_type for node in onnx.load(str(bundle / entry["qnn_context"])).graph.node] == ["EPContext"]
+    with_contexts = BundleModel(bundle, npu="qnn")
+    assert with_contexts.npu_graph_files == {e["name"]: bundle / e["qnn_context"] for e in manifest["graphs"]}
+    assert npu_sessions(with_contexts) == f"QNN HTP: {len(manifest['graphs'])} graphs loaded from their context binaries"
+    prompt = torch.arange(40) % 100
+    from_contexts = list(with_contexts.generate(prompt, 6))
+    # one after the other: in x86 emulation, sessions loaded from contexts stop running once the
+    # process compiles a graph for the emulator's own target (sessions made after that run)
+    del with_contexts
+    compiled = BundleModel(tiny_bundle / "bundle", npu="qnn")  # the same graphs, compiled at start-up
+    assert compiled.npu_context_graphs == 0
+    assert from_contexts == list(compiled.generate(prompt, 6))
+    report = lint_bundle(bundle, qnn=True)
+    assert report.ok, report.problems
+    assert set(report.context_sqnr_db) == {e["name"] for e in manifest["graphs"]}
+    assert all(report.context_sqnr_db[name] >= report.sqnr_db[name] - SQNR_MARGIN_DB for name in report.sqnr_db)
