@@ -40,7 +40,7 @@ from quantkit.calibration.aimet_baseline import (
     load_quantizer_state,
 )
 from quantkit.calibration.bundle_perplexity import bundle_perplexity
-from quantkit.data.corpus import held_out_windows, load_documents, token_sequences
+from quantkit.data.corpus import load_documents, prompt_windows, token_sequences
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.outlier_shadow.plan import PLAN_FILE
@@ -88,13 +88,13 @@ def main(argv=None) -> int:
     logits = LogitsModel(loaded.model)
     forward = lambda ids: logits(ids.to(device))  # noqa: E731
     test_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "test"), args.test_sequences, args.test_seq_len, source="test split")
-    validation_ids = held_out_windows(
+    validation_ids = prompt_windows(
         loaded.tokenizer,
         load_documents(config.data, "validation"),
         config.evaluation.eval_num_sequences,
         config.evaluation.eval_seq_len,
         source="validation split",
-    )[0]  # the windows calibration searched on
+    )
     statistics = ActivationStatistics.load(calib)
     plan = ShadowPlan.load(calib / PLAN_FILE)
     precision = PrecisionPlan.load(calib / PRECISION_FILE)

@@ -87,11 +87,11 @@ def test_bundle_runtime_tracks_fp_on_real_text(smoke_calibration, smollm2):
     # The summary's quantkit figure predicts the exported bundle on the same tokens.
     from quantkit.eval.perplexity import perplexity
 
-    from quantkit.data.corpus import held_out_windows
+    from quantkit.data.corpus import prompt_windows
 
     config = smoke_calibration_config()
-    validation = held_out_windows(
+    validation = prompt_windows(
         smollm2.tokenizer, load_documents(config.data, "validation"), config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len
-    )[0]
+    )
     measured = perplexity(lambda batch: runtime.prefill(batch[0])[None], validation, progress=False)
     assert measured == pytest.approx(smoke_calibration.perplexities["quantkit"], rel=0.002)

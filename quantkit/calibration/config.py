@@ -381,13 +381,12 @@ class EvaluationConfig:
 
     * ``eval_num_sequences=16`` × 256 tokens of the validation split: the windows every
       precision and placement decision is measured on; the next 16 windows confirm the
-      chosen arithmetic on text no decision saw (the summary's confirmation), the two
-      taken alternately (``data.corpus.held_out_windows``). Each window is shaped like a
-      request: BOS, then 255 consecutive tokens of a document, every document's first
-      piece before any second one. Windows cut from one token stream instead start
-      mid-document with no BOS; on SmolLM2 the A8 error per token is lowest at the first
-      64 positions after BOS and flat after, so 512-token stream windows overstate the
-      error on the requests and texts lm-eval scores (a few hundred tokens after BOS).
+      chosen arithmetic on text no decision saw (the summary's confirmation). Each window
+      is shaped like a prompt (``data.corpus.prompt_windows``): BOS, then the start of a
+      document. Windows cut from one token stream instead start mid-document with no BOS;
+      on SmolLM2 the A8 error per token is lowest at the first 64 positions after BOS and
+      flat after, so stream windows overstate the error on the prompts and texts lm-eval
+      scores (a few hundred tokens from BOS) and the search decided on the wrong text.
     * ``bundle_chunk_size=256`` (the export's default): the summary's ``quantkit``
       perplexity is the calibration exported at this chunk size and run through the
       runtime on the validation tokens (``calibration.bundle_perplexity``) — what ships,
@@ -395,7 +394,7 @@ class EvaluationConfig:
     """
 
     eval_num_sequences: int = setting_field(16, "validation sequences decisions are measured on (as many again confirm them)", _positive_int)
-    eval_seq_len: int = setting_field(256, "tokens in each validation sequence (BOS, then consecutive tokens of one document)", _tokens)
+    eval_seq_len: int = setting_field(256, "tokens in each validation sequence (BOS, then the start of a document)", _tokens)
     bundle_chunk_size: int = setting_field(DEFAULT_CHUNK_SIZE, "prefill chunk of the bundle whose runtime perplexity the summary reports", _positive_int)
 
     def __post_init__(self) -> None:

@@ -38,7 +38,7 @@ from quantkit.calibration.bundle_perplexity import bundle_perplexity
 from quantkit.calibration.collect import collect_activation_statistics
 from quantkit.calibration.config import CalibrationConfig
 from quantkit.calibration.report import OutlierLayer, format_summary, plot_outlier_heatmap, rank_outlier_layers
-from quantkit.data.corpus import held_out_windows, load_documents, token_sequences
+from quantkit.data.corpus import load_documents, prompt_windows, token_sequences
 from quantkit.errors import QuantkitError
 from quantkit.eval.perplexity import perplexity, sequence_nll
 from quantkit.models.loading import load_model
@@ -339,15 +339,15 @@ def calibrate(
             config.statistics.seq_len,
             source=f"--data {config.data} (calibration split)",
         )
-        # the search's windows and as many again to confirm its decision on (disjoint)
-        validation_ids, confirmation_ids = held_out_windows(
+        # the search's windows, then as many again to confirm its decision on (disjoint documents)
+        windows = prompt_windows(
             loaded.tokenizer,
             load_documents(config.data, "validation"),
-            config.evaluation.eval_num_sequences,
+            2 * config.evaluation.eval_num_sequences,
             config.evaluation.eval_seq_len,
             source=f"--data {config.data} (validation split)",
         )
-        windows = torch.cat([validation_ids, confirmation_ids])
+        validation_ids, confirmation_ids = windows[: config.evaluation.eval_num_sequences], windows[config.evaluation.eval_num_sequences :]
     # Only now is there work to resume: a run that fails to load its model or text leaves nothing behind.
     resuming = staging.exists()
     staging.mkdir(parents=True, exist_ok=True)

@@ -19,7 +19,7 @@ import torch
 from quantkit.data.enwiki import SPLITS, load_enwiki_split, split_of
 from quantkit.errors import DataError
 
-__all__ = ["BUILTIN_DATA", "held_out_windows", "load_documents", "prompt_windows", "token_sequences"]
+__all__ = ["BUILTIN_DATA", "load_documents", "prompt_windows", "token_sequences"]
 
 BUILTIN_DATA = ("enwiki",)
 _DATASETS_SPLIT_NAMES = {"calibration": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
@@ -68,44 +68,37 @@ def token_sequences(tokenizer, documents: list[str], num_sequences: int, seq_len
 
 
 def prompt_windows(tokenizer, documents: list[str], num_sequences: int, seq_len: int, source: str = "data") -> torch.Tensor:
-    """``num_sequences`` windows of ``seq_len`` tokens ([N, L] int64) shaped like requests:
-    each is the BOS token (EOS where the tokenizer has none) and then ``seq_len - 1``
-    consecutive tokens of one document, with no special token after position 0.
+    """``num_sequences`` windows of ``seq_len`` tokens ([N, L] int64) shaped like the prompts
+    and the texts lm-eval scores: each starts with the BOS token (EOS where the tokenizer has
+    none) and the beginning of a document, with no special token after it.
 
-    Each document is cut into pieces of ``seq_len - 1`` tokens (a document shorter than a
-    piece runs on into the following ones, joined by a blank line; a last partial piece is
-    dropped); the windows take the first piece of every document, then the second of every
-    document, and so on, so a few windows already span many documents. Deterministic, and
-    no window repeats text. Unlike :func:`token_sequences`' cut of one stream, position 0
-    always holds BOS, the attention-sink position whose row the shadow keeps in FP, as in
-    every request at deployment.
+    A document shorter than the window continues with the following documents, joined by a
+    blank line; the next window starts at the next unused document. Deterministic, and no
+    window repeats text. Unlike :func:`token_sequences`' cut of one stream, position 0 always
+    holds BOS: the attention-sink position whose row the shadow keeps in FP, as in every
+    request at deployment, and the early positions that short prompts are made of weigh as
+    much as in those prompts.
     """
     if num_sequences < 1 or seq_len < 2:
         raise DataError(f"need at least 1 sequence of at least 2 tokens, got {num_sequences} × {seq_len}")
     start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
     prefix = [start] if start is not None else []
-    piece = seq_len - len(prefix)
     blank_line = tokenizer("\n\n", add_special_tokens=False, verbose=False)["input_ids"]
-    texts: list[list[int]] = [[]]
-    for document in documents:
-        if len(texts[-1]) >= piece:
-            texts.append([])
-        texts[-1].extend((blank_line if texts[-1] else []) + tokenizer(document, add_special_tokens=False, verbose=False)["input_ids"])
-    pieces = [[text[i : i + piece] for i in range(0, len(text) - piece + 1, piece)] for text in texts]
-    windows = [prefix + p[k] for k in range(max(map(len, pieces))) for p in pieces if k < len(p)]
-    if len(windows) < num_sequences:
-        raise DataError(
-            f"{source} has {len(windows)} windows of {seq_len} tokens, but {num_sequences} are needed; "
-            "provide more text or lower --eval-num-sequences / --eval-seq-len"
-        )
-    return torch.tensor(windows[:num_sequences], dtype=torch.long)
-
-
-def held_out_windows(tokenizer, documents: list[str], num_sequences: int, seq_len: int, source: str = "data") -> tuple[torch.Tensor, torch.Tensor]:
-    """The windows a search decides on and as many to confirm its decision on: disjoint
-    :func:`prompt_windows`, taken alternately so that both halves hold alike text."""
-    windows = prompt_windows(tokenizer, documents, 2 * num_sequences, seq_len, source)
-    return windows[0::2], windows[1::2]
+    body = seq_len - len(prefix)
+    encoded = (tokenizer(document, add_special_tokens=False, verbose=False)["input_ids"] for document in documents)
+    windows: list[list[int]] = []
+    window: list[int] = []
+    for ids in encoded:
+        window.extend((blank_line if window else []) + ids)
+        if len(window) >= body:
+            windows.append(prefix + window[:body])
+            window = []
+            if len(windows) == num_sequences:
+                return torch.tensor(windows, dtype=torch.long)
+    raise DataError(
+        f"{source} fills {len(windows)} windows of {seq_len} tokens that each start a document, but {num_sequences} are needed; "
+        "provide more text or lower --eval-num-sequences / --eval-seq-len"
+    )
 
 
 def _hash_split(documents: list[str], split: str) -> list[str]:

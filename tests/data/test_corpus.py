@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from quantkit.data.corpus import held_out_windows, load_documents, prompt_windows, token_sequences
+from quantkit.data.corpus import load_documents, prompt_windows, token_sequences
 from quantkit.data.enwiki import SPLITS, load_enwiki_split, split_of
 from quantkit.errors import DataError
 
@@ -81,28 +81,20 @@ def test_too_short_data_says_what_is_needed(tiny_tokenizer):
         token_sequences(tiny_tokenizer, ["A short text."], 8, 512, source="--data tiny.txt")
 
 
-def test_prompt_windows_start_at_bos_and_take_every_document_first(tiny_tokenizer):
-    documents = ["First document, long enough for two windows. " * 8, "Hi.", "Yo.", "A third that closes it. " * 8]
-    windows = prompt_windows(tiny_tokenizer, documents, 3, 24)
-    assert windows.shape == (3, 24) and windows.dtype == torch.long
+def test_prompt_windows_start_at_bos_and_a_document(tiny_tokenizer):
+    documents = ["First document, long enough to fill a window on its own. " * 8, "Short one.", "Another short one.", "A third that closes it. " * 8]
+    windows = prompt_windows(tiny_tokenizer, documents, 2, 24)
+    assert windows.shape == (2, 24) and windows.dtype == torch.long
     start = tiny_tokenizer.bos_token_id if tiny_tokenizer.bos_token_id is not None else tiny_tokenizer.eos_token_id
-    assert windows[:, 0].tolist() == [start] * 3
+    assert windows[:, 0].tolist() == [start, start]
     encode = lambda text: tiny_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    first = encode(documents[0])
-    assert windows[0, 1:].tolist() == first[:23]
-    # the short documents run on into the next after a blank line; the first document's second piece comes after
+    assert windows[0, 1:].tolist() == encode(documents[0])[:23]
+    # the short documents run on into the next after a blank line; no special token inside a window
     assert windows[1, 1:].tolist() == (encode(documents[1]) + encode("\n\n") + encode(documents[2]) + encode("\n\n") + encode(documents[3]))[:23]
-    assert windows[2, 1:].tolist() == first[23:46]
     assert not set(windows[:, 1:].flatten().tolist()) & set(tiny_tokenizer.all_special_ids)
-    assert torch.equal(windows[:2], prompt_windows(tiny_tokenizer, documents, 2, 24))  # the first N windows do not depend on how many are asked
-
-
-def test_held_out_windows_alternate(tiny_tokenizer, enwiki_calibration_text):
-    search, confirmation = held_out_windows(tiny_tokenizer, enwiki_calibration_text, 3, 32)
-    windows = prompt_windows(tiny_tokenizer, enwiki_calibration_text, 6, 32)
-    assert torch.equal(search, windows[0::2]) and torch.equal(confirmation, windows[1::2])
+    assert torch.equal(windows[:1], prompt_windows(tiny_tokenizer, documents, 1, 24))  # the first N windows do not depend on how many are asked
 
 
 def test_prompt_windows_say_what_is_missing(tiny_tokenizer):
-    with pytest.raises(DataError, match=r"has 0 windows of 512 tokens, but 8 are needed; provide more text or lower --eval-num-sequences"):
+    with pytest.raises(DataError, match=r"fills 0 windows of 512 tokens .* 8 are needed; provide more text or lower --eval-num-sequences"):
         prompt_windows(tiny_tokenizer, ["A short text."], 8, 512, source="--data tiny.txt (validation split)")
