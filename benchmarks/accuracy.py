@@ -40,7 +40,7 @@ from quantkit.calibration.aimet_baseline import (
     load_quantizer_state,
 )
 from quantkit.calibration.bundle_perplexity import bundle_perplexity
-from quantkit.data.corpus import load_documents, prompt_windows, token_sequences
+from quantkit.data.corpus import load_documents, token_sequences
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.outlier_shadow.plan import PLAN_FILE
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     logits = LogitsModel(loaded.model)
     forward = lambda ids: logits(ids.to(device))  # noqa: E731
     test_ids = token_sequences(loaded.tokenizer, load_documents(config.data, "test"), args.test_sequences, args.test_seq_len, source="test split")
-    validation_ids = prompt_windows(
+    validation_ids = token_sequences(
         loaded.tokenizer,
         load_documents(config.data, "validation"),
         config.evaluation.eval_num_sequences,

@@ -42,7 +42,7 @@ from quantkit.eval.tasks import build_task_data
 from quantkit.runtime.engine import BundleModel
 
 from quantkit.calibration import CalibrationConfig, calibrate
-from quantkit.data.corpus import load_documents, prompt_windows, token_sequences
+from quantkit.data.corpus import load_documents, token_sequences
 from quantkit.export import export_bundle
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan
@@ -88,7 +88,7 @@ def main(argv=None) -> int:
     config = CalibrationConfig.load(calib / "config.json")
     loaded = load_model(config.model)
     tokenizer = loaded.tokenizer
-    windows = prompt_windows(tokenizer, load_documents(config.data, "validation"), config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len)
+    windows = token_sequences(tokenizer, load_documents(config.data, "validation"), config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len)
     test_ids = token_sequences(tokenizer, load_documents(config.data, "test"), args.test_sequences, args.test_seq_len, source="test split")
     wikitext = [json.loads(line)["text"] for line in (build_task_data() / "quantkit_wikitext.jsonl").read_text().splitlines() if line.strip()]
     plan = ShadowPlan.load(calib / PLAN_FILE)

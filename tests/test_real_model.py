@@ -87,10 +87,10 @@ def test_bundle_runtime_tracks_fp_on_real_text(smoke_calibration, smollm2):
     # The summary's quantkit figure predicts the exported bundle on the same tokens.
     from quantkit.eval.perplexity import perplexity
 
-    from quantkit.data.corpus import prompt_windows
+    from quantkit.data.corpus import token_sequences
 
     config = smoke_calibration_config()
-    validation = prompt_windows(
+    validation = token_sequences(
         smollm2.tokenizer, load_documents(config.data, "validation"), config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len
     )
     measured = perplexity(lambda batch: runtime.prefill(batch[0])[None], validation, progress=False)

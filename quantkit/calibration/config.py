@@ -15,7 +15,7 @@ recipe file (``--recipe``)::
     outliers: {outlier_quantile: 0.99, scale_rule: paper, sink_tokens: 1, ...}
     search: {activation_bits: auto, accuracy_budget: 0.01, ...}
     weights: {weight_bits: "8", weight_block_size: 32, ...}
-    evaluation: {eval_num_sequences: 16, eval_seq_len: 256, bundle_chunk_size: 256}
+    evaluation: {eval_num_sequences: 8, eval_seq_len: 512, bundle_chunk_size: 256}
     aimet: {aimet_num_sequences: 8, aimet_config: default}
 
 Version 1 was the same settings in one flat mapping; ``from_dict`` still reads it.
@@ -379,22 +379,18 @@ class WeightConfig:
 class EvaluationConfig:
     """The held-out text every decision and the summary are measured on.
 
-    * ``eval_num_sequences=16`` × 256 tokens of the validation split: the windows every
-      precision and placement decision is measured on; the next 16 windows confirm the
-      chosen arithmetic on text no decision saw (the summary's confirmation). Each window
-      is shaped like a prompt (``data.corpus.prompt_windows``): BOS, then the start of a
-      document. Windows cut from one token stream instead start mid-document with no BOS;
-      on SmolLM2 the A8 error per token is lowest at the first 64 positions after BOS and
-      flat after, so stream windows overstate the error on the prompts and texts lm-eval
-      scores (a few hundred tokens from BOS) and the search decided on the wrong text.
+    * ``eval_num_sequences=8`` × 512 tokens of the validation split: the windows every
+      precision and placement decision is measured on; the next 8 × 512 tokens of the
+      split confirm the chosen arithmetic on text no decision saw (the summary's
+      confirmation).
     * ``bundle_chunk_size=256`` (the export's default): the summary's ``quantkit``
       perplexity is the calibration exported at this chunk size and run through the
       runtime on the validation tokens (``calibration.bundle_perplexity``) — what ships,
       not the search's simulation, which is a different rounding draw at A8.
     """
 
-    eval_num_sequences: int = setting_field(16, "validation sequences decisions are measured on (as many again confirm them)", _positive_int)
-    eval_seq_len: int = setting_field(256, "tokens in each validation sequence (BOS, then the start of a document)", _tokens)
+    eval_num_sequences: int = setting_field(8, "validation sequences decisions are measured on (as many again confirm them)", _positive_int)
+    eval_seq_len: int = setting_field(512, "tokens in each validation sequence", _tokens)
     bundle_chunk_size: int = setting_field(DEFAULT_CHUNK_SIZE, "prefill chunk of the bundle whose runtime perplexity the summary reports", _positive_int)
 
     def __post_init__(self) -> None:

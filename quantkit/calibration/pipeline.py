@@ -38,7 +38,7 @@ from quantkit.calibration.bundle_perplexity import bundle_perplexity
 from quantkit.calibration.collect import collect_activation_statistics
 from quantkit.calibration.config import CalibrationConfig
 from quantkit.calibration.report import OutlierLayer, format_summary, plot_outlier_heatmap, rank_outlier_layers
-from quantkit.data.corpus import load_documents, prompt_windows, token_sequences
+from quantkit.data.corpus import load_documents, token_sequences
 from quantkit.errors import QuantkitError
 from quantkit.eval.perplexity import perplexity, sequence_nll
 from quantkit.models.loading import load_model
@@ -339,8 +339,8 @@ def calibrate(
             config.statistics.seq_len,
             source=f"--data {config.data} (calibration split)",
         )
-        # the search's windows, then as many again to confirm its decision on (disjoint documents)
-        windows = prompt_windows(
+        # the search's windows, then as many again to confirm its decision on (one cut: disjoint)
+        windows = token_sequences(
             loaded.tokenizer,
             load_documents(config.data, "validation"),
             2 * config.evaluation.eval_num_sequences,

@@ -19,7 +19,7 @@ import torch
 from quantkit.data.enwiki import SPLITS, load_enwiki_split, split_of
 from quantkit.errors import DataError
 
-__all__ = ["BUILTIN_DATA", "load_documents", "prompt_windows", "token_sequences"]
+__all__ = ["BUILTIN_DATA", "load_documents", "token_sequences"]
 
 BUILTIN_DATA = ("enwiki",)
 _DATASETS_SPLIT_NAMES = {"calibration": ("train",), "validation": ("validation", "valid", "dev"), "test": ("test",)}
@@ -65,40 +65,6 @@ def token_sequences(tokenizer, documents: list[str], num_sequences: int, seq_len
             "provide more text or lower --num-sequences / --seq-len"
         )
     return torch.tensor(stream[:needed], dtype=torch.long).reshape(num_sequences, seq_len)
-
-
-def prompt_windows(tokenizer, documents: list[str], num_sequences: int, seq_len: int, source: str = "data") -> torch.Tensor:
-    """``num_sequences`` windows of ``seq_len`` tokens ([N, L] int64) shaped like the prompts
-    and the texts lm-eval scores: each starts with the BOS token (EOS where the tokenizer has
-    none) and the beginning of a document, with no special token after it.
-
-    A document shorter than the window continues with the following documents, joined by a
-    blank line; the next window starts at the next unused document. Deterministic, and no
-    window repeats text. Unlike :func:`token_sequences`' cut of one stream, position 0 always
-    holds BOS: the attention-sink position whose row the shadow keeps in FP, as in every
-    request at deployment, and the early positions that short prompts are made of weigh as
-    much as in those prompts.
-    """
-    if num_sequences < 1 or seq_len < 2:
-        raise DataError(f"need at least 1 sequence of at least 2 tokens, got {num_sequences} × {seq_len}")
-    start = tokenizer.bos_token_id if tokenizer.bos_token_id is not None else tokenizer.eos_token_id
-    prefix = [start] if start is not None else []
-    blank_line = tokenizer("\n\n", add_special_tokens=False, verbose=False)["input_ids"]
-    body = seq_len - len(prefix)
-    encoded = (tokenizer(document, add_special_tokens=False, verbose=False)["input_ids"] for document in documents)
-    windows: list[list[int]] = []
-    window: list[int] = []
-    for ids in encoded:
-        window.extend((blank_line if window else []) + ids)
-        if len(window) >= body:
-            windows.append(prefix + window[:body])
-            window = []
-            if len(windows) == num_sequences:
-                return torch.tensor(windows, dtype=torch.long)
-    raise DataError(
-        f"{source} fills {len(windows)} windows of {seq_len} tokens that each start a document, but {num_sequences} are needed; "
-        "provide more text or lower --eval-num-sequences / --eval-seq-len"
-    )
 
 
 def _hash_split(documents: list[str], split: str) -> list[str]:

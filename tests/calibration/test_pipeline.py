@@ -139,7 +139,7 @@ def test_summary_perplexity_is_the_exported_bundles(tmp_path, tiny_model_folder)
     from quantkit.eval.perplexity import perplexity
     from quantkit.runtime.engine import BundleModel
 
-    from quantkit.data.corpus import load_documents, prompt_windows
+    from quantkit.data.corpus import load_documents, token_sequences
     from quantkit.export import export_bundle
     from quantkit.models.loading import load_model
     from quantkit.precision import PrecisionPlan
@@ -170,7 +170,7 @@ def test_summary_perplexity_is_the_exported_bundles(tmp_path, tiny_model_folder)
     assert len(realizations) == (3 if summary["a8_mac_share"] > 0 else 1)  # every graph A16: the draws agree, one is measured
     assert all(abs(v / summary["confirmation"]["fp"] - 1) < 0.2 for v in realizations)
     loaded = load_model(config.model)
-    validation = prompt_windows(
+    validation = token_sequences(
         loaded.tokenizer, load_documents(config.data, "validation"), config.evaluation.eval_num_sequences, config.evaluation.eval_seq_len
     )
     measured = {}

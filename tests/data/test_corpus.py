@@ -3,7 +3,7 @@ import json
 import pytest
 import torch
 
-from quantkit.data.corpus import load_documents, prompt_windows, token_sequences
+from quantkit.data.corpus import load_documents, token_sequences
 from quantkit.data.enwiki import SPLITS, load_enwiki_split, split_of
 from quantkit.errors import DataError
 
@@ -79,22 +79,3 @@ def test_token_sequences_are_deterministic_windows(tiny_tokenizer, enwiki_calibr
 def test_too_short_data_says_what_is_needed(tiny_tokenizer):
     with pytest.raises(DataError, match=r"sequences × 512 tokens = 4096 are needed; provide more text"):
         token_sequences(tiny_tokenizer, ["A short text."], 8, 512, source="--data tiny.txt")
-
-
-def test_prompt_windows_start_at_bos_and_a_document(tiny_tokenizer):
-    documents = ["First document, long enough to fill a window on its own. " * 8, "Short one.", "Another short one.", "A third that closes it. " * 8]
-    windows = prompt_windows(tiny_tokenizer, documents, 2, 24)
-    assert windows.shape == (2, 24) and windows.dtype == torch.long
-    start = tiny_tokenizer.bos_token_id if tiny_tokenizer.bos_token_id is not None else tiny_tokenizer.eos_token_id
-    assert windows[:, 0].tolist() == [start, start]
-    encode = lambda text: tiny_tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-    assert windows[0, 1:].tolist() == encode(documents[0])[:23]
-    # the short documents run on into the next after a blank line; no special token inside a window
-    assert windows[1, 1:].tolist() == (encode(documents[1]) + encode("\n\n") + encode(documents[2]) + encode("\n\n") + encode(documents[3]))[:23]
-    assert not set(windows[:, 1:].flatten().tolist()) & set(tiny_tokenizer.all_special_ids)
-    assert torch.equal(windows[:1], prompt_windows(tiny_tokenizer, documents, 1, 24))  # the first N windows do not depend on how many are asked
-
-
-def test_prompt_windows_say_what_is_missing(tiny_tokenizer):
-    with pytest.raises(DataError, match=r"fills 0 windows of 512 tokens .* 8 are needed; provide more text or lower --eval-num-sequences"):
-        prompt_windows(tiny_tokenizer, ["A short text."], 8, 512, source="--data tiny.txt (validation split)")
