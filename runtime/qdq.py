@@ -313,7 +313,14 @@ class QdqLinear:
         """y = Q(x) · Wᵀ + b before output requantization (the graph's MatMul + Add); with
         block offsets Q_p(Q(x) · W_codesᵀ) + Q_p(m · Oᵀ) (module docstring), the partial
         products in float while the output ranges are recorded (no output scale yet)."""
-        quantized = fake_quantize_activation(x, self.input_scale, self.bits)
+        return self.accumulate_quantized(self.quantize_input(x))
+
+    def quantize_input(self, x: torch.Tensor) -> torch.Tensor:
+        """Q(x), the graph input's QuantizeLinear/DequantizeLinear (one per graph: the Linears of a site share it)."""
+        return fake_quantize_activation(x, self.input_scale, self.bits)
+
+    def accumulate_quantized(self, quantized: torch.Tensor) -> torch.Tensor:
+        """:meth:`accumulate` from the quantized input Q(x) (:meth:`quantize_input`)."""
         y = torch.nn.functional.linear(quantized, self._weight, self._bias)
         if self._offset_weight is None:
             return y

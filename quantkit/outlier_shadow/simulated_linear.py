@@ -25,7 +25,7 @@ from quantkit.weights.quantize import WeightCodes, quantized_weights
 if TYPE_CHECKING:
     from quantkit.precision.plan import PrecisionPlan
 
-__all__ = ["DeployedLinear", "deployed_record", "simulated_quantization", "WeightCodes"]
+__all__ = ["DeployedLinear", "SiteInput", "deployed_record", "simulated_quantization", "WeightCodes"]
 
 
 def deployed_record(
@@ -59,14 +59,77 @@ def deployed_record(
     return QdqLinear(weight, input_scale, output_scale, bits, bias_codes, bias_scales, means_scale, output_bits)
 
 
+class SiteInput:
+    """What the Linears of one site (one NPU graph input) compute alike from it, once per
+    input: clip(x) and x_out (Eq. 1; the sink rows whole in x_out), Q(clip(x)), and the
+    shadow product x_out·W_fpᵀ of all the site's Linears side by side, as the runtime's
+    ``ShadowSite`` computes it (the same values as one product per Linear).
+
+    HF's blocks call a site's Linears one after another with one tensor (q/k/v, gate/up).
+    The first call computes the parts; the others take them; a new tensor, or the same one
+    changed in place, is computed afresh; the parts are dropped once every Linear of the
+    site has taken them."""
+
+    def __init__(self) -> None:
+        self.members: list[DeployedLinear] = []
+        self._input: torch.Tensor | None = None
+        self._version = -1
+        self._parts: tuple[torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+        self._taken = 0
+
+    def join(self, member: DeployedLinear) -> int:
+        """Add ``member``; returns the offset of its outputs in the site's shadow product."""
+        if self.members:
+            first = self.members[0]
+            same = (first.threshold, first.sink_tokens, first.shadowed, first.record.input_scale, first.record.bits)
+            if same != (member.threshold, member.sink_tokens, member.shadowed, member.record.input_scale, member.record.bits):
+                raise ValueError("the Linears of one site share their input's clip, sink rows and quantization")
+        offset = sum(m.out_features for m in self.members)
+        self.members.append(member)
+        return offset
+
+    def parts(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(clip(x), Q(clip(x)), the site's shadow product [..., T, Σ out] or None)."""
+        if self._input is not x or self._version != x._version:
+            self._parts, self._input, self._version, self._taken = self._compute(x), x, x._version, 0
+        parts = self._parts
+        self._taken += 1
+        if self._taken == len(self.members):
+            self._parts, self._input = None, None
+        return parts
+
+    def _compute(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        # x is [..., T, in] at positions 0…T−1 (calibration runs whole sequences)
+        first = self.members[0]
+        sink = first.sink_tokens
+        sink_rows = torch.arange(x.shape[-2], device=x.device) < sink if sink else None
+        clipped, excess = split_outliers(x, first.threshold, sink_rows)
+        quantized = first.record.quantize_input(clipped)
+        if not first.shadowed:
+            return clipped, quantized, None
+        # the shadow product, over every channel (the runtime reads cold columns on demand)
+        rows = excess[..., sink:, :]
+        # x_out is about 1% non-zero (SmolLM2) outside the sink rows: gathered contiguous, the active
+        # channels' FP columns cost a fraction of the dense product (sparse.mm over a transposed view is slower).
+        product = outlier_product(rows.reshape(-1, first.in_features), lambda active: torch.cat([m.shadow_columns.T[active] for m in self.members], dim=1))
+        total = sum(m.out_features for m in self.members)
+        rest = None if product is None else product[0].reshape(*rows.shape[:-1], total)
+        if not sink:
+            return clipped, quantized, rest
+        # the sink rows are x_out in every channel: one dense product each (not every column gathered)
+        dense = torch.cat([nn.functional.linear(excess[..., :sink, :], m.shadow_columns) for m in self.members], dim=-1)
+        return clipped, quantized, torch.cat([dense, rows.new_zeros(*rows.shape[:-1], total) if rest is None else rest], dim=-2)
+
+
 class DeployedLinear(nn.Module):
     """clip(x) through the NPU record; the output-side shadow channels C computed in FP,
     clip(x)·W[C]ᵀ + b[C]; and — unless the site is pruned — the clipped excess times the
     FP weight columns (the shadow path; every channel, as the runtime reads cold columns
-    on demand). ``observer``, when set, sees the NPU accumulator before output
+    on demand). What depends on the input only is computed once for the site
+    (:class:`SiteInput`). ``observer``, when set, sees the NPU accumulator before output
     requantization (the calibration of the output ranges)."""
 
-    def __init__(self, linear: nn.Linear, site: SiteShadowPlan, record: QdqLinear, name: str = "", sink_tokens: int = 0):
+    def __init__(self, linear: nn.Linear, site: SiteShadowPlan, record: QdqLinear, name: str = "", sink_tokens: int = 0, site_input: SiteInput | None = None):
         super().__init__()
         device = linear.weight.device
         self.record = record.to(device)
@@ -81,33 +144,21 @@ class DeployedLinear(nn.Module):
         self.output_bias = linear.bias.detach()[channels] if channels and linear.bias is not None else None
         self.observer: Callable[[torch.Tensor], None] | None = None
         self.input_observer: Callable[[torch.Tensor], None] | None = None  # sees clip(x)
+        self.site_input = site_input if site_input is not None else SiteInput()
+        self.shadow_offset = self.site_input.join(self)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x is [..., T, in] at positions 0…T−1 (calibration runs whole sequences)
-        sink_rows = torch.arange(x.shape[-2], device=x.device) < self.sink_tokens if self.sink_tokens else None
-        clipped, excess = split_outliers(x, self.threshold, sink_rows)
+        clipped, quantized, site_shadow = self.site_input.parts(x)
         if self.input_observer is not None:
             self.input_observer(clipped.detach())
-        y = self.record.accumulate(clipped)
+        y = self.record.accumulate_quantized(quantized)
         if self.observer is not None:
             self.observer(y.detach())
         if self.record.output_scale is not None:
             y = self.record.requantize_output(y)
         # output-side shadow: these channels' NPU rows are zero, the CPU computes them in FP
         output_part = (self.output_channels, nn.functional.linear(clipped, self.output_rows, self.output_bias)) if self.output_rows is not None else None
-        outlier_part = None
-        if self.shadowed:  # the shadow product, over every channel (the runtime reads cold columns on demand)
-            sink = self.sink_tokens
-            rows = excess[..., sink:, :]
-            # x_out is about 1% non-zero (SmolLM2) outside the sink rows: gathered contiguous, the active
-            # channels' FP columns cost a fraction of the dense product (sparse.mm over a transposed view is slower).
-            product = outlier_product(rows.reshape(-1, self.in_features), lambda active: self.shadow_columns.T[active])
-            rest = None if product is None else product[0].reshape(*rows.shape[:-1], -1)
-            if sink:  # the sink rows are x_out in every channel: one dense product (not every column gathered)
-                dense = nn.functional.linear(excess[..., :sink, :], self.shadow_columns)
-                outlier_part = torch.cat([dense, rows.new_zeros(*rows.shape[:-1], self.out_features) if rest is None else rest], dim=-2)
-            else:
-                outlier_part = rest
+        outlier_part = None if site_shadow is None else site_shadow[..., self.shadow_offset : self.shadow_offset + self.out_features]
         return combine(y, output_part, outlier_part)  # Eq. 1: NPU part + FP shadow parts, the runtime's sum
 
 
@@ -133,17 +184,16 @@ def simulated_quantization(
             formats = (8, None) if graph is None else (graph.weight_bits, graph.weight_block_size)
             codes.update(quantized_weights(layout, [name], plan.config.weight_scale_rule, *formats))
 
+    site_inputs: dict[int, SiteInput] = {}  # one per site (id of its plan entry): its Linears share the input's parts
+
     def swap(name: str, linear: nn.Linear) -> DeployedLinear:
         site = plan.site_of(name)
+        shared = site_inputs.setdefault(id(site), SiteInput())
         if precision is None:
-            return DeployedLinear(linear, site, deployed_record(linear, name, site, input_bits or 16, None, codes[name]), name, plan.config.sink_tokens)
-        graph = precision.of(name)
-        return DeployedLinear(
-            linear,
-            site,
-            deployed_record(linear, name, site, graph.activation_bits, graph.output_clip(name), codes[name], graph.means_clip_, graph.out_bits),
-            name,
-            plan.config.sink_tokens,
-        )
+            record = deployed_record(linear, name, site, input_bits or 16, None, codes[name])
+        else:
+            graph = precision.of(name)
+            record = deployed_record(linear, name, site, graph.activation_bits, graph.output_clip(name), codes[name], graph.means_clip_, graph.out_bits)
+        return DeployedLinear(linear, site, record, name, plan.config.sink_tokens, shared)
 
     return replaced_linears(layout, names, swap)
