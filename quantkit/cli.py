@@ -382,6 +382,50 @@ def _run_report(args) -> int:
     return 0
 
 
+def _add_profile(subparsers) -> None:
+    from quantkit.export.profile import DEFAULT_HTP_CLOCK_GHZ
+
+    parser = subparsers.add_parser(
+        "profile",
+        help="HTP cycles of every NPU graph (QNN HTP profiler), this bundle against every graph at A16, and projected prefill tokens/s",
+        description="Compile and run every NPU graph of BUNDLE on the QNN HTP backend with its profiler on, once as exported and once with "
+        "16-bit activations; print the cycles per chunk and the projected NPU prefill tokens/s at an assumed HTP clock; write "
+        "OUT/profile.json and OUT/profile.png. On a workstation the HTP is emulated: its cycles are a relative cost, not a device timing.",
+    )
+    parser.add_argument("bundle", help="folder written by `quantkit export`")
+    parser.add_argument("--out", default="profile", help="folder profile.json and profile.png are written to (default: %(default)s)")
+    parser.add_argument(
+        "--soc-model", type=_positive_int, default=60, help="QNN SoC model id the graphs are compiled for (default: %(default)s, Snapdragon 8 Gen 3)"
+    )
+    parser.add_argument("--htp-arch", type=_positive_int, default=None, help="HTP architecture (default: the SoC's)")
+    parser.add_argument(
+        "--htp-clock-ghz",
+        type=float,
+        default=DEFAULT_HTP_CLOCK_GHZ,
+        help="HTP clock the tokens/s projection assumes (default: %(default)s; Qualcomm does not publish it, times scale as 1 / clock)",
+    )
+    parser.set_defaults(handler=_run_profile)
+
+
+def _run_profile(args) -> int:
+    from pathlib import Path
+
+    from quantkit.export.profile import profile_bundle, write_profile
+    from quantkit.report.plots import plot_htp_cycles
+
+    profile = profile_bundle(args.bundle, args.soc_model, args.htp_arch, args.htp_clock_ghz)
+    out = Path(args.out)
+    path = write_profile(profile, out)
+    title = f"{Path(args.bundle).name}: {profile.chunk_cycles() / 1e6:.0f} M cycles per chunk, every graph A16 {profile.chunk_cycles(a16=True) / 1e6:.0f} M"
+    graphs = profile.graphs
+    plot_htp_cycles(
+        [g.name for g in graphs], [g.cycles for g in graphs], [g.a16_cycles for g in graphs], [g.activation_bits for g in graphs], title, out / "profile.png"
+    )
+    print(profile.summary())
+    print(f"wrote {path} and {out / 'profile.png'}")
+    return 0
+
+
 def _add_run(subparsers) -> None:
     parser = subparsers.add_parser(
         "run",
@@ -508,6 +552,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(subparsers)
     _add_lint(subparsers)
     _add_prepare(subparsers)
+    _add_profile(subparsers)
     _add_report(subparsers)
     _add_run(subparsers)
     _add_regress(subparsers)

@@ -346,3 +346,53 @@ def test_qnn_context_bundle_runs_its_context_binaries(tiny_bundle, tmp_path):
     assert report.ok, report.problems
     assert set(report.context_sqnr_db) == {e["name"] for e in manifest["graphs"]}
     assert all(report.context_sqnr_db[name] >= report.sqnr_db[name] - SQNR_MARGIN_DB for name in report.sqnr_db)
+
+
+def test_a16_twin_widens_the_activations_only(tiny_bundle):
+    from quantkit.runtime.npu import records_from_graph
+
+    from quantkit.export.profile import a16_twin
+
+    manifest = load_manifest(tiny_bundle / "bundle")
+    entry = manifest["graphs"][0]
+    graph = onnx.load(str(tiny_bundle / "bundle" / entry["file"]))
+    twin = a16_twin(graph)
+    before = {i.name: i for i in graph.graph.initializer}
+    after = {i.name: i for i in twin.graph.initializer}
+    quantize_inputs = {name for node in graph.graph.node if node.op_type == "QuantizeLinear" for name in node.input[1:]}
+    for name, init in before.items():
+        if name in quantize_inputs and init.data_type == onnx.TensorProto.INT8:  # an activation zero point
+            assert after[name].data_type == onnx.TensorProto.INT16
+        elif name not in quantize_inputs:  # weights, their scales, biases: untouched
+            assert after[name] == init
+    # inside the input and output ranges, the 16-bit grid (258× finer) lands far closer to the float product
+    records = records_from_graph(tiny_bundle / "bundle", entry)
+    clip = 0.9 * records[0].input_scale * 127
+    x = np.random.default_rng(0).uniform(-clip, clip, entry["input_shape"]).astype(np.float32)
+    path = tiny_bundle / "twin.onnx"
+    onnx.save(twin, str(path))
+    outputs = [cpu_session(p).run(None, {entry["input"]: x}) for p in (tiny_bundle / "bundle" / entry["file"], path)]
+    errors = [[], []]
+    for index, r in enumerate(records):
+        bias = None if r.bias_codes is None else r.bias_codes.float() * r.bias_scales
+        reference = torch.nn.functional.linear(torch.from_numpy(x), r.weight.dequantize(), bias).numpy()
+        inside = np.abs(reference) < 0.9 * r.output_scale * 127  # not saturated at the output's range
+        for width, produced in enumerate(outputs):
+            errors[width].append(np.abs(produced[index] - reference)[inside])
+    errors = [np.concatenate(e).mean() for e in errors]
+    assert errors[1] < errors[0] / 10
+
+
+def test_profile_counts_htp_cycles_of_the_bundle_and_its_a16_twin(tiny_bundle, tmp_path, capsys):
+    from quantkit.export.profile import profile_bundle
+
+    profile = profile_bundle(tiny_bundle / "bundle", soc_model=60, progress=False)
+    manifest = load_manifest(tiny_bundle / "bundle")
+    assert [g.name for g in profile.graphs] == [e["name"] for e in manifest["graphs"]]
+    assert all(g.cycles > 0 and g.a16_cycles > 0 and g.activation_bits == 8 for g in profile.graphs)
+    assert profile.chunk_cycles() == sum(g.cycles for g in profile.graphs)
+    assert profile.prefill_tokens_per_s() == pytest.approx(CHUNK / (profile.chunk_cycles() / 1e9))
+    assert main(["profile", str(tiny_bundle / "bundle"), "--out", str(tmp_path / "p"), "--htp-clock-ghz", "2"]) == 0
+    written = json.loads((tmp_path / "p" / "profile.json").read_text())
+    assert written["clock_ghz"] == 2 and len(written["graphs"]) == len(manifest["graphs"]) and (tmp_path / "p" / "profile.png").stat().st_size > 0
+    assert "assumed HTP clock of 2 GHz" in capsys.readouterr().out
