@@ -370,6 +370,7 @@ def _add_report(subparsers) -> None:
         "--prefill", default="benchmarks/results/prefill.json", help="the results JSON of benchmarks/prefill.py for the prefill section (default: %(default)s)"
     )
     parser.add_argument("--regress", default=None, help="results.json written by `quantkit regress` (e.g. regress/results.json)")
+    parser.add_argument("--profile", default=None, help="profile.json written by `quantkit profile` (e.g. profile/profile.json)")
     parser.add_argument("--out", default="report", help="folder the report is written to, replaced whole (default: %(default)s)")
     parser.set_defaults(handler=_run_report)
 
@@ -377,7 +378,9 @@ def _add_report(subparsers) -> None:
 def _run_report(args) -> int:
     from quantkit.report import write_report
 
-    index = write_report(args.out, calib=args.calib, bundle=args.bundle, accuracy=args.accuracy, prefill=args.prefill, regress=args.regress)
+    index = write_report(
+        args.out, calib=args.calib, bundle=args.bundle, accuracy=args.accuracy, prefill=args.prefill, regress=args.regress, profile=args.profile
+    )
     print(f"wrote {index}")
     return 0
 

@@ -53,6 +53,7 @@ class ReportInputs:
     accuracy: ResultsFile | None = None  # None: not asked for, the section is left out
     prefill: ResultsFile | None = None
     regress: ResultsFile | None = None  # results.json of `quantkit regress`
+    profile: ResultsFile | None = None  # profile.json of `quantkit profile`
 
     @property
     def settings(self) -> dict:
@@ -122,12 +123,22 @@ def _regress_results(path: str | Path | None) -> ResultsFile | None:
     return _results_file(path, "checks", _CHECK_KEYS, shape, "`quantkit regress`")
 
 
+_PROFILE_KEYS = ("name", "activation_bits", "cycles", "a16_cycles")
+
+
+def _profile_results(path: str | Path | None) -> ResultsFile | None:
+    """The profile.json of ``quantkit profile``: {"chunk_size", "clock_ghz", "graphs": [...], ...}."""
+    shape = f"is not a `quantkit profile` profile.json (a list of graphs with {', '.join(_PROFILE_KEYS)})"
+    return _results_file(path, "graphs", _PROFILE_KEYS, shape, "`quantkit profile BUNDLE`")
+
+
 def load_report_inputs(
     calib: str | Path | None = None,
     bundle: str | Path | None = None,
     accuracy: str | Path | None = None,
     prefill: str | Path | None = None,
     regress: str | Path | None = None,
+    profile: str | Path | None = None,
 ) -> ReportInputs:
     """Read what exists of the inputs. A named calibration folder or bundle must exist
     (a typo should not silently give an empty report); results files may be missing."""
@@ -137,6 +148,7 @@ def load_report_inputs(
         "accuracy": _results(accuracy, ("method", "ppl"), "`python benchmarks/accuracy.py`"),
         "prefill": _results(prefill, ("config", "tokens_per_s"), "`python benchmarks/prefill.py`"),
         "regress": _regress_results(regress),
+        "profile": _profile_results(profile),
     }
     if calib is not None:
         folder = Path(calib)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from quantkit.report.html import Section, escape, facts, figure, hint, note, table
 from quantkit.report.inputs import HEATMAP_PNG, SENSITIVITY_PNG, ReportInputs
-from quantkit.report.plots import plot_delta_ppl, plot_precision_map, plot_precision_pareto, plot_prefill_speed, plot_sensitivity
+from quantkit.report.plots import plot_delta_ppl, plot_htp_cycles, plot_precision_map, plot_precision_pareto, plot_prefill_speed, plot_sensitivity
 
 __all__ = [
     "SectionBuilder",
@@ -39,6 +39,7 @@ __all__ = [
 SectionBuilder = Callable[[ReportInputs, Path], "Section | None"]
 ACCURACY_PNG = "accuracy_delta_ppl.png"
 PREFILL_PNG = "prefill_speed.png"
+PROFILE_PNG = "htp_profile.png"
 PARETO_PNG = "precision_pareto.png"
 PRECISION_MAP_PNG = "precision_map.png"
 
@@ -561,11 +562,55 @@ def regress_section(inputs: ReportInputs, folder: Path) -> Section | None:
     return Section("regress", title, body)
 
 
+def profile_section(inputs: ReportInputs, folder: Path) -> Section | None:
+    """HTP cycles per NPU graph from the QNN profiler, the bundle against every graph at A16."""
+    results = inputs.profile
+    if results is None:
+        return None
+    title = "NPU cost on the HTP"
+    if results.data is None:
+        return _missing_results(
+            "profile",
+            title,
+            results,
+            "HTP profile",
+            "The QNN HTP profiler counts each graph's cycles:",
+            f"quantkit profile BUNDLE --out {results.path.parent}\nquantkit report --profile {results.path}",
+        )
+    data = results.data
+    graphs = data["graphs"]
+    cycles, a16 = sum(g["cycles"] for g in graphs), sum(g["a16_cycles"] for g in graphs)
+    chunk, clock = data.get("chunk_size"), data.get("clock_ghz")
+    plot_htp_cycles(
+        [g["name"] for g in graphs],
+        [g["cycles"] for g in graphs],
+        [g["a16_cycles"] for g in graphs],
+        [g["activation_bits"] for g in graphs],
+        f"{cycles / 1e6:.0f} M cycles per chunk; every graph A16: {a16 / 1e6:.0f} M",
+        folder / PROFILE_PNG,
+    )
+    rate = (lambda c: f"{chunk / (c / (clock * 1e9)):,.0f} tokens/s") if chunk and clock else (lambda c: "—")
+    body = facts(
+        [
+            ("target", f"soc_model {data.get('soc_model')}" + (f", htp_arch {data['htp_arch']}" if data.get("htp_arch") else "")),
+            ("this bundle", f"{cycles / 1e6:,.1f} M cycles per {chunk}-token chunk → {rate(cycles)}"),
+            ("every graph A16", f"{a16 / 1e6:,.1f} M cycles per chunk → {rate(a16)} ({a16 / cycles:.2f}× the cycles)"),
+        ]
+    )
+    body += figure(PROFILE_PNG, "HTP cycles per NPU graph", "Cycles per chunk of each NPU graph as exported (bars) and at A16 (line).")
+    body += note(
+        f"QNN HTP profiler cycles ({results.path.name}); on a workstation the HTP is emulated, so they are a relative cost, not a device timing. "
+        f"Tokens/s count the NPU graphs only, at an assumed HTP clock of {clock} GHz."
+    )
+    return Section("profile", title, body)
+
+
 SECTIONS: tuple[SectionBuilder, ...] = (
     summary_section,
     accuracy_section,
     regress_section,
     prefill_section,
+    profile_section,
     outlier_section,
     sensitivity_section,
     placement_section,

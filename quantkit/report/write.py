@@ -61,11 +61,12 @@ def write_report(
     accuracy: str | Path | None = None,
     prefill: str | Path | None = None,
     regress: str | Path | None = None,
+    profile: str | Path | None = None,
     sections: Sequence[SectionBuilder] = SECTIONS,
 ) -> Path:
     """Write the report page of a calibration folder (``calib``) or bundle (``bundle``),
-    with the accuracy and prefill benchmark results and a ``quantkit regress`` results.json
-    if given, to ``out``; returns the
+    with the accuracy and prefill benchmark results, a ``quantkit regress`` results.json
+    and a ``quantkit profile`` profile.json if given, to ``out``; returns the
     path of ``index.html``. A results file that is given but absent becomes a section
     naming the command that produces it; ``None`` leaves its section out.
 
@@ -74,7 +75,7 @@ def write_report(
     PosixPath('report/index.html')
     """
     out = Path(out)
-    inputs = load_report_inputs(calib=calib, bundle=bundle, accuracy=accuracy, prefill=prefill, regress=regress)
+    inputs = load_report_inputs(calib=calib, bundle=bundle, accuracy=accuracy, prefill=prefill, regress=regress, profile=profile)
     _check_replaceable(out, bundle)
     with atomic_directory(out) as staging:
         built = [section for section in (builder(inputs, staging) for builder in sections) if section is not None]

@@ -196,3 +196,16 @@ def test_regress_results_become_a_table_with_the_regressions_marked(tmp_path, ca
     assert "is not a `quantkit regress` results.json" in page
     page = write_report(tmp_path / "report", calib=calib_folder, regress=tmp_path / "none.json").read_text()
     assert "quantkit regress eval/suites/smollm2.yaml" in page
+
+
+def test_profile_becomes_the_htp_cost_section(tmp_path, calib_folder):
+    from quantkit.export.profile import GraphCost, HtpProfile, write_profile
+
+    graphs = [GraphCost(f"block00.{kind}", kind, 0, bits, cycles, 3 * cycles) for kind, bits, cycles in (("qkv", 8, 10_000_000), ("down", 16, 30_000_000))]
+    path = write_profile(HtpProfile(60, None, 256, 1.0, graphs), tmp_path / "profile")
+    page = write_report(tmp_path / "report", calib=calib_folder, profile=path).read_text()
+    assert "NPU cost on the HTP" in page and (tmp_path / "report" / "htp_profile.png").stat().st_size > 0
+    assert "40.0 M cycles per 256-token chunk → 6,400 tokens/s" in page  # 256 tokens / (40 M cycles / 1 GHz)
+    assert "every graph A16" in page and "120.0 M cycles per chunk" in page and "3.00× the cycles" in page
+    missing = write_report(tmp_path / "report2", calib=calib_folder, profile=tmp_path / "nowhere" / "profile.json").read_text()
+    assert "quantkit profile BUNDLE" in missing
