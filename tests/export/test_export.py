@@ -323,7 +323,7 @@ def test_qnn_context_bundle_runs_its_context_binaries(tiny_bundle, tmp_path):
     loads those EPContext models on QNN HTP instead of compiling the QDQ graphs, lint holds
     them to their QDQ graphs, and the tokens do not change."""
     from quantkit.runtime.engine import BundleModel
-    from quantkit.runtime.generate import npu_sessions
+    from quantkit.runtime.generate import generate_text, npu_sessions
 
     bundle = export_bundle(tiny_bundle / "calib", tmp_path / "ctx", chunk_size=CHUNK, activation_bits=8, qnn_context=True, soc_model=60, progress=False)
     manifest = load_manifest(bundle)
@@ -346,6 +346,8 @@ def test_qnn_context_bundle_runs_its_context_binaries(tiny_bundle, tmp_path):
     assert report.ok, report.problems
     assert set(report.context_sqnr_db) == {e["name"] for e in manifest["graphs"]}
     assert all(report.context_sqnr_db[name] >= report.sqnr_db[name] - SQNR_MARGIN_DB for name in report.sqnr_db)
+    printed = generate_text(bundle, "The history of", max_new_tokens=2, npu="qnn").summary()  # what `quantkit run` prints
+    assert f"(QNN HTP: {len(manifest['graphs'])} graphs loaded from their context binaries); first token" in printed
 
 
 def test_a16_twin_widens_the_activations_only(tiny_bundle):
