@@ -407,6 +407,7 @@ def _add_profile(subparsers) -> None:
         default=DEFAULT_HTP_CLOCK_GHZ,
         help="HTP clock the tokens/s projection assumes (default: %(default)s; Qualcomm does not publish it, times scale as 1 / clock)",
     )
+    parser.add_argument("--repeats", type=_positive_int, default=3, help="runs per graph, the least cycle count kept (default: %(default)s)")
     parser.set_defaults(handler=_run_profile)
 
 
@@ -416,7 +417,7 @@ def _run_profile(args) -> int:
     from quantkit.export.profile import profile_bundle, write_profile
     from quantkit.report.plots import plot_htp_cycles
 
-    profile = profile_bundle(args.bundle, args.soc_model, args.htp_arch, args.htp_clock_ghz)
+    profile = profile_bundle(args.bundle, args.soc_model, args.htp_arch, args.htp_clock_ghz, args.repeats)
     out = Path(args.out)
     path = write_profile(profile, out)
     title = f"{Path(args.bundle).name}: {profile.chunk_cycles() / 1e6:.0f} M cycles per chunk, every graph A16 {profile.chunk_cycles(a16=True) / 1e6:.0f} M"

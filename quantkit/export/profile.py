@@ -10,6 +10,9 @@ same graph with 16-bit activation zero points and scales (its weights untouched)
 
 On a workstation the HTP is emulated on x86: the cycles are the emulator's count for the
 target, a relative cost (A8 against A16, graph against graph), not a device measurement.
+They also move with the host's load (one gate_up graph, four runs beside a busy CPU:
+93–148 M cycles), so each graph runs ``repeats`` times and keeps its least count; profile
+on a quiet machine.
 The projection turns one chunk's cycles over all NPU graphs into prefill time at an
 assumed HTP clock, which every printed figure states; the CPU side (attention, norms,
 the shadow path) is not in it.
@@ -57,6 +60,7 @@ class HtpProfile:
     htp_arch: int | None
     chunk_size: int
     clock_ghz: float
+    repeats: int = 1  # executions per graph; the least count is kept
     graphs: list[GraphCost] = field(default_factory=list)
 
     def chunk_cycles(self, a16: bool = False) -> int:
@@ -85,18 +89,19 @@ class HtpProfile:
             f"  this bundle:     {self.chunk_cycles() / 1e6:10.1f} M cycles per chunk → {self.prefill_tokens_per_s():8.0f} prefill tokens/s\n"
             f"  every graph A16: {self.chunk_cycles(a16=True) / 1e6:10.1f} M cycles per chunk → {self.prefill_tokens_per_s(a16=True):8.0f} prefill tokens/s "
             f"({ratio:.2f}× the cycles)\n"
-            f"  tokens/s at an assumed HTP clock of {self.clock_ghz:g} GHz, NPU graphs only (emulator cycles, not a device measurement)"
+            f"  tokens/s at an assumed HTP clock of {self.clock_ghz:g} GHz, NPU graphs only; least of {self.repeats} runs per graph "
+            "(emulator cycles: a relative cost that moves with the host's load, not a device measurement)"
         )
 
 
 def executed_cycles(profile_csv: Path) -> int:
-    """The graph execution's "Accelerator (execute) time (cycles)" from the QNN profiler's
-    CSV (columns: Msg Timestamp, Message, Time, Unit of Measurement, Timing Source, Event
-    Level, Event Identifier); the last execution's where the file holds several."""
+    """The least "Accelerator (execute) time (cycles)" over the executions in the QNN
+    profiler's CSV (columns: Msg Timestamp, Message, Time, Unit of Measurement, Timing
+    Source, Event Level, Event Identifier)."""
     rows = [row for row in csv.DictReader(profile_csv.read_text().splitlines()) if (row.get("Event Identifier") or "").strip() == _CYCLES_EVENT]
     if not rows:
         raise QuantkitError(f"{profile_csv}: the QNN profiler wrote no {_CYCLES_EVENT!r} event")
-    return int(rows[-1]["Time"])
+    return min(int(row["Time"]) for row in rows)
 
 
 def a16_twin(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -120,7 +125,7 @@ def a16_twin(model: onnx.ModelProto) -> onnx.ModelProto:
     return twin
 
 
-def _cycles(path: Path, soc_model: int, htp_arch: int | None, scratch: Path) -> int:
+def _cycles(path: Path, soc_model: int, htp_arch: int | None, scratch: Path, repeats: int) -> int:
     from quantkit.runtime.sessions import qnn_htp_session
 
     report = scratch / f"{path.stem}.csv"
@@ -130,33 +135,42 @@ def _cycles(path: Path, soc_model: int, htp_arch: int | None, scratch: Path) -> 
     session = qnn_htp_session(path, options)
     shape = session.get_inputs()[0].shape
     feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}
-    session.run(None, feed)
+    for _ in range(repeats):
+        session.run(None, feed)
     del session  # the profiler writes its file when the session ends
     return executed_cycles(report)
 
 
 def profile_bundle(
-    folder: str | Path, soc_model: int = 60, htp_arch: int | None = None, clock_ghz: float = DEFAULT_HTP_CLOCK_GHZ, progress: bool = True
+    folder: str | Path,
+    soc_model: int = 60,
+    htp_arch: int | None = None,
+    clock_ghz: float = DEFAULT_HTP_CLOCK_GHZ,
+    repeats: int = 3,
+    progress: bool = True,
 ) -> HtpProfile:
-    """Every NPU graph of the bundle at ``folder`` and its A16 twin, profiled on the QNN HTP backend."""
+    """Every NPU graph of the bundle at ``folder`` and its A16 twin, profiled on the QNN HTP
+    backend: the least cycles over ``repeats`` executions of each (module docstring)."""
     from tqdm import tqdm
 
     folder = Path(folder)
     manifest = load_manifest(folder)
     if not math.isfinite(clock_ghz) or clock_ghz <= 0:
         raise QuantkitError(f"--htp-clock-ghz: got {clock_ghz}, expected a positive clock in GHz")
-    profile = HtpProfile(soc_model, htp_arch, manifest["chunk_size"], clock_ghz)
+    if repeats < 1:
+        raise QuantkitError(f"--repeats: got {repeats}, expected at least 1")
+    profile = HtpProfile(soc_model, htp_arch, manifest["chunk_size"], clock_ghz, repeats)
     with tempfile.TemporaryDirectory(prefix="quantkit-profile-") as scratch:
         scratch = Path(scratch)
         for entry in tqdm(manifest["graphs"], desc="QNN HTP profile", unit="graph", disable=not progress):
             path = folder / entry["file"]
-            cycles = _cycles(path, soc_model, htp_arch, scratch)
+            cycles = _cycles(path, soc_model, htp_arch, scratch, repeats)
             if entry["activation_bits"] == 16:
                 a16_cycles = cycles
             else:
                 twin = scratch / f"{path.stem}.a16.onnx"
                 onnx.save(a16_twin(onnx.load(str(path))), str(twin))
-                a16_cycles = _cycles(twin, soc_model, htp_arch, scratch)
+                a16_cycles = _cycles(twin, soc_model, htp_arch, scratch, repeats)
             profile.graphs.append(GraphCost(entry["name"], graph_kind(entry["linears"][0]), entry["block"], entry["activation_bits"], cycles, a16_cycles))
     return profile
 

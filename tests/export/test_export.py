@@ -388,7 +388,7 @@ def test_a16_twin_widens_the_activations_only(tiny_bundle):
 def test_profile_counts_htp_cycles_of_the_bundle_and_its_a16_twin(tiny_bundle, tmp_path, capsys):
     from quantkit.export.profile import profile_bundle
 
-    profile = profile_bundle(tiny_bundle / "bundle", soc_model=60, progress=False)
+    profile = profile_bundle(tiny_bundle / "bundle", soc_model=60, repeats=2, progress=False)
     manifest = load_manifest(tiny_bundle / "bundle")
     assert [g.name for g in profile.graphs] == [e["name"] for e in manifest["graphs"]]
     assert all(g.cycles > 0 and g.a16_cycles > 0 and g.activation_bits == 8 for g in profile.graphs)
@@ -397,4 +397,4 @@ def test_profile_counts_htp_cycles_of_the_bundle_and_its_a16_twin(tiny_bundle, t
     assert main(["profile", str(tiny_bundle / "bundle"), "--out", str(tmp_path / "p"), "--htp-clock-ghz", "2"]) == 0
     written = json.loads((tmp_path / "p" / "profile.json").read_text())
     assert written["clock_ghz"] == 2 and len(written["graphs"]) == len(manifest["graphs"]) and (tmp_path / "p" / "profile.png").stat().st_size > 0
-    assert "assumed HTP clock of 2 GHz" in capsys.readouterr().out
+    assert "assumed HTP clock of 2 GHz" in capsys.readouterr().out and written["repeats"] == 3

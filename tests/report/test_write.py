@@ -202,7 +202,7 @@ def test_profile_becomes_the_htp_cost_section(tmp_path, calib_folder):
     from quantkit.export.profile import GraphCost, HtpProfile, write_profile
 
     graphs = [GraphCost(f"block00.{kind}", kind, 0, bits, cycles, 3 * cycles) for kind, bits, cycles in (("qkv", 8, 10_000_000), ("down", 16, 30_000_000))]
-    path = write_profile(HtpProfile(60, None, 256, 1.0, graphs), tmp_path / "profile")
+    path = write_profile(HtpProfile(60, None, 256, 1.0, 1, graphs), tmp_path / "profile")
     page = write_report(tmp_path / "report", calib=calib_folder, profile=path).read_text()
     assert "NPU cost on the HTP" in page and (tmp_path / "report" / "htp_profile.png").stat().st_size > 0
     assert "40.0 M cycles per 256-token chunk → 6,400 tokens/s" in page  # 256 tokens / (40 M cycles / 1 GHz)
