@@ -46,6 +46,8 @@ class BundleModel:
     ``npu="qnn"`` on the QNN HTP backend (CPU fallback disabled). ``shadow=False`` drops
     the shadow path (outliers are clipped), for comparison. ``schedule`` is "ooo"
     (out-of-order on an NPU worker and a CPU worker, §3.4) or "inorder".
+    With ``npu="qnn"`` a bundle exported with ``--qnn-context`` runs its compiled EPContext
+    models; ``qnn_contexts=False`` compiles its QDQ graphs for the same target instead.
     ``npu_threads``: ONNX Runtime threads per graph with ``npu="cpu"`` (the emulated NPU's
     cores; 1 = the NPU worker's own thread). ``cpu_threads``: torch threads while the
     runtime computes (the CPU worker's cores) — multi-threaded small ops on a busy machine
@@ -56,7 +58,16 @@ class BundleModel:
     >>> for token in model.generate(token_ids, max_new_tokens=20): ...  # doctest: +SKIP
     """
 
-    def __init__(self, folder: str | Path, npu: str = "cpu", shadow: bool = True, schedule: str = "ooo", npu_threads: int = 1, cpu_threads: int = 1):
+    def __init__(
+        self,
+        folder: str | Path,
+        npu: str = "cpu",
+        shadow: bool = True,
+        schedule: str = "ooo",
+        npu_threads: int = 1,
+        cpu_threads: int = 1,
+        qnn_contexts: bool = True,
+    ):
         started = time.perf_counter()
         self.folder = Path(folder)
         self.manifest = load_manifest(self.folder)
@@ -97,7 +108,8 @@ class BundleModel:
         # to 8 bits, a flipped int8 code compounds over the blocks (auto A8/A16 bundle: 92.6%
         # equal argmax), so such bundles run their graphs as written.
         fold_weights = all(entry["activation_bits"] == 16 for entry in self._graph_entries.values())
-        npu_graphs = {key: OrtGraph(self.folder, entry, npu, npu_threads, fold_weights) for key, entry in self._graph_entries.items()}
+        target = self.manifest.get("qnn_target")
+        npu_graphs = {key: OrtGraph(self.folder, entry, npu, npu_threads, fold_weights, target, qnn_contexts) for key, entry in self._graph_entries.items()}
         self.npu = npu
         self.npu_graph_files = {graph.entry["name"]: graph.source for graph in npu_graphs.values()}  # what each NPU session was made from
         self.npu_context_graphs = sum(graph.from_context for graph in npu_graphs.values())  # loaded from a compiled QNN context binary

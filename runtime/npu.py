@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 from quantkit.runtime.qdq import QdqLinear, QuantizedWeight
-from quantkit.runtime.sessions import ort_cpu_session, qnn_htp_session
+from quantkit.runtime.sessions import ort_cpu_session, qnn_htp_session, qnn_target_options
 
 __all__ = ["OrtGraph", "QdqGraph", "records_from_graph"]
 
@@ -24,17 +24,22 @@ __all__ = ["OrtGraph", "QdqGraph", "records_from_graph"]
 class OrtGraph:
     """One bundle graph run with ONNX Runtime (see :func:`~quantkit.runtime.sessions.ort_cpu_session` for ``fold_weights``)."""
 
-    def __init__(self, folder: Path, entry: dict, npu: str, threads: int = 1, fold_weights: bool = False):
+    def __init__(
+        self, folder: Path, entry: dict, npu: str, threads: int = 1, fold_weights: bool = False, qnn_target: dict | None = None, qnn_contexts: bool = True
+    ):
         self.entry = entry
         self.input_name = entry["input"]
         self.chunk_size = entry["input_shape"][1]
         path = folder / entry["file"]
         if npu == "qnn":
-            # A bundle exported with --qnn-context holds each graph compiled for its target:
-            # its EPContext model is loaded as it is on the device, nothing compiled here.
-            self.from_context = bool(entry.get("qnn_context"))
+            # A bundle exported with --qnn-context holds each graph compiled for its target
+            # (the manifest's qnn_target): its EPContext model is loaded as it is on the
+            # device, nothing compiled here. Otherwise the QDQ graph is compiled now, for that
+            # target where the bundle names one (the same binary: the same outputs).
+            self.from_context = qnn_contexts and bool(entry.get("qnn_context"))
             self.source = folder / entry["qnn_context"] if self.from_context else path
-            self.session = qnn_htp_session(self.source)
+            target = qnn_target or {}
+            self.session = qnn_htp_session(self.source, None if self.from_context else qnn_target_options(target.get("soc_model"), target.get("htp_arch")))
         else:
             self.from_context, self.source = False, path
             self.session = ort_cpu_session(path, threads, fold_weights)

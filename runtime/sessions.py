@@ -11,7 +11,7 @@ from pathlib import Path
 
 from quantkit.errors import QuantkitError
 
-__all__ = ["QnnUnavailableError", "cpu_session", "ort_cpu_session", "qnn_htp_session", "write_qnn_context"]
+__all__ = ["QnnUnavailableError", "cpu_session", "ort_cpu_session", "qnn_htp_session", "qnn_target_options", "write_qnn_context"]
 
 
 class QnnUnavailableError(QuantkitError):
@@ -82,16 +82,16 @@ def qnn_htp_session(model_path: Path, provider_options: dict | None = None, sess
     return ort.InferenceSession(str(model_path), sess_options=options)
 
 
+def qnn_target_options(soc_model: int | None, htp_arch: int | None) -> dict:
+    """The QNN provider options that compile for a Snapdragon target (none: the backend's default)."""
+    return {name: str(value) for name, value in (("soc_model", soc_model), ("htp_arch", htp_arch)) if value is not None}
+
+
 def write_qnn_context(model_path: Path, context_path: Path, soc_model: int | None, htp_arch: int | None) -> None:
     """Compile ``model_path`` for a Snapdragon target and write its EPContext model
     (``context_path``) plus the QNN context binary beside it — what the device loads."""
-    provider_options = {}
-    if soc_model is not None:
-        provider_options["soc_model"] = str(soc_model)
-    if htp_arch is not None:
-        provider_options["htp_arch"] = str(htp_arch)
     qnn_htp_session(
         model_path,
-        provider_options,
+        qnn_target_options(soc_model, htp_arch),
         {"ep.context_enable": "1", "ep.context_file_path": str(context_path), "ep.context_embed_mode": "0"},
     )
