@@ -59,6 +59,7 @@ def main(argv=None) -> int:
     parser.add_argument("--chunk-size", type=int, default=256)
     parser.add_argument("--prompt-tokens", type=int, default=256)
     parser.add_argument("--out", default="benchmarks/results")
+    parser.add_argument("--remark", default="", help="what else ran on the machine, recorded with the results")
     args = parser.parse_args(argv)
     calib = Path(args.calib)
     config = CalibrationConfig.load(calib / "config.json")
@@ -80,6 +81,7 @@ def main(argv=None) -> int:
         "export_seconds": export_seconds,
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
         "same_tokens": len({tuple(row["next_tokens"]) for row in rows.values()}) == 1,
+        "remark": args.remark,
         "rows": rows,
     }
     out = Path(args.out)
@@ -106,7 +108,8 @@ def markdown(record: dict) -> str:
     lines += [
         "",
         f"Same next tokens both ways: {record['same_tokens']}. QNN HTP emulated on x86 ({record['machine']}); graphs compiled for soc_model "
-        f"{record['soc_model']}; the export with --qnn-context took {record['export_seconds']:.0f} s. Measured by benchmarks/qnn_startup.py.",
+        f"{record['soc_model']}; the export with --qnn-context took {record['export_seconds']:.0f} s. Measured by benchmarks/qnn_startup.py."
+        + (f" {record['remark']}" if record.get("remark") else ""),
     ]
     return "\n".join(lines) + "\n"
 

@@ -288,7 +288,7 @@ def qnn_startup_table(results: Path) -> str:
     note = (
         f"{data['model']}, chunk {data['chunk_size']}, a {data['prompt_tokens']}-token prompt, `--npu qnn` on the QNN HTP emulator ({data['machine']}); "
         f"graphs compiled for soc_model {data['soc_model']} (the export with `--qnn-context`: {data['export_seconds']:.0f} s). "
-        f"Same next tokens both ways: {data['same_tokens']}."
+        f"Same next tokens both ways: {data['same_tokens']}." + (f" {data['remark']}" if data.get("remark") else "")
     )
     return "\n".join([table, "", note, _source("qnn_startup.json")])
 

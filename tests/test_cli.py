@@ -12,7 +12,7 @@ def test_help_lists_every_subcommand(capsys):
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
     subcommands = build_parser()._subparsers._group_actions[0].choices
-    assert set(subcommands) == {"calibrate", "eval", "export", "lint", "lm-eval", "prepare", "regress", "report", "run"}
+    assert set(subcommands) == {"calibrate", "eval", "export", "lint", "lm-eval", "prepare", "profile", "regress", "report", "run"}
     for name in subcommands:
         assert name in text
 
