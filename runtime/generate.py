@@ -42,7 +42,7 @@ class GenerationReport:
 
     def summary(self) -> str:
         return (
-            f"start-up: {self.load_seconds:.2f} s ({self.npu_sessions}); first token {self.first_token_seconds:.2f} s after it began\n"
+            f"start-up: {self.load_seconds:.2f} s ({self.npu_sessions}); first token {self.first_token_seconds:.2f} s after loading began\n"
             f"prefill: {self.prompt_tokens} tokens in {self.prefill_seconds:.2f} s = {self.prefill_tokens_per_s:.1f} tokens/s "
             f"(bubble ratio {self.bubble_ratio:.1%} of the {self.critical_processor.upper()}, {self.outlier_values} outlier values, {self.cold_loads} cold reads)\n"
             f"decode:  {self.new_tokens} tokens, {self.decode_tokens_per_s:.1f} tokens/s"

@@ -347,7 +347,7 @@ def test_qnn_context_bundle_runs_its_context_binaries(tiny_bundle, tmp_path):
     assert set(report.context_sqnr_db) == {e["name"] for e in manifest["graphs"]}
     assert all(report.context_sqnr_db[name] >= report.sqnr_db[name] - SQNR_MARGIN_DB for name in report.sqnr_db)
     printed = generate_text(bundle, "The history of", max_new_tokens=2, npu="qnn").summary()  # what `quantkit run` prints
-    assert f"(QNN HTP: {len(manifest['graphs'])} graphs loaded from their context binaries); first token" in printed
+    assert f"(QNN HTP: {len(manifest['graphs'])} graphs loaded from their context binaries); first token" in printed and "after loading began" in printed
 
 
 def test_a16_twin_widens_the_activations_only(tiny_bundle):
