@@ -7,7 +7,7 @@ in one run.
 
 The bundle is exported here from the calibration in DIR (``--soc-model 60``, Snapdragon
 8 Gen 3). Each way: the start-up time (``BundleModel(bundle, npu="qnn")``:
-reading the bundle and making every NPU graph's session) and the time to the first token
+reading the bundle, compiling or loading every NPU graph) and the time to the first token
 (start-up plus the prefill of ``--prompt-tokens`` tokens of the enwiki test split), and
 whether both give the same next tokens (greedy, 8 new). On a workstation the HTP is
 emulated on x86: the prefill times are the emulator's, not a device's; the start-up times
@@ -97,7 +97,7 @@ def markdown(record: dict) -> str:
     lines = [
         f"# QNN HTP start-up — {record['model']}, chunk {record['chunk_size']}, {record['prompt_tokens']}-token prompt",
         "",
-        "| NPU sessions from | graphs (from contexts) | start-up (s) | prefill (s) | first token (s) |",
+        "| NPU graphs from | graphs (from contexts) | start-up (s) | prefill (s) | first token (s) |",
         "|---|---:|---:|---:|---:|",
     ]
     for name, row in record["rows"].items():

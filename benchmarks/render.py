@@ -284,7 +284,7 @@ def qnn_startup_table(results: Path) -> str:
         [name, f"{row['graphs']} ({row['graphs_from_context']})", f"{row['start_up_seconds']:.1f}", f"{row['first_token_seconds']:.1f}"]
         for name, row in data["rows"].items()
     ]
-    table = _table(["NPU sessions from", "graphs (from contexts)", "start-up (s)", "first token (s)"], ["l", "r", "r", "r"], rows)
+    table = _table(["NPU graphs from", "graphs (from contexts)", "start-up (s)", "first token (s)"], ["l", "r", "r", "r"], rows)
     note = (
         f"{data['model']}, chunk {data['chunk_size']}, a {data['prompt_tokens']}-token prompt, `--npu qnn` on the QNN HTP emulator ({data['machine']}); "
         f"graphs compiled for soc_model {data['soc_model']} (the export with `--qnn-context`: {data['export_seconds']:.0f} s). "

@@ -400,7 +400,9 @@ def _add_profile(subparsers) -> None:
     parser.add_argument(
         "--soc-model", type=_positive_int, default=60, help="QNN SoC model id the graphs are compiled for (default: %(default)s, Snapdragon 8 Gen 3)"
     )
-    parser.add_argument("--htp-arch", type=_positive_int, default=None, help="HTP architecture (default: the SoC's)")
+    parser.add_argument(
+        "--htp-arch", type=_positive_int, default=None, help="HTP architecture version to compile for, e.g. 75 (default: the one of --soc-model)"
+    )
     parser.add_argument(
         "--htp-clock-ghz",
         type=float,

@@ -111,7 +111,7 @@ class BundleModel:
         target = self.manifest.get("qnn_target")
         npu_graphs = {key: OrtGraph(self.folder, entry, npu, npu_threads, fold_weights, target, qnn_contexts) for key, entry in self._graph_entries.items()}
         self.npu = npu
-        self.npu_graph_files = {graph.entry["name"]: graph.source for graph in npu_graphs.values()}  # what each NPU session was made from
+        self.npu_graph_files = {graph.entry["name"]: graph.source for graph in npu_graphs.values()}  # the file each NPU graph was loaded from
         self.npu_context_graphs = sum(graph.from_context for graph in npu_graphs.values())  # loaded from a compiled QNN context binary
         self._parts = ModelParts(self.arch, self.cpu, self.placement, sites, npu_graphs, self._count_npu_run, self.chunk_size)
         self._decode_parts: ModelParts | None = None

@@ -22,8 +22,8 @@ class GenerationReport:
     critical_processor: str
     outlier_values: int
     cold_loads: int
-    load_seconds: float = 0.0  # loading the bundle: reading it, making every NPU graph's session
-    npu_sessions: str = ""  # what the NPU sessions were made from
+    load_seconds: float = 0.0  # loading the bundle: reading it, compiling or loading every NPU graph
+    npu_graphs_from: str = ""  # what the NPU graphs were loaded from, in words
 
     @property
     def prefill_tokens_per_s(self) -> float:
@@ -42,7 +42,7 @@ class GenerationReport:
 
     def summary(self) -> str:
         return (
-            f"start-up: {self.load_seconds:.2f} s ({self.npu_sessions}); first token {self.first_token_seconds:.2f} s after loading began\n"
+            f"start-up: {self.load_seconds:.2f} s ({self.npu_graphs_from}); first token {self.first_token_seconds:.2f} s after loading began\n"
             f"prefill: {self.prompt_tokens} tokens in {self.prefill_seconds:.2f} s = {self.prefill_tokens_per_s:.1f} tokens/s "
             f"(bubble ratio {self.bubble_ratio:.1%} of the {self.critical_processor.upper()}, {self.outlier_values} outlier values, {self.cold_loads} cold reads)\n"
             f"decode:  {self.new_tokens} tokens, {self.decode_tokens_per_s:.1f} tokens/s"
@@ -103,12 +103,12 @@ def generate_text(
         outlier_values=model.counters.outlier_values,
         cold_loads=model.counters.cold_loads,
         load_seconds=model.load_seconds,
-        npu_sessions=npu_sessions(model),
+        npu_graphs_from=npu_graphs_from(model),
     )
 
 
-def npu_sessions(model) -> str:
-    """Where the bundle's NPU sessions came from, in words."""
+def npu_graphs_from(model) -> str:
+    """What the bundle's NPU graphs were loaded from, in words."""
     if model.npu != "qnn":
         return f"{len(model.npu_graph_files)} NPU graphs on ONNX Runtime's CPU provider"
     contexts = model.npu_context_graphs

@@ -323,7 +323,7 @@ def test_qnn_context_bundle_runs_its_context_binaries(tiny_bundle, tmp_path):
     loads those EPContext models on QNN HTP instead of compiling the QDQ graphs, lint holds
     them to their QDQ graphs, and the tokens do not change."""
     from quantkit.runtime.engine import BundleModel
-    from quantkit.runtime.generate import generate_text, npu_sessions
+    from quantkit.runtime.generate import generate_text, npu_graphs_from
 
     bundle = export_bundle(tiny_bundle / "calib", tmp_path / "ctx", chunk_size=CHUNK, activation_bits=8, qnn_context=True, soc_model=60, progress=False)
     manifest = load_manifest(bundle)
@@ -333,11 +333,11 @@ def test_qnn_context_bundle_runs_its_context_binaries(tiny_bundle, tmp_path):
         assert [node.op_type for node in onnx.load(str(bundle / entry["qnn_context"])).graph.node] == ["EPContext"]
     with_contexts = BundleModel(bundle, npu="qnn")
     assert with_contexts.npu_graph_files == {e["name"]: bundle / e["qnn_context"] for e in manifest["graphs"]}
-    assert npu_sessions(with_contexts) == f"QNN HTP: {len(manifest['graphs'])} graphs loaded from their context binaries"
+    assert npu_graphs_from(with_contexts) == f"QNN HTP: {len(manifest['graphs'])} graphs loaded from their context binaries"
     prompt = torch.arange(40) % 100
     from_contexts = list(with_contexts.generate(prompt, 6))
-    # one after the other: in x86 emulation, sessions loaded from contexts stop running once the
-    # process compiles a graph for the emulator's own target (sessions made after that run)
+    # one after the other: in x86 emulation, graphs loaded from contexts stop running once the
+    # process compiles a graph for the emulator's default target (graphs loaded after that run)
     del with_contexts
     compiled = BundleModel(bundle, npu="qnn", qnn_contexts=False)  # the same graphs, compiled at start-up for the same target
     assert compiled.npu_context_graphs == 0
