@@ -20,6 +20,8 @@ Table names and the results file each one reads (the benchmark that writes it):
 - ``prefill``: prefill speed of ``prefill.json`` (``python benchmarks/prefill.py``);
 - ``eval_speed``: lm-eval speed of ``eval_speed.json`` (``python benchmarks/eval_speed.py``);
 - ``calibration_time``: the presets' calibration time of ``calibration_time.json``;
+- ``htp_profile``: HTP cycles per graph kind of ``htp_profile/profile.json``
+  (``quantkit profile BUNDLE --out benchmarks/results/htp_profile``);
 - ``qnn_startup``: start-up with and without context binaries of ``qnn_startup.json``
   (``python benchmarks/qnn_startup.py``).
 
@@ -47,6 +49,7 @@ COMMANDS = {
     "prefill.json": "python benchmarks/prefill.py",
     "eval_speed.json": "python benchmarks/eval_speed.py --bundle BUNDLE",
     "calibration_time.json": "python benchmarks/calibration_time.py --work DIR --runs w8a16 w8a8-mixed w8a8-mixed:1",
+    "htp_profile/profile.json": "quantkit profile BUNDLE --out benchmarks/results/htp_profile",
     "qnn_startup.json": "python benchmarks/qnn_startup.py --calib DIR",
 }
 
@@ -278,6 +281,31 @@ def calibration_time_table(results: Path) -> str:
     return "\n".join([table, "", note, _source("calibration_time.json")])
 
 
+def htp_profile_table(results: Path) -> str:
+    data = _load(results, "htp_profile/profile.json")
+    kinds: dict[str, dict] = {}
+    for graph in data["graphs"]:
+        row = kinds.setdefault(graph["kind"], {"graphs": 0, "a8": 0, "cycles": 0, "a16": 0})
+        row["graphs"] += 1
+        row["a8"] += graph["activation_bits"] == 8
+        row["cycles"] += graph["cycles"]
+        row["a16"] += graph["a16_cycles"]
+    total = {key: sum(row[key] for row in kinds.values()) for key in ("graphs", "a8", "cycles", "a16")}
+    rows = [
+        [name, f"{row['graphs']} ({row['a8']})", f"{row['cycles'] / 1e6:,.1f}", f"{row['a16'] / 1e6:,.1f}", f"{row['a16'] / row['cycles']:.2f}"]
+        for name, row in [*kinds.items(), ("all NPU graphs", total)]
+    ]
+    table = _table(["graph kind", "graphs (A8)", "M cycles per chunk", "every graph A16", "A16 / bundle"], ["l", "r", "r", "r", "r"], rows)
+    rate = lambda cycles: data["chunk_size"] / (cycles / (data["clock_ghz"] * 1e9))  # noqa: E731
+    target = f"soc_model {data['soc_model']}" + (f", htp_arch {data['htp_arch']}" if data.get("htp_arch") else "")
+    note = (
+        f"Chunk {data['chunk_size']}, QNN HTP emulator on x86 ({target}), least of {data['repeats']} runs per graph. "
+        f"At an assumed {data['clock_ghz']:g} GHz HTP clock, NPU graphs only: {rate(total['cycles']):,.0f} tokens/s for the bundle, "
+        f"{rate(total['a16']):,.0f} with every graph at A16. Emulator cycles: a relative cost, not a device timing."
+    )
+    return "\n".join([table, "", note, _source("htp_profile/profile.json")])
+
+
 def qnn_startup_table(results: Path) -> str:
     data = _load(results, "qnn_startup.json")
     rows = [
@@ -300,6 +328,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "prefill": prefill_table,
     "eval_speed": eval_speed_table,
     "calibration_time": calibration_time_table,
+    "htp_profile": htp_profile_table,
     "qnn_startup": qnn_startup_table,
 }
 
