@@ -296,12 +296,11 @@ def htp_profile_table(results: Path) -> str:
         for name, row in [*kinds.items(), ("all NPU graphs", total)]
     ]
     table = _table(["graph kind", "graphs (A8)", "M cycles per chunk", "every graph A16", "A16 / bundle"], ["l", "r", "r", "r", "r"], rows)
-    rate = lambda cycles: data["chunk_size"] / (cycles / (data["clock_ghz"] * 1e9))  # noqa: E731
     target = f"soc_model {data['soc_model']}" + (f", htp_arch {data['htp_arch']}" if data.get("htp_arch") else "")
     note = (
         f"Chunk {data['chunk_size']}, QNN HTP emulator on x86 ({target}), least of {data['repeats']} runs per graph. "
-        f"At an assumed {data['clock_ghz']:g} GHz HTP clock, NPU graphs only: {rate(total['cycles']):,.0f} tokens/s for the bundle, "
-        f"{rate(total['a16']):,.0f} with every graph at A16. Emulator cycles: a relative cost, not a device timing."
+        f"At an assumed {data['clock_ghz']:g} GHz HTP clock, NPU graphs only: {data['prefill_tokens_per_s']:,.0f} tokens/s for the bundle, "
+        f"{data['prefill_tokens_per_s_a16']:,.0f} with every graph at A16. Emulator cycles: a relative cost, not a device timing."
     )
     return "\n".join([table, "", note, _source("htp_profile/profile.json")])
 

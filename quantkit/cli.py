@@ -422,11 +422,7 @@ def _run_profile(args) -> int:
     profile = profile_bundle(args.bundle, args.soc_model, args.htp_arch, args.htp_clock_ghz, args.repeats)
     out = Path(args.out)
     path = write_profile(profile, out)
-    title = f"{Path(args.bundle).name}: {profile.chunk_cycles() / 1e6:.0f} M cycles per chunk, every graph A16 {profile.chunk_cycles(a16=True) / 1e6:.0f} M"
-    graphs = profile.graphs
-    plot_htp_cycles(
-        [g.name for g in graphs], [g.cycles for g in graphs], [g.a16_cycles for g in graphs], [g.activation_bits for g in graphs], title, out / "profile.png"
-    )
+    plot_htp_cycles(profile.to_dict()["graphs"], out / "profile.png")
     print(profile.summary())
     print(f"wrote {path} and {out / 'profile.png'}")
     return 0

@@ -172,6 +172,12 @@ def _lint_graph(path: Path, entry: dict, activations: dict, params: dict, used: 
                     problems.append(f"{name}: bias {node.input[0]} scale ≠ input scale × weight scale")
 
 
+def _loses_to(sqnr: float, baseline_sqnr: float) -> bool:
+    """An executor's SQNR vs float more than SQNR_MARGIN_DB below the baseline executor's,
+    while not itself exact (under EXACT_SQNR_DB)."""
+    return sqnr < baseline_sqnr - SQNR_MARGIN_DB and sqnr < EXACT_SQNR_DB
+
+
 def _run_qnn(folder: Path, manifest: dict, report: LintReport) -> None:
     """Each graph on QNN HTP (CPU fallback disabled) and on ONNX Runtime CPU, both compared
     with the graph's float reference on the stored calibration input."""
@@ -209,7 +215,7 @@ def _run_qnn(folder: Path, manifest: dict, report: LintReport) -> None:
         if entry.get("qnn_context"):
             _check_context(folder, entry, feed, reference, htp_sqnr, bits, report)
         report.cpu_sqnr_db[entry["name"]] = cpu_sqnr = sqnr_db(reference, cpu)
-        if htp_sqnr < cpu_sqnr - SQNR_MARGIN_DB and htp_sqnr < EXACT_SQNR_DB:
+        if _loses_to(htp_sqnr, cpu_sqnr):
             report.problems.append(
                 f"{entry['name']}: QNN HTP SQNR vs float {htp_sqnr:.1f} dB, more than {SQNR_MARGIN_DB:g} dB below ONNX Runtime CPU's {cpu_sqnr:.1f} dB"
             )
@@ -235,7 +241,7 @@ def _check_context(folder: Path, entry: dict, feed: dict, reference, htp_sqnr: f
         )
         return
     report.context_sqnr_db[name] = context_sqnr = sqnr_db(reference, torch.from_numpy(np.concatenate([o.ravel() for o in outputs])))
-    if (context_sqnr < htp_sqnr - SQNR_MARGIN_DB and context_sqnr < EXACT_SQNR_DB) or context_sqnr < MIN_SQNR_DB[bits]:
+    if _loses_to(context_sqnr, htp_sqnr) or context_sqnr < MIN_SQNR_DB[bits]:
         report.problems.append(
             f"{name}: {context} SQNR vs float {context_sqnr:.1f} dB where its QDQ graph on QNN HTP has {htp_sqnr:.1f} dB; "
             "the context binary does not compute this graph: export the bundle again with --qnn-context"

@@ -126,12 +126,10 @@ def a16_twin(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def _cycles(path: Path, soc_model: int, htp_arch: int | None, scratch: Path, repeats: int) -> int:
-    from quantkit.runtime.sessions import qnn_htp_session
+    from quantkit.runtime.sessions import qnn_htp_session, qnn_target_options
 
     report = scratch / f"{path.stem}.csv"
-    options = {"profiling_level": "detailed", "profiling_file_path": str(report), "soc_model": str(soc_model)}
-    if htp_arch is not None:
-        options["htp_arch"] = str(htp_arch)
+    options = {"profiling_level": "detailed", "profiling_file_path": str(report), **qnn_target_options(soc_model, htp_arch)}
     session = qnn_htp_session(path, options)
     shape = session.get_inputs()[0].shape
     feed = {session.get_inputs()[0].name: np.random.default_rng(0).standard_normal(shape).astype(np.float32)}

@@ -189,22 +189,26 @@ def plot_sensitivity(sensitivities, placement, path: Path) -> None:
     plt.close(figure)
 
 
-def plot_htp_cycles(names: Sequence[str], cycles: Sequence[float], a16_cycles: Sequence[float], bits: Sequence[int], title: str, path: Path) -> None:
-    """Per NPU graph (x, in bundle order): its HTP cycles per chunk at the bundle's precision
-    (bars, A8 and A16 in the precision map's colours) and with every graph at A16 (line)."""
+def plot_htp_cycles(graphs: Sequence[dict], path: Path) -> None:
+    """Per NPU graph (x, in bundle order; the ``graphs`` rows of ``quantkit profile``'s
+    profile.json): its HTP cycles per chunk at the bundle's precision (bars, A8 and A16 in
+    the precision map's colours) and with every graph at A16 (line)."""
+    from matplotlib.patches import Patch
+
     plt = _pyplot()
+    names = [g["name"] for g in graphs]
     figure, axis = plt.subplots(figsize=(max(8.0, 0.09 * len(names) + 3), 4.2), constrained_layout=True)
     positions = range(len(names))
-    axis.bar(positions, [c / 1e6 for c in cycles], width=0.85, color=[PRECISION_COLOURS["A8" if b == 8 else "A16"] for b in bits])
-    axis.plot(positions, [c / 1e6 for c in a16_cycles], color="#1d2330", linewidth=1.0, label="every graph A16 (W8A16)")
+    colours = [PRECISION_COLOURS["A8" if g["activation_bits"] == 8 else "A16"] for g in graphs]
+    axis.bar(positions, [g["cycles"] / 1e6 for g in graphs], width=0.85, color=colours)
+    axis.plot(positions, [g["a16_cycles"] / 1e6 for g in graphs], color="#1d2330", linewidth=1.0, label="every graph A16 (W8A16)")
     axis.set_ylabel("HTP cycles per chunk (millions)")
     axis.set_xlabel("NPU graph (blocks in order: qkv, o, gate_up, down)")
     ticks = [i for i, name in enumerate(names) if name.endswith(".qkv")]
     axis.set_xticks(ticks, [names[i].split(".")[0] for i in ticks], rotation=90, fontsize=7)
-    from matplotlib.patches import Patch
-
     handles = [Patch(color=PRECISION_COLOURS["A8"], label="A8 in this bundle"), Patch(color=PRECISION_COLOURS["A16"], label="A16 in this bundle")]
     axis.legend(handles=[*handles, *axis.get_legend_handles_labels()[0]], loc="upper right", frameon=False)
-    axis.set_title(title, fontsize=10)
+    cycles, a16 = sum(g["cycles"] for g in graphs), sum(g["a16_cycles"] for g in graphs)
+    axis.set_title(f"{cycles / 1e6:,.0f} M cycles per chunk; every graph A16: {a16 / 1e6:,.0f} M", fontsize=10)
     figure.savefig(path, dpi=_DPI)
     plt.close(figure)

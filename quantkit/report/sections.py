@@ -580,27 +580,22 @@ def profile_section(inputs: ReportInputs, folder: Path) -> Section | None:
     data = results.data
     graphs = data["graphs"]
     cycles, a16 = sum(g["cycles"] for g in graphs), sum(g["a16_cycles"] for g in graphs)
-    chunk, clock = data.get("chunk_size"), data.get("clock_ghz")
-    plot_htp_cycles(
-        [g["name"] for g in graphs],
-        [g["cycles"] for g in graphs],
-        [g["a16_cycles"] for g in graphs],
-        [g["activation_bits"] for g in graphs],
-        f"{cycles / 1e6:.0f} M cycles per chunk; every graph A16: {a16 / 1e6:.0f} M",
-        folder / PROFILE_PNG,
-    )
-    rate = (lambda c: f"{chunk / (c / (clock * 1e9)):,.0f} tokens/s") if chunk and clock else (lambda c: "—")
+    plot_htp_cycles(graphs, folder / PROFILE_PNG)
+
+    def rate(key: str) -> str:  # the projection quantkit profile wrote (HtpProfile.prefill_tokens_per_s)
+        return f"{data[key]:,.0f} tokens/s" if isinstance(data.get(key), (int, float)) else "—"
+
     body = facts(
         [
             ("target", f"soc_model {data.get('soc_model')}" + (f", htp_arch {data['htp_arch']}" if data.get("htp_arch") else "")),
-            ("this bundle", f"{cycles / 1e6:,.1f} M cycles per {chunk}-token chunk → {rate(cycles)}"),
-            ("every graph A16", f"{a16 / 1e6:,.1f} M cycles per chunk → {rate(a16)} ({a16 / cycles:.2f}× the cycles)"),
+            ("this bundle", f"{cycles / 1e6:,.1f} M cycles per {data.get('chunk_size')}-token chunk → {rate('prefill_tokens_per_s')}"),
+            ("every graph A16", f"{a16 / 1e6:,.1f} M cycles per chunk → {rate('prefill_tokens_per_s_a16')} ({a16 / cycles:.2f}× the cycles)"),
         ]
     )
     body += figure(PROFILE_PNG, "HTP cycles per NPU graph", "Cycles per chunk of each NPU graph as exported (bars) and at A16 (line).")
     body += note(
         f"QNN HTP profiler cycles ({results.path.name}); on a workstation the HTP is emulated, so they are a relative cost, not a device timing. "
-        f"Tokens/s count the NPU graphs only, at an assumed HTP clock of {clock} GHz."
+        f"Tokens/s count the NPU graphs only, at an assumed HTP clock of {data.get('clock_ghz')} GHz."
     )
     return Section("profile", title, body)
 
