@@ -24,9 +24,9 @@ def is_bundle(path: str | Path) -> bool:
     return Path(path).expanduser().is_dir() and (Path(path).expanduser() / MANIFEST_FILE).is_file()
 
 
-def _model_spec(model: str | Path, npu: str, shadow: bool, max_length: int | None) -> tuple[str, dict]:
+def _model_spec(model: str | Path, npu: str, shadow: bool, max_length: int | None, kernels: str = "integer") -> tuple[str, dict]:
     if is_bundle(model):
-        args = {"bundle": str(Path(model).expanduser()), "npu": npu, "shadow": shadow}
+        args = {"bundle": str(Path(model).expanduser()), "npu": npu, "shadow": shadow, "kernels": kernels}
     else:
         from quantkit.models.loading import prepare_model_folder
 
@@ -54,11 +54,13 @@ def evaluate(
     output: str | Path | None = None,
     task_config: TaskDataConfig | None = None,
     include_paths: Sequence[str | Path] = (),
+    kernels: str = "integer",
 ) -> dict:
     """lm-eval results of ``model`` on ``tasks`` (a list or a comma-separated string).
 
     ``model`` is a bundle folder — run by the runtime through the ``quantkit`` lm-eval
-    model, on ``npu`` (``cpu`` or ``qnn``) with or without the shadow path — or a model
+    model, on ``npu`` (``cpu`` with ``kernels`` "integer" or "qdq", or ``qnn``) with or
+    without the shadow path — or a model
     that ``quantkit.models.loading.prepare_model_folder`` knows (a built-in name such as
     ``smollm2-135m``, a Hugging Face folder, a ``.gguf`` file), run in float32 by
     lm-eval's ``hf`` model (as ``hf-scored``: the LM head only at the scored positions,
@@ -91,7 +93,11 @@ def evaluate(
     if not all(n in offline or n.startswith("quantkit") or n in set(manager.all_tasks) for n in names):
         manager = task_manager(task_config, include_defaults=True, include_paths=include_paths)
     check_task_names(manager, names)
-    kind, model_args = _model_spec(model, npu, shadow, max_length)
+    from quantkit.runtime.sessions import CPU_KERNELS
+
+    if kernels not in CPU_KERNELS:
+        raise EvaluationError(f"kernels: got {kernels!r}, expected one of {', '.join(CPU_KERNELS)}")
+    kind, model_args = _model_spec(model, npu, shadow, max_length, kernels)
     results = lm_eval.simple_evaluate(
         model=kind,
         model_args=model_args,

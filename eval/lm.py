@@ -7,6 +7,8 @@ entry point for models, so the import is what makes ``model="quantkit"`` known;
 
 - ``bundle`` (required): the bundle folder written by ``quantkit export``;
 - ``npu``: ``cpu`` (ONNX Runtime CPU provider, default) or ``qnn`` (QNN HTP backend);
+- ``kernels``: with ``npu=cpu``, ``integer`` (default: the A8 graphs on int8 GEMMs) or
+  ``qdq`` (every graph as written) — ``quantkit.runtime.npu``;
 - ``shadow``: ``True`` (default) or ``False`` to drop the shadow outlier path;
 - ``max_length``: the longest input in tokens (default: the bundle's context length);
 - ``max_gen_toks``: default generation length (256), as lm-eval's ``hf`` model;
@@ -107,6 +109,7 @@ class QuantkitLM(TemplateLM):
         self,
         bundle: str | Path | None = None,
         npu: str = "cpu",
+        kernels: str = "integer",
         shadow: bool | str = True,
         max_length: int | None = None,
         max_gen_toks: int = _DEFAULT_MAX_GEN_TOKS,
@@ -133,7 +136,7 @@ class QuantkitLM(TemplateLM):
             self._rank, self._world_size = self.accelerator.process_index, self.accelerator.num_processes
             logger.info("quantkit lm-eval model: process %d of %d", self._rank, self._world_size)
         self.bundle = Path(bundle)
-        self.model = BundleModel(self.bundle, npu=npu, shadow=_as_bool("shadow", shadow))
+        self.model = BundleModel(self.bundle, npu=npu, shadow=_as_bool("shadow", shadow), kernels=kernels)
         context_length = int(self.model.manifest["context_length"])
         self._max_length = int(max_length) if max_length is not None else context_length
         if not 1 <= self._max_length <= context_length:

@@ -139,6 +139,8 @@ def _run_calibrate(args) -> int:
 
 
 def _add_eval(subparsers) -> None:
+    from quantkit.runtime.sessions import CPU_KERNELS
+
     parser = subparsers.add_parser(
         "eval",
         help="lm-eval accuracy of a bundle (run by the runtime) or of the FP model",
@@ -156,6 +158,12 @@ def _add_eval(subparsers) -> None:
     )
     parser.add_argument(
         "--npu", choices=("cpu", "qnn"), default="cpu", help="bundle NPU graph executor: ONNX Runtime CPU provider or QNN HTP (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--cpu-kernels",
+        choices=CPU_KERNELS,
+        default="integer",
+        help="with --npu cpu: 'integer' runs the A8 graphs on int8 GEMMs as the NPU sums them, 'qdq' every graph as written (float MatMul; lint's reference) (default: %(default)s)",
     )
     parser.add_argument("--no-shadow", action="store_true", help="bundle: clip outliers instead of running the shadow path (for comparison)")
     parser.add_argument(
@@ -180,6 +188,7 @@ def _run_eval(args) -> int:
         args.tasks,
         limit=limit,
         npu=args.npu,
+        kernels=args.cpu_kernels,
         shadow=not args.no_shadow,
         max_length=args.max_length,
         output=args.output,
@@ -429,6 +438,8 @@ def _run_profile(args) -> int:
 
 
 def _add_run(subparsers) -> None:
+    from quantkit.runtime.sessions import CPU_KERNELS
+
     parser = subparsers.add_parser(
         "run",
         help="generate text with a bundle: chunked prefill (NPU graphs + CPU shadow path), then decode",
@@ -464,6 +475,12 @@ def _add_run(subparsers) -> None:
     parser.add_argument(
         "--schedule", choices=("ooo", "inorder"), default="ooo", help="out-of-order (§3.4) or in-order subgraph execution (default: %(default)s)"
     )
+    parser.add_argument(
+        "--cpu-kernels",
+        choices=CPU_KERNELS,
+        default="integer",
+        help="with --npu cpu: 'integer' runs the A8 graphs on int8 GEMMs as the NPU sums them, 'qdq' every graph as written (float MatMul; lint's reference) (default: %(default)s)",
+    )
     parser.add_argument("--no-shadow", action="store_true", help="clip outliers instead of running the shadow path (for comparison)")
     parser.add_argument("--trace", default=None, help="write the prefill schedule as a Chrome trace JSON (chrome://tracing, Perfetto)")
     parser.set_defaults(handler=_run_run)
@@ -490,6 +507,7 @@ def _run_run(args) -> int:
         top_p=args.top_p,
         seed=args.seed,
         npu=args.npu,
+        kernels=args.cpu_kernels,
         schedule=args.schedule,
         shadow=not args.no_shadow,
         trace=args.trace,

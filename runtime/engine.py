@@ -25,6 +25,7 @@ from quantkit.runtime.npu import OrtGraph, QdqGraph
 from quantkit.runtime.packing import ChunkRun, Segment, pack_chunks
 from quantkit.runtime.sampling import SamplingConfig, next_token
 from quantkit.runtime.scheduler import DurationEstimates, Schedule, run_in_order, run_out_of_order
+from quantkit.runtime.sessions import CPU_KERNELS
 from quantkit.runtime.shadow import ColdColumns, RuntimeCounters, ShadowSite
 from quantkit.runtime.subgraphs import ChunkState, KVCache, ModelParts, chunk_state, chunk_subgraphs
 
@@ -51,7 +52,9 @@ class BundleModel:
     ``npu_threads``: ONNX Runtime threads per graph with ``npu="cpu"`` (the emulated NPU's
     cores; 1 = the NPU worker's own thread). ``cpu_threads``: torch threads while the
     runtime computes (the CPU worker's cores) — multi-threaded small ops on a busy machine
-    wait on each other's barriers, so one thread each is the default.
+    wait on each other's barriers, so one thread each is the default. ``kernels`` (with
+    ``npu="cpu"``): "integer" runs the A8 graphs on int8 GEMMs as the NPU does, "qdq"
+    every graph as written (``quantkit.runtime.npu``).
 
     >>> model = BundleModel("bundle")                                   # doctest: +SKIP
     >>> logits = model.prefill(token_ids)                               # doctest: +SKIP
@@ -67,6 +70,7 @@ class BundleModel:
         npu_threads: int = 1,
         cpu_threads: int = 1,
         qnn_contexts: bool = True,
+        kernels: str = "integer",
     ):
         started = time.perf_counter()
         self.folder = Path(folder)
@@ -77,6 +81,8 @@ class BundleModel:
             raise BundleError(f"{self.folder}: {error}") from None
         if npu not in ("cpu", "qnn"):
             raise BundleError(f"npu: got {npu!r}, expected 'cpu' (ONNX Runtime CPU provider) or 'qnn' (QNN HTP)")
+        if kernels not in CPU_KERNELS:
+            raise BundleError(f"kernels: got {kernels!r}, expected one of {', '.join(CPU_KERNELS)}")
         if schedule not in SCHEDULES:
             raise BundleError(f"schedule: got {schedule!r}, expected one of {', '.join(SCHEDULES)}")
         from safetensors.torch import load_file
@@ -102,17 +108,12 @@ class BundleModel:
             if self.placement[key[0]] == "npu":
                 sites[key] = ShadowSite(site, hot, cold, self.counters, enabled=shadow, sink_tokens=self.sink_tokens)
         self._graph_entries = {(g["block"], graph_kind(g["linears"][0])): g for g in self.manifest["graphs"]}
-        # Weight folding (sessions.ort_cpu_session) moves an output on a rounding boundary by one
-        # step. In an all-A16 bundle that stays at float-rounding level (SmolLM2 W8A16, 512
-        # tokens: mean NLL 2.566639 → 2.566634, 99.8% equal argmax); once any graph quantizes
-        # to 8 bits, a flipped int8 code compounds over the blocks (auto A8/A16 bundle: 92.6%
-        # equal argmax), so such bundles run their graphs as written.
-        fold_weights = all(entry["activation_bits"] == 16 for entry in self._graph_entries.values())
         target = self.manifest.get("qnn_target")
-        npu_graphs = {key: OrtGraph(self.folder, entry, npu, npu_threads, fold_weights, target, qnn_contexts) for key, entry in self._graph_entries.items()}
+        npu_graphs = {key: OrtGraph(self.folder, entry, npu, npu_threads, kernels, target, qnn_contexts) for key, entry in self._graph_entries.items()}
         self.npu = npu
         self.npu_graph_files = {graph.entry["name"]: graph.source for graph in npu_graphs.values()}  # the file each NPU graph was loaded from
         self.npu_context_graphs = sum(graph.from_context for graph in npu_graphs.values())  # loaded from a compiled QNN context binary
+        self.integer_graphs = sum(graph.integer for graph in npu_graphs.values())  # run on int8 GEMMs (npu="cpu", kernels="integer")
         self._parts = ModelParts(self.arch, self.cpu, self.placement, sites, npu_graphs, self._count_npu_run, self.chunk_size)
         self._decode_parts: ModelParts | None = None
         self.cpu_threads = cpu_threads

@@ -59,6 +59,7 @@ def generate_text(
     top_p: float = 1.0,
     seed: int | None = None,
     npu: str = "cpu",
+    kernels: str = "integer",
     schedule: str = "ooo",
     shadow: bool = True,
     trace: str | Path | None = None,
@@ -76,7 +77,7 @@ def generate_text(
     if not prompt:
         raise BundleError("the prompt is empty; pass --prompt TEXT or --prompt-file F")
     tokenizer = BundleTokenizer(bundle)
-    model = BundleModel(bundle, npu=npu, shadow=shadow, schedule=schedule)
+    model = BundleModel(bundle, npu=npu, shadow=shadow, schedule=schedule, kernels=kernels)
     ids = tokenizer.encode(prompt)
     stops = (tokenizer.eos_token_id,) if tokenizer.eos_token_id is not None else ()
     new_ids: list[int] = []

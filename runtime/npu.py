@@ -1,8 +1,16 @@
 """The NPU executors: one bundle graph = the QDQ Linears reading one activation.
 
-- :class:`OrtGraph` runs the graph file with ONNX Runtime — the CPU provider here, or
-  the QNN HTP backend with CPU fallback disabled (``npu="qnn"``) — at the graph's static
-  shape [1, chunk, in]; a shorter input is zero-padded and the outputs cut back.
+- :class:`OrtGraph` runs the graph with ONNX Runtime at its static shape [1, chunk, in]
+  (a shorter input is zero-padded and the outputs cut back): on the QNN HTP backend with
+  CPU fallback disabled (``npu="qnn"``), or on the CPU provider standing in for the NPU
+  (``npu="cpu"``) with one of the ``CPU_KERNELS``:
+
+  - ``"integer"`` (default): the A8 graphs rewritten to int8 GEMMs with int32 sums, as
+    the NPU computes them (``quantkit.runtime.integer_kernels``), the others with their
+    weights folded to float (:func:`~quantkit.runtime.sessions.ort_cpu_session`);
+  - ``"qdq"``: the graph file exactly as written, every weight dequantized at every run
+    and multiplied in float — the reference ``lint`` compares against.
+
 - :class:`QdqGraph` is the same arithmetic in torch for any number of tokens: the
   graph's :class:`~quantkit.runtime.qdq.QdqLinear` records read back from its
   initializers (the definition calibration measured with). Decode uses it: one token at
@@ -15,18 +23,22 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from quantkit.runtime.integer_kernels import integer_model, runs_on_integer_kernels
 from quantkit.runtime.qdq import QdqLinear, QuantizedWeight
-from quantkit.runtime.sessions import ort_cpu_session, qnn_htp_session, qnn_target_options
+from quantkit.runtime.sessions import CPU_KERNELS, ort_cpu_session, qnn_htp_session, qnn_target_options
 
 __all__ = ["OrtGraph", "QdqGraph", "records_from_graph"]
 
 
 class OrtGraph:
-    """One bundle graph run with ONNX Runtime (see :func:`~quantkit.runtime.sessions.ort_cpu_session` for ``fold_weights``)."""
+    """One bundle graph run with ONNX Runtime (module docstring); ``kernels`` applies to ``npu="cpu"``.
+    ``integer`` says whether the graph runs on integer kernels."""
 
     def __init__(
-        self, folder: Path, entry: dict, npu: str, threads: int = 1, fold_weights: bool = False, qnn_target: dict | None = None, qnn_contexts: bool = True
+        self, folder: Path, entry: dict, npu: str, threads: int = 1, kernels: str = "integer", qnn_target: dict | None = None, qnn_contexts: bool = True
     ):
+        if kernels not in CPU_KERNELS:
+            raise ValueError(f"kernels: got {kernels!r}, expected one of {', '.join(CPU_KERNELS)}")
         self.entry = entry
         self.input_name = entry["input"]
         self.chunk_size = entry["input_shape"][1]
@@ -40,9 +52,16 @@ class OrtGraph:
             self.source = folder / entry["qnn_context"] if self.from_context else path
             target = qnn_target or {}
             self.session = qnn_htp_session(self.source, None if self.from_context else qnn_target_options(target.get("soc_model"), target.get("htp_arch")))
+            self.integer = False
         else:
             self.from_context, self.source = False, path
-            self.session = ort_cpu_session(path, threads, fold_weights)
+            records = records_from_graph(folder, entry) if kernels == "integer" else None
+            self.integer = records is not None and runs_on_integer_kernels(records)
+            if self.integer:
+                model = integer_model(records, self.input_name, entry["outputs"], entry["input_shape"])
+                self.session = ort_cpu_session(model.SerializeToString(), threads)
+            else:
+                self.session = ort_cpu_session(path, threads, fold_weights=kernels == "integer")
 
     def __call__(self, x: torch.Tensor) -> list[torch.Tensor]:
         length = x.shape[0]

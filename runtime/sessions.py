@@ -11,15 +11,21 @@ from pathlib import Path
 
 from quantkit.errors import QuantkitError
 
-__all__ = ["QnnUnavailableError", "cpu_session", "ort_cpu_session", "qnn_htp_session", "qnn_target_options", "write_qnn_context"]
+__all__ = ["CPU_KERNELS", "QnnUnavailableError", "cpu_session", "ort_cpu_session", "qnn_htp_session", "qnn_target_options", "write_qnn_context"]
+
+
+# How the CPU provider runs a graph standing in for the NPU (quantkit.runtime.npu):
+# "integer" — the A8 graphs on int8 GEMMs, the others with folded weights; "qdq" — as written.
+CPU_KERNELS = ("integer", "qdq")
 
 
 class QnnUnavailableError(QuantkitError):
     """onnxruntime-qnn is missing or exposes no QNN device."""
 
 
-def ort_cpu_session(path: Path, threads: int = 1, fold_weights: bool = False):
-    """An ONNX Runtime CPU session standing in for the NPU. ``threads=1`` runs the graph on
+def ort_cpu_session(model: Path | bytes, threads: int = 1, fold_weights: bool = False):
+    """An ONNX Runtime CPU session standing in for the NPU, of a graph file or a
+    serialized model. ``threads=1`` runs the graph on
     the calling thread (the NPU worker): one ONNX Runtime session per graph, each with its own spinning
     thread pool, would starve the CPU worker's torch ops; 0 is ONNX Runtime's default.
 
@@ -45,7 +51,7 @@ def ort_cpu_session(path: Path, threads: int = 1, fold_weights: bool = False):
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return ort.InferenceSession(str(path), sess_options=options, providers=["CPUExecutionProvider"])
+    return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=options, providers=["CPUExecutionProvider"])
 
 
 def cpu_session(model_path: Path):

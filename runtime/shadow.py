@@ -26,6 +26,7 @@ from quantkit.runtime.cpu_ops import linear
 __all__ = ["RuntimeCounters", "ShadowSite", "ColdColumns", "split_outliers", "outlier_product", "combine"]
 
 _NUMPY_DTYPES = {"F32": np.float32, "F16": np.float16, "BF16": None}
+_SINK_PRODUCTS = 4  # sink rows' shadow products kept per site (distinct first tokens)
 
 
 def split_outliers(x: torch.Tensor, threshold: float, sink_rows: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -46,11 +47,14 @@ def outlier_product(excess: torch.Tensor, columns: Callable[[torch.Tensor], torc
     multiplied as a sparse matrix over those channels only. Each output is a sum over its
     row's non-zeros in index order, so several Linears' columns side by side give the
     values one product per Linear gives."""
-    active = excess.ne(0).any(dim=0).nonzero().flatten()
-    if active.numel() == 0:
+    nonzero = excess.nonzero()  # [nnz, 2], row-major: the sparse matrix is coalesced as built
+    if nonzero.shape[0] == 0:
         return None
-    sparse = excess[:, active].to_sparse()  # row-major non-zeros: coalesced
-    return torch.sparse.mm(sparse, columns(active)), int(sparse._nnz())
+    rows, channels = nonzero.unbind(1)
+    active, slots = channels.unique(return_inverse=True)  # sorted channels; each value's column among them
+    indices, values = torch.stack([rows, slots]), excess[rows, channels]
+    sparse = torch.sparse_coo_tensor(indices, values, (excess.shape[0], active.numel()), is_coalesced=True, check_invariants=False)
+    return torch.sparse.mm(sparse, columns(active)), nonzero.shape[0]
 
 
 def combine(npu_out: torch.Tensor, output_part: tuple[torch.Tensor, torch.Tensor] | None, outlier_part: torch.Tensor | None) -> torch.Tensor:
@@ -130,6 +134,7 @@ class ShadowSite:
         self._out_sizes = [hot_weights[f"{name}.hot"].shape[0] for name in self.linear_names] if self.shadowed else []
         self._cold_file = cold_file
         self.counters = counters
+        self._sink_products: dict[bytes, torch.Tensor] = {}  # sink row values → its shadow product (outlier_products)
         # Output-side shadow: per Linear, the output channels C whose NPU weight rows are
         # zero; the CPU computes clip(x)·W[C]ᵀ + b[C] in FP (part of the deployed
         # arithmetic, so it runs with the input shadow disabled too).
@@ -159,27 +164,61 @@ class ShadowSite:
         clipped, excess = split_outliers(x, self.threshold, sink_rows)
         return clipped, excess if self.shadowed else None
 
-    def outlier_products(self, excess: torch.Tensor | None) -> list[torch.Tensor] | None:
+    def outlier_products(self, excess: torch.Tensor | None, positions: torch.Tensor | None = None) -> list[torch.Tensor] | None:
         """x_out·W_fpᵀ for each Linear of the site (:func:`outlier_product`, against those
         channels' FP columns of all the site's Linears at once); None if no value crossed
-        the clip."""
+        the clip. ``positions`` (of excess's rows) marks the sink rows (:meth:`split`).
+
+        A sink row is dense, so its product needs every FP column of the site, cold ones
+        included. What reaches a sink position depends on nothing before it, so every
+        prompt that starts with the same token brings the same row: its product is kept,
+        keyed by the row's exact values, and reused (:meth:`_sink_product`). Rows are
+        independent in :func:`outlier_product`, so the values are those of one product
+        over all rows."""
         if excess is None:
             return None
-        product = outlier_product(excess, self._columns)
+        sink_rows = positions < self.sink_tokens if self.sink_tokens and positions is not None else None
+        if sink_rows is None or not bool(sink_rows.any()):
+            product = self._counted(outlier_product(excess, self._columns))
+        else:
+            product = torch.zeros(excess.shape[0], self._hot.shape[1])
+            rest = self._counted(outlier_product(excess[~sink_rows], self._columns))
+            if rest is not None:
+                product[~sink_rows] = rest
+            for row in sink_rows.nonzero().flatten().tolist():
+                product[row] = self._sink_product(excess[row])
+        return None if product is None else list(product.split(self._out_sizes, dim=1))
+
+    def _counted(self, product: tuple[torch.Tensor, int] | None) -> torch.Tensor | None:
         if product is None:
             return None
         self.counters.outlier_values += product[1]
-        return list(product[0].split(self._out_sizes, dim=1))
+        return product[0]
+
+    def _sink_product(self, row: torch.Tensor) -> torch.Tensor:
+        """x_out·W_fpᵀ of one sink row, from the last ``_SINK_PRODUCTS`` computed (:meth:`outlier_products`)."""
+        key = row.numpy().tobytes()
+        cached = self._sink_products.pop(key, None)
+        if cached is None:
+            cached = self._counted(outlier_product(row[None], self._columns))
+            cached = torch.zeros(self._hot.shape[1]) if cached is None else cached[0]
+        else:
+            self.counters.outlier_values += int(row.ne(0).sum())
+        self._sink_products[key] = cached  # most recent last
+        if len(self._sink_products) > _SINK_PRODUCTS:
+            del self._sink_products[next(iter(self._sink_products))]
+        return cached
 
     def _columns(self, active: torch.Tensor) -> torch.Tensor:
         """W_fp[:, active]ᵀ of every Linear of the site: resident hot rows, cold rows read
         on demand from the bundle (only the rows needed)."""
         hot_mask = self._is_hot[active]
-        hot_rows, cold_rows = self._slot[active[hot_mask]], self._slot[active[~hot_mask]]
+        hot_at, cold_at = hot_mask.nonzero().flatten(), (~hot_mask).nonzero().flatten()  # rows of the result
         weight = torch.empty(active.numel(), self._hot.shape[1])
-        weight[hot_mask] = self._hot[hot_rows]
-        if cold_rows.numel():
-            weight[~hot_mask] = torch.cat([self._cold_file.rows(f"{name}.cold", cold_rows) for name in self.linear_names], dim=1)
+        weight.index_copy_(0, hot_at, self._hot.index_select(0, self._slot[active[hot_at]]))
+        if cold_at.numel():
+            cold_rows = self._slot[active[cold_at]]
+            weight.index_copy_(0, cold_at, torch.cat([self._cold_file.rows(f"{name}.cold", cold_rows) for name in self.linear_names], dim=1))
             self.counters.cold_loads += len(self.linear_names)
             self.counters.cold_columns += int(cold_rows.numel()) * len(self.linear_names)
         return weight

@@ -191,7 +191,7 @@ def chunk_subgraphs(
         if site.shadowed or site.has_output_channels:
 
             def run_shadow() -> None:
-                state.shadow_out = site.outlier_products(state.excess) if site.shadowed else None
+                state.shadow_out = site.outlier_products(state.excess, state.positions) if site.shadowed else None
                 state.output_out = site.output_products(state.clipped) if site.has_output_channels else None
 
             waits.append(add(f"b{block}.{kind}_shadow", CPU, run_shadow, deps, f"{kind}_shadow", block))

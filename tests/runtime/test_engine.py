@@ -94,6 +94,20 @@ def test_the_sink_position_runs_in_fp(bundle):
     assert quantized > 1e-3
 
 
+def test_sink_rows_shadow_products_are_reused_exactly(bundle):
+    """A prompt starting with the same token as an earlier one reuses its sink rows'
+    shadow products (runtime/shadow.py) — the same logits as a fresh runtime's, fewer
+    cold columns read."""
+    ids = _prompt()
+    other = torch.cat([ids[:1], (ids[1:] + 1) % TINY_VOCAB])
+    warm, fresh = BundleModel(bundle / "bundle"), BundleModel(bundle / "bundle")
+    warm.prefill(ids)
+    columns, values = warm.counters.cold_columns, warm.counters.outlier_values
+    assert torch.equal(warm.prefill(other), fresh.prefill(other))
+    assert warm.counters.cold_columns - columns < fresh.counters.cold_columns
+    assert warm.counters.outlier_values - values == fresh.counters.outlier_values  # the reused rows' values still counted
+
+
 def test_prompt_errors(bundle):
     runtime = BundleModel(bundle / "bundle")
     with pytest.raises(BundleError, match="the prompt is empty"):
@@ -136,6 +150,31 @@ def test_qdq_twin_of_each_graph_matches_onnx_runtime(bundle):
         for got, expected in zip(twin(x), ort_graph(x)):
             step = float(expected.unique().diff().abs().min())  # one output quantization step
             assert (got - expected).abs().max() <= step * 1.001, entry["name"]
+
+
+def test_a8_graphs_run_on_integer_kernels_within_one_output_step_of_the_graph(bundle):
+    """The same input codes, weights and output grid; the float sum of the graph becomes
+    an exact int32 sum, so only outputs on a rounding boundary move, by one step."""
+    from quantkit.runtime.npu import OrtGraph
+
+    runtime = BundleModel(bundle / "bundle")
+    kinds = set()
+    for entry in runtime.manifest["graphs"]:
+        integer, as_written = (OrtGraph(runtime.folder, entry, "cpu", kernels=k) for k in ("integer", "qdq"))
+        assert integer.integer == (entry["activation_bits"] == 8) and not as_written.integer
+        kinds.add(integer.integer)
+        x = torch.randn(CHUNK - 3, entry["input_shape"][-1], generator=torch.Generator().manual_seed(2)) * 2
+        for got, expected in zip(integer(x), as_written(x), strict=True):
+            step = float(expected.unique().diff().abs().min())
+            moved = (got - expected).abs() > step / 2
+            assert (got - expected).abs().max() <= step * 1.001 and moved.float().mean() <= 0.01, entry["name"]
+    assert kinds == {True, False}  # the fixture's bundle has A8 and A16 graphs
+    assert runtime.integer_graphs == sum(entry["activation_bits"] == 8 for entry in runtime.manifest["graphs"])
+
+
+def test_unknown_kernels_are_refused(bundle):
+    with pytest.raises(BundleError, match="kernels: got 'fast', expected one of integer, qdq"):
+        BundleModel(bundle / "bundle", kernels="fast")
 
 
 def test_greedy_decode_equals_the_simulated_model(bundle):
