@@ -236,10 +236,14 @@ def prefill_table(results: Path) -> str:
         rows.append([f"`{row['config']}`", f"{row['tokens_per_s']:.1f}", bubble])
     table = _table(["configuration", "tokens/s", "bubble ratio (critical processor)"], ["l", "r", "r"], rows)
     ratios = data["ratios"]
+    bits = data["bundle_activation_bits"]
+    graphs = "mixed A8/A16 graphs" if bits == "mixed" else f"A{bits} graphs"
     note = (
         f"One {data['prompt_tokens']}-token prompt, median of {data['repeats']} repeats, {data['machine']['cpu_count']} CPU cores; "
-        f"bundle: A{data['bundle_activation_bits']} graphs, {data['npu_blocks']} blocks on the NPU. "
-        f"Out-of-order over in-order: {ratios['ooo_over_inorder']:.2f}×; shadow path cost in order: {_pct(100 * ratios['shadow_overhead_inorder'], 1)}."
+        f"bundle: {graphs}, {data['npu_blocks']} blocks on the NPU. "
+        f"`int8_shadow_ooo` over `hf_fp32`: {ratios['int8_shadow_ooo_over_hf_fp32']:.2f}×; "
+        f"out-of-order over in-order: {ratios['ooo_over_inorder']:.2f}×; shadow path cost in order: {_pct(100 * ratios['shadow_overhead_inorder'], 1)}"
+        + (f"; integer kernels over the graphs as written: {ratios['integer_over_qdq_kernels']:.2f}×." if "integer_over_qdq_kernels" in ratios else ".")
     )
     return "\n".join([table, "", note, _source("prefill.json")])
 
