@@ -6,7 +6,10 @@ measured side by side in one run on the same items.
 Rows:
 
 - ``runtime_packed``: the ``quantkit`` lm-eval model as shipped (packed requests, shared
-  contexts once, LM head only where scored; ``pack_tokens`` 2048);
+  contexts once, LM head only where scored; ``pack_tokens`` 2048; the A8 graphs on int8
+  GEMMs, ``kernels=integer``);
+- ``runtime_packed_qdq``: the same with every graph run as written (``kernels=qdq``: each
+  weight dequantized and multiplied in float);
 - ``runtime_unpacked``: the same bundle with one prefill per distinct input
   (``pack_tokens=0``), the way it ran before packing;
 - ``fp_reference``: the FP model as the suite's reference runs it: ``hf-scored``
@@ -77,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     folder, _ = prepare_model_folder(args.reference)
     rows = {
         "runtime_packed": _run("quantkit", f"bundle={args.bundle}", args.limit, manager, 1),
+        "runtime_packed_qdq": _run("quantkit", f"bundle={args.bundle},kernels=qdq", args.limit, manager, 1),
         "runtime_unpacked": _run("quantkit", f"bundle={args.bundle},pack_tokens=0", args.limit, manager, 1),
         "fp_reference": _run("hf-scored", f"pretrained={folder},dtype=float32,max_length=1024", args.limit, manager, args.batch_size),
         "fp_reference_hf": _run("hf", f"pretrained={folder},dtype=float32,max_length=1024", args.limit, manager, args.batch_size),

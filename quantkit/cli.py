@@ -343,7 +343,8 @@ def _run_lint(args) -> int:
     report = lint_bundle(args.bundle, qnn=args.qnn)
     for name, value in report.sqnr_db.items():
         context = f", its context binary {report.context_sqnr_db[name]:6.1f} dB" if name in report.context_sqnr_db else ""
-        print(f"{name:<20} SQNR vs float: QNN HTP {value:6.1f} dB, ONNX Runtime CPU {report.cpu_sqnr_db[name]:6.1f} dB{context}")
+        integer = f", integer kernels {report.integer_sqnr_db[name]:6.1f} dB" if name in report.integer_sqnr_db else ""
+        print(f"{name:<20} SQNR vs float: QNN HTP {value:6.1f} dB, ONNX Runtime CPU {report.cpu_sqnr_db[name]:6.1f} dB{integer}{context}")
     if report.sqnr_db:
         values = list(report.sqnr_db.values())
         floors = ", ".join(f"A{bits} {floor:g} dB" for bits, floor in MIN_SQNR_DB.items())

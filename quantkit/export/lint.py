@@ -40,6 +40,7 @@ class LintReport:
     sqnr_db: dict[str, float] = field(default_factory=dict)  # per graph, with --qnn: QNN HTP vs the float reference
     cpu_sqnr_db: dict[str, float] = field(default_factory=dict)  # ONNX Runtime CPU vs the float reference
     context_sqnr_db: dict[str, float] = field(default_factory=dict)  # with --qnn-context bundles: the EPContext model on QNN HTP vs the float reference
+    integer_sqnr_db: dict[str, float] = field(default_factory=dict)  # A8 graphs: the runtime's integer kernels (--cpu-kernels integer) vs the float reference
 
     @property
     def ok(self) -> bool:
@@ -179,14 +180,16 @@ def _loses_to(sqnr: float, baseline_sqnr: float) -> bool:
 
 
 def _run_qnn(folder: Path, manifest: dict, report: LintReport) -> None:
-    """Each graph on QNN HTP (CPU fallback disabled) and on ONNX Runtime CPU, both compared
-    with the graph's float reference on the stored calibration input."""
+    """Each graph on QNN HTP (CPU fallback disabled) and on ONNX Runtime CPU as written,
+    both compared with the graph's float reference on the stored calibration input; the
+    A8 graphs also in the integer form the runtime runs on the CPU provider
+    (``quantkit.runtime.integer_kernels``), held to the graph as written."""
     import torch
     from safetensors.torch import load_file
 
     from quantkit.export.bundle import CALIBRATION_INPUTS_FILE
     from quantkit.quant_primitives import sqnr_db
-    from quantkit.runtime.npu import records_from_graph
+    from quantkit.runtime.npu import OrtGraph, records_from_graph
     from quantkit.runtime.sessions import cpu_session, qnn_htp_session
 
     inputs = load_file(str(folder / CALIBRATION_INPUTS_FILE))
@@ -215,6 +218,14 @@ def _run_qnn(folder: Path, manifest: dict, report: LintReport) -> None:
         if entry.get("qnn_context"):
             _check_context(folder, entry, feed, reference, htp_sqnr, bits, report)
         report.cpu_sqnr_db[entry["name"]] = cpu_sqnr = sqnr_db(reference, cpu)
+        integer = OrtGraph(folder, entry, "cpu", threads=0)
+        if integer.integer:
+            integer_outputs = integer(x.reshape(-1, x.shape[-1]))
+            report.integer_sqnr_db[entry["name"]] = integer_sqnr = sqnr_db(reference, torch.cat([y.flatten() for y in integer_outputs]))
+            if _loses_to(integer_sqnr, cpu_sqnr):
+                report.problems.append(
+                    f"{entry['name']}: integer kernels' SQNR vs float {integer_sqnr:.1f} dB, more than {SQNR_MARGIN_DB:g} dB below the graph's as written ({cpu_sqnr:.1f} dB)"
+                )
         if _loses_to(htp_sqnr, cpu_sqnr):
             report.problems.append(
                 f"{entry['name']}: QNN HTP SQNR vs float {htp_sqnr:.1f} dB, more than {SQNR_MARGIN_DB:g} dB below ONNX Runtime CPU's {cpu_sqnr:.1f} dB"

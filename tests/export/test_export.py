@@ -141,6 +141,10 @@ def test_qnn_htp_runs_every_graph_without_cpu_fallback(tiny_bundle):
     assert min(report.sqnr_db.values()) >= MIN_SQNR_DB[8]
     # HTP and CPU are each compared with the float reference: neither is the other's yardstick
     assert all(abs(report.sqnr_db[g] - report.cpu_sqnr_db[g]) <= SQNR_MARGIN_DB for g in report.sqnr_db)
+    # the runtime's integer kernels of the A8 graphs: as close to float as the graph as written
+    a8 = {g["name"] for g in load_manifest(tiny_bundle / "bundle")["graphs"] if g["activation_bits"] == 8}
+    assert set(report.integer_sqnr_db) == a8 and a8
+    assert all(report.integer_sqnr_db[g] >= report.cpu_sqnr_db[g] - SQNR_MARGIN_DB for g in a8)
 
 
 def test_lint_catches_a_missing_encoding(tiny_bundle, tmp_path):
