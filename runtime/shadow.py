@@ -175,9 +175,9 @@ class ShadowSite:
         the clip. ``positions`` (of excess's rows) marks the sink rows (:meth:`split`).
 
         A sink row is dense, so its product needs every FP column of the site, cold ones
-        included. What reaches a sink position depends on nothing before it, so every
-        prompt that starts with the same token brings the same row: its product is kept,
-        keyed by the row's exact values, and reused (:meth:`_sink_product`)."""
+        included. What reaches a sink position depends only on the tokens up to it, so
+        every prompt that starts with the same tokens brings the same rows: their products
+        are kept, keyed by each row's exact values, and reused (:meth:`_sink_product`)."""
         if excess is None:
             return None
         sink_rows = positions < self.sink_tokens if self.sink_tokens and positions is not None else None
