@@ -82,7 +82,7 @@ class ColdColumns:
         with open(path, "rb") as file:
             (header_length,) = struct.unpack("<Q", file.read(8))
             header = json.loads(file.read(header_length))
-        self._file = np.memmap(path, dtype=np.uint8, mode="c")  # copy-on-write: torch views it in place, nothing is written back
+        self._file = np.memmap(path, dtype=np.uint8, mode="r")
         self._tensors = {}
         for name, info in header.items():
             if name == "__metadata__":
@@ -95,11 +95,6 @@ class ColdColumns:
     def rows(self, name: str, channels: torch.Tensor) -> torch.Tensor:
         """W[:, channels]ᵀ of one Linear: [len(channels), out] (a copy of just those rows)."""
         return torch.from_numpy(np.ascontiguousarray(self._tensors[name][channels.numpy()])).float()
-
-    def product(self, name: str, x: torch.Tensor) -> torch.Tensor:
-        """x · W[:, cold]ᵀ of one Linear for x over all its cold channels, [n_cold] → [out],
-        multiplied where the rows lie in the mapped file (nothing gathered first)."""
-        return x @ torch.from_numpy(self._tensors[name]).float()
 
 
 @dataclass
@@ -199,21 +194,16 @@ class ShadowSite:
         return product[0]
 
     def _sink_product(self, row: torch.Tensor) -> torch.Tensor:
-        """x_out·W_fpᵀ of one sink row, from the last ``_SINK_PRODUCTS`` computed (:meth:`outlier_products`).
-
-        The row is x_out in every channel, so it is a dense product: the resident hot rows
-        and every cold row read in place from the mapped file, not gathered column by
-        column (a copy of the site's whole FP weight)."""
+        """x_out·W_fpᵀ of one sink row, from the last ``_SINK_PRODUCTS`` computed
+        (:meth:`outlier_products`); computed as every other row is, so a reused product
+        has the values a fresh one would."""
         key = row.numpy().tobytes()
-        self.counters.outlier_values += int(row.ne(0).sum())
         cached = self._sink_products.pop(key, None)
         if cached is None:
-            cached = row[self.hot_channels] @ self._hot
-            if self.cold_channels.numel():
-                cold = row[self.cold_channels]
-                cached += torch.cat([self._cold_file.product(f"{name}.cold", cold) for name in self.linear_names])
-                self.counters.cold_loads += len(self.linear_names)
-                self.counters.cold_columns += int(self.cold_channels.numel()) * len(self.linear_names)
+            product = self._counted(outlier_product(row[None], self._columns))
+            cached = torch.zeros(self._hot.shape[1]) if product is None else product[0]
+        else:
+            self.counters.outlier_values += int(row.ne(0).sum())
         self._sink_products[key] = cached  # most recent last
         if len(self._sink_products) > _SINK_PRODUCTS:
             del self._sink_products[next(iter(self._sink_products))]
