@@ -138,9 +138,19 @@ def _run_calibrate(args) -> int:
     return 0
 
 
-def _add_eval(subparsers) -> None:
+def _add_cpu_kernels(parser) -> None:
+    """--cpu-kernels of the commands that run a bundle (eval, run)."""
     from quantkit.runtime.sessions import CPU_KERNELS
 
+    parser.add_argument(
+        "--cpu-kernels",
+        choices=CPU_KERNELS,
+        default="integer",
+        help="with --npu cpu: 'integer' runs the A8 graphs on int8 GEMMs as the NPU sums them, 'qdq' every graph as written (float MatMul; lint's reference) (default: %(default)s)",
+    )
+
+
+def _add_eval(subparsers) -> None:
     parser = subparsers.add_parser(
         "eval",
         help="lm-eval accuracy of a bundle (run by the runtime) or of the FP model",
@@ -159,12 +169,7 @@ def _add_eval(subparsers) -> None:
     parser.add_argument(
         "--npu", choices=("cpu", "qnn"), default="cpu", help="bundle NPU graph executor: ONNX Runtime CPU provider or QNN HTP (default: %(default)s)"
     )
-    parser.add_argument(
-        "--cpu-kernels",
-        choices=CPU_KERNELS,
-        default="integer",
-        help="with --npu cpu: 'integer' runs the A8 graphs on int8 GEMMs as the NPU sums them, 'qdq' every graph as written (float MatMul; lint's reference) (default: %(default)s)",
-    )
+    _add_cpu_kernels(parser)
     parser.add_argument("--no-shadow", action="store_true", help="bundle: clip outliers instead of running the shadow path (for comparison)")
     parser.add_argument(
         "--max-length",
@@ -439,8 +444,6 @@ def _run_profile(args) -> int:
 
 
 def _add_run(subparsers) -> None:
-    from quantkit.runtime.sessions import CPU_KERNELS
-
     parser = subparsers.add_parser(
         "run",
         help="generate text with a bundle: chunked prefill (NPU graphs + CPU shadow path), then decode",
@@ -476,12 +479,7 @@ def _add_run(subparsers) -> None:
     parser.add_argument(
         "--schedule", choices=("ooo", "inorder"), default="ooo", help="out-of-order (§3.4) or in-order subgraph execution (default: %(default)s)"
     )
-    parser.add_argument(
-        "--cpu-kernels",
-        choices=CPU_KERNELS,
-        default="integer",
-        help="with --npu cpu: 'integer' runs the A8 graphs on int8 GEMMs as the NPU sums them, 'qdq' every graph as written (float MatMul; lint's reference) (default: %(default)s)",
-    )
+    _add_cpu_kernels(parser)
     parser.add_argument("--no-shadow", action="store_true", help="clip outliers instead of running the shadow path (for comparison)")
     parser.add_argument("--trace", default=None, help="write the prefill schedule as a Chrome trace JSON (chrome://tracing, Perfetto)")
     parser.set_defaults(handler=_run_run)
