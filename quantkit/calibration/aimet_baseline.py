@@ -55,8 +55,12 @@ class LogitsModel(nn.Module):
         return self.model(input_ids=input_ids, use_cache=False).logits
 
 
-def build_quantsim(model: nn.Module, dummy_input_ids: torch.Tensor, config_file: str = "default", activation_bits: int = 8, weight_bits: int = 8):
-    """A QuantizationSimModel of ``model`` (deep-copied; the FP model is untouched):
+def build_quantsim(
+    model: nn.Module, dummy_input_ids: torch.Tensor, config_file: str = "default", activation_bits: int = 8, weight_bits: int = 8, in_place: bool = False
+):
+    """A QuantizationSimModel of ``model`` (deep-copied, the FP model untouched; with
+    ``in_place`` the quantizers are put into ``model`` itself, which saves a copy of its
+    weights when the FP model is not needed afterwards):
     per-channel weights of ``weight_bits`` and min/max activation quantizers of
     ``activation_bits`` — W8A8 for the naive baseline, W8A16 / W4A16 for what a user gets
     from AIMET by asking for 16-bit activations (and 4-bit weights: the AI Hub-style
@@ -76,12 +80,13 @@ def build_quantsim(model: nn.Module, dummy_input_ids: torch.Tensor, config_file:
         default_output_bw=activation_bits,
         default_param_bw=weight_bits,
         config_file=config_file,
+        in_place=in_place,
     )
 
 
-def build_w8a8_quantsim(model: nn.Module, dummy_input_ids: torch.Tensor, config_file: str = "default"):
+def build_w8a8_quantsim(model: nn.Module, dummy_input_ids: torch.Tensor, config_file: str = "default", in_place: bool = False):
     """The naive W8A8 baseline's QuantizationSimModel (:func:`build_quantsim` at 8 bits)."""
-    return build_quantsim(model, dummy_input_ids, config_file, activation_bits=8)
+    return build_quantsim(model, dummy_input_ids, config_file, activation_bits=8, in_place=in_place)
 
 
 def compute_w8a8_encodings(sim, sequences: torch.Tensor, batch_size: int = 1, progress: bool = True) -> None:

@@ -20,19 +20,23 @@ from pathlib import Path
 import torch
 
 from quantkit.eval.perplexity import perplexity
+from quantkit.models.loading import LoadedModel
 
 __all__ = ["bundle_perplexity"]
 
 
-def bundle_perplexity(calib: Path, validation_ids: torch.Tensor, chunk_size: int, device: str = "cpu", progress: bool = True) -> float:
+def bundle_perplexity(
+    calib: Path, validation_ids: torch.Tensor, chunk_size: int, device: str = "cpu", progress: bool = True, loaded: LoadedModel | None = None
+) -> float:
     """Export the calibration in ``calib`` (a complete calibration folder, summary aside)
     at ``chunk_size``, load it with the runtime (ONNX Runtime CPU executor) and return its
-    perplexity on ``validation_ids``. The bundle is deleted afterwards."""
+    perplexity on ``validation_ids``. The bundle is deleted afterwards. ``loaded``: the
+    calibration's model, exported from memory rather than loaded a second time."""
     # Imported here: the export reads calibration's config module, the runtime is the deployment side.
     from quantkit.export import export_bundle
     from quantkit.runtime.engine import BundleModel
 
     with tempfile.TemporaryDirectory(prefix=".bundle-check-", dir=calib) as scratch:
-        bundle = export_bundle(calib, Path(scratch) / "bundle", chunk_size=chunk_size, device=device, progress=progress)
+        bundle = export_bundle(calib, Path(scratch) / "bundle", chunk_size=chunk_size, device=device, progress=progress, loaded=loaded)
         runtime = BundleModel(bundle)
         return perplexity(lambda ids: runtime.prefill(ids[0])[None], validation_ids, desc="quantkit PPL (bundle through the runtime)", progress=progress)

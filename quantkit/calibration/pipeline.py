@@ -14,11 +14,8 @@ import json
 import logging
 import math
 import os
-import resource
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -53,6 +50,7 @@ from quantkit.sensitivity import BlockSensitivity, block_sensitivity, plan_place
 from quantkit.sensitivity.measure import FpReference, fp_reference
 from quantkit.sensitivity.placement import PLACEMENT_FILE
 from quantkit.sensitivity.realizations import nll_realizations, relative_ppl_interval
+from quantkit.stages import StageMeter
 from quantkit.weights import WEIGHTS_FILE, WeightCodes, collect_input_hessians, int8_weight_bytes, quantized_weights, save_weights
 
 __all__ = ["calibrate", "CalibrationResult", "SUMMARY_JSON", "SUMMARY_TEXT", "HEATMAP_FILE"]
@@ -75,10 +73,6 @@ class CalibrationResult:
     summary: str
 
 
-def _peak_memory_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 def _fingerprint(config: CalibrationConfig, source_sha256: str, calibration_ids: torch.Tensor) -> str:
     """Identity of the statistics a run computes: a checkpoint only resumes the same run."""
     settings = config.settings()
@@ -88,13 +82,6 @@ def _fingerprint(config: CalibrationConfig, source_sha256: str, calibration_ids:
     digest.update(source_sha256.encode())
     digest.update(calibration_ids.numpy().tobytes())
     return digest.hexdigest()
-
-
-@contextmanager
-def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
-    started = time.perf_counter()
-    yield
-    timings[stage] = time.perf_counter() - started
 
 
 def _int8_weights(layout, plan, calibration_ids: torch.Tensor, config: CalibrationConfig, progress: bool) -> tuple[WeightCodes, dict | None]:
@@ -134,7 +121,7 @@ def _point(nll: torch.Tensor, fp_nll: torch.Tensor) -> dict[str, float]:
 
 
 def _plan_quantization(
-    loaded, statistics, calibration_ids: torch.Tensor, held_out: _HeldOut, config: CalibrationConfig, staging: Path, timings: dict, progress: bool
+    loaded, statistics, calibration_ids: torch.Tensor, held_out: _HeldOut, config: CalibrationConfig, staging: Path, meter: StageMeter, progress: bool
 ):
     """Shadow plan (§3.3), NPU output ranges, per-graph activation bits, per-block
     sensitivity and placement under the budget (§3.4) — every measurement on the
@@ -143,7 +130,7 @@ def _plan_quantization(
     validation_ids, fp_ppl = held_out.search, held_out.fp_ppl
     layout = loaded.layout
     sensitivity_ids = validation_ids[: config.search.sensitivity_num_sequences, : config.search.sensitivity_seq_len]
-    with _timed(timings, "output_ranges"):
+    with meter.stage("output_ranges"):
         plan = build_shadow_plan(statistics, layout, config.shadow_config())
         weights, hessians = _int8_weights(layout, plan, calibration_ids, config, progress)
         precision = calibrated_precision(
@@ -191,7 +178,7 @@ def _plan_quantization(
 
     a8_blocks: dict[int, BlockSensitivity] = {}  # each block alone at A8, when the search measured them
     if config.search.activation_bits == "auto":
-        with _timed(timings, "precision_search"):
+        with meter.stage("precision_search"):
 
             def sensitivity() -> dict[str, float]:  # only if every graph at A8 is over
                 # every block alone at A8, then every graph alone of the blocks that hold most of that loss
@@ -208,7 +195,7 @@ def _plan_quantization(
             search_activation_bits(precision, sensitivity, evaluate, fp_ppl, config.search.accuracy_budget)
     if config.weights.weight_bits in ("4", "auto"):
         int8_weights, int8_clips = weights, {name: dict(graph.output_clips_) for name, graph in precision.graphs.items()}
-        with _timed(timings, "weights_4bit"):
+        with meter.stage("weights_4bit"):
             block_size = config.weights.weight_block_size or None
             weights = assign_four_bit_weights(
                 layout,
@@ -229,7 +216,7 @@ def _plan_quantization(
             )
         if config.weights.weight_bits == "auto":
             four_bit = weights
-            with _timed(timings, "weight_search"):
+            with meter.stage("weight_search"):
                 candidates = [name for name, graph in precision.graphs.items() if graph.weight_bits == 4]
                 sensitivity = graph_sensitivity(layout, plan, precision, sensitivity_ids, four_bit, progress=progress, graphs=candidates, label="W4")
 
@@ -241,7 +228,7 @@ def _plan_quantization(
                 weights = weights_of(precision)
     save_weights({name: weights[name] for name in layout.linear_names()}, staging / WEIGHTS_FILE)  # export serialises exactly these
     precision.save(staging / PRECISION_FILE)
-    with _timed(timings, "sensitivity"):
+    with meter.stage("sensitivity"):
         # a block whose graphs all kept A8 and INT8 weights was measured by the search as it ships
         unchanged = {
             block
@@ -265,7 +252,7 @@ def _plan_quantization(
     # Every graph A16: the draws agree to the third decimal (SmolLM2 W4A16: 21.210 three times), one is measured.
     any_a8 = any(g.activation_bits == 8 for g in precision.graphs.values())
     draws = config.search.search_realizations if any_a8 else 1
-    with _timed(timings, "placement"):
+    with meter.stage("placement"):
         placement = plan_placement(
             sensitivities,
             lambda cpu: deployed_perplexity(precision, cpu, f"quantkit PPL ({len(cpu)} CPU blocks)", realizations=draws),
@@ -273,7 +260,7 @@ def _plan_quantization(
             config.search.accuracy_budget,
         )
         placement.save(staging / PLACEMENT_FILE)
-    with _timed(timings, "confirmation"):  # the chosen arithmetic on windows the decisions never saw
+    with meter.stage("confirmation"):  # the chosen arithmetic on windows the decisions never saw
         cpu_blocks = frozenset(placement.cpu_block_indices)
         confirmation_nll = realizations_of(precision, cpu_blocks, _REALIZATIONS if any_a8 else 1, windows=held_out.confirmation)
         realizations = {
@@ -288,17 +275,19 @@ def _plan_quantization(
 
 
 def _aimet_baseline(
-    loaded, calibration_ids: torch.Tensor, validation_ids: torch.Tensor, config: CalibrationConfig, staging: Path, timings: dict, progress: bool
+    loaded, calibration_ids: torch.Tensor, validation_ids: torch.Tensor, config: CalibrationConfig, staging: Path, meter: StageMeter, progress: bool
 ) -> tuple[dict, float]:
-    """AIMET W8A8 encodings (written as 1.0.0 + quantizer state) and their perplexity."""
+    """AIMET W8A8 encodings (written as 1.0.0 + quantizer state) and their perplexity.
+    The last use of the FP model: AIMET's quantizers go into it in place (no second copy
+    of the weights), so it is no longer the FP model afterwards."""
     device = next(loaded.model.parameters()).device
-    with _timed(timings, "aimet_encodings"):
-        sim = build_w8a8_quantsim(loaded.model, calibration_ids[:1].to(device), config.aimet.aimet_config)
+    with meter.stage("aimet_encodings"):
+        sim = build_w8a8_quantsim(loaded.model, calibration_ids[:1].to(device), config.aimet.aimet_config, in_place=True)
         compute_w8a8_encodings(sim, calibration_ids[: config.aimet.aimet_num_sequences], progress=progress)
         encodings = quantsim_encodings_1_0_0(sim)
         write_encodings(encodings, staging / ENCODINGS_FILE)
         save_quantizer_state(sim, staging / QUANTIZER_STATE_FILE)
-    with _timed(timings, "aimet_eval"):
+    with meter.stage("aimet_eval"):
         ppl = perplexity(lambda ids: sim.model(ids.to(device)), validation_ids, desc="AIMET W8A8 perplexity", progress=progress)
     return encodings, ppl
 
@@ -326,10 +315,10 @@ def calibrate(
     staging = out.parent / f".{out.name}.partial"
     if restart and staging.exists():
         shutil.rmtree(staging)
-    timings: dict[str, float] = {}
+    meter = StageMeter()
     started = time.perf_counter()
 
-    with _timed(timings, "load"):
+    with meter.stage("load"):
         log.info("loading model %s", config.model)
         loaded = load_model(config.model, config.device, rotation=config.rotation)
         calibration_ids = token_sequences(
@@ -352,7 +341,7 @@ def calibrate(
     resuming = staging.exists()
     staging.mkdir(parents=True, exist_ok=True)
     try:
-        return _calibrate_loaded(out, staging, config, loaded, calibration_ids, windows, validation_ids, confirmation_ids, timings, started, progress)
+        return _calibrate_loaded(out, staging, config, loaded, calibration_ids, windows, validation_ids, confirmation_ids, meter, started, progress)
     except BaseException:
         if not resuming and not (staging / "checkpoint" / "progress.json").is_file():
             shutil.rmtree(staging, ignore_errors=True)  # failed before its first checkpoint: nothing to resume
@@ -368,13 +357,13 @@ def _calibrate_loaded(
     windows: torch.Tensor,
     validation_ids: torch.Tensor,
     confirmation_ids: torch.Tensor,
-    timings: dict,
+    meter: StageMeter,
     started: float,
     progress: bool,
 ) -> CalibrationResult:
     """``calibrate`` once the model and its text are loaded, built in ``staging``."""
     device = next(loaded.model.parameters()).device
-    with _timed(timings, "statistics"):
+    with meter.stage("statistics"):
         statistics = collect_activation_statistics(
             loaded.layout,
             calibration_ids,
@@ -386,34 +375,33 @@ def _calibrate_loaded(
             skip_positions=config.outliers.sink_tokens,
         )
         statistics.save(staging, metadata={"model": config.model, "source_sha256": loaded.source_sha256, "outlier_quantile": config.outliers.outlier_quantile})
-    with _timed(timings, "fp_eval"):
+    with meter.stage("fp_eval"):
         fp_model = LogitsModel(loaded.model)
         fp_nll = sequence_nll(lambda ids: fp_model(ids.to(device)), windows, desc="FP perplexity", progress=progress)
         held_out = _HeldOut(validation_ids, fp_nll[: config.evaluation.eval_num_sequences], confirmation_ids, fp_nll[config.evaluation.eval_num_sequences :])
         perplexities = {"fp": held_out.fp_ppl}
     plan, precision, sensitivities, placement, realizations, weight_bytes = _plan_quantization(
-        loaded, statistics, calibration_ids, held_out, config, staging, timings, progress
+        loaded, statistics, calibration_ids, held_out, config, staging, meter, progress
     )
     config.save(staging / "config.json")
-    with _timed(timings, "bundle_perplexity"):  # what ships: the exported bundle through the runtime
-        perplexities["quantkit"] = bundle_perplexity(staging, validation_ids, config.evaluation.bundle_chunk_size, config.device, progress)
+    with meter.stage("bundle_perplexity"):  # what ships: the exported bundle through the runtime
+        perplexities["quantkit"] = bundle_perplexity(staging, validation_ids, config.evaluation.bundle_chunk_size, config.device, progress, loaded)
     perplexities["quantkit_simulated"] = placement.ppl_
-    encodings, perplexities["aimet_w8a8_per_tensor"] = _aimet_baseline(loaded, calibration_ids, validation_ids, config, staging, timings, progress)
-
+    out_features = {name: loaded.layout.linear(name).out_features for name in loaded.layout.linear_names()}
+    model_parameters = sum(p.numel() for p in loaded.model.parameters())  # before AIMET adds its quantizers' own
     top_layers = rank_outlier_layers(statistics, loaded.layout)[:_TOP_LAYERS]
     (staging / "report").mkdir(exist_ok=True)
     plot_outlier_heatmap(statistics, loaded.layout, staging / HEATMAP_FILE)
-    timings["total"] = time.perf_counter() - started
-    peak = _peak_memory_mb()
-    out_features = {name: loaded.layout.linear(name).out_features for name in loaded.layout.linear_names()}
+    encodings, perplexities["aimet_w8a8_per_tensor"] = _aimet_baseline(loaded, calibration_ids, validation_ids, config, staging, meter, progress)
+    meter.seconds["total"] = time.perf_counter() - started
+    peak = meter.run_peak_mb()
     resident = plan.resident_shadow_parameters(out_features, blocks=placement.npu_block_indices)
-    model_parameters = sum(p.numel() for p in loaded.model.parameters())
     summary = format_summary(
         config.model,
         perplexities,
         top_layers,
         config.outliers.outlier_quantile,
-        timings,
+        meter.seconds,
         peak,
         placement,
         resident / model_parameters,
@@ -465,7 +453,8 @@ def _calibrate_loaded(
                     }
                     for r in top_layers
                 ],
-                "seconds": timings,
+                "seconds": meter.seconds,
+                "stage_peak_memory_mb": meter.peak_mb,  # each stage's own peak resident memory
                 "peak_memory_mb": peak,
             },
             indent=2,

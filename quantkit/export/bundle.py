@@ -20,7 +20,7 @@ from quantkit.data.corpus import load_documents, token_sequences
 from quantkit.errors import QuantkitError
 from quantkit.export.graphs import build_site_graph
 from quantkit.hashing import file_sha256
-from quantkit.models.loading import load_model
+from quantkit.models.loading import LoadedModel, load_model
 from quantkit.outlier_shadow.plan import PLAN_FILE, ShadowPlan
 from quantkit.precision.output_ranges import initial_precision, output_clips, record_npu_outputs
 from quantkit.precision.plan import PRECISION_FILE, PrecisionPlan
@@ -144,6 +144,7 @@ def export_bundle(
     overwrite: bool = False,
     progress: bool = True,
     naive_w8a8: bool = False,
+    loaded: LoadedModel | None = None,
 ) -> Path:
     """Write the deployment bundle of the calibration in ``calib`` to ``out``.
 
@@ -157,6 +158,10 @@ def export_bundle(
     ``naive_w8a8=True`` writes the baseline a plain PTQ flow would ship, for regression
     suites to compare against: every block on the NPU, INT8 activations per tensor with
     min/max ranges (inputs and outputs), no shadow path.
+
+    ``loaded``: the calibration's model, already in memory (calibration's own check of its
+    bundle), instead of a second copy loaded from ``config.json``'s model; it must be that
+    model, loaded the same way, with its float Linears in place.
 
     >>> export_bundle("calib", "bundle", qnn_context=True, soc_model=60)   # doctest: +SKIP
     """
@@ -189,7 +194,8 @@ def export_bundle(
     except (ValueError, KeyError, TypeError) as error:
         raise QuantkitError(f"{calib}: {error}") from error
     placement = PlacementPlan.load(calib / PLACEMENT_FILE)
-    loaded = load_model(config["model"], device, rotation=config["rotation"])  # the basis calibration measured in
+    if loaded is None:
+        loaded = load_model(config["model"], device, rotation=config["rotation"])  # the basis calibration measured in
     layout = loaded.layout
     sequences = token_sequences(
         loaded.tokenizer, load_documents(config["data"], "calibration"), _OUTPUT_RANGE_SEQUENCES, config["seq_len"], source="calibration split"
