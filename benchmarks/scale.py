@@ -209,9 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--remark", default="", help="what else ran on the machine, recorded with the results")
     args, calibrate_flags = parser.parse_known_args(argv)  # anything else goes to every `quantkit calibrate`
     work = Path(args.work)
-    runs = [measure(shape, work, calibrate_flags) for shape in args.shapes]
-    record = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "calibrate_flags": calibrate_flags, "runs": runs, "remark": args.remark}
-    print(write_results(record, Path(args.out)))
+    record = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "calibrate_flags": calibrate_flags, "runs": [], "remark": args.remark}
+    for shape in args.shapes:  # the results are written after each shape: a long run keeps what it measured
+        record["runs"].append(measure(shape, work, calibrate_flags))
+        table = write_results(record, Path(args.out))
+    print(table)
 
 
 if __name__ == "__main__":

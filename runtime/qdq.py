@@ -255,7 +255,6 @@ class QdqLinear:
     bias_scales: torch.Tensor | None = None  # float32 [out] = s_x · s_W
     means_scale: float | None = None  # s_m of the block means (offset Linears); None: s_x
     output_bits: int | None = None  # c, the output's width; None: the input's (``bits``)
-    _weight: torch.Tensor = field(init=False, repr=False, compare=False)
     _offset_weight: torch.Tensor | None = field(init=False, repr=False, compare=False)
     _bias: torch.Tensor | None = field(init=False, repr=False, compare=False)
 
@@ -272,7 +271,6 @@ class QdqLinear:
             raise ValueError("QdqLinear: block offsets come without a bias (LPBQ Linears have none)")
         if self.output_bits == self.bits:  # one spelling of "as wide as the input", so equal records compare equal
             object.__setattr__(self, "output_bits", None)
-        object.__setattr__(self, "_weight", self.weight.code_weight())
         object.__setattr__(self, "_offset_weight", self.weight.offset_weight() if self.weight.has_offsets else None)
         object.__setattr__(self, "_bias", None if self.bias_codes is None else self.bias_codes.float() * self.bias_scales.float())
 
@@ -321,7 +319,9 @@ class QdqLinear:
 
     def accumulate_quantized(self, quantized: torch.Tensor) -> torch.Tensor:
         """:meth:`accumulate` from the quantized input Q(x) (:meth:`quantize_input`)."""
-        y = torch.nn.functional.linear(quantized, self._weight, self._bias)
+        # the float weight is made for each call, not kept: calibration simulates every
+        # Linear of a model at once, and a float copy of each would double its memory
+        y = torch.nn.functional.linear(quantized, self.weight.code_weight(), self._bias)
         if self._offset_weight is None:
             return y
         means = fake_quantize_activation(block_means(quantized, self.weight.block_size), self.block_means_scale, self.bits)
