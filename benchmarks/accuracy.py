@@ -41,6 +41,7 @@ from quantkit.calibration.aimet_baseline import (
 )
 from quantkit.calibration.bundle_perplexity import bundle_perplexity
 from quantkit.data.corpus import load_documents, token_sequences
+from quantkit.export import export_bundle
 from quantkit.models.loading import load_model
 from quantkit.outlier_shadow import ShadowPlan, simulated_quantization
 from quantkit.outlier_shadow.plan import PLAN_FILE
@@ -261,7 +262,7 @@ def _shipped_perplexity(calib: Path, precision: PrecisionPlan, weights, sequence
             shutil.copy(calib / name, variant / name)
         precision.save(variant / PRECISION_FILE)
         save_weights(weights, variant / WEIGHTS_FILE)
-        return bundle_perplexity(variant, sequences, DEFAULT_CHUNK_SIZE)
+        return bundle_perplexity(export_bundle(variant, variant / "bundle", chunk_size=DEFAULT_CHUNK_SIZE), sequences)
 
 
 def _share(row: dict) -> str:

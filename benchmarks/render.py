@@ -20,6 +20,8 @@ Table names and the results file each one reads (the benchmark that writes it):
 - ``prefill``: prefill speed of ``prefill.json`` (``python benchmarks/prefill.py``);
 - ``eval_speed``: lm-eval speed of ``eval_speed.json`` (``python benchmarks/eval_speed.py``);
 - ``calibration_time``: the presets' calibration time of ``calibration_time.json``;
+- ``scale``: calibration and export time and memory per model shape of ``scale.json``
+  (``python benchmarks/scale.py``);
 - ``htp_profile``: HTP cycles per graph kind of ``htp_profile/profile.json``
   (``quantkit profile BUNDLE --out benchmarks/results/htp_profile``);
 - ``qnn_startup``: start-up with and without context binaries of ``qnn_startup.json``
@@ -49,6 +51,7 @@ COMMANDS = {
     "prefill.json": "python benchmarks/prefill.py",
     "eval_speed.json": "python benchmarks/eval_speed.py --bundle BUNDLE",
     "calibration_time.json": "python benchmarks/calibration_time.py --work DIR --runs w8a16 w8a8-mixed w8a8-mixed:1",
+    "scale.json": "python benchmarks/scale.py --work DIR --num-sequences 8 --seq-len 256",
     "htp_profile/profile.json": "quantkit profile BUNDLE --out benchmarks/results/htp_profile",
     "qnn_startup.json": "python benchmarks/qnn_startup.py --calib DIR",
 }
@@ -285,6 +288,46 @@ def calibration_time_table(results: Path) -> str:
     return "\n".join([table, "", note, _source("calibration_time.json")])
 
 
+def scale_table(results: Path) -> str:
+    data = _load(results, "scale.json")
+    rows = [
+        [
+            f"`{run['shape']}`",
+            f"{run['parameters'] / 1e9:.2f} B",
+            f"{run['fp32_weights_gb']:.1f}",
+            f"{run['calibrate_seconds'] / 60:.0f}",
+            f"{run['calibrate_peak_gb']:.1f}",
+            f"{run['calibrate_peak_gb'] / run['fp32_weights_gb']:.2f}",
+            run["dominant_stage"],
+            f"{run['export_seconds'] / 60:.1f}",
+            f"{run['export_peak_gb']:.1f}",
+            f"{run['bundle_gb']:.2f}",
+            f"{run['largest_graph_mb']:.0f}",
+        ]
+        for run in data["runs"]
+    ]
+    header = [
+        "shape (random weights)",
+        "parameters",
+        "FP32 weights (GB)",
+        "calibrate (min)",
+        "calibrate peak RSS (GB)",
+        "peak / FP32 weights",
+        "longest stage",
+        "export (min)",
+        "export peak RSS (GB)",
+        "bundle (GB)",
+        "largest graph (MB)",
+    ]
+    table = _table(header, ["l"] + ["r"] * 5 + ["l"] + ["r"] * 4, rows)
+    flags = " ".join(data["calibrate_flags"]) or "(none)"
+    note = (
+        f"`quantkit calibrate` (default preset, extra flags `{flags}`) then `quantkit export`, each shape in its own processes, "
+        f"one after the other on {data['machine']}." + (f" {data['remark']}" if data.get("remark") else "")
+    )
+    return "\n".join([table, "", note, _source("scale.json")])
+
+
 def htp_profile_table(results: Path) -> str:
     data = _load(results, "htp_profile/profile.json")
     kinds: dict[str, dict] = {}
@@ -331,6 +374,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "prefill": prefill_table,
     "eval_speed": eval_speed_table,
     "calibration_time": calibration_time_table,
+    "scale": scale_table,
     "htp_profile": htp_profile_table,
     "qnn_startup": qnn_startup_table,
 }

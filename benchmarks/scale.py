@@ -84,8 +84,9 @@ SHAPES: dict[str, dict] = {
 _BUILTIN = "smollm2-135m"  # its tokenizer for every shape
 
 
-def build_model(shape: str, folder: Path) -> int:
-    """Write the random-weight model of ``shape`` to ``folder`` (once); return its parameter count."""
+def build_model(shape: str, folder: Path, tokenizer_folder: Path | None = None) -> int:
+    """Write the random-weight model of ``shape`` to ``folder`` (once), with the tokenizer
+    of ``tokenizer_folder`` (default: the built-in model's); return its parameter count."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -93,7 +94,7 @@ def build_model(shape: str, folder: Path) -> int:
 
     if (folder / "config.json").is_file():
         return int(json.loads((folder / "quantkit_scale.json").read_text())["parameters"])
-    tokenizer = AutoTokenizer.from_pretrained(prepare_model_folder(_BUILTIN)[0])
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_folder or prepare_model_folder(_BUILTIN)[0])
     settings = dict(SHAPES[shape])
     config = AutoConfig.for_model(
         settings.pop("model_type"),
@@ -127,10 +128,11 @@ def _timed_process(command: list[str]) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024  # Linux reports KiB
 
 
-def measure(shape: str, work: Path, calibrate_flags: list[str]) -> dict:
+def measure(shape: str, work: Path, calibrate_flags: list[str], tokenizer_folder: Path | None = None) -> dict:
+    """Build ``shape`` under ``work`` (once), calibrate and export it; its figures."""
     model = work / shape / "model"
     model.parent.mkdir(parents=True, exist_ok=True)
-    parameters = build_model(shape, model)
+    parameters = build_model(shape, model, tokenizer_folder)
     calib, bundle = work / shape / "calib", work / shape / "bundle"
     quantkit = [sys.executable, "-m", "quantkit"]
     calibrate_wall, calibrate_peak = _timed_process([*quantkit, "calibrate", "--model", str(model), "--out", str(calib), "--overwrite", *calibrate_flags])

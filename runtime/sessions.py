@@ -51,7 +51,22 @@ def ort_cpu_session(model: Path | bytes, threads: int = 1, fold_weights: bool = 
     options.intra_op_num_threads = threads
     options.inter_op_num_threads = 1
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    _share_cpu_arena(ort)
+    options.add_session_config_entry("session.use_env_allocators", "1")
     return ort.InferenceSession(model if isinstance(model, bytes) else str(model), sess_options=options, providers=["CPUExecutionProvider"])
+
+
+_SHARED_ARENA: list[bool] = []  # registered once per process
+
+
+def _share_cpu_arena(ort) -> None:
+    """One CPU memory arena for every ONNX Runtime CPU session of the process (its shared
+    environment allocator). A bundle runs one InferenceSession per graph; with an arena
+    each, every graph keeps the buffers of its own largest run: on a SmolLM2-360M-shaped
+    bundle a 1024-token prefill held 785 MB more that way, for the same logits."""
+    if not _SHARED_ARENA:
+        ort.create_and_register_allocator(ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT), None)
+        _SHARED_ARENA.append(True)
 
 
 def cpu_session(model_path: Path):

@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # Bottom to top. A module may import its own layer and the layers below it, never one above.
 # The runtime depends only on the low-level modules: a bundle and these are all it needs.
 LAYERS = (
-    ("low-level", ("quantkit", "quantkit.errors", "quantkit.hashing", "quantkit.quant_primitives")),
+    ("low-level", ("quantkit", "quantkit.errors", "quantkit.hashing", "quantkit.quant_primitives", "quantkit.stages")),
     ("runtime (the bundle contract and its executors)", ("quantkit.runtime",)),
     ("formats and sources", ("quantkit.quantiles", "quantkit.statistics", "quantkit.settings", "quantkit.cache", "quantkit.data")),
     ("models", ("quantkit.models", "quantkit.transforms")),

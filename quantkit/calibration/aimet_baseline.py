@@ -73,6 +73,7 @@ def build_quantsim(
     from aimet_torch.common.defs import QuantScheme
     from aimet_torch.quantsim import QuantizationSimModel
 
+    _drop_kept_import_error()
     return QuantizationSimModel(
         LogitsModel(model),
         dummy_input=dummy_input_ids,
@@ -82,6 +83,19 @@ def build_quantsim(
         config_file=config_file,
         in_place=in_place,
     )
+
+
+def _drop_kept_import_error() -> None:
+    """AIMET keeps the ImportError of its optional C++ extension (``py_libpymo.IMPORT_ERROR``)
+    when it falls back to Python, and with it the traceback of the first import: every frame
+    on the stack then, this module's callers included, stays alive with its locals — the
+    model among them, so a calibration could never release it. The error is kept, its
+    traceback dropped."""
+    from aimet_torch.common import py_libpymo
+
+    error = getattr(py_libpymo, "IMPORT_ERROR", None)
+    if error is not None:
+        error.__traceback__ = None
 
 
 def build_w8a8_quantsim(model: nn.Module, dummy_input_ids: torch.Tensor, config_file: str = "default", in_place: bool = False):

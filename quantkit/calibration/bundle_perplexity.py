@@ -14,7 +14,6 @@ measured 0.09% away from chunk 256).
 
 from __future__ import annotations
 
-import tempfile
 from pathlib import Path
 
 import torch
@@ -22,21 +21,22 @@ import torch
 from quantkit.eval.perplexity import perplexity
 from quantkit.models.loading import LoadedModel
 
-__all__ = ["bundle_perplexity"]
+__all__ = ["export_check_bundle", "bundle_perplexity"]
 
 
-def bundle_perplexity(
-    calib: Path, validation_ids: torch.Tensor, chunk_size: int, device: str = "cpu", progress: bool = True, loaded: LoadedModel | None = None
-) -> float:
+def export_check_bundle(calib: Path, out: Path, chunk_size: int, loaded: LoadedModel, device: str = "cpu", progress: bool = True) -> Path:
     """Export the calibration in ``calib`` (a complete calibration folder, summary aside)
-    at ``chunk_size``, load it with the runtime (ONNX Runtime CPU executor) and return its
-    perplexity on ``validation_ids``. The bundle is deleted afterwards. ``loaded``: the
-    calibration's model, exported from memory rather than loaded a second time."""
-    # Imported here: the export reads calibration's config module, the runtime is the deployment side.
+    to ``out`` at ``chunk_size``, from ``loaded`` — the calibration's model, in memory,
+    with its float Linears — rather than a second copy loaded from disk."""
+    # Imported here: the export reads calibration's config module.
     from quantkit.export import export_bundle
-    from quantkit.runtime.engine import BundleModel
 
-    with tempfile.TemporaryDirectory(prefix=".bundle-check-", dir=calib) as scratch:
-        bundle = export_bundle(calib, Path(scratch) / "bundle", chunk_size=chunk_size, device=device, progress=progress, loaded=loaded)
-        runtime = BundleModel(bundle)
-        return perplexity(lambda ids: runtime.prefill(ids[0])[None], validation_ids, desc="quantkit PPL (bundle through the runtime)", progress=progress)
+    return export_bundle(calib, out, chunk_size=chunk_size, device=device, progress=progress, loaded=loaded)
+
+
+def bundle_perplexity(bundle: Path, validation_ids: torch.Tensor, progress: bool = True) -> float:
+    """The perplexity of ``bundle`` loaded with the runtime (ONNX Runtime CPU executor) on ``validation_ids``."""
+    from quantkit.runtime.engine import BundleModel  # the deployment side
+
+    runtime = BundleModel(bundle)
+    return perplexity(lambda ids: runtime.prefill(ids[0])[None], validation_ids, desc="quantkit PPL (bundle through the runtime)", progress=progress)

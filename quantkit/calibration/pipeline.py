@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import shutil
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +32,7 @@ from quantkit.calibration.aimet_baseline import (
     save_quantizer_state,
     write_encodings,
 )
-from quantkit.calibration.bundle_perplexity import bundle_perplexity
+from quantkit.calibration.bundle_perplexity import bundle_perplexity, export_check_bundle
 from quantkit.calibration.collect import collect_activation_statistics
 from quantkit.calibration.config import CalibrationConfig
 from quantkit.calibration.report import OutlierLayer, format_summary, plot_outlier_heatmap, rank_outlier_layers
@@ -50,7 +51,7 @@ from quantkit.sensitivity import BlockSensitivity, block_sensitivity, plan_place
 from quantkit.sensitivity.measure import FpReference, fp_reference
 from quantkit.sensitivity.placement import PLACEMENT_FILE
 from quantkit.sensitivity.realizations import nll_realizations, relative_ppl_interval
-from quantkit.stages import StageMeter
+from quantkit.stages import StageMeter, release_freed_memory
 from quantkit.weights import WEIGHTS_FILE, WeightCodes, collect_input_hessians, int8_weight_bytes, quantized_weights, save_weights
 
 __all__ = ["calibrate", "CalibrationResult", "SUMMARY_JSON", "SUMMARY_TEXT", "HEATMAP_FILE"]
@@ -274,6 +275,13 @@ def _plan_quantization(
     return plan, precision, sensitivities, placement, realizations, weight_bytes
 
 
+def _release_model(loaded) -> None:
+    """Drop the model from ``loaded`` (its weights, memory-mapped from the checkpoint, leave
+    the process once nothing else holds them); the tokenizer and the source record stay."""
+    loaded.model = loaded.layout = None
+    release_freed_memory()
+
+
 def _aimet_baseline(
     loaded, calibration_ids: torch.Tensor, validation_ids: torch.Tensor, config: CalibrationConfig, staging: Path, meter: StageMeter, progress: bool
 ) -> tuple[dict, float]:
@@ -378,21 +386,33 @@ def _calibrate_loaded(
     with meter.stage("fp_eval"):
         fp_model = LogitsModel(loaded.model)
         fp_nll = sequence_nll(lambda ids: fp_model(ids.to(device)), windows, desc="FP perplexity", progress=progress)
+        fp_model = None  # nothing but ``loaded`` holds the model (see _release_model)
         held_out = _HeldOut(validation_ids, fp_nll[: config.evaluation.eval_num_sequences], confirmation_ids, fp_nll[config.evaluation.eval_num_sequences :])
         perplexities = {"fp": held_out.fp_ppl}
     plan, precision, sensitivities, placement, realizations, weight_bytes = _plan_quantization(
         loaded, statistics, calibration_ids, held_out, config, staging, meter, progress
     )
     config.save(staging / "config.json")
-    with meter.stage("bundle_perplexity"):  # what ships: the exported bundle through the runtime
-        perplexities["quantkit"] = bundle_perplexity(staging, validation_ids, config.evaluation.bundle_chunk_size, config.device, progress, loaded)
     perplexities["quantkit_simulated"] = placement.ppl_
     out_features = {name: loaded.layout.linear(name).out_features for name in loaded.layout.linear_names()}
     model_parameters = sum(p.numel() for p in loaded.model.parameters())  # before AIMET adds its quantizers' own
+    num_blocks = loaded.layout.num_blocks
     top_layers = rank_outlier_layers(statistics, loaded.layout)[:_TOP_LAYERS]
     (staging / "report").mkdir(exist_ok=True)
     plot_outlier_heatmap(statistics, loaded.layout, staging / HEATMAP_FILE)
-    encodings, perplexities["aimet_w8a8_per_tensor"] = _aimet_baseline(loaded, calibration_ids, validation_ids, config, staging, meter, progress)
+    # What ships: the calibration exported into a scratch bundle and run through the runtime.
+    # Exported first (from the FP model in memory), then AIMET's baseline (its quantizers go
+    # into the same model), then the model is released, and only then is the bundle loaded:
+    # the runtime's memory never adds to the model's.
+    with tempfile.TemporaryDirectory(prefix=".bundle-check-", dir=staging) as scratch:
+        with meter.stage("bundle_export"):
+            bundle = export_check_bundle(staging, Path(scratch) / "bundle", config.evaluation.bundle_chunk_size, loaded, config.device, progress)
+        encodings, aimet_ppl = _aimet_baseline(loaded, calibration_ids, validation_ids, config, staging, meter, progress)
+        _release_model(loaded)
+        with meter.stage("bundle_perplexity"):
+            perplexities["quantkit"] = bundle_perplexity(bundle, validation_ids, progress)
+    perplexities = {key: perplexities[key] for key in ("fp", "quantkit", "quantkit_simulated")} | {"aimet_w8a8_per_tensor": aimet_ppl}
+
     meter.seconds["total"] = time.perf_counter() - started
     peak = meter.run_peak_mb()
     resident = plan.resident_shadow_parameters(out_features, blocks=placement.npu_block_indices)
@@ -411,6 +431,7 @@ def _calibrate_loaded(
         loaded.rotation,
         config.search.search_realizations,
         config.evaluation.bundle_chunk_size,
+        meter.peak_mb,
     )
     (staging / SUMMARY_TEXT).write_text(summary + "\n")
     (staging / SUMMARY_JSON).write_text(
@@ -436,7 +457,7 @@ def _calibrate_loaded(
                 "graph_weight_bits": {g.name: g.weight_bits for g in precision.graphs.values() if g.block_index in placement.npu_block_indices},
                 "npu_weight_bytes": weight_bytes[0],
                 "npu_weight_bytes_vs_int8": weight_bytes[1] and weight_bytes[0] / weight_bytes[1],
-                "num_blocks": loaded.layout.num_blocks,
+                "num_blocks": num_blocks,
                 "resident_shadow_parameters": resident,
                 "model_parameters": model_parameters,
                 "num_activation_encodings": len(encodings["activation_encodings"]),

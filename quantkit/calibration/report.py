@@ -104,6 +104,7 @@ def format_summary(
     rotation=None,
     search_realizations: int = 1,
     bundle_chunk_size: int | None = None,
+    stage_peaks_mb: dict[str, float] | None = None,
 ) -> str:
     lines = [f"quantkit calibrate — {model_id}", "", "Validation perplexity"]
     fp = perplexities.get("fp")
@@ -194,4 +195,6 @@ def format_summary(
         name = row.site.removeprefix("model.") + (" (+" + ",".join(n.rsplit(".", 1)[-1] for n in row.shared_with) + ")" if row.shared_with else "")
         lines.append(f"  {name:<42} {row.absmax:9.2f} {row.clip:8.3f} {row.absmax / row.clip:9.1f} {row.importance:9.0f} {row.num_outlier_channels:10d}")
     lines += ["", "Time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; peak memory {peak_memory_mb:.0f} MB"]
+    if stage_peaks_mb:
+        lines.append("Peak memory per stage: " + ", ".join(f"{k} {v / 1024:.1f} GB" for k, v in stage_peaks_mb.items()))
     return "\n".join(lines)

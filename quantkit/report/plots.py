@@ -7,7 +7,16 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
-__all__ = ["plot_delta_ppl", "plot_prefill_speed", "plot_sensitivity", "plot_precision_pareto", "plot_precision_map", "plot_htp_cycles", "PRECISION_COLOURS"]
+__all__ = [
+    "plot_stages",
+    "plot_delta_ppl",
+    "plot_prefill_speed",
+    "plot_sensitivity",
+    "plot_precision_pareto",
+    "plot_precision_map",
+    "plot_htp_cycles",
+    "PRECISION_COLOURS",
+]
 
 _BAR = "#8c96a8"
 _HIGHLIGHT = "#1f77b4"
@@ -34,6 +43,27 @@ def _horizontal_bars(labels: Sequence[str], values: Sequence[float], highlight: 
     axis.set_yticks(list(positions), labels)
     axis.invert_yaxis()
     return plt, figure, axis, positions
+
+
+def plot_stages(seconds: dict[str, float], peak_mb: dict[str, float], path: Path) -> None:
+    """Two bar charts side by side, one bar per stage in run order: its wall time and its
+    peak resident memory (the stage that sets the run's peak highlighted)."""
+    plt = _pyplot()
+    stages = list(seconds)
+    highest = max(peak_mb, key=peak_mb.get) if peak_mb else None
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, max(3.0, 0.4 * len(stages) + 1.4)), sharey=True, constrained_layout=True)
+    positions = range(len(stages))
+    time_axis.barh(positions, [seconds[s] for s in stages], color=_BAR)
+    memory_axis.barh(positions, [peak_mb.get(s, 0.0) / 1024 for s in stages], color=[_HIGHLIGHT if s == highest else _BAR for s in stages])
+    time_axis.set_yticks(list(positions), stages)
+    time_axis.invert_yaxis()
+    time_axis.set_xlabel("seconds")
+    memory_axis.set_xlabel("peak resident memory (GB)")
+    for axis in (time_axis, memory_axis):
+        axis.grid(axis="x", alpha=0.3)
+        axis.set_axisbelow(True)
+    figure.savefig(path, dpi=_DPI)
+    plt.close(figure)
 
 
 def plot_delta_ppl(labels: Sequence[str], delta_percent: Sequence[float], highlight: str | None, path: Path) -> None:

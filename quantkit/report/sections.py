@@ -17,7 +17,7 @@ from pathlib import Path
 
 from quantkit.report.html import Section, escape, facts, figure, hint, note, table
 from quantkit.report.inputs import HEATMAP_PNG, SENSITIVITY_PNG, ReportInputs
-from quantkit.report.plots import plot_delta_ppl, plot_htp_cycles, plot_precision_map, plot_precision_pareto, plot_prefill_speed, plot_sensitivity
+from quantkit.report.plots import plot_delta_ppl, plot_htp_cycles, plot_precision_map, plot_precision_pareto, plot_prefill_speed, plot_sensitivity, plot_stages
 
 __all__ = [
     "SectionBuilder",
@@ -42,6 +42,7 @@ PREFILL_PNG = "prefill_speed.png"
 PROFILE_PNG = "htp_profile.png"
 PARETO_PNG = "precision_pareto.png"
 PRECISION_MAP_PNG = "precision_map.png"
+STAGES_PNG = "calibration_stages.png"
 
 _CALIBRATE_COMMANDS = "quantkit calibrate --out calib\nquantkit report --calib calib"
 _PPL_LABELS = {"fp": "FP32", "quantkit": "quantkit", "aimet_w8a8_per_tensor": "AIMET W8A8, per-tensor (naive)"}
@@ -123,15 +124,23 @@ def summary_section(inputs: ReportInputs, folder: Path) -> Section:
                 f"{seconds.get('total', sum(seconds.values())):.0f} s (" + ", ".join(f"{k} {v:.0f} s" for k, v in seconds.items() if k != "total") + ")",
             )
         )
+    stage_peaks = summary.get("stage_peak_memory_mb", {})
     if "peak_memory_mb" in summary:
-        items.append(("peak memory", f"{summary['peak_memory_mb']:.0f} MB"))
+        highest = f" (stage {max(stage_peaks, key=stage_peaks.get)})" if stage_peaks else ""
+        items.append(("peak memory", f"{summary['peak_memory_mb']:.0f} MB{highest}"))
+    stages = ""
+    if stage_peaks:
+        plot_stages({k: v for k, v in seconds.items() if k != "total"}, stage_peaks, folder / STAGES_PNG)
+        stages = figure(
+            STAGES_PNG, "bar charts of each calibration stage's time and peak memory", "Each calibration stage: wall time and peak resident memory."
+        )
     config = inputs.settings
     settings = [
         f"{key} = {config[key]}"
         for key in ("outlier_quantile", "scale_rule", "hot_coverage", "max_resident_fraction", "prune_fraction", "weight_scale_rule", "accuracy_budget")
         if key in config
     ]
-    body = ppl_table + facts(items) + (note("Settings: " + ", ".join(settings) + ".") if settings else "")
+    body = ppl_table + facts(items) + stages + (note("Settings: " + ", ".join(settings) + ".") if settings else "")
     return Section("summary", "Summary", body)
 
 

@@ -49,6 +49,9 @@ def test_calibrate_writes_every_artefact(tmp_path, tiny_model_folder):
     assert not (out / "checkpoint").exists()
     summary = json.loads((out / "summary.json").read_text())
     assert set(summary["perplexity"]) == {"fp", "aimet_w8a8_per_tensor", "quantkit", "quantkit_simulated"}
+    stages = set(summary["seconds"]) - {"total"}
+    assert set(summary["stage_peak_memory_mb"]) == stages and "Peak memory per stage: load" in result.summary
+    assert summary["peak_memory_mb"] >= max(summary["stage_peak_memory_mb"].values()) > 0
     assert not [p.name for p in out.iterdir() if p.name.startswith(".bundle-check-")]  # the checked bundle is not left behind
     placement = json.loads((out / "placement.json").read_text())
     assert placement["within_budget"] and summary["perplexity"]["quantkit"] <= summary["perplexity"]["fp"] * 1.01

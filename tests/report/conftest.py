@@ -56,6 +56,7 @@ def calib_folder(tmp_path):
                 },
             ],
             "seconds": {"load": 1.0, "statistics": 2.0, "total": 3.0},
+            "stage_peak_memory_mb": {"load": 300.0, "statistics": 512.0},
             "peak_memory_mb": 512.0,
         },
     )

@@ -28,7 +28,8 @@ def test_full_inputs_give_every_section_and_valid_images(tmp_path, calib_folder,
     html = index.read_text(encoding="utf-8")
     assert _section_ids(html) == ALL_SECTIONS
     images = re.findall(r'<img src="([^"]+)"', html)
-    assert set(images) == {"outlier_heatmap.png", "sensitivity.png", "accuracy_delta_ppl.png", "prefill_speed.png"}
+    assert set(images) == {"outlier_heatmap.png", "sensitivity.png", "accuracy_delta_ppl.png", "prefill_speed.png", "calibration_stages.png"}
+    assert "512 MB (stage statistics)" in _section(html, "summary")  # the stage that set the run's peak
     for name in images:
         with Image.open(index.parent / name) as image:
             image.verify()
