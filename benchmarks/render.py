@@ -321,9 +321,12 @@ def scale_table(results: Path) -> str:
     ]
     table = _table(header, ["l"] + ["r"] * 5 + ["l"] + ["r"] * 4, rows)
     flags = " ".join(data["calibrate_flags"]) or "(none)"
+    largest = max(data["runs"], key=lambda run: run["parameters"])
     note = (
         f"`quantkit calibrate` (default preset, extra flags `{flags}`) then `quantkit export`, each shape in its own processes, "
-        f"one after the other on {data['machine']}." + (f" {data['remark']}" if data.get("remark") else "")
+        f"one after the other on {data['machine']}." + (f" {data['remark']}" if data.get("remark") else "") + f" Largest shape measured: "
+        f"`{largest['shape']}`, calibration peak {largest['calibrate_peak_gb']:.1f} GB "
+        f"({'within' if largest['calibrate_peak_gb'] <= 24 else 'over'} a 24 GB workstation's memory)."
     )
     return "\n".join([table, "", note, _source("scale.json")])
 
