@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import gc
 import re
 import resource
@@ -42,12 +43,11 @@ def _high_water_mb() -> float | None:
     return int(match.group(1)) / 1024 if match else None
 
 
-def _reset_high_water() -> bool:
+def _reset_high_water() -> None:
     try:
         _CLEAR_REFS.write_text("5")
     except OSError:
-        return False
-    return True
+        pass  # not Linux: a stage's figure is then the peak of the run so far
 
 
 def release_freed_memory() -> None:
@@ -56,11 +56,18 @@ def release_freed_memory() -> None:
     ranges); the next stage would reuse some of it, but the resident figure would still
     count it. ``malloc_trim`` is glibc's; elsewhere this does nothing."""
     gc.collect()  # objects in reference cycles (an ONNX Runtime session, a model) first
-    name = ctypes.util.find_library("c")
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
+@functools.cache
+def _malloc_trim():
+    """glibc's ``malloc_trim``, looked up once (``find_library`` runs a subprocess); None elsewhere."""
     try:
-        ctypes.CDLL(name).malloc_trim(0)
+        return ctypes.CDLL(ctypes.util.find_library("c")).malloc_trim
     except (OSError, AttributeError, TypeError):
-        pass
+        return None
 
 
 class StageMeter:
