@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 LAYERS = (
     ("low-level", ("quantkit", "quantkit.errors", "quantkit.hashing", "quantkit.quant_primitives", "quantkit.stages")),
     ("runtime (the bundle contract and its executors)", ("quantkit.runtime",)),
-    ("formats and sources", ("quantkit.quantiles", "quantkit.statistics", "quantkit.settings", "quantkit.cache", "quantkit.data")),
+    ("formats and sources", ("quantkit.quantiles", "quantkit.statistics", "quantkit.tensor_files", "quantkit.settings", "quantkit.cache", "quantkit.data")),
     ("models", ("quantkit.models", "quantkit.transforms")),
     ("evaluation through the runtime", ("quantkit.eval",)),
     ("algorithms", ("quantkit.outlier_shadow", "quantkit.precision", "quantkit.weights", "quantkit.sensitivity", "quantkit.baselines")),

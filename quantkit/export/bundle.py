@@ -28,6 +28,7 @@ from quantkit.runtime.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, DEFAULT_CHUNK
 from quantkit.runtime.qdq import activation_scale, quantize_activation
 from quantkit.runtime.shadow import split_outliers
 from quantkit.sensitivity.placement import PLACEMENT_FILE, PlacementPlan
+from quantkit.tensor_files import save_tensors_streaming
 from quantkit.weights.quantize import WEIGHTS_FILE, int8_weight_bytes, load_weights, quantized_weights
 
 __all__ = ["export_bundle", "CALIBRATION_INPUTS_FILE"]
@@ -294,14 +295,13 @@ def export_bundle(
             )
         )
         save_file(_capture_site_inputs(layout, plan, precision, npu_sites, sequences[:1], chunk_size), str(staging / CALIBRATION_INPUTS_FILE))
-        shadow = plan.shadow_weights(layout, blocks=npu_blocks)
-        save_file({k: v for k, v in shadow.items() if not k.endswith(".cold")}, str(staging / "shadow.safetensors"))  # hot columns, output-side rows
-        save_file({k: v for k, v in shadow.items() if k.endswith(".cold")}, str(staging / "shadow_cold.safetensors"))
+        save_file(plan.resident_shadow_weights(layout, blocks=npu_blocks), str(staging / "shadow.safetensors"))  # hot columns, output-side rows
+        save_tensors_streaming(plan.cold_shadow_columns(layout, blocks=npu_blocks), staging / "shadow_cold.safetensors")  # one Linear's at a time
         npu_parameters = {f"{name}.{p}" for name in npu_linears for p in ("weight", "bias")}
         cpu_state = {k: v.detach().float().cpu().contiguous() for k, v in loaded.model.state_dict().items() if k not in npu_parameters}
         if architecture.tied_embeddings:  # the LM head is the embeddings tensor: stored once
             cpu_state.pop("lm_head.weight", None)
-        save_file(cpu_state, str(staging / "cpu.safetensors"))
+        save_tensors_streaming(cpu_state, staging / "cpu.safetensors")  # the model's own tensors, no second copy
         loaded.tokenizer.save_pretrained(staging / "tokenizer")
         if (calib / "report").is_dir():  # the calibration's report, as calibration wrote it; hashed in the manifest like every file
             shutil.copytree(calib / "report", staging / "report")

@@ -2,7 +2,7 @@
 
 Calibration-derived fields end in ``_``. The plan is JSON (``shadow_plan.json``); the
 shadow weights themselves are columns of the FP weights and are cut from the model by
-``shadow_weights`` when a bundle is written.
+``resident_shadow_weights`` and ``cold_shadow_columns`` when a bundle is written.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from pathlib import Path
 import torch
 
 from quantkit.outlier_shadow.config import ShadowConfig
+from quantkit.tensor_files import PendingTensor
 
 __all__ = ["SiteShadowPlan", "ShadowPlan", "PLAN_FILE", "PLAN_VERSION"]
 
@@ -107,11 +108,11 @@ class ShadowPlan:
     def load(cls, path: Path) -> ShadowPlan:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
-    def shadow_weights(self, layout, blocks: set[int] | None = None) -> dict[str, torch.Tensor]:
-        """FP weight columns ``{"<linear>.hot": W[:, hot], "<linear>.cold": W[:, cold]ᵀ}``
-        of every shadowed Linear, and the output-side rows ``"<linear>.out_rows"`` W[C, :]
-        (+ ``"<linear>.out_bias"``) of every Linear with output channels (of ``blocks`` only; default all). Cold columns are stored
-        channel-major ([channels, out]) so the runtime reads just the rows it needs from disk."""
+    def resident_shadow_weights(self, layout, blocks: set[int] | None = None) -> dict[str, torch.Tensor]:
+        """FP weights the runtime keeps in memory, of ``blocks`` only (default all): the hot
+        columns ``"<linear>.hot"`` W[:, hot] of every shadowed Linear, and the output-side
+        rows ``"<linear>.out_rows"`` W[C, :] (+ ``"<linear>.out_bias"``) of every Linear with
+        output channels."""
         weights = {}
         for site in self.sites.values():
             if blocks is not None and site.block_index not in blocks:
@@ -123,7 +124,20 @@ class ShadowPlan:
                     weights[f"{name}.out_bias"] = linear.bias.detach().float().cpu()[channels].contiguous()
         for site in self._shadowed_sites(blocks):
             for name in site.linear_names:
-                weight = layout.linear(name).weight.detach().float().cpu()
-                weights[f"{name}.hot"] = weight[:, site.hot_channels_].contiguous()
-                weights[f"{name}.cold"] = weight[:, site.cold_channels_].T.contiguous()
+                weights[f"{name}.hot"] = layout.linear(name).weight.detach().float().cpu()[:, site.hot_channels_].contiguous()
         return weights
+
+    def cold_shadow_columns(self, layout, blocks: set[int] | None = None) -> dict[str, PendingTensor]:
+        """The cold FP columns ``"<linear>.cold"`` W[:, cold]ᵀ of every shadowed Linear (of
+        ``blocks`` only; default all), stored channel-major ([channels, out]) so the runtime
+        reads just the rows it needs from disk. Made one Linear at a time as they are written
+        (together they are an FP32 copy of every shadowed weight)."""
+
+        def columns(name: str, channels: list[int]):
+            return lambda: layout.linear(name).weight.detach().float().cpu()[:, channels].T.contiguous()
+
+        return {
+            f"{name}.cold": PendingTensor((len(site.cold_channels_), layout.linear(name).out_features), torch.float32, columns(name, site.cold_channels_))
+            for site in self._shadowed_sites(blocks)
+            for name in site.linear_names
+        }

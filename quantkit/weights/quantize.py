@@ -16,12 +16,12 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import save_file
 from tqdm.auto import tqdm
 
 from quantkit.models.architecture import DecoderLayout
 from quantkit.quant_primitives import block_offsets, lpbq_scales, quantize_symmetric, weight_scales_per_channel
 from quantkit.runtime.qdq import LPBQ_MAX_BLOCK_SCALE, OFFSET_FORMATS, QuantizedWeight, offsets_per_input, packed_weight_bytes, weight_grid
+from quantkit.tensor_files import save_tensors_streaming
 from quantkit.weights.gptq import gptq_codes
 
 __all__ = [
@@ -130,7 +130,7 @@ def save_weights(weights: WeightCodes, path: Path) -> None:
             tensors[f"{name}.offset_codes"] = weight.offset_codes.contiguous()
             tensors[f"{name}.offset_scales"] = weight.offset_scales.contiguous()
         metadata[name] = f"{weight.bits}:{weight.block_size or 0}:{weight.offset_bits}"
-    save_file(tensors, str(path), metadata=metadata)
+    save_tensors_streaming(tensors, path, metadata)  # written as they are, no bytes copy of every code
 
 
 def load_weights(path: Path) -> WeightCodes:

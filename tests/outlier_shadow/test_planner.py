@@ -75,9 +75,13 @@ def test_plan_round_trips_and_measures_resident_weights(planted, tmp_path):
     del older["config"]["weight_scale_rule"]  # a plan written before the setting existed …
     assert ShadowPlan.from_dict(older).config.weight_scale_rule == "max"  # … was calibrated with min/max weights
     out_features = {n: layout.linear(n).out_features for n in layout.linear_names()}
-    weights = plan.shadow_weights(layout)
-    assert plan.resident_shadow_parameters(out_features) == sum(w.numel() for k, w in weights.items() if k.endswith(".hot"))
-    assert plan.cold_shadow_parameters(out_features) == sum(w.numel() for k, w in weights.items() if k.endswith(".cold"))
+    resident, cold = plan.resident_shadow_weights(layout), plan.cold_shadow_columns(layout)
+    assert plan.resident_shadow_parameters(out_features) == sum(w.numel() for k, w in resident.items() if k.endswith(".hot"))
+    assert plan.cold_shadow_parameters(out_features) == sum(w.make().numel() for w in cold.values())
+    for name, columns in cold.items():  # channel-major cold columns, as announced
+        site = plan.site_of(name.removesuffix(".cold"))
+        made = columns.make()
+        assert made.shape == columns.shape and torch.equal(made, layout.linear(name.removesuffix(".cold")).weight[:, site.cold_channels_].T)
 
 
 def test_mismatched_percentile_is_refused(planted):
