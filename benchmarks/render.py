@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import re
 import sys
 from collections.abc import Callable
@@ -51,7 +52,7 @@ COMMANDS = {
     "prefill.json": "python benchmarks/prefill.py",
     "eval_speed.json": "python benchmarks/eval_speed.py --bundle BUNDLE",
     "calibration_time.json": "python benchmarks/calibration_time.py --work DIR --runs w8a16 w8a8-mixed w8a8-mixed:1",
-    "scale.json": "python benchmarks/scale.py --work DIR --num-sequences 8 --seq-len 256",
+    "scale.json": "python benchmarks/scale.py --work DIR [--shapes SHAPE ...] [calibrate flags]",
     "htp_profile/profile.json": "quantkit profile BUNDLE --out benchmarks/results/htp_profile",
     "qnn_startup.json": "python benchmarks/qnn_startup.py --calib DIR",
 }
@@ -290,11 +291,13 @@ def calibration_time_table(results: Path) -> str:
 
 def scale_table(results: Path) -> str:
     data = _load(results, "scale.json")
+    runs = sorted(data["runs"], key=lambda run: (run["parameters"], -math.prod(run["calibration_tokens"])))
     rows = [
         [
             f"`{run['shape']}`",
             f"{run['parameters'] / 1e9:.2f} B",
             f"{run['fp32_weights_gb']:.1f}",
+            "{} × {}".format(*run["calibration_tokens"]) + ("" if run["calibrate_flags"] else " (default)"),
             f"{run['calibrate_seconds'] / 60:.0f}",
             f"{run['calibrate_peak_gb']:.1f}",
             f"{run['calibrate_peak_gb'] / run['fp32_weights_gb']:.2f}",
@@ -304,12 +307,13 @@ def scale_table(results: Path) -> str:
             f"{run['bundle_gb']:.2f}",
             f"{run['largest_graph_mb']:.0f}",
         ]
-        for run in data["runs"]
+        for run in runs
     ]
     header = [
         "shape (random weights)",
         "parameters",
         "FP32 weights (GB)",
+        "calibration sequences × tokens",
         "calibrate (min)",
         "calibrate peak RSS (GB)",
         "peak / FP32 weights",
@@ -319,13 +323,18 @@ def scale_table(results: Path) -> str:
         "bundle (GB)",
         "largest graph (MB)",
     ]
-    table = _table(header, ["l"] + ["r"] * 5 + ["l"] + ["r"] * 4, rows)
-    flags = " ".join(data["calibrate_flags"]) or "(none)"
-    largest = max(data["runs"], key=lambda run: run["parameters"])
+    table = _table(header, ["l", "r", "r", "l"] + ["r"] * 3 + ["l"] + ["r"] * 4, rows)
+    flags = sorted({" ".join(run["calibrate_flags"]) for run in runs if run["calibrate_flags"]})
+    largest = max(runs, key=lambda run: run["parameters"])
     note = (
-        f"`quantkit calibrate` (default preset, extra flags `{flags}`) then `quantkit export`, each shape in its own processes, "
-        f"one after the other on {data['machine']}." + (f" {data['remark']}" if data.get("remark") else "") + f" Largest shape measured: "
-        f"`{largest['shape']}`, calibration peak {largest['calibrate_peak_gb']:.1f} GB "
+        "`quantkit calibrate` (default preset"
+        + (f"; reduced runs add {' or '.join(f'`{f}`' for f in flags)}" if flags else "")
+        + f") then `quantkit export`, each shape in its own processes, one after the other on {largest['machine']}"
+        + ", dates: "
+        + ", ".join(sorted({run["date"] for run in runs}))
+        + "."
+        + "".join(sorted({f" {run['remark']}" for run in runs if run.get("remark")}))
+        + f" Largest shape measured: `{largest['shape']}`, calibration peak {largest['calibrate_peak_gb']:.1f} GB "
         f"({'within' if largest['calibrate_peak_gb'] <= 24 else 'over'} a 24 GB workstation's memory)."
     )
     return "\n".join([table, "", note, _source("scale.json")])

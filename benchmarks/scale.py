@@ -10,7 +10,9 @@ preset (and any extra flags, e.g. reduced token counts, which are recorded), the
 ``quantkit export``. Written: wall time and peak resident memory of both commands, each
 calibration stage's seconds and peak memory (from its ``summary.json``), the bundle's
 size and its largest graph. OUT/scale.json, OUT/scale.md and OUT/scale.png (cost against
-parameters, log-log). Compare sizes of one invocation only: machines differ.
+parameters, log-log). A measured shape replaces the stored figures of the same shape and flags in
+OUT/scale.json and keeps the others; each run records its flags and date. Compare times
+of one invocation only: machines differ.
 """
 
 from __future__ import annotations
@@ -154,6 +156,8 @@ def measure(shape: str, work: Path, calibrate_flags: list[str], tokenizer_folder
         "bundle_gb": sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) / 1e9,
         "largest_graph_mb": graphs[-1].stat().st_size / 1e6 if graphs else 0.0,
         "calibration_tokens": summary["calibration_tokens"],
+        "calibrate_flags": calibrate_flags,
+        "date": time.strftime("%Y-%m-%d"),
     }
 
 
@@ -162,16 +166,16 @@ def write_results(record: dict, out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     (out / "scale.json").write_text(json.dumps(record, indent=1) + "\n")
     lines = [
-        "| shape | parameters | FP32 weights (GB) | calibrate (min) | calibrate peak (GB) | × FP32 weights | dominant stage | export (min) | export peak (GB) | bundle (GB) | largest graph (MB) |",
-        "|---|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
+        "| shape | parameters | FP32 weights (GB) | calibration tokens | calibrate (min) | calibrate peak (GB) | × FP32 weights | dominant stage | export (min) | export peak (GB) | bundle (GB) | largest graph (MB) |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|---:|",
     ]
     for run in record["runs"]:
         lines.append(
-            f"| {run['shape']} | {run['parameters'] / 1e9:.2f} B | {run['fp32_weights_gb']:.1f} | {run['calibrate_seconds'] / 60:.1f} | "
+            f"| {run['shape']} | {run['parameters'] / 1e9:.2f} B | {run['fp32_weights_gb']:.1f} | {run['calibration_tokens'][0]}×{run['calibration_tokens'][1]} | {run['calibrate_seconds'] / 60:.1f} | "
             f"{run['calibrate_peak_gb']:.1f} | {run['calibrate_peak_gb'] / run['fp32_weights_gb']:.2f} | {run['dominant_stage']} | "
             f"{run['export_seconds'] / 60:.1f} | {run['export_peak_gb']:.1f} | {run['bundle_gb']:.2f} | {run['largest_graph_mb']:.0f} |"
         )
-    lines.append(f"\n{record['machine']}; calibrate flags: `{' '.join(record['calibrate_flags']) or '(defaults)'}`. {record.get('remark', '')}".rstrip())
+    lines.append(f"\n{record['machine']}. {record.get('remark', '')}".rstrip())
     (out / "scale.md").write_text("\n".join(lines) + "\n")
     _plot(record["runs"], out / "scale.png")
     return "\n".join(lines)
@@ -183,20 +187,23 @@ def _plot(runs: list[dict], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = sorted(runs, key=lambda r: r["parameters"])
-    parameters = [r["parameters"] for r in runs]
     figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4))
-    time_axis.loglog(parameters, [r["calibrate_seconds"] for r in runs], "o-", label="calibrate")
-    time_axis.loglog(parameters, [r["export_seconds"] for r in runs], "s-", label="export")
-    if len(runs) > 1:  # the linear-growth line through the smallest shape
-        time_axis.loglog(parameters, [runs[0]["calibrate_seconds"] * p / parameters[0] for p in parameters], ":", color="gray", label="∝ parameters")
+    for flags in sorted({tuple(r["calibrate_flags"]) for r in runs}):  # one line per set of calibrate flags
+        group = sorted((r for r in runs if tuple(r["calibrate_flags"]) == flags), key=lambda r: r["parameters"])
+        parameters = [r["parameters"] for r in group]
+        label = " ".join(flags) or "default tokens"
+        time_axis.loglog(parameters, [r["calibrate_seconds"] for r in group], "o-", label=f"calibrate ({label})")
+        time_axis.loglog(parameters, [r["export_seconds"] for r in group], "s--", label=f"export ({label})")
+        if len(group) > 1:  # the linear-growth line through the smallest shape
+            time_axis.loglog(parameters, [group[0]["calibrate_seconds"] * p / parameters[0] for p in parameters], ":", color="gray", label="∝ parameters")
+        memory_axis.loglog(parameters, [r["calibrate_peak_gb"] for r in group], "o-", label=f"calibrate peak ({label})")
+        memory_axis.loglog(parameters, [r["export_peak_gb"] for r in group], "s--", label=f"export peak ({label})")
+    every = sorted(runs, key=lambda r: r["parameters"])
+    memory_axis.loglog([r["parameters"] for r in every], [r["fp32_weights_gb"] for r in every], ":", color="gray", label="FP32 weights")
     time_axis.set(xlabel="parameters", ylabel="wall seconds", title="time")
-    memory_axis.loglog(parameters, [r["calibrate_peak_gb"] for r in runs], "o-", label="calibrate peak")
-    memory_axis.loglog(parameters, [r["export_peak_gb"] for r in runs], "s-", label="export peak")
-    memory_axis.loglog(parameters, [r["fp32_weights_gb"] for r in runs], ":", color="gray", label="FP32 weights")
     memory_axis.set(xlabel="parameters", ylabel="peak resident GB", title="memory")
     for axis in (time_axis, memory_axis):
-        axis.legend()
+        axis.legend(fontsize="small")
         axis.grid(True, which="both", alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -210,11 +217,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="benchmarks/results", help="results folder (default: %(default)s)")
     parser.add_argument("--remark", default="", help="what else ran on the machine, recorded with the results")
     args, calibrate_flags = parser.parse_known_args(argv)  # anything else goes to every `quantkit calibrate`
-    work = Path(args.work)
-    record = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "calibrate_flags": calibrate_flags, "runs": [], "remark": args.remark}
+    work, out = Path(args.work), Path(args.out)
+    record = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "runs": [], "remark": args.remark}
+    if (out / "scale.json").is_file():  # runs of other shapes or flags are kept
+        record["runs"] = json.loads((out / "scale.json").read_text())["runs"]
     for shape in args.shapes:  # the results are written after each shape: a long run keeps what it measured
-        record["runs"].append(measure(shape, work, calibrate_flags))
-        table = write_results(record, Path(args.out))
+        run = {**measure(shape, work, calibrate_flags), "machine": record["machine"], "remark": args.remark}
+        record["runs"] = [r for r in record["runs"] if (r["shape"], r["calibrate_flags"]) != (shape, calibrate_flags)] + [run]
+        table = write_results(record, out)
     print(table)
 
 
