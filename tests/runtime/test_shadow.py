@@ -1,6 +1,7 @@
 """Eq. 1 of the shadow path (runtime/shadow.py): the split, the sparse shadow product and
 the sum, against plain dense references."""
 
+import pytest
 import torch
 from quantkit.runtime.shadow import combine, outlier_product, split_outliers
 
@@ -49,3 +50,22 @@ def test_outlier_product_and_combine_equal_the_dense_sum():
     assert torch.equal(combine(npu, (channels, values), product), expected + product)
     assert combine(npu, None, None) is npu
     assert outlier_product(torch.zeros(4, 32), lambda active: weight.T[active]) is None
+
+
+def test_cold_columns_read_the_rows_asked_for(tmp_path):
+    from quantkit.runtime.shadow import ColdColumns
+    from safetensors.torch import save_file
+
+    tensors = {"a.cold": torch.randn(9, 5), "b.cold": torch.randn(6, 3).half()}
+    save_file(tensors, str(tmp_path / "cold.safetensors"))
+    cold = ColdColumns(tmp_path / "cold.safetensors")
+    for name, tensor in tensors.items():
+        for rows in ([0], [2, 3, 4], [3, 1, 2, 0], [1, 1], list(range(tensor.shape[0])), []):
+            got = cold.rows(name, torch.tensor(rows, dtype=torch.long))
+            assert got.dtype == torch.float32 and torch.equal(got, tensor[rows].float()), (name, rows)
+    cold.close()
+    data = (tmp_path / "cold.safetensors").read_bytes()
+    (tmp_path / "short.safetensors").write_bytes(data[:-8])  # the last rows of the last tensor missing
+    last = max(tensors, key=lambda n: data.index(n.encode()))
+    with pytest.raises(ValueError, match="truncated"):
+        ColdColumns(tmp_path / "short.safetensors").rows(last, torch.arange(tensors[last].shape[0]))
