@@ -147,7 +147,9 @@ def measure(shape: str, work: Path, calibrate_flags: list[str], tokenizer_folder
         "parameters": parameters,
         "fp32_weights_gb": parameters * 4 / 1e9,
         "calibrate_seconds": calibrate_wall,
-        "calibrate_peak_gb": calibrate_peak / 1024,
+        # the calibration resets the kernel's high-water mark at every stage (quantkit/stages.py), so
+        # the process's peak as wait4 reports it can be a later stage's; the run's own record is not
+        "calibrate_peak_gb": max(calibrate_peak, summary["peak_memory_mb"]) / 1024,
         "export_seconds": export_wall,
         "export_peak_gb": export_peak / 1024,
         "stage_seconds": stages,
@@ -171,7 +173,7 @@ def write_results(record: dict, out: Path) -> str:
     ]
     for run in record["runs"]:
         lines.append(
-            f"| {run['shape']} | {run['parameters'] / 1e9:.2f} B | {run['fp32_weights_gb']:.1f} | {run['calibration_tokens'][0]}×{run['calibration_tokens'][1]} | {run['calibrate_seconds'] / 60:.1f} | "
+            f"| {run['shape']} | {run['parameters'] / 1e9:.2f} B | {run['fp32_weights_gb']:.1f} | {run_label(run)} | {run['calibrate_seconds'] / 60:.1f} | "
             f"{run['calibrate_peak_gb']:.1f} | {run['calibrate_peak_gb'] / run['fp32_weights_gb']:.2f} | {run['dominant_stage']} | "
             f"{run['export_seconds'] / 60:.1f} | {run['export_peak_gb']:.1f} | {run['bundle_gb']:.2f} | {run['largest_graph_mb']:.0f} |"
         )
@@ -181,17 +183,26 @@ def write_results(record: dict, out: Path) -> str:
     return "\n".join(lines)
 
 
+def run_label(run: dict) -> str:
+    """The calibration text of a run in a few words: "32 × 512 (default)", "8 × 256, validation 4 × 256"."""
+    flags = dict(zip(run["calibrate_flags"][::2], run["calibrate_flags"][1::2], strict=True))
+    label = "{} × {}".format(*run["calibration_tokens"]) + ("" if flags else " (default)")
+    if "--eval-num-sequences" in flags or "--eval-seq-len" in flags:
+        label += f", validation {flags.get('--eval-num-sequences', 8)} × {flags.get('--eval-seq-len', 512)}"
+    return label
+
+
 def _plot(runs: list[dict], path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    figure, (time_axis, memory_axis) = plt.subplots(1, 2, figsize=(11, 5.5))
     for flags in sorted({tuple(r["calibrate_flags"]) for r in runs}):  # one line per set of calibrate flags
         group = sorted((r for r in runs if tuple(r["calibrate_flags"]) == flags), key=lambda r: r["parameters"])
         parameters = [r["parameters"] for r in group]
-        label = " ".join(flags) or "default tokens"
+        label = run_label(group[0])
         time_axis.loglog(parameters, [r["calibrate_seconds"] for r in group], "o-", label=f"calibrate ({label})")
         time_axis.loglog(parameters, [r["export_seconds"] for r in group], "s--", label=f"export ({label})")
         if len(group) > 1:  # the linear-growth line through the smallest shape
@@ -202,9 +213,10 @@ def _plot(runs: list[dict], path: Path) -> None:
     memory_axis.loglog([r["parameters"] for r in every], [r["fp32_weights_gb"] for r in every], ":", color="gray", label="FP32 weights")
     time_axis.set(xlabel="parameters", ylabel="wall seconds", title="time")
     memory_axis.set(xlabel="parameters", ylabel="peak resident GB", title="memory")
-    for axis in (time_axis, memory_axis):
-        axis.legend(fontsize="small")
+    for axis, corner in ((time_axis, "lower right"), (memory_axis, "upper left")):
+        axis.legend(fontsize="x-small", loc=corner)
         axis.grid(True, which="both", alpha=0.3)
+    figure.suptitle("one line per calibration text: sequences × tokens (and validation windows where reduced)")
     figure.tight_layout()
     figure.savefig(path, dpi=120)
     plt.close(figure)
