@@ -26,6 +26,8 @@ import sys
 import time
 from pathlib import Path
 
+_MIB_IN_GB = 2**20 / 1e9  # memory is measured in MiB (kernel counters); GB here are 10^9 bytes, as the FP32 weights are
+
 # Real configurations (their config.json), vocabulary replaced by the built-in tokenizer's.
 SHAPES: dict[str, dict] = {
     "smollm2-135m": {
@@ -149,11 +151,11 @@ def measure(shape: str, work: Path, calibrate_flags: list[str], tokenizer_folder
         "calibrate_seconds": calibrate_wall,
         # the calibration resets the kernel's high-water mark at every stage (quantkit/stages.py), so
         # the process's peak as wait4 reports it can be a later stage's; the run's own record is not
-        "calibrate_peak_gb": max(calibrate_peak, summary["peak_memory_mb"]) / 1024,
+        "calibrate_peak_gb": max(calibrate_peak, summary["peak_memory_mb"]) * _MIB_IN_GB,
         "export_seconds": export_wall,
-        "export_peak_gb": export_peak / 1024,
+        "export_peak_gb": export_peak * _MIB_IN_GB,
         "stage_seconds": stages,
-        "stage_peak_gb": {k: v / 1024 for k, v in summary.get("stage_peak_memory_mb", {}).items()},
+        "stage_peak_gb": {k: v * _MIB_IN_GB for k, v in summary.get("stage_peak_memory_mb", {}).items()},
         "dominant_stage": max(stages, key=stages.get),
         "bundle_gb": sum(p.stat().st_size for p in bundle.rglob("*") if p.is_file()) / 1e9,
         "largest_graph_mb": graphs[-1].stat().st_size / 1e6 if graphs else 0.0,
