@@ -40,6 +40,9 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
+from scale import run_label  # noqa: E402 - found through the line above
+
 __all__ = ["ROOT", "RESULTS", "TABLES", "render_tables", "render_text", "documents", "check", "main"]
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -289,13 +292,6 @@ def calibration_time_table(results: Path) -> str:
     return "\n".join([table, "", note, _source("calibration_time.json")])
 
 
-def _scale_run_label(run: dict) -> str:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/ is a folder of scripts, not a package
-    from scale import run_label
-
-    return run_label(run)
-
-
 def scale_table(results: Path) -> str:
     data = _load(results, "scale.json")
     runs = sorted(data["runs"], key=lambda run: (run["parameters"], -math.prod(run["calibration_tokens"])))
@@ -304,7 +300,7 @@ def scale_table(results: Path) -> str:
             f"`{run['shape']}`",
             f"{run['parameters'] / 1e9:.2f} B",
             f"{run['fp32_weights_gb']:.1f}",
-            _scale_run_label(run),
+            run_label(run),
             f"{run['calibrate_seconds'] / 60:.0f}",
             f"{run['calibrate_peak_gb']:.1f}",
             f"{run['calibrate_peak_gb'] / run['fp32_weights_gb']:.2f}",

@@ -162,6 +162,7 @@ def measure(shape: str, work: Path, calibrate_flags: list[str], tokenizer_folder
         "calibration_tokens": summary["calibration_tokens"],
         "calibrate_flags": calibrate_flags,
         "date": time.strftime("%Y-%m-%d"),
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
     }
 
 
@@ -179,7 +180,7 @@ def write_results(record: dict, out: Path) -> str:
             f"{run['calibrate_peak_gb']:.1f} | {run['calibrate_peak_gb'] / run['fp32_weights_gb']:.2f} | {run['dominant_stage']} | "
             f"{run['export_seconds'] / 60:.1f} | {run['export_peak_gb']:.1f} | {run['bundle_gb']:.2f} | {run['largest_graph_mb']:.0f} |"
         )
-    lines.append(f"\n{record['machine']}. {record.get('remark', '')}".rstrip())
+    lines.append("\n" + " ".join(sorted({f"{run['machine']}. {run.get('remark', '')}".rstrip() for run in record["runs"]})))
     (out / "scale.md").write_text("\n".join(lines) + "\n")
     _plot(record["runs"], out / "scale.png")
     return "\n".join(lines)
@@ -232,11 +233,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--remark", default="", help="what else ran on the machine, recorded with the results")
     args, calibrate_flags = parser.parse_known_args(argv)  # anything else goes to every `quantkit calibrate`
     work, out = Path(args.work), Path(args.out)
-    record = {"machine": f"{platform.machine()}, {os.cpu_count()} cores", "runs": [], "remark": args.remark}
+    record = {"runs": []}
     if (out / "scale.json").is_file():  # runs of other shapes or flags are kept
         record["runs"] = json.loads((out / "scale.json").read_text())["runs"]
     for shape in args.shapes:  # the results are written after each shape: a long run keeps what it measured
-        run = {**measure(shape, work, calibrate_flags), "machine": record["machine"], "remark": args.remark}
+        run = {**measure(shape, work, calibrate_flags), "remark": args.remark}
         record["runs"] = [r for r in record["runs"] if (r["shape"], r["calibrate_flags"]) != (shape, calibrate_flags)] + [run]
         table = write_results(record, out)
     print(table)

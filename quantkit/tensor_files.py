@@ -3,7 +3,7 @@
 Why our own writer: ``safetensors.torch.save_file`` turns every tensor into ``bytes``
 before it writes the first one, so a file of N tensors holds all N (and their bytes) in
 memory at once. A bundle's cold shadow columns are an FP32 copy of every NPU weight
-(3.5 GB for a 1B-parameter model), made column-transposed from the model's weights: with
+(3.8 GB for a 1B-parameter model), made column-transposed from the model's weights: with
 ``save_file`` the export held them twice on top of the model. The format is small
 enough to write tensor by tensor — an 8-byte little-endian header length, a JSON header
 (dtype, shape and byte range of each tensor, space-padded to a multiple of 8 bytes), then

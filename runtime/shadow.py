@@ -76,14 +76,14 @@ class ColdColumns:
     The safetensors library returns whole tensors; the shadow path needs a few channel
     rows of each and should not read the rest, so this indexes rows through the safetensors
     header (8-byte little-endian length, then JSON with dtype, shape and data offsets of
-    each tensor) and reads each run of consecutive rows with one positioned read. Read, not
+    each tensor) and reads each run of consecutive rows with one seek and read. Read, not
     memory-mapped: a mapped page stays in the process's resident memory once touched, and
     a sink row touches every column (on a 1B-parameter model, 3.8 GB of them), while a
     read leaves the file's pages to the operating system's cache.
     """
 
     def __init__(self, path: Path):
-        self._file = open(path, "rb", buffering=0)  # noqa: SIM115 - held for the life of the runtime, closed by close()
+        self._file = open(path, "rb")  # noqa: SIM115 - held as long as the runtime, closed with it
         (header_length,) = struct.unpack("<Q", self._file.read(8))
         header = json.loads(self._file.read(header_length))
         self._lock = threading.Lock()  # seek + read is one step: the CPU and NPU workers may both read
@@ -109,12 +109,9 @@ class ColdColumns:
                     continue
                 self._file.seek(begin + int(wanted[first]) * row_bytes)
                 target = memoryview(out[first:last]).cast("B")
-                if self._file.readinto(target) != target.nbytes:
+                if self._file.readinto(target) != target.nbytes:  # a buffered read comes back short only at the end of the file
                     raise ValueError(f"{self._file.name}: {name} ends before row {int(wanted[last - 1])}; the bundle file is truncated")
         return torch.from_numpy(out).float()
-
-    def close(self) -> None:
-        self._file.close()
 
 
 @dataclass

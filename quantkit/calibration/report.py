@@ -196,5 +196,5 @@ def format_summary(
         lines.append(f"  {name:<42} {row.absmax:9.2f} {row.clip:8.3f} {row.absmax / row.clip:9.1f} {row.importance:9.0f} {row.num_outlier_channels:10d}")
     lines += ["", "Time: " + ", ".join(f"{k} {v:.0f}s" for k, v in timings.items()) + f"; peak memory {peak_memory_mb:.0f} MB"]
     if stage_peaks_mb:
-        lines.append("Peak memory per stage: " + ", ".join(f"{k} {v / 1024:.1f} GB" for k, v in stage_peaks_mb.items()))
+        lines.append("Peak memory per stage: " + ", ".join(f"{k} {v / 1024:.1f} GiB" for k, v in stage_peaks_mb.items()))
     return "\n".join(lines)

@@ -58,7 +58,7 @@ def plot_stages(seconds: dict[str, float], peak_mb: dict[str, float], path: Path
     time_axis.set_yticks(list(positions), stages)
     time_axis.invert_yaxis()
     time_axis.set_xlabel("seconds")
-    memory_axis.set_xlabel("peak resident memory (GB)")
+    memory_axis.set_xlabel("peak resident memory (GiB)")
     for axis in (time_axis, memory_axis):
         axis.grid(axis="x", alpha=0.3)
         axis.set_axisbelow(True)

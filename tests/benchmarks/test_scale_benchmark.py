@@ -36,7 +36,7 @@ def test_scale_benchmark_builds_calibrates_and_exports_a_shape(tmp_path, tiny_mo
     assert module.build_model("tiny-qwen2", tmp_path / "tiny-qwen2" / "model") == run["parameters"]  # built once, then reused
 
     out = tmp_path / "results"
-    record = {"machine": "test", "runs": [run, {**run, "shape": "twice", "parameters": 2 * run["parameters"]}]}
+    record = {"runs": [run, {**run, "shape": "twice", "parameters": 2 * run["parameters"]}]}
     table = module.write_results(record, out)
     assert json.loads((out / "scale.json").read_text())["runs"][0]["shape"] == "tiny-qwen2"
     assert "tiny-qwen2" in table and (out / "scale.md").read_text().startswith("| shape") and (out / "scale.png").stat().st_size > 0

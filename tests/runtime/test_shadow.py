@@ -63,7 +63,6 @@ def test_cold_columns_read_the_rows_asked_for(tmp_path):
         for rows in ([0], [2, 3, 4], [3, 1, 2, 0], [1, 1], list(range(tensor.shape[0])), []):
             got = cold.rows(name, torch.tensor(rows, dtype=torch.long))
             assert got.dtype == torch.float32 and torch.equal(got, tensor[rows].float()), (name, rows)
-    cold.close()
     data = (tmp_path / "cold.safetensors").read_bytes()
     (tmp_path / "short.safetensors").write_bytes(data[:-8])  # the last rows of the last tensor missing
     last = max(tensors, key=lambda n: data.index(n.encode()))
